@@ -1,0 +1,240 @@
+//! `waymark demo`: the main job. A three-step workflow that does real work:
+//! generate data, transform it, write a result file.
+
+use super::CliResult;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use waymark::{
+    Config, Ctx, Engine, Registry, StartOptions, Step, StepCtx, StepError, Workflow, WorkflowError,
+};
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Database file (created if missing).
+    #[arg(long, default_value = "waymark-demo.db")]
+    pub db: PathBuf,
+    /// Number of runs (idempotency keys demo-1..demo-N).
+    #[arg(long, default_value_t = 100)]
+    pub runs: usize,
+    /// Worker threads.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Lease TTL in milliseconds.
+    #[arg(long, default_value_t = 15_000)]
+    pub lease_ttl_ms: u64,
+}
+
+/// Input of one demo run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DemoInput {
+    pub index: u64,
+    pub out_dir: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenIn {
+    pub seed: u64,
+    pub count: u32,
+}
+
+/// Summary statistics of a generated series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub count: u64,
+    pub sum: u64,
+    pub min: u64,
+    pub max: u64,
+    pub median: u64,
+    pub checksum: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteIn {
+    pub path: String,
+    pub summary: Summary,
+}
+
+pub const GENERATE: Step<GenIn, Vec<u64>> = Step::new("demo.generate");
+pub const TRANSFORM: Step<Vec<u64>, Summary> = Step::new("demo.transform");
+pub const WRITE: Step<WriteIn, String> = Step::new("demo.write");
+pub const DEMO: Workflow<DemoInput, Summary> = Workflow::new("demo");
+
+/// Append one line per step execution to `$WAYMARK_DEMO_EFFECTS`, if set (tests read it).
+pub fn record_effect(ctx: &StepCtx, step: &str) {
+    if let Some(path) = std::env::var_os("WAYMARK_DEMO_EFFECTS") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(
+                f,
+                "{} {} {} {}",
+                ctx.run_id(),
+                ctx.seq(),
+                step,
+                std::process::id()
+            );
+        }
+    }
+}
+
+fn generate(ctx: &StepCtx, input: GenIn) -> Result<Vec<u64>, StepError> {
+    record_effect(ctx, "generate");
+    let mut x = input
+        .seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    Ok((0..input.count)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % 1_000_000
+        })
+        .collect())
+}
+
+fn transform(ctx: &StepCtx, mut data: Vec<u64>) -> Result<Summary, StepError> {
+    record_effect(ctx, "transform");
+    if data.is_empty() {
+        return Err(StepError::permanent("no data to transform"));
+    }
+    data.sort_unstable();
+    let checksum = data.iter().fold(0xcbf29ce484222325u64, |h, v| {
+        (h ^ v).wrapping_mul(0x100000001b3)
+    });
+    Ok(Summary {
+        count: data.len() as u64,
+        sum: data.iter().sum(),
+        min: data[0],
+        max: data[data.len() - 1],
+        median: data[data.len() / 2],
+        checksum,
+    })
+}
+
+fn write(ctx: &StepCtx, input: WriteIn) -> Result<String, StepError> {
+    record_effect(ctx, "write");
+    let path = Path::new(&input.path);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    serde_json::to_writer_pretty(&mut tmp, &serde_json::json!({
+        "idempotency_key": ctx.idempotency_key(),
+        "count": input.summary.count, "sum": input.summary.sum, "min": input.summary.min,
+        "max": input.summary.max, "median": input.summary.median, "checksum": input.summary.checksum,
+    }))
+    .map_err(StepError::retryable)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .map_err(|e| StepError::retryable(e.error))?;
+    Ok(input.path)
+}
+
+fn demo(ctx: &mut Ctx<'_>, input: DemoInput) -> Result<Summary, WorkflowError> {
+    let data = ctx.step(
+        GENERATE,
+        &GenIn {
+            seed: input.index,
+            count: 5_000,
+        },
+    )?;
+    let summary = ctx.step(TRANSFORM, &data)?;
+    let path = format!("{}/run-{}.json", input.out_dir, input.index);
+    ctx.step(
+        WRITE,
+        &WriteIn {
+            path,
+            summary: summary.clone(),
+        },
+    )?;
+    Ok(summary)
+}
+
+/// Register the demo workflow and its steps.
+pub fn register(reg: &mut Registry) {
+    reg.step(GENERATE, generate);
+    reg.step(TRANSFORM, transform);
+    reg.step(WRITE, write);
+    reg.workflow(DEMO, demo);
+}
+
+/// Where the demo writes result files for a database.
+pub fn out_dir(db: &Path) -> PathBuf {
+    let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".out");
+    db.with_file_name(name)
+}
+
+pub fn run(args: DemoArgs) -> CliResult {
+    let mut reg = Registry::new();
+    register(&mut reg);
+    super::fixtures::register(&mut reg);
+    let mut config = Config::new(&args.db).with_lease_ttl(Duration::from_millis(args.lease_ttl_ms));
+    config.workers = args.workers.max(1);
+    let engine = Engine::start(reg, config).map_err(|e| e.to_string())?;
+    let out = out_dir(&args.db).to_string_lossy().into_owned();
+    let inputs: Vec<(DemoInput, StartOptions)> = (1..=args.runs as u64)
+        .map(|i| {
+            (
+                DemoInput {
+                    index: i,
+                    out_dir: out.clone(),
+                },
+                StartOptions::key(format!("demo-{i}")),
+            )
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(inputs.len());
+    for chunk in inputs.chunks(1000) {
+        ids.extend(engine.start_many(DEMO, chunk).map_err(|e| e.to_string())?);
+    }
+    eprintln!(
+        "demo: {} runs on {} (results in {out})",
+        ids.len(),
+        args.db.display()
+    );
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = {
+        let (done, stop, total) = (done.clone(), stop.clone(), ids.len());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                eprintln!("demo: {}/{total} finished", done.load(Ordering::Relaxed));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    let mut failed = Vec::new();
+    for id in &ids {
+        let row = engine
+            .wait(*id, Duration::from_secs(24 * 3600))
+            .map_err(|e| e.to_string())?;
+        if row.status != "completed" {
+            failed.push(format!(
+                "run {id}: {} {}",
+                row.status,
+                row.error.unwrap_or_default()
+            ));
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = progress.join();
+    engine.shutdown().map_err(|e| e.to_string())?;
+    eprintln!(
+        "demo: {}/{} completed, {} failed",
+        ids.len() - failed.len(),
+        ids.len(),
+        failed.len()
+    );
+    for f in failed.iter().take(10) {
+        eprintln!("demo: {f}");
+    }
+    Ok(if failed.is_empty() { 0 } else { 1 })
+}

@@ -1,0 +1,115 @@
+//! The `waymark` command line: the only place that prints and chooses exit codes.
+
+mod demo;
+mod fixtures;
+mod inspect;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "waymark",
+    version,
+    about = "Durable workflows on one SQLite file"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the sample workflow: N runs of generate -> transform -> write.
+    Demo(demo::DemoArgs),
+    /// List runs, one a line.
+    Runs {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one run and its journal.
+    Show {
+        run_id: String,
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Count runs by status.
+    Stats {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retry a run parked as `blocked` (after deploying a build that can read its data).
+    Resume {
+        run_id: String,
+        #[arg(long)]
+        db: PathBuf,
+    },
+    /// Run an engine with the built-in workflows (demo and test fixtures) until killed.
+    Serve(fixtures::ServeArgs),
+    /// Start one run of a built-in workflow.
+    Start(fixtures::StartArgs),
+}
+
+/// Parse arguments, run the command, return the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return 0;
+            }
+            let text = e.to_string();
+            let line = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("waymark: {line} (see waymark --help)");
+            return 2;
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Runs { db, status, json } => inspect::runs(&db, status.as_deref(), json),
+        Command::Show { run_id, db, json } => inspect::show(&db, &run_id, json),
+        Command::Stats { db, json } => inspect::stats(&db, json),
+        Command::Resume { run_id, db } => inspect::resume(&db, &run_id),
+        Command::Serve(args) => fixtures::serve(args),
+        Command::Start(args) => fixtures::start(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("waymark: {}", e.lines().next().unwrap_or("error"));
+            1
+        }
+    }
+}
+
+/// CLI results carry a one-line message.
+pub(crate) type CliResult = Result<i32, String>;
+
+pub(crate) fn parse_run_id(s: &str) -> Result<i64, String> {
+    s.parse::<i64>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("bad run id '{s}': expected a positive integer"))
+}

@@ -1,0 +1,172 @@
+//! Engine configuration, step limits and retry policy. Every bound has a name and a unit.
+
+use crate::outcome::FailureClass;
+use crate::store::Synchronous;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where a step executes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// On the worker thread, inside the engine process (no memory cap, cooperative timeout).
+    InProcess,
+}
+
+/// Resource limits for one step execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepLimits {
+    /// Memory cap of a child (RLIMIT_DATA, or cgroup memory.max where available).
+    pub memory_bytes: Option<u64>,
+    /// CPU-seconds cap of a child (RLIMIT_CPU).
+    pub cpu_seconds: Option<u64>,
+    /// Wall-clock timeout of one execution.
+    pub timeout: Option<Duration>,
+    /// Largest encoded output / stdout kept.
+    pub output_bytes_max: u64,
+    /// Stderr kept (head and tail) for diagnosis.
+    pub stderr_bytes_max: u64,
+}
+
+impl Default for StepLimits {
+    fn default() -> Self {
+        StepLimits {
+            memory_bytes: Some(512 * 1024 * 1024),
+            cpu_seconds: None,
+            timeout: Some(Duration::from_secs(3600)),
+            output_bytes_max: crate::codec::PAYLOAD_BYTES_MAX,
+            stderr_bytes_max: 64 * 1024,
+        }
+    }
+}
+
+/// When and how often a failed step is retried. The delay is a timestamp in the
+/// database (the run is suspended), never a sleeping thread.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Executions in all, including the first (1 = no retry).
+    pub attempts_max: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub backoff_multiplier: f64,
+    /// Fraction of the delay randomised (0.0 to 1.0).
+    pub jitter: f64,
+    /// Failure classes worth retrying. A `StepError` marked permanent is never retried.
+    pub retry_on: Vec<FailureClass>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts_max: 3,
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(60),
+            backoff_multiplier: 2.0,
+            jitter: 0.2,
+            retry_on: vec![
+                FailureClass::StepError,
+                FailureClass::Panic,
+                FailureClass::MemoryLimit,
+                FailureClass::CpuLimit,
+                FailureClass::Timeout,
+                FailureClass::Signal,
+                FailureClass::Protocol,
+                FailureClass::Spawn,
+            ],
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries at all.
+    pub fn never() -> Self {
+        RetryPolicy {
+            attempts_max: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Delay before attempt `next_attempt` (2 = first retry), with jitter from `random`.
+    pub fn delay(&self, next_attempt: u32, random: u64) -> Duration {
+        let exp = next_attempt.saturating_sub(2).min(30) as i32;
+        let base = self.backoff_initial.as_secs_f64() * self.backoff_multiplier.powi(exp);
+        let base = base.min(self.backoff_max.as_secs_f64());
+        let unit = (random % 10_000) as f64 / 10_000.0; // [0, 1)
+        let factor = 1.0 - self.jitter.clamp(0.0, 1.0) * unit;
+        Duration::from_secs_f64((base * factor).max(0.0))
+    }
+}
+
+/// Engine configuration. Start from [`Config::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub db_path: PathBuf,
+    /// Worker threads executing runs.
+    pub workers: usize,
+    /// How long a lease lasts without a heartbeat before others may reclaim the run.
+    pub lease_ttl: Duration,
+    /// How often leases are renewed.
+    pub heartbeat_interval: Duration,
+    /// How often the reaper looks for dead owners.
+    pub reap_interval: Duration,
+    /// How often the dispatcher polls when idle (local starts wake it at once).
+    pub poll_interval: Duration,
+    /// A run interrupted more than this many times ends failed.
+    pub interruptions_max: i64,
+    pub synchronous: Synchronous,
+    pub busy_timeout: Duration,
+    /// Largest encoded input, output or event payload.
+    pub payload_bytes_max: u64,
+    /// Most journal entries one run may have.
+    pub steps_per_run_max: i64,
+    /// Default isolation of steps that do not choose one.
+    pub isolation: Isolation,
+    pub limits: StepLimits,
+    pub retry: RetryPolicy,
+    /// Run `PRAGMA quick_check` when opening an existing file.
+    pub quick_check_on_open: bool,
+}
+
+impl Config {
+    /// Defaults for a database at `db_path`.
+    pub fn new(db_path: impl Into<PathBuf>) -> Self {
+        Config {
+            db_path: db_path.into(),
+            workers: 8,
+            lease_ttl: Duration::from_secs(15),
+            heartbeat_interval: Duration::from_secs(3),
+            reap_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(50),
+            interruptions_max: 5,
+            synchronous: Synchronous::Full,
+            busy_timeout: Duration::from_secs(5),
+            payload_bytes_max: crate::codec::PAYLOAD_BYTES_MAX,
+            steps_per_run_max: 100_000,
+            isolation: Isolation::InProcess,
+            limits: StepLimits::default(),
+            retry: RetryPolicy::default(),
+            quick_check_on_open: true,
+        }
+    }
+
+    /// Set the lease TTL and derive the heartbeat interval (TTL / 5).
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self.heartbeat_interval = ttl / 5;
+        self.reap_interval = self.reap_interval.min(ttl / 3);
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+        let bad = |m: &str| Err(crate::Error::Config(m.to_string()));
+        if self.workers == 0 {
+            return bad("workers must be at least 1");
+        }
+        if self.heartbeat_interval * 2 >= self.lease_ttl {
+            return bad("heartbeat_interval must be under half of lease_ttl");
+        }
+        if self.interruptions_max < 1 {
+            return bad("interruptions_max must be at least 1");
+        }
+        Ok(())
+    }
+}

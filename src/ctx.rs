@@ -1,0 +1,307 @@
+//! The workflow context: journaled step calls and deterministic replay.
+//!
+//! Invariants:
+//! - Sequence numbers are assigned in call order from 0; replay of a journaled sequence
+//!   number returns the recorded result without running the step.
+//! - A replay that asks for another step than the journal holds at that sequence number is
+//!   a non-determinism error on the run, never a panic.
+//! - Once the engine interrupts a run (lease lost, suspend, shutdown, bad data), every further
+//!   call returns [`WorkflowError::Interrupted`] and the workflow's return value is ignored.
+
+use crate::codec;
+use crate::engine::exec::ExecRequest;
+use crate::engine::Inner;
+use crate::error::WorkflowError;
+use crate::fault;
+use crate::outcome::Failure;
+use crate::registry::{Step, StepDef};
+use crate::store::{queries::StepRow, Entry, Fence, Op, StoreError};
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Why the engine took a run away from its workflow function.
+#[derive(Debug)]
+pub(crate) enum Interrupt {
+    LeaseLost,
+    Shutdown,
+    Suspend { until: i64, note: String },
+    NonDeterminism(String),
+    Blocked(String),
+    Fail(String),
+    Storage(StoreError),
+}
+
+/// Handed to a workflow function; every durable operation goes through it.
+pub struct Ctx<'a> {
+    pub(crate) inner: &'a Inner,
+    pub(crate) fence: Fence,
+    pub(crate) workflow: String,
+    pub(crate) journal: Vec<StepRow>,
+    pub(crate) last_attempts: HashMap<i64, i64>,
+    pub(crate) next_seq: i64,
+    pub(crate) interrupt: Option<Interrupt>,
+    pub(crate) cancel: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("run_id", &self.fence.run_id)
+            .field("next_seq", &self.next_seq)
+            .finish()
+    }
+}
+
+impl<'a> Ctx<'a> {
+    /// The id of the run being executed.
+    pub fn run_id(&self) -> i64 {
+        self.fence.run_id
+    }
+
+    /// The name of the workflow being executed.
+    pub fn workflow(&self) -> &str {
+        &self.workflow
+    }
+
+    /// True while replaying journaled steps (useful to silence logs on replay).
+    pub fn is_replaying(&self) -> bool {
+        (self.next_seq as usize) < self.journal.len()
+    }
+
+    pub(crate) fn payload_limit(&self) -> u64 {
+        self.inner.config.payload_bytes_max
+    }
+
+    pub(crate) fn interrupt(&mut self, why: Interrupt) -> WorkflowError {
+        if self.interrupt.is_none() {
+            self.interrupt = Some(why);
+        }
+        WorkflowError::Interrupted
+    }
+
+    /// Err if the run was interrupted or must stop (shutdown, lease no longer valid).
+    pub(crate) fn check_live(&mut self) -> Result<(), WorkflowError> {
+        if self.interrupt.is_some() {
+            return Err(WorkflowError::Interrupted);
+        }
+        if !self.inner.lease.valid() {
+            return Err(self.interrupt(Interrupt::LeaseLost));
+        }
+        if self.inner.shutting_down() {
+            return Err(self.interrupt(Interrupt::Shutdown));
+        }
+        Ok(())
+    }
+
+    /// Write through the writer, turning fencing and storage errors into interrupts.
+    pub(crate) fn write(&mut self, op: Op) -> Result<(), WorkflowError> {
+        match self.inner.store.call(op) {
+            Ok(_) => Ok(()),
+            Err(StoreError::LeaseLost { .. }) => Err(self.interrupt(Interrupt::LeaseLost)),
+            Err(e) => Err(self.interrupt(Interrupt::Storage(e))),
+        }
+    }
+
+    /// Take the next sequence number; returns the journal entry if one is recorded,
+    /// after checking it was recorded for `name` (else non-determinism).
+    pub(crate) fn next_entry(
+        &mut self,
+        name: &str,
+        kind: &str,
+    ) -> Result<(i64, Option<StepRow>), WorkflowError> {
+        self.check_live()?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        match self.journal.get(seq as usize) {
+            Some(entry) if entry.name != name || entry.kind != kind => {
+                let msg = format!(
+                    "non-determinism in run {} at seq {seq}: the journal holds {} '{}', replay asked for {kind} '{name}'",
+                    self.fence.run_id, entry.kind, entry.name
+                );
+                Err(self.interrupt(Interrupt::NonDeterminism(msg)))
+            }
+            Some(entry) => Ok((seq, Some(entry.clone()))),
+            None if seq >= self.inner.config.steps_per_run_max => {
+                let msg = format!(
+                    "run {} has more than {} journal entries (steps_per_run_max)",
+                    self.fence.run_id, self.inner.config.steps_per_run_max
+                );
+                Err(self.interrupt(Interrupt::Fail(msg)))
+            }
+            None => Ok((seq, None)),
+        }
+    }
+
+    /// Decode a recorded output, parking the run as `blocked` if it does not decode.
+    pub(crate) fn decode_recorded<O: DeserializeOwned>(
+        &mut self,
+        seq: i64,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<O, WorkflowError> {
+        codec::decode::<O>(bytes, self.payload_limit()).map_err(|e| {
+            let msg = format!(
+                "cannot decode the recorded output of step '{name}' (seq {seq}) of run {} as {}: {e}",
+                self.fence.run_id,
+                std::any::type_name::<O>()
+            );
+            self.interrupt(Interrupt::Blocked(msg))
+        })
+    }
+
+    /// Record a journal entry (write-once, fenced).
+    pub(crate) fn record(&mut self, entry: Entry) -> Result<(), WorkflowError> {
+        self.write(Op::Checkpoint {
+            fence: self.fence.clone(),
+            entry,
+        })?;
+        fault::point(fault::Point::AfterCheckpoint);
+        Ok(())
+    }
+
+    /// Call a registered step: replayed from the journal if recorded, executed otherwise.
+    pub fn step<I: Serialize, O: DeserializeOwned>(
+        &mut self,
+        step: Step<I, O>,
+        input: &I,
+    ) -> Result<O, WorkflowError> {
+        let name = step.name();
+        let (seq, recorded) = self.next_entry(name, "step")?;
+        if let Some(entry) = recorded {
+            return if entry.status == "completed" {
+                self.decode_recorded(seq, name, entry.output.as_deref().unwrap_or_default())
+            } else {
+                Err(WorkflowError::Step {
+                    seq,
+                    name: name.into(),
+                    reason: entry.error.unwrap_or_default(),
+                })
+            };
+        }
+        let registry = self.inner.registry.clone();
+        let Some(def) = registry.get_step(name) else {
+            let msg = format!(
+                "run {} calls step '{name}' (seq {seq}), which is not registered",
+                self.fence.run_id
+            );
+            return Err(self.interrupt(Interrupt::Fail(msg)));
+        };
+        let input = match codec::encode(input, self.payload_limit()) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let reason = format!(
+                    "input of step '{name}' (seq {seq}) of run {}: {e}",
+                    self.fence.run_id
+                );
+                self.record(Entry {
+                    seq,
+                    name: name.into(),
+                    kind: "step",
+                    completed: false,
+                    attempts: 0,
+                    output: None,
+                    error: Some(reason.clone()),
+                })?;
+                return Err(WorkflowError::Step {
+                    seq,
+                    name: name.into(),
+                    reason,
+                });
+            }
+        };
+        let output = self.execute(seq, def, &input)?;
+        self.decode_recorded(seq, name, &output)
+    }
+
+    fn execute(&mut self, seq: i64, def: &StepDef, input: &[u8]) -> Result<Vec<u8>, WorkflowError> {
+        let name = def.name().to_string();
+        let attempt = self.last_attempts.get(&seq).copied().unwrap_or(0) + 1;
+        let policy = def
+            .options()
+            .retry
+            .clone()
+            .unwrap_or_else(|| self.inner.config.retry.clone());
+        let limits = def
+            .options()
+            .limits
+            .clone()
+            .unwrap_or_else(|| self.inner.config.limits.clone());
+        let isolation = def
+            .options()
+            .isolation
+            .unwrap_or(self.inner.config.isolation);
+        let request = ExecRequest {
+            fence: &self.fence,
+            seq,
+            attempt,
+            step: def,
+            input,
+            limits: &limits,
+            payload_limit: self.payload_limit(),
+            cancel: self.cancel.clone(),
+        };
+        let outcome = self.inner.executor(isolation).execute(self.inner, &request);
+        fault::point(fault::Point::AfterStep);
+        self.check_live()?;
+        match outcome {
+            Ok(output) => {
+                self.record(Entry {
+                    seq,
+                    name,
+                    kind: "step",
+                    completed: true,
+                    attempts: attempt,
+                    output: Some(output.clone()),
+                    error: None,
+                })?;
+                Ok(output)
+            }
+            Err(failure) => self.failed(seq, name, attempt, &policy, failure),
+        }
+    }
+
+    fn failed(
+        &mut self,
+        seq: i64,
+        name: String,
+        attempt: i64,
+        policy: &crate::config::RetryPolicy,
+        failure: Failure,
+    ) -> Result<Vec<u8>, WorkflowError> {
+        let run_id = self.fence.run_id;
+        self.write(Op::AttemptEnd {
+            fence: self.fence.clone(),
+            seq,
+            attempt,
+            outcome: failure.class.name(),
+            reason: failure.reason.clone(),
+        })?;
+        let retry = !failure.permanent
+            && policy.retry_on.contains(&failure.class)
+            && (attempt as u32) < policy.attempts_max
+            && !self.cancel.load(std::sync::atomic::Ordering::Relaxed);
+        if retry {
+            let delay = policy.delay(attempt as u32 + 1, crate::host::random_u64());
+            let until = self.inner.clock.now_ms() + delay.as_millis() as i64;
+            log::info!("run {run_id}: step '{name}' (seq {seq}) attempt {attempt} failed ({}); retrying in {delay:?}", failure.reason);
+            let note = format!(
+                "retrying step '{name}' (seq {seq}) after attempt {attempt}: {}",
+                failure.reason
+            );
+            return Err(self.interrupt(Interrupt::Suspend { until, note }));
+        }
+        let reason = format!("{} (attempt {attempt})", failure.reason);
+        self.record(Entry {
+            seq,
+            name: name.clone(),
+            kind: "step",
+            completed: false,
+            attempts: attempt,
+            output: None,
+            error: Some(reason.clone()),
+        })?;
+        Err(WorkflowError::Step { seq, name, reason })
+    }
+}

@@ -1,0 +1,51 @@
+//! The dispatcher: claims ready runs in short transactions and hands them to workers.
+//!
+//! Invariant: it never claims more runs than there are idle workers, so a claimed run
+//! starts executing at once and its lease is never held by a queue.
+
+use crate::engine::Inner;
+use crate::store::{Done, Op};
+use std::sync::atomic::Ordering;
+
+/// Claim and dispatch until shutdown.
+pub fn dispatch_loop(
+    inner: &Inner,
+    work: crossbeam_channel::Sender<crate::store::Claimed>,
+    wake: crossbeam_channel::Receiver<()>,
+) {
+    let workers = inner.config.workers as i64;
+    while !inner.shutting_down() {
+        let busy = inner.in_flight.load(Ordering::SeqCst);
+        let free = workers - busy;
+        let can_claim =
+            free > 0 && !inner.storage_failed.load(Ordering::SeqCst) && inner.lease.valid();
+        let mut claimed_all = false;
+        if can_claim {
+            let op = Op::Claim {
+                owner: inner.owner.clone(),
+                limit: free,
+                workflows_json: inner.workflows_json.clone(),
+                lease_ms: inner.config.lease_ttl.as_millis() as i64,
+            };
+            match inner.store.call(op) {
+                Ok(Done::Claimed(runs)) => {
+                    claimed_all = runs.len() as i64 == free;
+                    for run in runs {
+                        inner.in_flight.fetch_add(1, Ordering::SeqCst);
+                        if work.send(run).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    log::error!("claiming runs failed: {e}");
+                    inner.note_store_error(&e);
+                }
+            }
+        }
+        if !claimed_all || !can_claim {
+            let _ = wake.recv_timeout(inner.config.poll_interval);
+        }
+    }
+}

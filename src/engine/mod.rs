@@ -1,0 +1,405 @@
+//! The engine: threads around one store. It holds handles, not state: everything a run
+//! needs to continue is in the database.
+//!
+//! Threads: one writer (in the store), one dispatcher, `workers` workers, one heartbeat,
+//! one reaper. No async runtime.
+
+pub mod dispatch;
+pub mod exec;
+pub mod lease;
+pub mod reaper;
+pub mod worker;
+
+use crate::clock::{Clock, SystemClock};
+use crate::codec;
+use crate::config::{Config, Isolation};
+use crate::error::Error;
+use crate::host;
+use crate::registry::{Registry, Workflow};
+use crate::store::{queries, Done, EngineRow, NewRun, Op, Store, StoreError, StoreOptions};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
+use serde::{de::DeserializeOwned, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use queries::{AttemptRow, RunRow, StepRow};
+
+/// Options for starting a run.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Starting twice with the same key returns the first run's id and creates nothing.
+    pub idempotency_key: Option<String>,
+    /// Queue name (default `"default"`).
+    pub queue: Option<String>,
+    /// Higher runs first.
+    pub priority: i64,
+    /// Do not start before this wall-clock time (ms since the Unix epoch).
+    pub not_before_ms: Option<i64>,
+    /// Fail the run if it has not finished by this wall-clock time (ms since the epoch).
+    pub deadline_ms: Option<i64>,
+}
+
+impl StartOptions {
+    /// Options with an idempotency key.
+    pub fn key(key: impl Into<String>) -> Self {
+        StartOptions {
+            idempotency_key: Some(key.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Shared state of the engine's threads: handles and flags only.
+pub struct Inner {
+    pub(crate) store: Store,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) config: Config,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) owner: Arc<str>,
+    pub(crate) boot_id: String,
+    pub(crate) workflows_json: Arc<str>,
+    pub(crate) lease: lease::LeaseGuard,
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) storage_failed: AtomicBool,
+    pub(crate) in_flight: AtomicI64,
+    wake_tx: Sender<()>,
+    finished: (Mutex<u64>, Condvar),
+    in_process: exec::InProcess,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("owner", &self.owner)
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl Inner {
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn wake_dispatcher(&self) {
+        let _ = self.wake_tx.try_send(());
+    }
+
+    pub(crate) fn notify_finished(&self) {
+        *self.finished.0.lock() += 1;
+        self.finished.1.notify_all();
+    }
+
+    /// Remember a storage failure: after disk-full or I/O errors the engine stops claiming.
+    pub(crate) fn note_store_error(&self, e: &StoreError) {
+        if e.is_storage_failure() && !self.storage_failed.swap(true, Ordering::SeqCst) {
+            log::error!("storage failure, this engine stops claiming new runs: {e}");
+        }
+    }
+
+    pub(crate) fn executor(&self, isolation: Isolation) -> &dyn exec::Executor {
+        match isolation {
+            Isolation::InProcess => &self.in_process,
+        }
+    }
+}
+
+/// A running engine. Dropping it shuts it down gracefully.
+pub struct Engine {
+    inner: Arc<Inner>,
+    stop_tx: Option<Sender<()>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    work_tx: Mutex<Option<Sender<crate::store::Claimed>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+fn spawn(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, Error> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| Error::Config(format!("cannot start thread {name}: {e}")))
+}
+
+impl Engine {
+    /// Open the database in `config` and start executing runs of `registry`'s workflows.
+    pub fn start(registry: Registry, config: Config) -> Result<Engine, Error> {
+        Self::start_with_clock(registry, config, Arc::new(SystemClock::from_env()))
+    }
+
+    /// [`Engine::start`] with an injected clock (tests).
+    pub fn start_with_clock(
+        registry: Registry,
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, Error> {
+        config.validate()?;
+        let opts = StoreOptions {
+            create: true,
+            synchronous: config.synchronous,
+            busy_timeout: config.busy_timeout,
+            quick_check: config.quick_check_on_open,
+            readers_max: 4,
+        };
+        let store = Store::open(&config.db_path, &opts, clock.clone())?;
+        let owner: Arc<str> = host::random_id().into();
+        let (pid, pid_start) = host::this_process();
+        let boot_id = host::boot_id();
+        store.call(Op::RegisterEngine(EngineRow {
+            id: owner.clone(),
+            pid,
+            pid_start,
+            boot_id: boot_id.clone(),
+        }))?;
+        let (wake_tx, wake_rx) = bounded(1);
+        let workflows_json: Arc<str> = registry.workflow_keys_json().into();
+        let inner = Arc::new(Inner {
+            store,
+            registry: Arc::new(registry),
+            lease: lease::LeaseGuard::new(config.lease_ttl),
+            config,
+            clock,
+            owner,
+            boot_id,
+            workflows_json,
+            shutdown: AtomicBool::new(false),
+            storage_failed: AtomicBool::new(false),
+            in_flight: AtomicI64::new(0),
+            wake_tx,
+            finished: (Mutex::new(0), Condvar::new()),
+            in_process: exec::InProcess,
+        });
+        log::info!(
+            "engine {} started on {} (pid {pid}, {} workers)",
+            inner.owner,
+            inner.config.db_path.display(),
+            inner.config.workers
+        );
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let (work_tx, work_rx) = bounded::<crate::store::Claimed>(inner.config.workers);
+        let mut threads = Vec::new();
+        for i in 0..inner.config.workers {
+            let (inner, rx) = (inner.clone(), work_rx.clone());
+            threads.push(spawn(&format!("waymark-worker-{i}"), move || {
+                worker_loop(&inner, rx)
+            })?);
+        }
+        let (i2, s2) = (inner.clone(), stop_rx.clone());
+        threads.push(spawn("waymark-heartbeat", move || {
+            lease::heartbeat_loop(&i2, s2)
+        })?);
+        let (i3, s3) = (inner.clone(), stop_rx.clone());
+        threads.push(spawn("waymark-reaper", move || {
+            reaper::reaper_loop(&i3, s3)
+        })?);
+        let (i4, w4) = (inner.clone(), work_tx.clone());
+        threads.push(spawn("waymark-dispatcher", move || {
+            dispatch::dispatch_loop(&i4, w4, wake_rx)
+        })?);
+        Ok(Engine {
+            inner,
+            stop_tx: Some(stop_tx),
+            threads: Mutex::new(threads),
+            work_tx: Mutex::new(Some(work_tx)),
+        })
+    }
+
+    /// This engine's incarnation id (the `owner` of the runs it holds).
+    pub fn owner_id(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// The store (read queries, raw commands) for tools and tests.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn new_run<I: Serialize, O>(
+        &self,
+        wf: Workflow<I, O>,
+        input: &I,
+        opts: StartOptions,
+    ) -> Result<NewRun, Error> {
+        let input =
+            codec::encode(input, self.inner.config.payload_bytes_max).map_err(|source| {
+                Error::Payload {
+                    run_id: None,
+                    step: None,
+                    source,
+                }
+            })?;
+        Ok(NewRun {
+            workflow: wf.name().to_string(),
+            version: wf.get_version() as i64,
+            input,
+            idempotency_key: opts.idempotency_key,
+            queue: opts.queue.unwrap_or_else(|| "default".into()),
+            priority: opts.priority,
+            ready_at: opts.not_before_ms,
+            parent_id: None,
+            deadline_at: opts.deadline_ms,
+        })
+    }
+
+    /// Start a run of `wf`. With an idempotency key already used, returns that run's id.
+    pub fn start_run<I: Serialize, O>(
+        &self,
+        wf: Workflow<I, O>,
+        input: &I,
+        opts: StartOptions,
+    ) -> Result<i64, Error> {
+        let run = self.new_run(wf, input, opts)?;
+        match self.inner.store.call(Op::Enqueue(run))? {
+            Done::Run { id, .. } => {
+                self.inner.wake_dispatcher();
+                Ok(id)
+            }
+            other => Err(Error::Config(format!("unexpected writer answer {other:?}"))),
+        }
+    }
+
+    /// Start many runs in one transaction. Returns their ids in order.
+    pub fn start_many<I: Serialize, O>(
+        &self,
+        wf: Workflow<I, O>,
+        inputs: &[(I, StartOptions)],
+    ) -> Result<Vec<i64>, Error> {
+        let runs = inputs
+            .iter()
+            .map(|(i, o)| self.new_run(wf, i, o.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        match self.inner.store.call(Op::EnqueueMany(runs))? {
+            Done::Runs(ids) => {
+                self.inner.wake_dispatcher();
+                Ok(ids.into_iter().map(|(id, _)| id).collect())
+            }
+            other => Err(Error::Config(format!("unexpected writer answer {other:?}"))),
+        }
+    }
+
+    /// The run's current row.
+    pub fn run(&self, run_id: i64) -> Result<RunRow, Error> {
+        self.inner
+            .store
+            .read(|c| queries::run(c, run_id))?
+            .ok_or(Error::Store(StoreError::NotFound { run_id }))
+    }
+
+    /// The run's journal.
+    pub fn journal(&self, run_id: i64) -> Result<Vec<StepRow>, Error> {
+        Ok(self.inner.store.read(|c| queries::journal(c, run_id))?)
+    }
+
+    /// Wait until the run is final (completed, failed, cancelled) or parked, up to `timeout`.
+    pub fn wait(&self, run_id: i64, timeout: Duration) -> Result<RunRow, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = *self.inner.finished.0.lock();
+            let row = self.run(run_id)?;
+            if matches!(
+                row.status.as_str(),
+                "completed" | "failed" | "cancelled" | "blocked" | "blocked_version"
+            ) {
+                return Ok(row);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::WaitTimeout { run_id });
+            }
+            let mut g = self.inner.finished.0.lock();
+            if *g == seen {
+                let wait = (deadline - now).min(Duration::from_millis(100));
+                self.inner.finished.1.wait_for(&mut g, wait);
+            }
+        }
+    }
+
+    /// Wait for the run and decode its output.
+    pub fn wait_output<I, O: DeserializeOwned>(
+        &self,
+        _wf: Workflow<I, O>,
+        run_id: i64,
+        timeout: Duration,
+    ) -> Result<O, Error> {
+        let row = self.wait(run_id, timeout)?;
+        match row.status.as_str() {
+            "completed" => codec::decode(
+                row.output.as_deref().unwrap_or_default(),
+                self.inner.config.payload_bytes_max,
+            )
+            .map_err(|source| Error::Payload {
+                run_id: Some(run_id),
+                step: None,
+                source,
+            }),
+            "cancelled" => Err(Error::RunCancelled { run_id }),
+            "failed" => Err(Error::RunFailed {
+                run_id,
+                error: row.error.unwrap_or_default(),
+            }),
+            status => Err(Error::RunBlocked {
+                run_id,
+                status: status.into(),
+                note: row.note.unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Move a `blocked` run back to pending (after deploying a build that can read it).
+    pub fn resume(&self, run_id: i64) -> Result<(), Error> {
+        self.inner.store.call(Op::Resume { run_id })?;
+        self.inner.wake_dispatcher();
+        Ok(())
+    }
+
+    /// Stop claiming, let in-flight runs reach their next step boundary, release them so
+    /// another engine can claim them at once, and stop all threads.
+    pub fn shutdown(mut self) -> Result<(), Error> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), Error> {
+        let Some(stop_tx) = self.stop_tx.take() else {
+            return Ok(());
+        };
+        self.inner.shutdown.store(true, Ordering::SeqCst);
+        self.inner.wake_dispatcher();
+        drop(self.work_tx.lock().take());
+        drop(stop_tx);
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        self.inner.store.call(Op::StopEngine {
+            owner: self.inner.owner.clone(),
+        })?;
+        log::info!("engine {} stopped", self.inner.owner);
+        Ok(())
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            log::error!("engine shutdown: {e}");
+        }
+    }
+}
+
+fn worker_loop(inner: &Inner, rx: Receiver<crate::store::Claimed>) {
+    while let Ok(claimed) = rx.recv() {
+        worker::execute_run(inner, claimed);
+        inner.in_flight.fetch_sub(1, Ordering::SeqCst);
+        inner.wake_dispatcher();
+    }
+}

@@ -1,0 +1,132 @@
+//! Recovery: find runs whose owner is dead and make them claimable again.
+//!
+//! Policy, at open and every `reap_interval`:
+//! - An owner is dead at once if it is provably gone on this host: its engine row names a
+//!   `(pid, start time)` that no longer exists, a boot id of an earlier boot, or it stopped
+//!   while still holding runs.
+//! - Otherwise it is dead once *we* have seen its heartbeat counter not move for a full
+//!   `lease_ttl` on our own monotonic clock (a wall-clock jump cannot fake liveness or death).
+//! - An owner with no engine row falls back to the wall-clock lease expiry.
+//!
+//! Each reclaim is guarded by the `(status, epoch)` read here, so a run that completed or was
+//! reclaimed in between is left alone.
+
+use crate::engine::Inner;
+use crate::fault;
+use crate::host;
+use crate::store::{queries, Done, Op, StoreResult};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// What the reaper remembers between passes: last heartbeat value seen per owner.
+#[derive(Debug, Default)]
+pub struct Reaper {
+    seen: HashMap<String, (i64, Instant)>,
+    passes: u64,
+}
+
+impl Reaper {
+    /// One pass. Returns the number of runs reclaimed.
+    pub fn pass(&mut self, inner: &Inner) -> StoreResult<usize> {
+        self.passes += 1;
+        let my_boot = &inner.boot_id;
+        let owners = inner.store.read(queries::owners)?;
+        let now_mono = Instant::now();
+        let now = inner.clock.now_ms();
+        let mut reclaimed = 0;
+        let mut live = HashMap::new();
+        for o in owners {
+            if *o.id == *inner.owner {
+                continue;
+            }
+            let why = match (o.pid, o.pid_start, o.boot_id.as_deref(), o.beat) {
+                _ if o.stopped => Some("stopped while holding runs".to_string()),
+                (Some(pid), Some(start), Some(boot), Some(beat)) => {
+                    if boot != my_boot.as_str() {
+                        Some(format!("owner {} ran before a reboot", o.id))
+                    } else if !host::process_alive(pid as u32, start as u64) {
+                        Some(format!("owner engine {} (pid {pid}) is dead", o.id))
+                    } else {
+                        let entry = self.seen.entry(o.id.clone()).or_insert((beat, now_mono));
+                        if entry.0 != beat {
+                            *entry = (beat, now_mono);
+                        }
+                        live.insert(o.id.clone(), *entry);
+                        let quiet = now_mono.duration_since(entry.1);
+                        (quiet >= inner.config.lease_ttl).then(|| {
+                            format!(
+                                "owner engine {} (pid {pid}) sent no heartbeat for {quiet:?}",
+                                o.id
+                            )
+                        })
+                    }
+                }
+                _ => o
+                    .lease_expires_at
+                    .filter(|&t| t < now)
+                    .map(|_| format!("owner {} has no engine record and its lease expired", o.id)),
+            };
+            let Some(why) = why else { continue };
+            for (run_id, epoch) in inner.store.read(|c| queries::runs_of_owner(c, &o.id))? {
+                fault::point(fault::Point::ReaperBeforeReclaim);
+                let op = Op::Reclaim {
+                    run_id,
+                    epoch,
+                    reason: why.clone(),
+                    poison_limit: inner.config.interruptions_max,
+                };
+                if let Done::Reclaimed(true) = inner.store.call(op)? {
+                    log::warn!("reclaimed run {run_id} (epoch {epoch}): {why}");
+                    reclaimed += 1;
+                }
+            }
+        }
+        self.seen = live;
+        if self.passes % 30 == 1 {
+            self.forget_dead_engines(inner)?;
+            let note = format!(
+                "not claimable by engine pid {}: no registered workflow ",
+                std::process::id()
+            );
+            inner.store.call(Op::NoteUnrunnable {
+                workflows_json: inner.workflows_json.clone(),
+                note,
+            })?;
+        }
+        if reclaimed > 0 {
+            inner.wake_dispatcher();
+        }
+        Ok(reclaimed)
+    }
+
+    fn forget_dead_engines(&self, inner: &Inner) -> StoreResult<()> {
+        for e in inner.store.read(queries::idle_engines)? {
+            if *e.id == *inner.owner {
+                continue;
+            }
+            let gone = e.stopped
+                || e.boot_id.as_deref() != Some(inner.boot_id.as_str())
+                || !host::process_alive(e.pid.unwrap_or(0) as u32, e.pid_start.unwrap_or(0) as u64);
+            if gone {
+                inner.store.call(Op::ForgetEngine { id: e.id })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reaper loop: one pass at once, then every `reap_interval` until `stop` fires.
+pub fn reaper_loop(inner: &Inner, stop: crossbeam_channel::Receiver<()>) {
+    let mut reaper = Reaper::default();
+    loop {
+        if let Err(e) = reaper.pass(inner) {
+            log::error!("reaper pass failed: {e}");
+            inner.note_store_error(&e);
+        }
+        if let Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) =
+            stop.recv_timeout(inner.config.reap_interval)
+        {
+            return;
+        }
+    }
+}

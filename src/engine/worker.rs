@@ -1,0 +1,172 @@
+//! Executing one claimed run: replay its workflow function and record how it ended.
+//!
+//! Invariant: no transaction is open while user code runs; every write goes through the
+//! writer, fenced by the claim's `(owner, epoch)`. A `LeaseLost` answer means: stop, write
+//! nothing more for this run.
+
+use crate::ctx::{Ctx, Interrupt};
+use crate::engine::exec::panic_message;
+use crate::engine::Inner;
+use crate::registry::WorkflowFailure;
+use crate::store::{queries, Claimed, Fence, Op, StoreError};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Run `claimed` to its next stop (completion, failure, suspension, or loss of lease).
+pub fn execute_run(inner: &Inner, claimed: Claimed) {
+    let run_id = claimed.run_id;
+    let fence = Fence {
+        run_id,
+        owner: inner.owner.clone(),
+        epoch: claimed.epoch,
+    };
+    let Some(wf) = inner
+        .registry
+        .get_workflow(&claimed.workflow, claimed.version as u32)
+    else {
+        // The claim filters on registered workflows, so this is a registry/claim mismatch.
+        let note = format!(
+            "workflow '{}' version {} is not registered in this engine",
+            claimed.workflow, claimed.version
+        );
+        finish_op(
+            inner,
+            Op::Block {
+                fence,
+                status: "blocked_version",
+                note,
+            },
+        );
+        return;
+    };
+    let loaded = inner.store.read(|c| {
+        let journal = queries::journal(c, run_id)?;
+        let attempts: HashMap<i64, i64> = queries::attempts(c, run_id)?
+            .into_iter()
+            .map(|a| (a.seq, a.attempt))
+            .fold(HashMap::new(), |mut m, (s, a)| {
+                let e = m.entry(s).or_insert(0);
+                *e = (*e).max(a);
+                m
+            });
+        Ok((journal, attempts))
+    });
+    let (journal, last_attempts) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            log::error!("run {run_id}: cannot read its journal ({e}); releasing it");
+            inner.note_store_error(&e);
+            finish_op(inner, Op::Release { fence });
+            return;
+        }
+    };
+    if let Some((i, e)) = journal.iter().enumerate().find(|(i, e)| e.seq != *i as i64) {
+        let note = format!(
+            "run {run_id}: journal has seq {} where {i} was expected",
+            e.seq
+        );
+        finish_op(
+            inner,
+            Op::Block {
+                fence,
+                status: "blocked",
+                note,
+            },
+        );
+        return;
+    }
+    let mut ctx = Ctx {
+        inner,
+        fence: fence.clone(),
+        workflow: claimed.workflow.clone(),
+        journal,
+        last_attempts,
+        next_seq: 0,
+        interrupt: None,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let run = wf.run.clone();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(&mut ctx, &claimed.input)
+    }));
+    let interrupt = ctx.interrupt.take();
+    let op = match (interrupt, result) {
+        (Some(Interrupt::LeaseLost), _) => {
+            log::warn!(
+                "run {run_id}: lease lost (epoch {}); abandoning it",
+                fence.epoch
+            );
+            None
+        }
+        (Some(Interrupt::Storage(e)), _) => {
+            log::error!("run {run_id}: storage failed ({e}); abandoning it to recovery");
+            inner.note_store_error(&e);
+            None
+        }
+        (Some(Interrupt::Shutdown), _) => Some(Op::Release { fence }),
+        (Some(Interrupt::Suspend { until, note }), _) => Some(Op::Suspend { fence, until, note }),
+        (Some(Interrupt::NonDeterminism(m)), _) | (Some(Interrupt::Fail(m)), _) => {
+            log::error!("{m}");
+            Some(Op::Fail { fence, error: m })
+        }
+        (Some(Interrupt::Blocked(note)), _) => {
+            log::error!("{note}");
+            Some(Op::Block {
+                fence,
+                status: "blocked",
+                note,
+            })
+        }
+        (None, Ok(Ok(output))) => Some(Op::Complete { fence, output }),
+        (None, Ok(Err(WorkflowFailure::Input(e)))) => Some(Op::Block {
+            fence,
+            status: "blocked",
+            note: format!(
+                "cannot decode the input of run {run_id} (workflow '{}'): {e}",
+                claimed.workflow
+            ),
+        }),
+        (None, Ok(Err(WorkflowFailure::Output(e)))) => Some(Op::Fail {
+            fence,
+            error: format!("output of run {run_id}: {e}"),
+        }),
+        (None, Ok(Err(WorkflowFailure::Workflow(e)))) => Some(Op::Fail {
+            fence,
+            error: e.to_string(),
+        }),
+        (None, Err(payload)) => Some(Op::Fail {
+            fence,
+            error: format!(
+                "workflow '{}' panicked: {}",
+                claimed.workflow,
+                panic_message(&*payload)
+            ),
+        }),
+    };
+    if let Some(op) = op {
+        finish_op(inner, op);
+    }
+}
+
+fn finish_op(inner: &Inner, op: Op) {
+    let run_id = match &op {
+        Op::Complete { fence, .. }
+        | Op::Fail { fence, .. }
+        | Op::Suspend { fence, .. }
+        | Op::Release { fence }
+        | Op::Block { fence, .. } => fence.run_id,
+        _ => 0,
+    };
+    match inner.store.call(op) {
+        Ok(_) => {}
+        Err(StoreError::LeaseLost { .. }) => {
+            log::warn!("run {run_id}: lease lost before its outcome was recorded")
+        }
+        Err(e) => {
+            log::error!("run {run_id}: recording its outcome failed: {e}");
+            inner.note_store_error(&e);
+        }
+    }
+    inner.notify_finished();
+}

@@ -1,0 +1,160 @@
+//! Errors of the engine layer, and the error types user code sees.
+
+use crate::codec::CodecError;
+use crate::store::StoreError;
+
+/// What went wrong in an engine call. Each variant says what the caller can do next.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The storage layer failed (see [`StoreError`]; `DiskFull`, `ReadOnly`, ... are actionable).
+    Store(StoreError),
+    /// No workflow of this name and version is registered in this engine.
+    UnknownWorkflow { name: String, version: u32 },
+    /// A payload could not be encoded or decoded. Names the run and step where known.
+    Payload {
+        run_id: Option<i64>,
+        step: Option<String>,
+        source: CodecError,
+    },
+    /// The run ended failed; `error` is its recorded reason.
+    RunFailed { run_id: i64, error: String },
+    /// The run was cancelled.
+    RunCancelled { run_id: i64 },
+    /// The run is parked (`blocked` or `blocked_version`) and needs an operator.
+    RunBlocked {
+        run_id: i64,
+        status: String,
+        note: String,
+    },
+    /// Waiting for the run timed out; it is still going.
+    WaitTimeout { run_id: i64 },
+    /// The configuration is invalid.
+    Config(String),
+    /// The engine is shutting down.
+    ShuttingDown,
+    /// Child-process isolation is not usable (for example the host's `main` lacks the hook).
+    Isolation(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Store(e) => write!(f, "{e}"),
+            Error::UnknownWorkflow { name, version } => write!(
+                f,
+                "unknown workflow '{name}' version {version}: register it in the Registry before starting runs"
+            ),
+            Error::Payload { run_id, step, source } => {
+                write!(f, "payload error")?;
+                if let Some(r) = run_id {
+                    write!(f, " in run {r}")?;
+                }
+                if let Some(s) = step {
+                    write!(f, " at step '{s}'")?;
+                }
+                write!(f, ": {source}")
+            }
+            Error::RunFailed { run_id, error } => write!(f, "run {run_id} failed: {error}"),
+            Error::RunCancelled { run_id } => write!(f, "run {run_id} was cancelled"),
+            Error::RunBlocked { run_id, status, note } => write!(f, "run {run_id} is {status}: {note}"),
+            Error::WaitTimeout { run_id } => write!(f, "timed out waiting for run {run_id}"),
+            Error::Config(m) => write!(f, "invalid configuration: {m}"),
+            Error::ShuttingDown => write!(f, "the engine is shutting down"),
+            Error::Isolation(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Store(e) => Some(e),
+            Error::Payload { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::Store(e)
+    }
+}
+
+/// A step's own failure, returned by step functions.
+///
+/// `retryable` errors are retried by the step's retry policy; `permanent` ones are not.
+/// Any `std::error::Error` converts into a retryable `StepError` with `?`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StepError {
+    pub message: String,
+    pub permanent: bool,
+}
+
+impl StepError {
+    /// A failure worth retrying (the default for `?`).
+    pub fn retryable(message: impl std::fmt::Display) -> Self {
+        StepError {
+            message: message.to_string(),
+            permanent: false,
+        }
+    }
+    /// A failure that retrying cannot fix.
+    pub fn permanent(message: impl std::fmt::Display) -> Self {
+        StepError {
+            message: message.to_string(),
+            permanent: true,
+        }
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: std::error::Error> From<E> for StepError {
+    fn from(e: E) -> Self {
+        StepError::retryable(e)
+    }
+}
+
+/// What a workflow function returns on failure, and what [`crate::Ctx`] calls return.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkflowError {
+    /// A step failed for good (after its retries). The workflow may handle it or return it.
+    Step {
+        seq: i64,
+        name: String,
+        reason: String,
+    },
+    /// The workflow decided to fail.
+    Failed(String),
+    /// The engine took the run away (suspended, lease lost, shutting down, non-determinism,
+    /// undecodable data). Return it with `?`; whatever the workflow returns afterwards is ignored.
+    Interrupted,
+}
+
+impl WorkflowError {
+    /// A workflow failure with this message.
+    pub fn failed(message: impl std::fmt::Display) -> Self {
+        WorkflowError::Failed(message.to_string())
+    }
+}
+
+impl std::fmt::Display for WorkflowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkflowError::Step { seq, name, reason } => {
+                write!(f, "step '{name}' (seq {seq}) failed: {reason}")
+            }
+            WorkflowError::Failed(m) => f.write_str(m),
+            WorkflowError::Interrupted => f.write_str("interrupted by the engine"),
+        }
+    }
+}
+
+impl std::error::Error for WorkflowError {}

@@ -1,0 +1,89 @@
+//! Fault-injection points for kill-and-restart tests.
+//!
+//! The environment variable `WAYMARK_FAULT` (read once) arms at most one point:
+//! `POINT=N` makes the process SIGKILL itself the N-th time it passes `POINT`.
+//! Points: `before_commit`, `after_commit`, `after_checkpoint`, `in_step`,
+//! `after_step` (step finished, result not yet committed). Unset, a point costs one
+//! relaxed atomic load. `WAYMARK_FAULT_PAUSE=POINT:FILE` instead blocks at `POINT`
+//! until FILE exists (deterministic race tests), e.g. `reaper_before_reclaim:/tmp/go`.
+
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+/// A place in the engine where a fault can be injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    BeforeCommit,
+    AfterCommit,
+    AfterCheckpoint,
+    InStep,
+    AfterStep,
+    ReaperBeforeReclaim,
+}
+
+impl Point {
+    fn name(self) -> &'static str {
+        match self {
+            Point::BeforeCommit => "before_commit",
+            Point::AfterCommit => "after_commit",
+            Point::AfterCheckpoint => "after_checkpoint",
+            Point::InStep => "in_step",
+            Point::AfterStep => "after_step",
+            Point::ReaperBeforeReclaim => "reaper_before_reclaim",
+        }
+    }
+}
+
+struct Armed {
+    kill: Option<(String, i64)>,
+    pause: Option<(String, std::path::PathBuf)>,
+}
+
+static STATE: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 disarmed, 2 armed
+static ARMED: OnceLock<Armed> = OnceLock::new();
+static COUNT: AtomicI64 = AtomicI64::new(0);
+
+fn armed() -> Option<&'static Armed> {
+    match STATE.load(Ordering::Relaxed) {
+        1 => None,
+        2 => ARMED.get(),
+        _ => {
+            let kill = std::env::var("WAYMARK_FAULT").ok().and_then(|v| {
+                let (p, n) = v.split_once('=')?;
+                Some((p.trim().to_string(), n.trim().parse().ok()?))
+            });
+            let pause = std::env::var("WAYMARK_FAULT_PAUSE").ok().and_then(|v| {
+                let (p, f) = v.split_once(':')?;
+                Some((p.to_string(), f.into()))
+            });
+            if kill.is_none() && pause.is_none() {
+                STATE.store(1, Ordering::Relaxed);
+                return None;
+            }
+            let a = ARMED.get_or_init(|| Armed { kill, pause });
+            STATE.store(2, Ordering::Relaxed);
+            Some(a)
+        }
+    }
+}
+
+/// Pass a fault point: may kill this process or block, if armed for `point`.
+pub fn point(point: Point) {
+    let Some(a) = armed() else { return };
+    if let Some((name, n)) = &a.kill {
+        if name == point.name() && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == *n {
+            log::warn!("fault injection: SIGKILL at {name} #{n}");
+            // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+    if let Some((name, file)) = &a.pause {
+        if name == point.name() {
+            while !file.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+}

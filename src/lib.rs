@@ -1,0 +1,56 @@
+//! # waymark
+//!
+//! An embedded, single-node durable workflow executor on one SQLite file.
+//!
+//! A **workflow** is a registered Rust function that calls registered, typed **steps**
+//! through a [`Ctx`]. Every step result is journaled in SQLite; after a crash the workflow
+//! is replayed and journaled steps return their recorded output without running again.
+//! Runs are held under leases with heartbeats and fenced by an epoch, so a stale owner's
+//! writes are rejected.
+//!
+//! Principal types: [`Registry`] (what can run), [`Engine`] (runs it), [`Ctx`] (what a
+//! workflow calls), [`Step`] and [`Workflow`] (typed names), [`Config`].
+//!
+//! ```no_run
+//! use waymark::{Config, Ctx, Engine, Registry, StartOptions, Step, StepCtx, StepError, Workflow, WorkflowError};
+//! use std::time::Duration;
+//!
+//! const DOUBLE: Step<u64, u64> = Step::new("double");
+//! const PIPELINE: Workflow<u64, u64> = Workflow::new("pipeline");
+//!
+//! fn double(_: &StepCtx, x: u64) -> Result<u64, StepError> { Ok(x * 2) }
+//!
+//! fn pipeline(ctx: &mut Ctx<'_>, x: u64) -> Result<u64, WorkflowError> {
+//!     let a = ctx.step(DOUBLE, &x)?;
+//!     ctx.step(DOUBLE, &a)
+//! }
+//!
+//! let mut registry = Registry::new();
+//! registry.step(DOUBLE, double);
+//! registry.workflow(PIPELINE, pipeline);
+//! let engine = Engine::start(registry, Config::new("app.db")).unwrap();
+//! let id = engine.start_run(PIPELINE, &21, StartOptions::key("job-21")).unwrap();
+//! assert_eq!(engine.wait_output(PIPELINE, id, Duration::from_secs(10)).unwrap(), 84);
+//! ```
+//!
+//! The library never prints; it logs through the `log` crate.
+
+pub mod clock;
+pub mod codec;
+pub mod config;
+pub mod ctx;
+pub mod engine;
+pub mod error;
+pub mod fault;
+pub mod host;
+pub mod outcome;
+pub mod registry;
+pub mod store;
+
+pub use config::{Config, Isolation, RetryPolicy, StepLimits};
+pub use ctx::Ctx;
+pub use engine::{Engine, RunRow, StartOptions, StepRow};
+pub use error::{Error, StepError, WorkflowError};
+pub use outcome::{Failure, FailureClass};
+pub use registry::{Registry, Step, StepCtx, Workflow};
+pub use store::{StoreError, Synchronous};

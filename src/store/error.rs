@@ -1,0 +1,142 @@
+//! The storage layer's error type.
+
+use std::path::PathBuf;
+
+/// What went wrong in the storage layer. Each variant says what the caller does next.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The file exists but is not an SQLite database (or is zero-length). Left untouched.
+    NotADatabase { path: PathBuf, detail: String },
+    /// An SQLite database that belongs to another application. Left untouched.
+    ForeignFile { path: PathBuf, application_id: i64 },
+    /// Written by a newer waymark: refuse rather than misread it. Left untouched.
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    /// `PRAGMA quick_check` found damage. Left untouched.
+    Corrupt { path: PathBuf, detail: String },
+    /// No database at this path and creation was not requested.
+    Missing { path: PathBuf },
+    /// The file or its directory is not writable (read-only mount, permissions).
+    ReadOnly { path: PathBuf, detail: String },
+    /// The disk (or a file size limit) is full: the write did not commit.
+    DiskFull { detail: String },
+    /// A pragma did not take the value we set (read back differs).
+    Pragma {
+        name: &'static str,
+        wanted: String,
+        got: String,
+    },
+    /// The write was fenced off: this owner no longer holds the run at this epoch.
+    /// The worker must abandon the run and write nothing more for it.
+    LeaseLost { run_id: i64, epoch: i64 },
+    /// A journal entry for `(run_id, seq)` already exists; journal entries are write-once.
+    JournalConflict { run_id: i64, seq: i64 },
+    /// No run with this id.
+    NotFound { run_id: i64 },
+    /// The writer thread has stopped (engine shut down or storage failed).
+    WriterStopped,
+    /// Any other SQLite error, with what we were doing.
+    Sqlite {
+        context: &'static str,
+        source: rusqlite::Error,
+    },
+}
+
+impl StoreError {
+    /// Wrap an SQLite error with context, classifying disk-full and read-only errors.
+    pub fn sqlite(context: &'static str, source: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        if let rusqlite::Error::SqliteFailure(e, msg) = &source {
+            let detail = format!(
+                "{context}: {}",
+                msg.clone().unwrap_or_else(|| e.to_string())
+            );
+            match e.code {
+                ErrorCode::DiskFull => return StoreError::DiskFull { detail },
+                ErrorCode::SystemIoFailure if e.extended_code == libc_ioerr_write() => {
+                    return StoreError::DiskFull { detail }
+                }
+                _ => {}
+            }
+        }
+        StoreError::Sqlite { context, source }
+    }
+
+    /// True for errors after which the engine should stop claiming new work.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(
+            self,
+            StoreError::DiskFull { .. } | StoreError::ReadOnly { .. }
+        ) || matches!(self, StoreError::Sqlite { source: rusqlite::Error::SqliteFailure(e, _), .. }
+                if matches!(e.code, rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::DatabaseCorrupt))
+    }
+}
+
+/// SQLITE_IOERR_WRITE: what a write under RLIMIT_FSIZE (EFBIG) surfaces as.
+const fn libc_ioerr_write() -> i32 {
+    10 | (3 << 8)
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use StoreError::*;
+        match self {
+            NotADatabase { path, detail } => write!(
+                f,
+                "{} is not a waymark database ({detail}); refusing to touch it",
+                path.display()
+            ),
+            ForeignFile { path, application_id } => write!(
+                f,
+                "{} is an SQLite database of another application (application_id {application_id:#x}); refusing to touch it",
+                path.display()
+            ),
+            NewerSchema { path, found, supported } => write!(
+                f,
+                "{} has waymark schema version {found}, newer than this build supports ({supported}); upgrade waymark to open it",
+                path.display()
+            ),
+            Corrupt { path, detail } => write!(
+                f,
+                "{} failed its integrity check ({detail}); refusing to open it, restore from a backup",
+                path.display()
+            ),
+            Missing { path } => write!(f, "no database at {}", path.display()),
+            ReadOnly { path, detail } => write!(
+                f,
+                "cannot write {} ({detail}); waymark needs write access to the file and its directory (for the -wal and -shm files)",
+                path.display()
+            ),
+            DiskFull { detail } => write!(f, "disk full, write not committed: {detail}"),
+            Pragma { name, wanted, got } => {
+                write!(f, "PRAGMA {name}: set {wanted}, read back {got}")
+            }
+            LeaseLost { run_id, epoch } => write!(
+                f,
+                "lease lost on run {run_id} (epoch {epoch}): another owner holds it now; write rejected"
+            ),
+            JournalConflict { run_id, seq } => {
+                write!(f, "journal entry for run {run_id} seq {seq} already recorded")
+            }
+            NotFound { run_id } => write!(f, "no run with id {run_id}"),
+            WriterStopped => write!(f, "the database writer has stopped"),
+            Sqlite { context, source } => write!(f, "sqlite error while {context}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Sqlite { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Result alias of the storage layer.
+pub type StoreResult<T> = Result<T, StoreError>;

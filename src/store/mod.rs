@@ -1,0 +1,232 @@
+//! Storage: one SQLite file, one writer thread, a pool of readers.
+//!
+//! Invariants:
+//! - The database files are opened only through SQLite, never with `std::fs` (closing any
+//!   descriptor on them would drop SQLite's POSIX locks). `std::fs::metadata` (stat) is fine.
+//! - A file that is not ours (foreign, newer schema, corrupt, zero-length) is refused before
+//!   anything is written to it.
+//! - Only [`transitions`] writes; only the writer thread runs it.
+
+pub mod error;
+pub mod pragmas;
+pub mod queries;
+pub mod schema;
+pub mod transitions;
+pub mod writer;
+
+pub use error::{StoreError, StoreResult};
+pub use pragmas::{ConnSettings, Synchronous};
+pub use transitions::{Claimed, Done, EngineRow, Entry, Fence, NewRun, Op};
+pub use writer::Writer;
+
+use crate::clock::Clock;
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Create the file if it does not exist.
+    pub create: bool,
+    pub synchronous: Synchronous,
+    pub busy_timeout: Duration,
+    /// Run `PRAGMA quick_check` before using an existing file.
+    pub quick_check: bool,
+    /// Reader connections in the pool.
+    pub readers_max: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            create: true,
+            synchronous: Synchronous::Full,
+            busy_timeout: Duration::from_secs(5),
+            quick_check: true,
+            readers_max: 4,
+        }
+    }
+}
+
+/// An open waymark database: a writer handle and a reader pool.
+#[derive(Clone)]
+pub struct Store {
+    path: Arc<PathBuf>,
+    writer: Writer,
+    readers: r2d2::Pool<ReadManager>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+fn classify_open(path: &Path, e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        match f.code {
+            rusqlite::ErrorCode::ReadOnly
+            | rusqlite::ErrorCode::CannotOpen
+            | rusqlite::ErrorCode::PermissionDenied => {
+                return StoreError::ReadOnly {
+                    path: path.into(),
+                    detail: e.to_string(),
+                }
+            }
+            rusqlite::ErrorCode::NotADatabase => {
+                return StoreError::NotADatabase {
+                    path: path.into(),
+                    detail: e.to_string(),
+                }
+            }
+            rusqlite::ErrorCode::DatabaseCorrupt => {
+                return StoreError::Corrupt {
+                    path: path.into(),
+                    detail: e.to_string(),
+                }
+            }
+            _ => {}
+        }
+    }
+    StoreError::sqlite("opening the database", e)
+}
+
+/// Open a connection after checking the file is ours. Writes nothing unless `create`
+/// made a fresh file. Returns the connection and whether the file is new.
+fn open_checked(path: &Path, opts: &StoreOptions) -> StoreResult<Connection> {
+    let existed = match std::fs::metadata(path) {
+        Ok(m) if m.len() == 0 => {
+            return Err(StoreError::NotADatabase {
+                path: path.into(),
+                detail: "zero-length file".into(),
+            })
+        }
+        Ok(_) => true,
+        Err(_) if !opts.create => return Err(StoreError::Missing { path: path.into() }),
+        Err(_) => false,
+    };
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if !existed {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| classify_open(path, e))?;
+    if conn
+        .is_readonly(rusqlite::DatabaseName::Main)
+        .unwrap_or(false)
+    {
+        return Err(StoreError::ReadOnly {
+            path: path.into(),
+            detail: "file is not writable".into(),
+        });
+    }
+    conn.busy_timeout(opts.busy_timeout)
+        .map_err(|e| StoreError::sqlite("setting busy_timeout", e))?;
+    let version = schema::check_identity(&conn, path)?;
+    if existed && version > 0 && opts.quick_check {
+        schema::quick_check(&conn, path)?;
+    }
+    if !existed {
+        use std::os::unix::fs::PermissionsExt;
+        // chmod by path (no descriptor is opened): the file holds every run's data.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            StoreError::ReadOnly {
+                path: path.into(),
+                detail: e.to_string(),
+            }
+        })?;
+    }
+    Ok(conn)
+}
+
+impl Store {
+    /// Open (and if allowed create and migrate) the database at `path`.
+    pub fn open(path: &Path, opts: &StoreOptions, clock: Arc<dyn Clock>) -> StoreResult<Store> {
+        let mut conn = open_checked(path, opts)?;
+        let settings = ConnSettings {
+            synchronous: opts.synchronous,
+            busy_timeout: opts.busy_timeout,
+        };
+        pragmas::apply(&conn, settings).map_err(|e| match e {
+            StoreError::Sqlite { source, .. } => classify_open(path, source),
+            other => other,
+        })?;
+        schema::migrate(&mut conn, path).map_err(|e| match e {
+            StoreError::Sqlite { source, .. } => classify_open(path, source),
+            other => other,
+        })?;
+        pragmas::install_busy_handler(&conn)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let (writer, _thread) = Writer::start(conn, clock)?;
+        let readers = r2d2::Pool::builder()
+            .max_size(opts.readers_max.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(30))
+            .build(ReadManager {
+                path: path.into(),
+                settings,
+            })
+            .map_err(|e| StoreError::ReadOnly {
+                path: path.into(),
+                detail: e.to_string(),
+            })?;
+        Ok(Store {
+            path: Arc::new(path.into()),
+            writer,
+            readers,
+        })
+    }
+
+    /// The database path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Apply a write command and wait for its commit.
+    pub fn call(&self, op: Op) -> StoreResult<Done> {
+        self.writer.call(op)
+    }
+
+    /// Run `f` on a pooled read connection.
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let conn = self.readers.get().map_err(|e| StoreError::Sqlite {
+            context: "getting a reader connection",
+            source: rusqlite::Error::InvalidParameterName(e.to_string()),
+        })?;
+        f(&conn)
+    }
+}
+
+/// r2d2 manager for read connections (query_only, same pragmas).
+#[derive(Debug)]
+pub struct ReadManager {
+    path: PathBuf,
+    settings: ConnSettings,
+}
+
+impl r2d2::ManageConnection for ReadManager {
+    type Connection = Connection;
+    type Error = rusqlite::Error;
+
+    fn connect(&self) -> Result<Connection, rusqlite::Error> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(self.settings.busy_timeout)?;
+        conn.execute_batch(
+            "PRAGMA query_only = 1; PRAGMA cache_size = -2048; PRAGMA temp_store = 2;",
+        )?;
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(conn)
+    }
+
+    fn is_valid(&self, conn: &mut Connection) -> Result<(), rusqlite::Error> {
+        conn.execute_batch("")
+    }
+
+    fn has_broken(&self, _conn: &mut Connection) -> bool {
+        false
+    }
+}

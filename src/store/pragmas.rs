@@ -1,0 +1,121 @@
+//! Every pragma waymark sets, in one table, with the reason for each; each is read back.
+
+use super::error::{StoreError, StoreResult};
+use rusqlite::Connection;
+use std::time::Duration;
+
+/// `PRAGMA application_id` value that marks a file as waymark's ("WYMK").
+pub const APPLICATION_ID: i64 = 0x5759_4d4b;
+
+/// Durability of commits. `Full` is the default: in WAL mode `Normal` can lose the
+/// last commits on power loss, which would un-complete a run a caller saw finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// fsync the WAL on every commit (default).
+    #[default]
+    Full,
+    /// fsync only at checkpoints: faster, may lose the last commits on power loss
+    /// (never on a process crash).
+    Normal,
+}
+
+impl Synchronous {
+    fn value(self) -> i64 {
+        match self {
+            Synchronous::Full => 2,
+            Synchronous::Normal => 1,
+        }
+    }
+}
+
+/// Connection settings shared by the writer and readers.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnSettings {
+    pub synchronous: Synchronous,
+    pub busy_timeout: Duration,
+}
+
+/// Pragmas for every connection: (name, value, why).
+///
+/// - `journal_mode=WAL`: readers never block the writer, commits are one append + fsync.
+/// - `synchronous`: see [`Synchronous`].
+/// - `busy_timeout`: explicit on every connection; replaced on writers by a short-sleep
+///   handler bounded by the same timeout (see [`install_busy_handler`]).
+/// - `foreign_keys=OFF`: the schema has none; transitions guard references themselves.
+/// - `temp_store=MEMORY`: sorts for claims never touch the disk.
+/// - `cache_size=-4096`: 4 MiB page cache per connection keeps engine memory bounded.
+/// - `wal_autocheckpoint=1000`: bounds the WAL (about 4 MiB) under steady load.
+pub fn apply(conn: &Connection, s: ConnSettings) -> StoreResult<()> {
+    conn.busy_timeout(s.busy_timeout)
+        .map_err(|e| StoreError::sqlite("setting busy_timeout", e))?;
+    set_str(conn, "journal_mode", "wal")?;
+    set_int(conn, "synchronous", s.synchronous.value())?;
+    set_int(conn, "foreign_keys", 0)?;
+    set_int(conn, "temp_store", 2)?;
+    set_int(conn, "cache_size", -4096)?;
+    set_int(conn, "wal_autocheckpoint", 1000)?;
+    Ok(())
+}
+
+fn set_int(conn: &Connection, name: &'static str, value: i64) -> StoreResult<()> {
+    conn.execute_batch(&format!("PRAGMA {name} = {value}"))
+        .map_err(|e| StoreError::sqlite("setting a pragma", e))?;
+    let got: i64 = conn
+        .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+        .map_err(|e| StoreError::sqlite("reading back a pragma", e))?;
+    if got != value {
+        return Err(StoreError::Pragma {
+            name,
+            wanted: value.to_string(),
+            got: got.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn set_str(conn: &Connection, name: &'static str, value: &str) -> StoreResult<()> {
+    let got: String = conn
+        .query_row(&format!("PRAGMA {name} = {value}"), [], |r| r.get(0))
+        .map_err(|e| StoreError::sqlite("setting a pragma", e))?;
+    if !got.eq_ignore_ascii_case(value) {
+        return Err(StoreError::Pragma {
+            name,
+            wanted: value.to_string(),
+            got,
+        });
+    }
+    Ok(())
+}
+
+thread_local! {
+    static BUSY_SINCE: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Longest a writer waits in the busy handler before SQLite returns SQLITE_BUSY
+/// to the caller (the writer thread then backs off and retries; callers never see it).
+pub const BUSY_WAIT_MAX: Duration = Duration::from_secs(2);
+
+fn short_sleep_busy_handler(count: i32) -> bool {
+    // SQLite's stock handler sleeps up to 100 ms at a time, so a waiting writer can
+    // starve while another process commits between its sleeps. Sleep ~0.2-1 ms instead.
+    let now = std::time::Instant::now();
+    let since = BUSY_SINCE.with(|c| {
+        if count == 0 || c.get().is_none() {
+            c.set(Some(now));
+        }
+        c.get().unwrap_or(now)
+    });
+    if now.duration_since(since) >= BUSY_WAIT_MAX {
+        BUSY_SINCE.with(|c| c.set(None));
+        return false;
+    }
+    let micros = if count < 20 { 200 } else { 1000 };
+    std::thread::sleep(Duration::from_micros(micros));
+    true
+}
+
+/// Replace the busy timeout on a writing connection by a short-sleep busy handler.
+pub fn install_busy_handler(conn: &Connection) -> StoreResult<()> {
+    conn.busy_handler(Some(short_sleep_busy_handler))
+        .map_err(|e| StoreError::sqlite("installing the busy handler", e))
+}

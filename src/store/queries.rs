@@ -1,0 +1,260 @@
+//! Read-only queries (reader pool). Nothing here writes.
+
+use super::error::{StoreError, StoreResult};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+/// A run as stored (without its input).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRow {
+    pub id: i64,
+    pub workflow: String,
+    pub version: i64,
+    pub status: String,
+    pub idempotency_key: Option<String>,
+    pub queue: String,
+    pub priority: i64,
+    pub steps_completed: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub finished_at: Option<i64>,
+    pub ready_at: i64,
+    pub owner: Option<String>,
+    pub epoch: i64,
+    pub interruptions: i64,
+    pub last_interruption: Option<String>,
+    pub error: Option<String>,
+    pub note: Option<String>,
+    pub parent_id: Option<i64>,
+    #[serde(skip)]
+    pub output: Option<Vec<u8>>,
+}
+
+const RUN_COLS: &str = "id, workflow, version, status, idempotency_key, queue, priority,
+    (SELECT count(*) FROM steps s WHERE s.run_id = runs.id AND s.status = 'completed'),
+    created_at, updated_at, finished_at, ready_at, owner, epoch, interruptions, last_interruption,
+    error, note, parent_id, output";
+
+fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: r.get(0)?,
+        workflow: r.get(1)?,
+        version: r.get(2)?,
+        status: r.get(3)?,
+        idempotency_key: r.get(4)?,
+        queue: r.get(5)?,
+        priority: r.get(6)?,
+        steps_completed: r.get(7)?,
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+        finished_at: r.get(10)?,
+        ready_at: r.get(11)?,
+        owner: r.get(12)?,
+        epoch: r.get(13)?,
+        interruptions: r.get(14)?,
+        last_interruption: r.get(15)?,
+        error: r.get(16)?,
+        note: r.get(17)?,
+        parent_id: r.get(18)?,
+        output: r.get(19)?,
+    })
+}
+
+/// One journal entry as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRow {
+    pub seq: i64,
+    pub name: String,
+    pub kind: String,
+    pub status: String,
+    pub attempts: i64,
+    pub error: Option<String>,
+    pub recorded_at: i64,
+    #[serde(skip)]
+    pub output: Option<Vec<u8>>,
+}
+
+/// One execution attempt of a step.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRow {
+    pub seq: i64,
+    pub attempt: i64,
+    pub name: String,
+    pub owner: String,
+    pub epoch: i64,
+    pub pid: Option<i64>,
+    pub pid_start: Option<i64>,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+}
+
+fn sql(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| StoreError::sqlite(context, e)
+}
+
+/// The run with this id.
+pub fn run(conn: &Connection, id: i64) -> StoreResult<Option<RunRow>> {
+    conn.prepare_cached(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"))
+        .and_then(|mut s| s.query_row(params![id], run_row).optional())
+        .map_err(sql("reading a run"))
+}
+
+/// Up to `limit` runs with id greater than `after`, optionally of one status.
+pub fn runs_page(
+    conn: &Connection,
+    status: Option<&str>,
+    after: i64,
+    limit: i64,
+) -> StoreResult<Vec<RunRow>> {
+    conn.prepare_cached(&format!(
+        "SELECT {RUN_COLS} FROM runs WHERE id > ?1 AND (?2 IS NULL OR status = ?2) ORDER BY id LIMIT ?3"
+    ))
+    .and_then(|mut s| s.query_map(params![after, status, limit], run_row)?.collect())
+    .map_err(sql("listing runs"))
+}
+
+/// The journal of a run, in sequence order.
+pub fn journal(conn: &Connection, run_id: i64) -> StoreResult<Vec<StepRow>> {
+    conn.prepare_cached(
+        "SELECT seq, name, kind, status, attempts, error, recorded_at, output FROM steps WHERE run_id = ?1 ORDER BY seq",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![run_id], |r| {
+            Ok(StepRow {
+                seq: r.get(0)?,
+                name: r.get(1)?,
+                kind: r.get(2)?,
+                status: r.get(3)?,
+                attempts: r.get(4)?,
+                error: r.get(5)?,
+                recorded_at: r.get(6)?,
+                output: r.get(7)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(sql("reading a journal"))
+}
+
+/// Every recorded attempt of a run's steps.
+pub fn attempts(conn: &Connection, run_id: i64) -> StoreResult<Vec<AttemptRow>> {
+    conn.prepare_cached(
+        "SELECT seq, attempt, name, owner, epoch, pid, pid_start, started_at, ended_at, outcome, reason
+         FROM attempts WHERE run_id = ?1 ORDER BY seq, attempt",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![run_id], |r| {
+            Ok(AttemptRow {
+                seq: r.get(0)?,
+                attempt: r.get(1)?,
+                name: r.get(2)?,
+                owner: r.get(3)?,
+                epoch: r.get(4)?,
+                pid: r.get(5)?,
+                pid_start: r.get(6)?,
+                started_at: r.get(7)?,
+                ended_at: r.get(8)?,
+                outcome: r.get(9)?,
+                reason: r.get(10)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(sql("reading attempts"))
+}
+
+/// Counts of runs by status.
+pub fn stats(conn: &Connection) -> StoreResult<Vec<(String, i64)>> {
+    conn.prepare_cached("SELECT status, count(*) FROM runs GROUP BY status ORDER BY status")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(sql("counting runs"))
+}
+
+/// An engine that holds running runs, as the reaper sees it.
+#[derive(Debug, Clone)]
+pub struct OwnerRow {
+    pub id: String,
+    pub pid: Option<i64>,
+    pub pid_start: Option<i64>,
+    pub boot_id: Option<String>,
+    pub beat: Option<i64>,
+    pub stopped: bool,
+    /// Latest lease expiry among its runs (wall clock, ms).
+    pub lease_expires_at: Option<i64>,
+}
+
+/// Every owner of a running run (with its engine row, if any).
+pub fn owners(conn: &Connection) -> StoreResult<Vec<OwnerRow>> {
+    conn.prepare_cached(
+        "SELECT o.owner, e.pid, e.pid_start, e.boot_id, e.beat, e.stopped_at IS NOT NULL, o.lease
+         FROM (SELECT owner, max(lease_expires_at) AS lease FROM runs WHERE status = 'running' GROUP BY owner) o
+         LEFT JOIN engines e ON e.id = o.owner",
+    )
+    .and_then(|mut s| {
+        s.query_map([], |r| {
+            Ok(OwnerRow {
+                id: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                pid: r.get(1)?,
+                pid_start: r.get(2)?,
+                boot_id: r.get(3)?,
+                beat: r.get(4)?,
+                stopped: r.get::<_, Option<bool>>(5)?.unwrap_or(false),
+                lease_expires_at: r.get(6)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(sql("reading lease owners"))
+}
+
+/// Engine rows that hold no running run (candidates to forget once dead).
+pub fn idle_engines(conn: &Connection) -> StoreResult<Vec<OwnerRow>> {
+    conn.prepare_cached(
+        "SELECT id, pid, pid_start, boot_id, beat, stopped_at IS NOT NULL FROM engines e
+         WHERE NOT EXISTS (SELECT 1 FROM runs WHERE owner = e.id AND status = 'running') LIMIT 256",
+    )
+    .and_then(|mut s| {
+        s.query_map([], |r| {
+            Ok(OwnerRow {
+                id: r.get(0)?,
+                pid: r.get(1)?,
+                pid_start: r.get(2)?,
+                boot_id: r.get(3)?,
+                beat: r.get(4)?,
+                stopped: r.get(5)?,
+                lease_expires_at: None,
+            })
+        })?
+        .collect()
+    })
+    .map_err(sql("reading engines"))
+}
+
+/// `(run_id, epoch)` of every running run held by `owner`.
+pub fn runs_of_owner(conn: &Connection, owner: &str) -> StoreResult<Vec<(i64, i64)>> {
+    conn.prepare_cached("SELECT id, epoch FROM runs WHERE owner = ?1 AND status = 'running'")
+        .and_then(|mut s| {
+            s.query_map(params![owner], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .map_err(sql("reading an owner's runs"))
+}
+
+/// Highest attempt number recorded for `(run_id, seq)`, 0 if none.
+pub fn last_attempt(conn: &Connection, run_id: i64, seq: i64) -> StoreResult<i64> {
+    conn.prepare_cached(
+        "SELECT coalesce(max(attempt), 0) FROM attempts WHERE run_id = ?1 AND seq = ?2",
+    )
+    .and_then(|mut s| s.query_row(params![run_id, seq], |r| r.get(0)))
+    .map_err(sql("reading attempts"))
+}
+
+/// Attempts of `run_id` that were started but never ended (their process may still live).
+pub fn open_attempts(conn: &Connection, run_id: i64) -> StoreResult<Vec<AttemptRow>> {
+    Ok(attempts(conn, run_id)?
+        .into_iter()
+        .filter(|a| a.outcome.is_none() && a.pid.is_some())
+        .collect())
+}

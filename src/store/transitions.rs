@@ -1,0 +1,546 @@
+//! Every state transition of a run, each one guarded SQL statement (or two in one savepoint).
+//!
+//! This module is the only place that changes `runs`, `steps`, `attempts` and `engines`.
+//!
+//! Invariants:
+//! - Every write made on behalf of a claimed run is guarded by `(id, owner, epoch,
+//!   status='running')`; a guard that matches no row is [`StoreError::LeaseLost`].
+//! - Every claim and every reclaim bumps `epoch`, so a stale owner's fence never matches again.
+//! - A reclaim is guarded by the `(status, epoch)` the reaper read: a run that completed or was
+//!   reclaimed in between is left alone (the reclaim reports `false`).
+//! - Journal entries are write-once: a plain INSERT keyed by `(run_id, seq)`; a second
+//!   write is [`StoreError::JournalConflict`], never an upsert.
+//!
+//! Run states: `pending` (claimable when `ready_at <= now`), `running` (leased), `suspended`
+//! (woken to pending at `ready_at`), and the final `completed`, `failed`, `cancelled`;
+//! `blocked` (undecodable data, waits for `resume`) and `blocked_version`.
+
+use super::error::{StoreError, StoreResult};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::sync::Arc;
+
+/// Who may write for a claimed run: the owner and the epoch it claimed with.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub run_id: i64,
+    pub owner: Arc<str>,
+    pub epoch: i64,
+}
+
+/// A run to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub workflow: String,
+    pub version: i64,
+    pub input: Vec<u8>,
+    pub idempotency_key: Option<String>,
+    pub queue: String,
+    pub priority: i64,
+    /// Not before this time (ms); `None` means now.
+    pub ready_at: Option<i64>,
+    pub parent_id: Option<i64>,
+    pub deadline_at: Option<i64>,
+}
+
+/// A run this engine just claimed.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub run_id: i64,
+    pub workflow: String,
+    pub version: i64,
+    pub input: Vec<u8>,
+    pub epoch: i64,
+    pub interruptions: i64,
+    pub deadline_at: Option<i64>,
+}
+
+/// A journal entry to record.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub seq: i64,
+    pub name: String,
+    pub kind: &'static str,
+    pub completed: bool,
+    pub attempts: i64,
+    pub output: Option<Vec<u8>>,
+    pub error: Option<String>,
+}
+
+/// A live engine incarnation.
+#[derive(Debug, Clone)]
+pub struct EngineRow {
+    pub id: Arc<str>,
+    pub pid: u32,
+    pub pid_start: u64,
+    pub boot_id: String,
+}
+
+/// A closed set of write commands, applied by the writer thread.
+#[derive(Debug)]
+pub enum Op {
+    RegisterEngine(EngineRow),
+    StopEngine {
+        owner: Arc<str>,
+    },
+    Enqueue(NewRun),
+    EnqueueMany(Vec<NewRun>),
+    /// Wake due suspended runs, then claim up to `limit` pending runs whose
+    /// `workflow@version` is in `workflows_json` (a JSON array).
+    Claim {
+        owner: Arc<str>,
+        limit: i64,
+        workflows_json: Arc<str>,
+        lease_ms: i64,
+    },
+    Heartbeat {
+        owner: Arc<str>,
+        lease_ms: i64,
+    },
+    Checkpoint {
+        fence: Fence,
+        entry: Entry,
+    },
+    AttemptStart {
+        fence: Fence,
+        seq: i64,
+        attempt: i64,
+        name: String,
+        pid: Option<u32>,
+        pid_start: Option<u64>,
+    },
+    AttemptEnd {
+        fence: Fence,
+        seq: i64,
+        attempt: i64,
+        outcome: &'static str,
+        reason: String,
+    },
+    Complete {
+        fence: Fence,
+        output: Vec<u8>,
+    },
+    Fail {
+        fence: Fence,
+        error: String,
+    },
+    Suspend {
+        fence: Fence,
+        until: i64,
+        note: String,
+    },
+    Release {
+        fence: Fence,
+    },
+    Block {
+        fence: Fence,
+        status: &'static str,
+        note: String,
+    },
+    Reclaim {
+        run_id: i64,
+        epoch: i64,
+        reason: String,
+        poison_limit: i64,
+    },
+    /// Move a `blocked` run back to pending (operator asked to retry it).
+    Resume {
+        run_id: i64,
+    },
+    /// Mark pending runs nobody here can run with a note (they stay claimable by other builds).
+    NoteUnrunnable {
+        workflows_json: Arc<str>,
+        note: String,
+    },
+    /// Delete stopped or dead engine rows that hold no runs.
+    ForgetEngine {
+        id: String,
+    },
+}
+
+/// What a command returns.
+#[derive(Debug)]
+pub enum Done {
+    Unit,
+    Run { id: i64, created: bool },
+    Runs(Vec<(i64, bool)>),
+    Claimed(Vec<Claimed>),
+    Count(usize),
+    Reclaimed(bool),
+}
+
+fn sql(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| StoreError::sqlite(context, e)
+}
+
+fn fenced(changed: usize, fence: &Fence) -> StoreResult<Done> {
+    if changed == 1 {
+        Ok(Done::Unit)
+    } else {
+        Err(StoreError::LeaseLost {
+            run_id: fence.run_id,
+            epoch: fence.epoch,
+        })
+    }
+}
+
+const FENCE: &str = "id = ?1 AND owner = ?2 AND epoch = ?3 AND status = 'running'";
+
+/// Apply one command inside the writer's open transaction. `now` is the batch's wall time (ms).
+pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
+    match op {
+        Op::RegisterEngine(e) => {
+            conn.prepare_cached(
+                "INSERT INTO engines(id, pid, pid_start, boot_id, started_at, beat, beat_at) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?5)",
+            )
+            .and_then(|mut s| s.execute(params![&*e.id, e.pid, e.pid_start as i64, e.boot_id, now]))
+            .map_err(sql("registering the engine"))?;
+            Ok(Done::Unit)
+        }
+        Op::StopEngine { owner } => {
+            conn.prepare_cached("UPDATE engines SET stopped_at = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![&*owner, now]))
+                .map_err(sql("stopping the engine"))?;
+            Ok(Done::Unit)
+        }
+        Op::Enqueue(run) => {
+            let (id, created) = enqueue(conn, &run, now)?;
+            Ok(Done::Run { id, created })
+        }
+        Op::EnqueueMany(runs) => {
+            let mut out = Vec::with_capacity(runs.len());
+            for run in &runs {
+                out.push(enqueue(conn, run, now)?);
+            }
+            Ok(Done::Runs(out))
+        }
+        Op::Claim {
+            owner,
+            limit,
+            workflows_json,
+            lease_ms,
+        } => {
+            conn.prepare_cached(
+                "UPDATE runs SET status = 'pending', note = NULL, updated_at = ?1 WHERE status = 'suspended' AND ready_at <= ?1",
+            )
+            .and_then(|mut s| s.execute(params![now]))
+            .map_err(sql("waking suspended runs"))?;
+            let mut stmt = conn
+                .prepare_cached(
+                    "UPDATE runs SET status = 'running', owner = ?1, epoch = epoch + 1,
+                            lease_expires_at = ?2, updated_at = ?3, note = NULL
+                     WHERE id IN (SELECT id FROM runs
+                                  WHERE status = 'pending' AND ready_at <= ?3
+                                    AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
+                                  ORDER BY priority DESC, ready_at, id LIMIT ?5)
+                     RETURNING id, workflow, version, input, epoch, interruptions, deadline_at",
+                )
+                .map_err(sql("preparing the claim"))?;
+            let rows = stmt
+                .query_map(
+                    params![&*owner, now + lease_ms, now, &*workflows_json, limit],
+                    |r| {
+                        Ok(Claimed {
+                            run_id: r.get(0)?,
+                            workflow: r.get(1)?,
+                            version: r.get(2)?,
+                            input: r.get(3)?,
+                            epoch: r.get(4)?,
+                            interruptions: r.get(5)?,
+                            deadline_at: r.get(6)?,
+                        })
+                    },
+                )
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(sql("claiming runs"))?;
+            Ok(Done::Claimed(rows))
+        }
+        Op::Heartbeat { owner, lease_ms } => {
+            let alive = conn
+                .prepare_cached("UPDATE engines SET beat = beat + 1, beat_at = ?2 WHERE id = ?1 AND stopped_at IS NULL")
+                .and_then(|mut s| s.execute(params![&*owner, now]))
+                .map_err(sql("recording a heartbeat"))?;
+            if alive == 0 {
+                // Our engine row is gone: someone judged us dead. Every lease is lost.
+                return Err(StoreError::LeaseLost {
+                    run_id: 0,
+                    epoch: 0,
+                });
+            }
+            let n = conn
+                .prepare_cached(
+                    "UPDATE runs SET lease_expires_at = ?2 WHERE owner = ?1 AND status = 'running'",
+                )
+                .and_then(|mut s| s.execute(params![&*owner, now + lease_ms]))
+                .map_err(sql("extending leases"))?;
+            Ok(Done::Count(n))
+        }
+        Op::Checkpoint { fence, entry } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "INSERT INTO steps(run_id, seq, name, kind, status, attempts, output, error, recorded_at)
+                     SELECT ?1, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+                     WHERE EXISTS (SELECT 1 FROM runs WHERE {FENCE})"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        fence.run_id,
+                        &*fence.owner,
+                        fence.epoch,
+                        entry.seq,
+                        entry.name,
+                        entry.kind,
+                        if entry.completed { "completed" } else { "failed" },
+                        entry.attempts,
+                        entry.output,
+                        entry.error,
+                        now
+                    ])
+                })
+                .map_err(|e| match &e {
+                    rusqlite::Error::SqliteFailure(f, _)
+                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        StoreError::JournalConflict { run_id: fence.run_id, seq: entry.seq }
+                    }
+                    _ => StoreError::sqlite("recording a step checkpoint", e),
+                })?;
+            fenced(n, &fence)
+        }
+        Op::AttemptStart {
+            fence,
+            seq,
+            attempt,
+            name,
+            pid,
+            pid_start,
+        } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO attempts(run_id, seq, attempt, name, owner, epoch, pid, pid_start, started_at)
+                     SELECT ?1, ?4, ?5, ?6, ?2, ?3, ?7, ?8, ?9
+                     WHERE EXISTS (SELECT 1 FROM runs WHERE {FENCE})"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        fence.run_id, &*fence.owner, fence.epoch, seq, attempt, name,
+                        pid, pid_start.map(|p| p as i64), now
+                    ])
+                })
+                .map_err(sql("recording a step attempt"))?;
+            fenced(n, &fence)
+        }
+        Op::AttemptEnd {
+            fence,
+            seq,
+            attempt,
+            outcome,
+            reason,
+        } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "UPDATE attempts SET ended_at = ?7, outcome = ?6, reason = ?8
+                     WHERE run_id = ?1 AND seq = ?4 AND attempt = ?5 AND outcome IS NULL
+                       AND EXISTS (SELECT 1 FROM runs WHERE {FENCE})"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        fence.run_id,
+                        &*fence.owner,
+                        fence.epoch,
+                        seq,
+                        attempt,
+                        outcome,
+                        now,
+                        reason
+                    ])
+                })
+                .map_err(sql("ending a step attempt"))?;
+            if n == 0 {
+                // Either the lease is gone or the attempt row was never written (in-process
+                // steps record attempts only when they fail): insert it, still fenced.
+                let n = conn
+                    .prepare_cached(&format!(
+                        "INSERT OR IGNORE INTO attempts(run_id, seq, attempt, name, owner, epoch, started_at, ended_at, outcome, reason)
+                         SELECT ?1, ?4, ?5, '', ?2, ?3, ?7, ?7, ?6, ?8
+                         WHERE EXISTS (SELECT 1 FROM runs WHERE {FENCE})"
+                    ))
+                    .and_then(|mut s| {
+                        s.execute(params![fence.run_id, &*fence.owner, fence.epoch, seq, attempt, outcome, now, reason])
+                    })
+                    .map_err(sql("ending a step attempt"))?;
+                return fenced(n, &fence);
+            }
+            Ok(Done::Unit)
+        }
+        Op::Complete { fence, output } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "UPDATE runs SET status = 'completed', output = ?4, error = NULL, owner = NULL,
+                            lease_expires_at = NULL, finished_at = ?5, updated_at = ?5 WHERE {FENCE}"
+                ))
+                .and_then(|mut s| s.execute(params![fence.run_id, &*fence.owner, fence.epoch, output, now]))
+                .map_err(sql("completing a run"))?;
+            fenced(n, &fence)
+        }
+        Op::Fail { fence, error } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "UPDATE runs SET status = 'failed', error = ?4, owner = NULL,
+                            lease_expires_at = NULL, finished_at = ?5, updated_at = ?5 WHERE {FENCE}"
+                ))
+                .and_then(|mut s| s.execute(params![fence.run_id, &*fence.owner, fence.epoch, error, now]))
+                .map_err(sql("failing a run"))?;
+            fenced(n, &fence)
+        }
+        Op::Suspend { fence, until, note } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "UPDATE runs SET status = 'suspended', ready_at = ?4, note = ?5, owner = NULL,
+                            lease_expires_at = NULL, updated_at = ?6 WHERE {FENCE}"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        fence.run_id,
+                        &*fence.owner,
+                        fence.epoch,
+                        until,
+                        note,
+                        now
+                    ])
+                })
+                .map_err(sql("suspending a run"))?;
+            fenced(n, &fence)
+        }
+        Op::Release { fence } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "UPDATE runs SET status = 'pending', owner = NULL, lease_expires_at = NULL,
+                            updated_at = ?4 WHERE {FENCE}"
+                ))
+                .and_then(|mut s| s.execute(params![fence.run_id, &*fence.owner, fence.epoch, now]))
+                .map_err(sql("releasing a run"))?;
+            fenced(n, &fence)
+        }
+        Op::Block {
+            fence,
+            status,
+            note,
+        } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "UPDATE runs SET status = ?4, note = ?5, owner = NULL, lease_expires_at = NULL,
+                            updated_at = ?6 WHERE {FENCE}"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        fence.run_id,
+                        &*fence.owner,
+                        fence.epoch,
+                        status,
+                        note,
+                        now
+                    ])
+                })
+                .map_err(sql("blocking a run"))?;
+            fenced(n, &fence)
+        }
+        Op::Reclaim {
+            run_id,
+            epoch,
+            reason,
+            poison_limit,
+        } => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE runs SET
+                        status = CASE WHEN interruptions + 1 > ?3 THEN 'failed' ELSE 'pending' END,
+                        error = CASE WHEN interruptions + 1 > ?3
+                                     THEN 'interrupted ' || (interruptions + 1) || ' times; last: ' || ?4
+                                     ELSE error END,
+                        finished_at = CASE WHEN interruptions + 1 > ?3 THEN ?5 ELSE NULL END,
+                        interruptions = interruptions + 1, last_interruption = ?4,
+                        owner = NULL, epoch = epoch + 1, lease_expires_at = NULL, updated_at = ?5
+                     WHERE id = ?1 AND status = 'running' AND epoch = ?2",
+                )
+                .and_then(|mut s| s.execute(params![run_id, epoch, poison_limit, reason, now]))
+                .map_err(sql("reclaiming a run"))?;
+            Ok(Done::Reclaimed(n == 1))
+        }
+        Op::Resume { run_id } => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE runs SET status = 'pending', note = NULL, ready_at = ?2, updated_at = ?2
+                     WHERE id = ?1 AND status IN ('blocked', 'blocked_version')",
+                )
+                .and_then(|mut s| s.execute(params![run_id, now]))
+                .map_err(sql("resuming a run"))?;
+            if n == 0 {
+                return Err(StoreError::NotFound { run_id });
+            }
+            Ok(Done::Unit)
+        }
+        Op::NoteUnrunnable {
+            workflows_json,
+            note,
+        } => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE runs SET note = ?2 || workflow || '@' || version
+                     WHERE status = 'pending' AND ready_at <= ?3 AND note IS NULL
+                       AND (workflow || '@' || version) NOT IN (SELECT value FROM json_each(?1))",
+                )
+                .and_then(|mut s| s.execute(params![&*workflows_json, note, now]))
+                .map_err(sql("noting unrunnable runs"))?;
+            Ok(Done::Count(n))
+        }
+        Op::ForgetEngine { id } => {
+            conn.prepare_cached(
+                "DELETE FROM engines WHERE id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM runs WHERE owner = ?1 AND status = 'running')",
+            )
+            .and_then(|mut s| s.execute(params![id]))
+            .map_err(sql("forgetting an engine"))?;
+            Ok(Done::Unit)
+        }
+    }
+}
+
+fn enqueue(conn: &Connection, run: &NewRun, now: i64) -> StoreResult<(i64, bool)> {
+    if let Some(key) = &run.idempotency_key {
+        let existing: Option<i64> = conn
+            .prepare_cached("SELECT id FROM runs WHERE idempotency_key = ?1")
+            .and_then(|mut s| s.query_row(params![key], |r| r.get(0)).optional())
+            .map_err(sql("looking up an idempotency key"))?;
+        if let Some(id) = existing {
+            return Ok((id, false));
+        }
+    }
+    let ready_at = run.ready_at.unwrap_or(now);
+    let status = if ready_at > now {
+        "suspended"
+    } else {
+        "pending"
+    };
+    conn.prepare_cached(
+        "INSERT INTO runs(workflow, version, input, status, idempotency_key, queue, priority,
+                          ready_at, parent_id, deadline_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            run.workflow,
+            run.version,
+            run.input,
+            status,
+            run.idempotency_key,
+            run.queue,
+            run.priority,
+            ready_at,
+            run.parent_id,
+            run.deadline_at,
+            now
+        ])
+    })
+    .map_err(sql("enqueueing a run"))?;
+    Ok((conn.last_insert_rowid(), true))
+}

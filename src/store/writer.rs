@@ -1,0 +1,168 @@
+//! The writer thread: owns the only writing connection and group-commits.
+//!
+//! Invariants:
+//! - It takes whatever commands are queued (at most [`BATCH_COMMANDS_MAX`]), never waiting
+//!   to fill a batch, and applies them in one `BEGIN IMMEDIATE` transaction, a savepoint each,
+//!   so one failing command does not sink the others.
+//! - A caller is answered only after COMMIT returned; if COMMIT fails, every command of the
+//!   batch is answered with that error (nothing is acknowledged that did not commit).
+//! - SQLITE_BUSY never reaches a caller: BEGIN is retried with backoff while another
+//!   process holds the write lock.
+
+use super::error::{StoreError, StoreResult};
+use super::transitions::{apply, Done, Op};
+use crate::clock::Clock;
+use crate::fault;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use rusqlite::Connection;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Most commands applied in one transaction.
+pub const BATCH_COMMANDS_MAX: usize = 512;
+/// Commands that may wait for the writer before callers block.
+pub const QUEUE_COMMANDS_MAX: usize = 4096;
+
+type Reply = Sender<StoreResult<Done>>;
+
+/// A handle to the writer thread. Cloning shares the thread.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    tx: Sender<(Op, Reply)>,
+}
+
+impl Writer {
+    /// Start the writer thread on `conn`.
+    pub fn start(
+        conn: Connection,
+        clock: Arc<dyn Clock>,
+    ) -> StoreResult<(Writer, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = bounded::<(Op, Reply)>(QUEUE_COMMANDS_MAX);
+        let handle = std::thread::Builder::new()
+            .name("waymark-writer".into())
+            .spawn(move || run(conn, rx, clock))
+            .map_err(|_| StoreError::WriterStopped)?;
+        Ok((Writer { tx }, handle))
+    }
+
+    /// Apply `op` and wait until it committed (or failed).
+    pub fn call(&self, op: Op) -> StoreResult<Done> {
+        let (reply_tx, reply_rx) = bounded(1);
+        self.tx
+            .send((op, reply_tx))
+            .map_err(|_| StoreError::WriterStopped)?;
+        reply_rx.recv().map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+fn run(mut conn: Connection, rx: Receiver<(Op, Reply)>, clock: Arc<dyn Clock>) {
+    let mut batch: Vec<(Op, Reply)> = Vec::with_capacity(BATCH_COMMANDS_MAX);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < BATCH_COMMANDS_MAX {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, &mut batch, &*clock);
+    }
+    log::debug!("writer thread stopping: all handles dropped");
+}
+
+fn begin_immediate(conn: &Connection) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => return,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                log::warn!("database is busy (another process holds the write lock); retrying in {backoff:?}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => {
+                // Not a lock conflict: the transaction could not start. Let the
+                // statements report it (they run in autocommit and fail the same way).
+                log::error!("BEGIN IMMEDIATE failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<(Op, Reply)>, clock: &dyn Clock) {
+    begin_immediate(conn);
+    let in_tx = !conn.is_autocommit();
+    let now = clock.now_ms();
+    let mut results: Vec<(StoreResult<Done>, Reply)> = Vec::with_capacity(batch.len());
+    for (op, reply) in batch.drain(..) {
+        let result = if in_tx {
+            apply_in_savepoint(conn, op, now)
+        } else {
+            Err(StoreError::sqlite(
+                "beginning a write transaction",
+                rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                    Some("could not begin a write transaction".into()),
+                ),
+            ))
+        };
+        results.push((result, reply));
+    }
+    if in_tx {
+        fault::point(fault::Point::BeforeCommit);
+        if let Err(e) = conn.execute_batch("COMMIT") {
+            let err_text = e.to_string();
+            let _ = conn.execute_batch("ROLLBACK");
+            log::error!("COMMIT failed, nothing of this batch is acknowledged: {err_text}");
+            let classified = StoreError::sqlite("committing a batch", e);
+            for (result, _) in results.iter_mut() {
+                *result = Err(match &classified {
+                    StoreError::DiskFull { detail } => StoreError::DiskFull {
+                        detail: detail.clone(),
+                    },
+                    _ => StoreError::sqlite(
+                        "committing a batch",
+                        rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                            Some(err_text.clone()),
+                        ),
+                    ),
+                });
+            }
+        } else {
+            fault::point(fault::Point::AfterCommit);
+        }
+    }
+    for (result, reply) in results {
+        let _ = reply.send(result);
+    }
+}
+
+fn apply_in_savepoint(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
+    if conn.is_autocommit() {
+        // SQLite rolled the whole transaction back (disk full, I/O error): applying more
+        // commands now would commit each on its own. Refuse; COMMIT will report the cause.
+        return Err(StoreError::DiskFull {
+            detail: "transaction aborted by an earlier error in its batch".into(),
+        });
+    }
+    conn.execute_batch("SAVEPOINT cmd")
+        .map_err(|e| StoreError::sqlite("opening a savepoint", e))?;
+    let result = apply(conn, op, now);
+    let end = if result.is_ok() {
+        conn.execute_batch("RELEASE cmd")
+    } else {
+        conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd")
+    };
+    match (result, end) {
+        (Ok(done), Ok(())) => Ok(done),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(StoreError::sqlite("releasing a savepoint", e)),
+    }
+}

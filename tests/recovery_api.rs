@@ -37,6 +37,14 @@ fn shutdown_releases_in_flight_runs_for_the_next_engine() {
     // A long lease: if shutdown did not release the run, the next engine would wait a minute.
     let config = Config::new(&db).with_lease_ttl(Duration::from_secs(60));
     let engine = Engine::start(registry(), config.clone()).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode, 0o600,
+            "the database holds every run's data: owner-only"
+        );
+    }
     let run = engine
         .start_run(NAPS, &300, StartOptions::default())
         .unwrap();

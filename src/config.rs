@@ -10,6 +10,10 @@ use std::time::Duration;
 pub enum Isolation {
     /// On the worker thread, inside the engine process (no memory cap, cooperative timeout).
     InProcess,
+    /// In a fresh child process of the host's own binary, with the step's limits (memory
+    /// cap, CPU cap, timeout enforced by killing its process group). The default; needs
+    /// `waymark::child::hook(build_registry);` at the top of the host's `main`.
+    Child,
 }
 
 /// Resource limits for one step execution.
@@ -124,6 +128,12 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// Run `PRAGMA quick_check` when opening an existing file.
     pub quick_check_on_open: bool,
+    /// Program started for child steps (default: this process's own executable).
+    pub child_program: Option<PathBuf>,
+    /// Which rlimit carries the memory cap of child steps (default RLIMIT_DATA).
+    pub memory_rlimit: crate::child::MemoryRlimit,
+    /// Time between SIGTERM and SIGKILL when a child step is timed out or cancelled.
+    pub kill_grace: Duration,
 }
 
 impl Config {
@@ -141,10 +151,13 @@ impl Config {
             busy_timeout: Duration::from_secs(5),
             payload_bytes_max: crate::codec::PAYLOAD_BYTES_MAX,
             steps_per_run_max: 100_000,
-            isolation: Isolation::InProcess,
+            isolation: Isolation::Child,
             limits: StepLimits::default(),
             retry: RetryPolicy::default(),
             quick_check_on_open: true,
+            child_program: None,
+            memory_rlimit: crate::child::MemoryRlimit::Data,
+            kill_grace: Duration::from_secs(2),
         }
     }
 

@@ -35,6 +35,7 @@
 //!
 //! The library never prints; it logs through the `log` crate.
 
+pub mod child;
 pub mod clock;
 pub mod codec;
 pub mod config;

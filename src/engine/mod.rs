@@ -67,6 +67,7 @@ pub struct Inner {
     wake_tx: Sender<()>,
     finished: (Mutex<u64>, Condvar),
     in_process: exec::InProcess,
+    child: crate::child::ChildExecutor,
 }
 
 impl std::fmt::Debug for Inner {
@@ -102,6 +103,7 @@ impl Inner {
     pub(crate) fn executor(&self, isolation: Isolation) -> &dyn exec::Executor {
         match isolation {
             Isolation::InProcess => &self.in_process,
+            Isolation::Child => &self.child,
         }
     }
 }
@@ -145,6 +147,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, Error> {
         config.validate()?;
+        let child = crate::child::executor::preflight(&config, &registry)?;
         let opts = StoreOptions {
             create: true,
             synchronous: config.synchronous,
@@ -179,6 +182,7 @@ impl Engine {
             wake_tx,
             finished: (Mutex::new(0), Condvar::new()),
             in_process: exec::InProcess,
+            child,
         });
         log::info!(
             "engine {} started on {} (pid {pid}, {} workers)",

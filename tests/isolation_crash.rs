@@ -60,8 +60,11 @@ fn db_conn(db: &Path) -> rusqlite::Connection {
     c
 }
 
-/// (attempt, pid, pid_start, outcome) of every attempt of `run_id`.
-fn attempts(db: &Path, run_id: i64) -> Vec<(i64, Option<i64>, Option<i64>, Option<String>)> {
+/// (attempt, pid, pid_start, outcome) of one attempt.
+type Attempt = (i64, Option<i64>, Option<i64>, Option<String>);
+
+/// Every attempt of `run_id`.
+fn attempts(db: &Path, run_id: i64) -> Vec<Attempt> {
     let c = db_conn(db);
     let mut s = c
         .prepare("SELECT attempt, pid, pid_start, outcome FROM attempts WHERE run_id = ?1 ORDER BY attempt")

@@ -108,7 +108,17 @@ pub struct Running {
     stdin: Option<ChildStdin>,
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
+    /// pidfd of the child (readable once it exits), if the kernel has pidfd_open.
+    pidfd: Option<std::os::fd::OwnedFd>,
     reaped: bool,
+}
+
+fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open returns a new descriptor (close-on-exec) or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a non-negative result is a descriptor we own.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Start the child in its own process group, without any pre_exec.
@@ -131,6 +141,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Running> {
         stdin: child.stdin.take(),
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
+        pidfd: pidfd_open(child.id()),
         reaped: false,
     };
     // `child` is dropped without waiting: `Running` reaps the pid itself (wait4, for rusage).
@@ -249,14 +260,28 @@ impl Running {
     /// Wait for the leader to exit (up to `limit`), without reaping it.
     fn wait_exit(&self, limit: Duration) -> bool {
         let end = Instant::now() + limit;
+        let mut nap = Duration::from_micros(50);
         loop {
             if self.exited() {
                 return true;
             }
-            if Instant::now() >= end {
+            let now = Instant::now();
+            if now >= end {
                 return false;
             }
-            std::thread::sleep(Duration::from_millis(2));
+            let left = end - now;
+            if let Some(fd) = &self.pidfd {
+                let mut p = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; the pidfd turns readable when the child exits.
+                unsafe { libc::poll(&mut p, 1, left.as_millis().clamp(1, 100) as i32) };
+            } else {
+                std::thread::sleep(nap.min(left));
+                nap = (nap * 2).min(Duration::from_millis(2));
+            }
         }
     }
 
@@ -517,6 +542,7 @@ impl Running {
         self.stdin = None;
         self.stdout = None;
         self.stderr = None;
+        self.pidfd = None;
         Finished {
             exit,
             cpu,

@@ -14,6 +14,11 @@ pub enum Isolation {
     /// cap, CPU cap, timeout enforced by killing its process group). The default; needs
     /// `waymark::child::hook(build_registry);` at the top of the host's `main`.
     Child,
+    /// In a warm, long-lived child of the host's binary (one pool per step name, started
+    /// with the step's limits), serving many executions over the same pipes. A child is
+    /// recycled after `Config::pool_runs_max` executions, after any failed execution, and
+    /// when its resident memory passes `Config::pool_rss_max_bytes`. Same classification.
+    Pool,
 }
 
 /// Resource limits for one step execution.
@@ -134,6 +139,10 @@ pub struct Config {
     pub memory_rlimit: crate::child::MemoryRlimit,
     /// Time between SIGTERM and SIGKILL when a child step is timed out or cancelled.
     pub kill_grace: Duration,
+    /// A pooled child serves at most this many executions, then is replaced.
+    pub pool_runs_max: u64,
+    /// A pooled child whose resident memory passes this after an execution is replaced.
+    pub pool_rss_max_bytes: u64,
 }
 
 impl Config {
@@ -158,6 +167,8 @@ impl Config {
             child_program: None,
             memory_rlimit: crate::child::MemoryRlimit::Data,
             kill_grace: Duration::from_secs(2),
+            pool_runs_max: 1000,
+            pool_rss_max_bytes: 256 * 1024 * 1024,
         }
     }
 

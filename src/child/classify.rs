@@ -47,14 +47,6 @@ pub fn memory_reason(limits: &StepLimits) -> String {
 
 /// Classify a finished child. `command` is true for command steps (stdout is output).
 pub fn classify(f: &Finished, limits: &StepLimits, step: &str) -> Outcome {
-    let stderr_hint = || {
-        let l = f.stderr.last_line();
-        if l.is_empty() {
-            String::new()
-        } else {
-            format!(": {l}")
-        }
-    };
     match &f.intent {
         Some(Intent::Timeout(t)) => {
             return fail(
@@ -81,7 +73,15 @@ pub fn classify(f: &Finished, limits: &StepLimits, step: &str) -> Outcome {
         None => {}
     }
     if let Some(resp) = &f.response {
-        return match resp {
+        return classify_response(resp, limits);
+    }
+    classify_exit(f, limits)
+}
+
+/// Classify a complete response frame.
+pub fn classify_response(resp: &Response, limits: &StepLimits) -> Outcome {
+    {
+        match resp {
             Response::Ok(bytes) if bytes.len() as u64 > limits.output_bytes_max => fail(
                 FailureClass::OutputLimit,
                 format!(
@@ -115,8 +115,19 @@ pub fn classify(f: &Finished, limits: &StepLimits, step: &str) -> Outcome {
                 FailureClass::Protocol,
                 "protocol error: handshake answer where a step result was expected".into(),
             ),
-        };
+        }
     }
+}
+
+fn classify_exit(f: &Finished, limits: &StepLimits) -> Outcome {
+    let stderr_hint = || {
+        let l = f.stderr.last_line();
+        if l.is_empty() {
+            String::new()
+        } else {
+            format!(": {l}")
+        }
+    };
     let stderr = f.stderr.text();
     let oom = stderr.contains("memory allocation of") && stderr.contains("failed");
     let cpu_over = limits

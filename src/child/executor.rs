@@ -30,19 +30,19 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct ChildExecutor {
     program: PathBuf,
-    memory_rlimit: MemoryRlimit,
-    grace: Duration,
+    pub(crate) memory_rlimit: MemoryRlimit,
+    pub(crate) grace: Duration,
 }
 
 /// One prepared child execution.
-struct Prepared<'a> {
-    spec: SpawnSpec<'a>,
-    exchange: Exchange,
-    command: bool,
+pub(crate) struct Prepared<'a> {
+    pub spec: SpawnSpec<'a>,
+    pub exchange: Exchange,
+    pub command: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
-fn prepare<'a>(
+pub(crate) fn prepare<'a>(
     program: &'a Path,
     memory_rlimit: MemoryRlimit,
     grace: Duration,
@@ -130,7 +130,7 @@ fn prepare<'a>(
     })
 }
 
-fn outcome_of(
+pub(crate) fn outcome_of(
     f: &Finished,
     limits: &StepLimits,
     step: &str,
@@ -155,7 +155,7 @@ fn outcome_of(
     classify(f, limits, step)
 }
 
-fn spawn_failure(program: &Path, e: std::io::Error) -> Failure {
+pub(crate) fn spawn_failure(program: &Path, e: std::io::Error) -> Failure {
     Failure::new(
         FailureClass::Spawn,
         format!("cannot start child process {}: {e}", program.display()),
@@ -199,7 +199,11 @@ impl ChildExecutor {
         &self.program
     }
 
-    fn kill_survivors(&self, inner: &Inner, req: &ExecRequest<'_>) -> Result<(), Failure> {
+    pub(crate) fn kill_survivors(
+        &self,
+        inner: &Inner,
+        req: &ExecRequest<'_>,
+    ) -> Result<(), Failure> {
         let run_id = req.fence.run_id;
         let open = inner
             .store

@@ -17,6 +17,7 @@ pub mod command;
 pub mod executor;
 pub mod hook;
 pub mod limits;
+pub mod pool;
 pub mod protocol;
 pub mod spawn;
 
@@ -24,6 +25,7 @@ pub use command::{CommandOutput, CommandSpec};
 pub use executor::{run_step_once, ChildExecutor};
 pub use hook::hook;
 pub use limits::MemoryRlimit;
+pub use pool::PoolExecutor;
 
 /// Set in a step child's environment: its mode (`step`, `hello`, `exec`, `pool`).
 /// An engine refuses to start in a process that has it (the host's main lacks the hook).

@@ -173,6 +173,13 @@ pub enum Stdout {
     Capture(HeadTail),
 }
 
+/// How a [`Running::talk`] ended.
+#[derive(Debug)]
+pub struct Talk {
+    pub response: Option<Response>,
+    pub intent: Option<Intent>,
+}
+
 /// Everything known once a child is gone.
 #[derive(Debug)]
 pub struct Finished {
@@ -322,6 +329,32 @@ impl Running {
     pub fn exchange(mut self, mut ex: Exchange) -> Finished {
         let started = Instant::now();
         let mut stderr = HeadTail::new(ex.stderr_max);
+        let talk = self.talk(&mut ex, &mut stderr);
+        self.finish(ex, talk, stderr, started)
+    }
+
+    /// True while the child may still answer (its stdout is open and nothing went wrong).
+    pub fn usable(&self) -> bool {
+        self.stdout.is_some() && self.stdin.is_some() && !self.exited()
+    }
+
+    /// Resident memory of the child in bytes (0 if unknown).
+    pub fn rss_bytes(&self) -> u64 {
+        let statm =
+            std::fs::read_to_string(format!("/proc/{}/statm", self.pid)).unwrap_or_default();
+        let pages: u64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        pages * page
+    }
+
+    /// Write the input and read until a response, an intent to end the child, or the end of
+    /// its output. Sends no signal and does not reap: a pooled child may serve again.
+    pub fn talk(&mut self, ex: &mut Exchange, stderr: &mut HeadTail) -> Talk {
         let mut response: Option<Response> = None;
         let mut intent: Option<Intent> = None;
         let mut written = 0usize;
@@ -497,7 +530,23 @@ impl Running {
                 }
             }
         }
-        // Stdout ended inside a frame: that is a protocol error, unless the child died.
+        Talk { response, intent }
+    }
+
+    /// End the child after [`Running::talk`]: act on the intent (TERM, grace, KILL), drain
+    /// the last stderr bytes, kill the rest of the group, reap.
+    pub fn finish(
+        mut self,
+        ex: Exchange,
+        talk: Talk,
+        mut stderr: HeadTail,
+        started: Instant,
+    ) -> Finished {
+        let Talk {
+            response,
+            mut intent,
+        } = talk;
+        let mut buf = vec![0u8; 64 * 1024];
         match &intent {
             Some(Intent::Timeout(_)) | Some(Intent::Cancelled) => {
                 // Intent recorded above; now TERM the group, give it the grace, then KILL.
@@ -507,14 +556,8 @@ impl Running {
                 }
             }
             Some(_) => self.kill_group(libc::SIGKILL),
-            None if response.is_some() => {
-                // Done: closing stdin lets a one-shot child that is still around leave.
-                self.stdin = None;
-                if !self.wait_exit(ex.grace) {
-                    self.kill_group(libc::SIGKILL);
-                }
-            }
             None => {
+                // Done (or the child ended): closing stdin lets a child still around leave.
                 self.stdin = None;
                 if !self.wait_exit(ex.grace) {
                     self.kill_group(libc::SIGKILL);

@@ -38,6 +38,7 @@ pub const GARBAGE: Step<(), ()> = Step::new("fixture.garbage");
 pub const THREADS: Step<u32, u32> = Step::new("fixture.threads");
 pub const ORPHAN: Step<OrphanIn, String> = Step::new("fixture.orphan");
 pub const QUICK: Step<u64, u64> = Step::new("fixture.quick");
+pub const LEAK: Step<u64, u64> = Step::new("fixture.leak");
 pub const CMD: Step<CommandSpec, CommandOutput> = Step::new("fixture.cmd");
 pub const PROBE: Workflow<Probe, String> = Workflow::new("fixture.probe");
 pub const SLOW: Workflow<SlowIn, u64> = Workflow::new("fixture.slow");
@@ -276,6 +277,11 @@ pub fn register(reg: &mut Registry) {
     reg.step(THREADS, threads_step).retry = Some(RetryPolicy::never());
     reg.step(ORPHAN, orphan_step);
     reg.step(QUICK, |_, n: u64| Ok(n + 1));
+    // Keeps `n` bytes resident for the rest of the process (pool recycling tests).
+    reg.step(LEAK, |_, n: u64| {
+        let v = vec![1u8; n as usize];
+        Ok(Vec::leak(v).len() as u64)
+    });
     reg.command(CMD).retry = Some(RetryPolicy::never());
     reg.workflow(PROBE, probe);
     reg.step(A, |_, ()| Ok(1));

@@ -68,6 +68,7 @@ pub struct Inner {
     finished: (Mutex<u64>, Condvar),
     in_process: exec::InProcess,
     child: crate::child::ChildExecutor,
+    pool: crate::child::PoolExecutor,
 }
 
 impl std::fmt::Debug for Inner {
@@ -104,6 +105,7 @@ impl Inner {
         match isolation {
             Isolation::InProcess => &self.in_process,
             Isolation::Child => &self.child,
+            Isolation::Pool => &self.pool,
         }
     }
 }
@@ -167,6 +169,12 @@ impl Engine {
         }))?;
         let (wake_tx, wake_rx) = bounded(1);
         let workflows_json: Arc<str> = registry.workflow_keys_json().into();
+        let pool = crate::child::PoolExecutor::new(
+            child.clone(),
+            config.pool_runs_max,
+            config.pool_rss_max_bytes,
+            config.workers,
+        );
         let inner = Arc::new(Inner {
             store,
             registry: Arc::new(registry),
@@ -182,6 +190,7 @@ impl Engine {
             wake_tx,
             finished: (Mutex::new(0), Condvar::new()),
             in_process: exec::InProcess,
+            pool,
             child,
         });
         log::info!(

@@ -1,6 +1,7 @@
 //! Per-step overhead, side by side in one run: a step in a fresh child process (spawn,
 //! limits, handshake-free request/response over pipes, reap), a bare spawn-and-wait of the
-//! same executable (`waymark --version`), and the same step called in-process.
+//! same executable (`waymark --version`), the same step called in-process, and the child
+//! step again while the benchmarking process holds 1 GiB resident.
 //!
 //! `cargo bench --bench child_step`
 
@@ -44,6 +45,19 @@ fn bench(c: &mut Criterion) {
     g.bench_function("in_process_step", |b| {
         b.iter(|| def.call(&ctx, &input, 1024).unwrap())
     });
+    // The same child step while this (engine) process holds 1 GiB resident: posix_spawn's
+    // cost must not grow with the parent's size (fork's would).
+    let mut ballast = vec![1u8; 1 << 30];
+    for i in (0..ballast.len()).step_by(4096) {
+        ballast[i] = (i % 251) as u8;
+    }
+    g.bench_function("child_process_step_1GiB_resident", |b| {
+        b.iter(|| {
+            waymark::child::run_step_once(bin, QUICK.name(), &input, &limits).unwrap();
+        })
+    });
+    std::hint::black_box(&ballast);
+    drop(ballast);
     g.finish();
 }
 

@@ -62,7 +62,7 @@ fn attempt_pids(engine: &Engine, id: i64) -> Vec<(i64, i64, Option<String>)> {
 // pooled step allocates 4x its 128 MiB cap. Must hold: the 40 runs complete; every child
 // served at most 10 executions and children were reused (fewer than 40 pids); the hog run
 // fails with "memory limit exceeded (128 MiB)" as memory_limit, and its child served
-// nothing else.
+// nothing else; after shutdown no pooled child is alive.
 #[test]
 fn pool_reuses_children_recycles_after_n_and_confines_an_oom() {
     let dir = tempfile::tempdir().unwrap();

@@ -100,7 +100,7 @@ pub(crate) fn apply(limits: &ChildLimits, pooled: bool) -> std::io::Result<()> {
     }
     if let Some(c) = limits.cpu_seconds {
         let hard = if pooled {
-            libc::RLIM_INFINITY as u64
+            libc::RLIM_INFINITY
         } else {
             c.max(1) + 1
         };
@@ -139,7 +139,7 @@ pub(crate) fn rearm_cpu(limits: &ChildLimits) {
         let _ = set(
             libc::RLIMIT_CPU,
             cpu_used_seconds() + c.max(1),
-            libc::RLIM_INFINITY as u64,
+            libc::RLIM_INFINITY,
         );
     }
 }

@@ -61,5 +61,42 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// One-step runs through a whole engine (journal included, synchronous=NORMAL) with the step
+/// in-process, in a cold child, and on the warm pool: 8 runs in flight per iteration.
+fn engine_runs(c: &mut Criterion) {
+    use waymark::{Config, Engine, Isolation, StartOptions, Synchronous, Workflow};
+    const ONE: Workflow<u64, u64> = Workflow::new("bench.one");
+    let bin = Path::new(env!("CARGO_BIN_EXE_waymark"));
+    let mut g = c.benchmark_group("engine_one_step_run_x8");
+    g.sample_size(10).measurement_time(Duration::from_secs(8));
+    for (name, iso) in [
+        ("in_process", Isolation::InProcess),
+        ("cold_child", Isolation::Child),
+        ("warm_pool", Isolation::Pool),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::new();
+        reg.step(QUICK, |_, n: u64| Ok(n + 1));
+        reg.workflow(ONE, |ctx, n| ctx.step(QUICK, &n));
+        let mut cfg = Config::new(dir.path().join("b.db"));
+        cfg.isolation = iso;
+        cfg.child_program = Some(bin.into());
+        cfg.synchronous = Synchronous::Normal;
+        cfg.workers = 4;
+        let engine = Engine::start(reg, cfg).unwrap();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let inputs: Vec<(u64, StartOptions)> =
+                    (0..8).map(|i| (i, StartOptions::default())).collect();
+                for id in engine.start_many(ONE, &inputs).unwrap() {
+                    engine.wait(id, Duration::from_secs(60)).unwrap();
+                }
+            })
+        });
+        engine.shutdown().unwrap();
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, engine_runs);
 criterion_main!(benches);

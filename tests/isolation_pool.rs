@@ -14,6 +14,8 @@ const QUICK: Step<u64, u64> = Step::new("fixture.quick");
 const HOG: Step<u64, u64> = Step::new("fixture.hog");
 const PANIC: Step<String, ()> = Step::new("fixture.panic");
 const LEAK: Step<u64, u64> = Step::new("fixture.leak");
+const BURN: Step<u64, u64> = Step::new("fixture.burn");
+const BURN_WF: Workflow<u64, u64> = Workflow::new("t.burn");
 const QUICK_WF: Workflow<u64, u64> = Workflow::new("t.quick");
 const HOG_WF: Workflow<u64, u64> = Workflow::new("t.hog");
 const PANIC_WF: Workflow<String, ()> = Workflow::new("t.panic");
@@ -41,10 +43,17 @@ fn registry() -> Registry {
         ..RetryPolicy::default()
     });
     pooled(child_step(&mut reg, LEAK));
+    let burn = pooled(child_step(&mut reg, BURN));
+    burn.limits = Some(StepLimits {
+        cpu_seconds: Some(2),
+        ..StepLimits::default()
+    });
+    burn.retry = Some(RetryPolicy::never());
     reg.workflow(QUICK_WF, |ctx, n| ctx.step(QUICK, &n));
     reg.workflow(HOG_WF, |ctx, n| ctx.step(HOG, &n));
     reg.workflow(PANIC_WF, |ctx, m| ctx.step(PANIC, &m));
     reg.workflow(LEAK_WF, |ctx, n| ctx.step(LEAK, &n));
+    reg.workflow(BURN_WF, |ctx, n| ctx.step(BURN, &n));
     reg
 }
 
@@ -62,7 +71,7 @@ fn attempt_pids(engine: &Engine, id: i64) -> Vec<(i64, i64, Option<String>)> {
 // pooled step allocates 4x its 128 MiB cap. Must hold: the 40 runs complete; every child
 // served at most 10 executions and children were reused (fewer than 40 pids); the hog run
 // fails with "memory limit exceeded (128 MiB)" as memory_limit, and its child served
-// nothing else.
+// nothing else; after shutdown no pooled child is alive.
 #[test]
 fn pool_reuses_children_recycles_after_n_and_confines_an_oom() {
     let dir = tempfile::tempdir().unwrap();
@@ -148,5 +157,42 @@ fn pool_recycles_after_failure_and_past_rss_threshold() {
         pids[0], pids[1],
         "a child past the RSS threshold was reused"
     );
+    engine.shutdown().unwrap();
+}
+
+// Scenario: a pooled step with a 2 s CPU cap burns 1.2 s of CPU per execution, three times in
+// a row on one worker, then once 3 s. Must hold: the three 1.2 s executions all succeed in the
+// same child (the cap applies per execution, although RLIMIT_CPU counts a process's whole
+// life), and the 3 s one fails as cpu_limit.
+#[test]
+fn pooled_cpu_cap_applies_per_execution() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.workers = 1;
+    let engine = Engine::start(registry(), cfg).unwrap();
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let id = engine
+            .start_run(BURN_WF, &1200, StartOptions::default())
+            .unwrap();
+        assert_eq!(
+            engine
+                .wait_output(BURN_WF, id, Duration::from_secs(120))
+                .unwrap(),
+            1200
+        );
+        pids.push(attempt_pids(&engine, id)[0].1);
+    }
+    assert!(pids.iter().all(|p| *p == pids[0]), "{pids:?}");
+    let id = engine
+        .start_run(BURN_WF, &3000, StartOptions::default())
+        .unwrap();
+    let row = engine.wait(id, Duration::from_secs(120)).unwrap();
+    assert_eq!(row.status, "failed");
+    assert!(row
+        .error
+        .unwrap_or_default()
+        .contains("CPU limit exceeded (2 s)"));
+    assert_eq!(attempt_pids(&engine, id)[0].2.as_deref(), Some("cpu_limit"));
     engine.shutdown().unwrap();
 }

@@ -37,7 +37,7 @@ pub fn hook<F: FnOnce() -> Registry>(registry: F) {
         return;
     };
     let mode = mode.to_string_lossy().into_owned();
-    enter_child_mode();
+    enter_child_mode(mode == "pool");
     let code = match mode.as_str() {
         "exec" => super::command::exec_from_args(),
         "step" | "hello" | "pool" => serve(registry(), &mode),
@@ -50,7 +50,7 @@ pub fn hook<F: FnOnce() -> Registry>(registry: F) {
 }
 
 /// Death signal, parent check, limits. Exits the process if any of them fails.
-fn enter_child_mode() {
+fn enter_child_mode(pooled: bool) {
     let parent: Option<i32> = std::env::var(super::ENV_PARENT)
         .ok()
         .and_then(|v| v.parse().ok());
@@ -67,7 +67,7 @@ fn enter_child_mode() {
             libc::_exit(EXIT_ORPHANED);
         }
     }
-    if let Err(e) = limits::apply(&ChildLimits::from_env()) {
+    if let Err(e) = limits::apply(&ChildLimits::from_env(), pooled) {
         let _ = writeln!(std::io::stderr(), "waymark child: cannot apply limits: {e}");
         std::process::exit(EXIT_SETUP);
     }
@@ -141,6 +141,7 @@ fn serve(registry: Registry, mode: &str) -> i32 {
     if reader.is_err() {
         return EXIT_SETUP;
     }
+    let cpu_limits = ChildLimits::from_env();
     let mut served = 0u64;
     while let Ok(req) = rx.recv() {
         let resp = match req {
@@ -159,6 +160,9 @@ fn serve(registry: Registry, mode: &str) -> i32 {
                 input,
             } => {
                 served += 1;
+                if mode == "pool" {
+                    limits::rearm_cpu(&cpu_limits);
+                }
                 run_step(
                     &registry,
                     &step,

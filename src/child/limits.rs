@@ -89,15 +89,59 @@ fn set(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> std::io::Re
 
 /// Apply `limits` to this process: memory cap, CPU cap (SIGXCPU at the cap, SIGKILL one
 /// second later), and no core dumps (an aborting child must die fast).
-pub(crate) fn apply(limits: &ChildLimits) -> std::io::Result<()> {
+///
+/// A pooled child (`pooled`) serves many executions, and RLIMIT_CPU counts the whole
+/// process's life: its hard limit stays unlimited and [`rearm_cpu`] moves the soft limit
+/// before each execution (SIGXCPU's default action ends the process just the same).
+pub(crate) fn apply(limits: &ChildLimits, pooled: bool) -> std::io::Result<()> {
     set(libc::RLIMIT_CORE, 0, 0)?;
     if let Some(m) = limits.memory_bytes {
         set(limits.memory_rlimit.resource(), m, m)?;
     }
     if let Some(c) = limits.cpu_seconds {
-        set(libc::RLIMIT_CPU, c.max(1), c.max(1) + 1)?;
+        let hard = if pooled {
+            libc::RLIM_INFINITY
+        } else {
+            c.max(1) + 1
+        };
+        set(libc::RLIMIT_CPU, c.max(1), hard)?;
     }
     Ok(())
+}
+
+/// CPU time this process has used so far (user + system).
+pub fn process_cpu_time() -> std::time::Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    std::time::Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.max(0) as u32)
+}
+
+/// CPU seconds this process has used so far (user + system), rounded up.
+fn cpu_used_seconds() -> u64 {
+    // SAFETY: getrusage writes a plain struct.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0;
+    }
+    let us = (u.ru_utime.tv_sec + u.ru_stime.tv_sec) as u64 * 1_000_000
+        + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) as u64;
+    us.div_ceil(1_000_000)
+}
+
+/// Pooled child, before each execution: allow `limits.cpu_seconds` more CPU seconds.
+pub(crate) fn rearm_cpu(limits: &ChildLimits) {
+    if let Some(c) = limits.cpu_seconds {
+        let _ = set(
+            libc::RLIMIT_CPU,
+            cpu_used_seconds() + c.max(1),
+            libc::RLIM_INFINITY,
+        );
+    }
 }
 
 /// Set `rlimit` to `bytes` in this process (used by the `probe-threads` measurement).

@@ -39,6 +39,7 @@ pub const THREADS: Step<u32, u32> = Step::new("fixture.threads");
 pub const ORPHAN: Step<OrphanIn, String> = Step::new("fixture.orphan");
 pub const QUICK: Step<u64, u64> = Step::new("fixture.quick");
 pub const LEAK: Step<u64, u64> = Step::new("fixture.leak");
+pub const BURN: Step<u64, u64> = Step::new("fixture.burn");
 pub const CMD: Step<CommandSpec, CommandOutput> = Step::new("fixture.cmd");
 pub const PROBE: Workflow<Probe, String> = Workflow::new("fixture.probe");
 pub const SLOW: Workflow<SlowIn, u64> = Workflow::new("fixture.slow");
@@ -277,6 +278,17 @@ pub fn register(reg: &mut Registry) {
     reg.step(THREADS, threads_step).retry = Some(RetryPolicy::never());
     reg.step(ORPHAN, orphan_step);
     reg.step(QUICK, |_, n: u64| Ok(n + 1));
+    // Burns `ms` milliseconds of CPU time, then returns.
+    reg.step(BURN, |_, ms: u64| {
+        let start = waymark::child::limits::process_cpu_time();
+        let mut x = 0u64;
+        while (waymark::child::limits::process_cpu_time() - start).as_millis() < ms as u128 {
+            for _ in 0..10_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+        Ok(ms)
+    });
     // Keeps `n` bytes resident for the rest of the process (pool recycling tests).
     reg.step(LEAK, |_, n: u64| {
         let v = vec![1u8; n as usize];

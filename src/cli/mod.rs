@@ -3,6 +3,7 @@
 mod demo;
 mod fixtures;
 mod inspect;
+mod torture;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -56,6 +57,11 @@ enum Command {
     Serve(fixtures::ServeArgs),
     /// Start one run of a built-in workflow.
     Start(fixtures::StartArgs),
+    /// Kill engines at random moments on one database and check nothing is lost or run twice.
+    Torture(torture::TortureArgs),
+    /// An engine process of `waymark torture` (started by the harness).
+    #[command(hide = true)]
+    TortureEngine(torture::EngineArgs),
 }
 
 /// Parse arguments, run the command, return the exit code.
@@ -94,6 +100,8 @@ pub fn main() -> i32 {
         Command::Resume { run_id, db } => inspect::resume(&db, &run_id),
         Command::Serve(args) => fixtures::serve(args),
         Command::Start(args) => fixtures::start(args),
+        Command::Torture(args) => torture::run(args),
+        Command::TortureEngine(args) => torture::engine(args),
     };
     match result {
         Ok(code) => code,

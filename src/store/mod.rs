@@ -93,11 +93,28 @@ fn classify_open(path: &Path, e: rusqlite::Error) -> StoreError {
     StoreError::sqlite("opening the database", e)
 }
 
+/// Longest we wait for a zero-length file to get its header before refusing it.
+const ZERO_LENGTH_WAIT_MAX: Duration = Duration::from_secs(2);
+
+/// A zero-length file is what another process opening the same fresh path sees for a few
+/// milliseconds, between its create and its first write (the header). Wait (stat only, no
+/// descriptor) up to `ZERO_LENGTH_WAIT_MAX` for it to grow before calling it not a database.
+fn grows_soon(path: &Path, busy_timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + busy_timeout.min(ZERO_LENGTH_WAIT_MAX);
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Open a connection after checking the file is ours. Writes nothing unless `create`
 /// made a fresh file. Returns the connection and whether the file is new.
 fn open_checked(path: &Path, opts: &StoreOptions) -> StoreResult<Connection> {
     let existed = match std::fs::metadata(path) {
-        Ok(m) if m.len() == 0 => {
+        Ok(m) if m.len() == 0 && !grows_soon(path, opts.busy_timeout) => {
             return Err(StoreError::NotADatabase {
                 path: path.into(),
                 detail: "zero-length file".into(),

@@ -476,7 +476,7 @@ fn check(h: &Harness, runs: &[RunIn]) -> Result<Summary, String> {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         for line in text.lines() {
             if let Some(rest) = line.split("run ").nth(1) {
-                if line.contains("lease lost") {
+                if line.contains("lease lost") || line.contains("lease guard expired") {
                     if let Some(run) = rest.split(':').next().and_then(|r| r.parse().ok()) {
                         lease_lost.insert((*pid, run));
                     }

@@ -157,6 +157,40 @@ fn open_checked(path: &Path, opts: &StoreOptions) -> StoreResult<Connection> {
     Ok(conn)
 }
 
+/// Longest `Store::open` keeps retrying a migration while another process holds the lock.
+const MIGRATE_BUSY_WAIT_MAX: Duration = Duration::from_secs(60);
+
+fn is_busy(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sqlite { source: rusqlite::Error::SqliteFailure(f, _), .. }
+        if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
+/// Migrate only if the schema is behind (a read, no lock): opening a current database must
+/// not need the write lock, or a process holding it longer than busy_timeout would make
+/// every open fail with SQLITE_BUSY. A needed migration that meets a busy database is
+/// retried with backoff (and logged) for up to `MIGRATE_BUSY_WAIT_MAX`.
+fn migrate_when_needed(conn: &mut Connection, path: &Path) -> StoreResult<()> {
+    if schema::check_identity(conn, path)? == schema::SCHEMA_VERSION {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match schema::migrate(conn, path) {
+            Err(e) if is_busy(&e) && started.elapsed() < MIGRATE_BUSY_WAIT_MAX => {
+                log::warn!(
+                    "{}: database is busy during migration (another process holds the write lock); retrying in {backoff:?}",
+                    path.display()
+                );
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(StoreError::Sqlite { source, .. }) => return Err(classify_open(path, source)),
+            other => return other,
+        }
+    }
+}
+
 impl Store {
     /// Open (and if allowed create and migrate) the database at `path`.
     pub fn open(path: &Path, opts: &StoreOptions, clock: Arc<dyn Clock>) -> StoreResult<Store> {
@@ -169,10 +203,7 @@ impl Store {
             StoreError::Sqlite { source, .. } => classify_open(path, source),
             other => other,
         })?;
-        schema::migrate(&mut conn, path).map_err(|e| match e {
-            StoreError::Sqlite { source, .. } => classify_open(path, source),
-            other => other,
-        })?;
+        migrate_when_needed(&mut conn, path)?;
         pragmas::install_busy_handler(&conn)?;
         conn.set_prepared_statement_cache_capacity(64);
         let (writer, _thread) = Writer::start(conn, clock)?;

@@ -120,7 +120,10 @@ fn scenario(dir: &Path, db: &Path, limit: Option<u64>, free_space: impl FnOnce()
         || runs.iter().all(|r| status(db, *r) == "completed"),
     );
     assert_eq!(
-        query_i64(db, &format!("SELECT count(*) FROM steps WHERE run_id >= {}", runs[0])),
+        query_i64(
+            db,
+            &format!("SELECT count(*) FROM steps WHERE run_id >= {}", runs[0])
+        ),
         runs.len() as i64 * 4
     );
     integrity_ok(db);

@@ -97,7 +97,7 @@ fn run(mut conn: Connection, rx: Receiver<(Op, Reply)>, clock: Arc<dyn Clock>) {
         }
         commit_batch(&mut conn, &mut batch, &*clock);
         batches += 1;
-        if batches % WAL_CHECK_BATCHES == 0 {
+        if batches.is_multiple_of(WAL_CHECK_BATCHES) {
             bound_wal(&conn);
         }
     }

@@ -26,11 +26,18 @@ use std::sync::Arc;
 pub(crate) enum Interrupt {
     LeaseLost,
     Shutdown,
-    Suspend { until: i64, note: String },
+    Suspend {
+        until: i64,
+        note: String,
+    },
     NonDeterminism(String),
     Blocked(String),
     Fail(String),
     Storage(StoreError),
+    /// The run was cancelled or passed its deadline (see `engine::features`).
+    Cancelled,
+    /// A feature command already suspended the run in its own transaction: write nothing.
+    Parked,
 }
 
 /// Handed to a workflow function; every durable operation goes through it.
@@ -91,6 +98,9 @@ impl<'a> Ctx<'a> {
         }
         if self.inner.shutting_down() {
             return Err(self.interrupt(Interrupt::Shutdown));
+        }
+        if self.cancel.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(self.interrupt(Interrupt::Cancelled));
         }
         Ok(())
     }
@@ -278,6 +288,9 @@ impl<'a> Ctx<'a> {
             outcome: failure.class.name(),
             reason: failure.reason.clone(),
         })?;
+        if self.cancel.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(self.interrupt(Interrupt::Cancelled));
+        }
         let retry = !failure.permanent
             && policy.retry_on.contains(&failure.class)
             && (attempt as u32) < policy.attempts_max

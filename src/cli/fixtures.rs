@@ -82,6 +82,9 @@ pub struct ServeArgs {
     /// Exit 0 once no run is pending, running or suspended.
     #[arg(long)]
     pub exit_when_idle: bool,
+    /// `synchronous=NORMAL` (documented opt-in: may lose the last commits on power loss).
+    #[arg(long)]
+    pub sync_normal: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -105,12 +108,16 @@ fn registry() -> Registry {
     let mut reg = Registry::new();
     demo::register(&mut reg);
     register(&mut reg);
+    super::fixtures_features::register(&mut reg);
     reg
 }
 
 pub fn serve(args: ServeArgs) -> CliResult {
     let mut config = Config::new(&args.db).with_lease_ttl(Duration::from_millis(args.lease_ttl_ms));
     config.workers = args.workers.max(1);
+    if args.sync_normal {
+        config.synchronous = waymark::Synchronous::Normal;
+    }
     let engine = Engine::start(registry(), config).map_err(|e| e.to_string())?;
     loop {
         std::thread::sleep(Duration::from_millis(100));
@@ -142,6 +149,9 @@ pub fn start(args: StartArgs) -> CliResult {
         "demo" => encode::<DemoInput>(&args.json)?,
         "fixture.slow" | "fixture.nondet" => encode::<SlowIn>(&args.json)?,
         "fixture.crash" => encode::<()>(&args.json)?,
+        other if super::fixtures_features::is_fixture(other) => {
+            super::fixtures_features::encode_input(other, &args.json)?
+        }
         other => return Err(format!("unknown workflow '{other}': built-in workflows are demo, fixture.slow, fixture.crash, fixture.nondet")),
     };
     let store = Store::open(

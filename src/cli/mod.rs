@@ -1,7 +1,9 @@
 //! The `waymark` command line: the only place that prints and chooses exit codes.
 
 mod demo;
+mod features;
 mod fixtures;
+mod fixtures_features;
 mod inspect;
 
 use clap::{Parser, Subcommand};
@@ -56,6 +58,12 @@ enum Command {
     Serve(fixtures::ServeArgs),
     /// Start one run of a built-in workflow.
     Start(fixtures::StartArgs),
+    /// Send an event to a run (kept until the run waits for it).
+    Send(features::SendArgs),
+    /// Cancel a run and its descendants.
+    Cancel(features::CancelArgs),
+    /// Delete finished runs older than a given age and shrink the file.
+    Gc(features::GcArgs),
 }
 
 /// Parse arguments, run the command, return the exit code.
@@ -94,6 +102,9 @@ pub fn main() -> i32 {
         Command::Resume { run_id, db } => inspect::resume(&db, &run_id),
         Command::Serve(args) => fixtures::serve(args),
         Command::Start(args) => fixtures::start(args),
+        Command::Send(args) => features::send(args),
+        Command::Cancel(args) => features::cancel(args),
+        Command::Gc(args) => features::gc(args),
     };
     match result {
         Ok(code) => code,

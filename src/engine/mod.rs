@@ -6,6 +6,7 @@
 
 pub mod dispatch;
 pub mod exec;
+pub mod features;
 pub mod lease;
 pub mod reaper;
 pub mod worker;
@@ -67,6 +68,7 @@ pub struct Inner {
     wake_tx: Sender<()>,
     finished: (Mutex<u64>, Condvar),
     in_process: exec::InProcess,
+    pub(crate) features: features::Features,
 }
 
 impl std::fmt::Debug for Inner {
@@ -179,6 +181,7 @@ impl Engine {
             wake_tx,
             finished: (Mutex::new(0), Condvar::new()),
             in_process: exec::InProcess,
+            features: features::Features::default(),
         });
         log::info!(
             "engine {} started on {} (pid {pid}, {} workers)",
@@ -202,6 +205,10 @@ impl Engine {
         let (i3, s3) = (inner.clone(), stop_rx.clone());
         threads.push(spawn("waymark-reaper", move || {
             reaper::reaper_loop(&i3, s3)
+        })?);
+        let (i5, s5) = (inner.clone(), stop_rx.clone());
+        threads.push(spawn("waymark-features", move || {
+            features::features_loop(&i5, s5)
         })?);
         let (i4, w4) = (inner.clone(), work_tx.clone());
         threads.push(spawn("waymark-dispatcher", move || {

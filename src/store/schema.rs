@@ -9,7 +9,7 @@ use super::pragmas::APPLICATION_ID;
 use rusqlite::Connection;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the durable core.
@@ -90,6 +90,19 @@ const MIGRATIONS: &[&str] = &[
         consumed_seq INTEGER
     );
     CREATE INDEX events_run ON events(run_id, name, id);
+    "#,
+    // 2: durable features (timers, events, cancellation, children, deadlines, retention).
+    r#"
+    CREATE INDEX runs_parent ON runs(parent_id) WHERE parent_id IS NOT NULL;
+    CREATE INDEX runs_deadline ON runs(deadline_at) WHERE deadline_at IS NOT NULL AND finished_at IS NULL;
+    -- A child's end wakes its parent if the parent is suspended waiting for it
+    -- (note text: store::feature_ops::child_note).
+    CREATE TRIGGER runs_wake_parent AFTER UPDATE OF status ON runs
+    WHEN NEW.parent_id IS NOT NULL AND NEW.status IN ('completed', 'failed', 'cancelled')
+    BEGIN
+        UPDATE runs SET ready_at = NEW.updated_at, updated_at = NEW.updated_at
+        WHERE id = NEW.parent_id AND status = 'suspended' AND note = 'waiting for child ' || NEW.id;
+    END;
     "#,
 ];
 

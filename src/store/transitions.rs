@@ -155,24 +155,101 @@ pub enum Op {
     ForgetEngine {
         id: String,
     },
+    // ---- durable features (issue 6); implemented in `feature_ops` ----
+    /// Journal a timer at `seq` (its wake-up time `wake`); with `suspend` and `wake` in the
+    /// future, also suspend the run until then. One transaction, fenced.
+    Timer {
+        fence: Fence,
+        seq: i64,
+        name: String,
+        wake: i64,
+        suspend: bool,
+    },
+    /// Deliver the oldest unconsumed event `name` into journal entry `seq`; or record a
+    /// timeout once `deadline` passed; or suspend the run until `deadline`. Fenced.
+    AwaitEvent {
+        fence: Fence,
+        seq: i64,
+        name: String,
+        deadline: i64,
+    },
+    /// Keep an event for a run; wake the run if it is suspended waiting for `name`.
+    SendEvent {
+        run_id: i64,
+        name: String,
+        payload: Vec<u8>,
+    },
+    /// Request cancellation of a run and its descendants: those not running end
+    /// `cancelled` at once, running ones are flagged (`cancel_requested`).
+    Cancel {
+        run_id: i64,
+    },
+    /// End a claimed run as `cancelled` (fenced).
+    FinishCancelled {
+        fence: Fence,
+        reason: String,
+    },
+    /// Enqueue a child run (idempotent by its key) and journal its id at `seq`. Fenced.
+    StartChild {
+        fence: Fence,
+        seq: i64,
+        name: String,
+        run: NewRun,
+    },
+    /// Journal the outcome of a finished child at `seq`, or suspend the parent until the
+    /// child finishes (a trigger wakes it). Fenced.
+    AwaitChild {
+        fence: Fence,
+        seq: i64,
+        name: String,
+        child_id: i64,
+    },
+    /// Fail up to `limit` pending or suspended runs whose deadline passed.
+    ExpireDeadlines {
+        limit: i64,
+    },
+    /// Delete up to `limit` runs finished before `before` (and not children of unfinished
+    /// runs) with their journal, attempts and events.
+    Purge {
+        before: i64,
+        limit: i64,
+    },
+    /// Return up to `pages` free pages to the file system (`PRAGMA incremental_vacuum`).
+    IncrementalVacuum {
+        pages: i64,
+    },
 }
 
 /// What a command returns.
 #[derive(Debug)]
 pub enum Done {
     Unit,
-    Run { id: i64, created: bool },
+    Run {
+        id: i64,
+        created: bool,
+    },
     Runs(Vec<(i64, bool)>),
     Claimed(Vec<Claimed>),
     Count(usize),
     Reclaimed(bool),
+    /// Answer of `AwaitEvent` / `AwaitChild`.
+    Awaited(super::feature_ops::Awaited),
+    /// Answer of `Cancel`: the run's status afterwards.
+    Cancel {
+        status: String,
+    },
+    /// Answer of `SendEvent`.
+    Sent {
+        event_id: i64,
+        woke: bool,
+    },
 }
 
-fn sql(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+pub(crate) fn sql(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |e| StoreError::sqlite(context, e)
 }
 
-fn fenced(changed: usize, fence: &Fence) -> StoreResult<Done> {
+pub(crate) fn fenced(changed: usize, fence: &Fence) -> StoreResult<Done> {
     if changed == 1 {
         Ok(Done::Unit)
     } else {
@@ -183,7 +260,7 @@ fn fenced(changed: usize, fence: &Fence) -> StoreResult<Done> {
     }
 }
 
-const FENCE: &str = "id = ?1 AND owner = ?2 AND epoch = ?3 AND status = 'running'";
+pub(crate) const FENCE: &str = "id = ?1 AND owner = ?2 AND epoch = ?3 AND status = 'running'";
 
 /// Apply one command inside the writer's open transaction. `now` is the batch's wall time (ms).
 pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
@@ -502,10 +579,20 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             .map_err(sql("forgetting an engine"))?;
             Ok(Done::Unit)
         }
+        op @ (Op::Timer { .. }
+        | Op::AwaitEvent { .. }
+        | Op::SendEvent { .. }
+        | Op::Cancel { .. }
+        | Op::FinishCancelled { .. }
+        | Op::StartChild { .. }
+        | Op::AwaitChild { .. }
+        | Op::ExpireDeadlines { .. }
+        | Op::Purge { .. }
+        | Op::IncrementalVacuum { .. }) => super::feature_ops::apply(conn, op, now),
     }
 }
 
-fn enqueue(conn: &Connection, run: &NewRun, now: i64) -> StoreResult<(i64, bool)> {
+pub(crate) fn enqueue(conn: &Connection, run: &NewRun, now: i64) -> StoreResult<(i64, bool)> {
     if let Some(key) = &run.idempotency_key {
         let existing: Option<i64> = conn
             .prepare_cached("SELECT id FROM runs WHERE idempotency_key = ?1")

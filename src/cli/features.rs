@@ -37,6 +37,38 @@ pub struct GcArgs {
     pub older_than: String,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct QueueArgs {
+    /// Queue name.
+    pub name: String,
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Most runs of this queue running at once, across all engines.
+    #[arg(
+        long,
+        conflicts_with = "unlimited",
+        required_unless_present = "unlimited"
+    )]
+    pub limit: Option<i64>,
+    /// Remove the queue's limit.
+    #[arg(long)]
+    pub unlimited: bool,
+}
+
+pub fn queue(args: QueueArgs) -> CliResult {
+    if args.limit.is_some_and(|n| n < 0) {
+        return Err("--limit must be 0 or more".into());
+    }
+    let (store, _) = open(&args.db)?;
+    store
+        .call(Op::SetQueueLimit {
+            queue: args.name,
+            concurrency: args.limit,
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(0)
+}
+
 fn open(db: &Path) -> Result<(Store, Arc<SystemClock>), String> {
     let opts = StoreOptions {
         create: false,

@@ -102,6 +102,18 @@ pub struct StartArgs {
     /// Start this many runs with the same input.
     #[arg(long, default_value_t = 1)]
     pub count: usize,
+    /// Queue of the runs.
+    #[arg(long, default_value = "default")]
+    pub queue: String,
+    /// Priority of the runs (higher first).
+    #[arg(long, default_value_t = 0)]
+    pub priority: i64,
+    /// Do not start before this time (ms since the Unix epoch).
+    #[arg(long)]
+    pub not_before_ms: Option<i64>,
+    /// Fail the runs if not finished by this time (ms since the Unix epoch).
+    #[arg(long)]
+    pub deadline_ms: Option<i64>,
 }
 
 fn registry() -> Registry {
@@ -172,11 +184,11 @@ pub fn start(args: StartArgs) -> CliResult {
                     format!("{k}-{i}")
                 }
             }),
-            queue: "default".into(),
-            priority: 0,
-            ready_at: None,
+            queue: args.queue.clone(),
+            priority: args.priority,
+            ready_at: args.not_before_ms,
             parent_id: None,
-            deadline_at: None,
+            deadline_at: args.deadline_ms,
         })
         .collect();
     match store

@@ -26,12 +26,14 @@ pub const MARK: Step<u64, u64> = Step::new("fixture.mark");
 pub const SLEEPER: Workflow<SleeperIn, u64> = Workflow::new("fixture.sleeper");
 pub const WAITER: Workflow<WaiterIn, String> = Workflow::new("fixture.waiter");
 pub const PARENT: Workflow<SlowIn, u64> = Workflow::new("fixture.parent");
+pub const PROBE_STEP: Step<u64, u64> = Step::new("fixture.probe");
+pub const PROBE: Workflow<u64, u64> = Workflow::new("fixture.probe");
 
 /// Names of the workflows defined here.
 pub fn is_fixture(name: &str) -> bool {
     matches!(
         name,
-        "fixture.sleeper" | "fixture.waiter" | "fixture.parent"
+        "fixture.sleeper" | "fixture.waiter" | "fixture.parent" | "fixture.probe"
     )
 }
 
@@ -45,6 +47,7 @@ pub fn encode_input(name: &str, json: &str) -> Result<Vec<u8>, String> {
         "fixture.sleeper" => enc::<SleeperIn>(json),
         "fixture.waiter" => enc::<WaiterIn>(json),
         "fixture.parent" => enc::<SlowIn>(json),
+        "fixture.probe" => enc::<u64>(json),
         other => Err(format!("unknown workflow '{other}'")),
     }
 }
@@ -97,10 +100,31 @@ fn parent(ctx: &mut Ctx<'_>, input: SlowIn) -> Result<u64, WorkflowError> {
     Ok(ctx.join(&child)? + 1)
 }
 
+/// Concurrency probe (for queue limits across processes): while it runs, a file named after
+/// the run exists in `$WAYMARK_PROBE_DIR`; it returns how many such files it saw after
+/// creating its own (the most steps running at once, from its point of view).
+fn probe(ctx: &StepCtx, ms: u64) -> Result<u64, StepError> {
+    let dir = std::env::var_os("WAYMARK_PROBE_DIR")
+        .ok_or_else(|| StepError::permanent("WAYMARK_PROBE_DIR is not set"))?;
+    let me = std::path::Path::new(&dir).join(format!("{}-{}", ctx.run_id(), ctx.seq()));
+    std::fs::write(&me, b"").map_err(|e| StepError::permanent(e.to_string()))?;
+    let seen = std::fs::read_dir(&dir)
+        .map_err(|e| StepError::permanent(e.to_string()))?
+        .count() as u64;
+    std::thread::sleep(Duration::from_millis(ms));
+    let seen_after = std::fs::read_dir(&dir)
+        .map_err(|e| StepError::permanent(e.to_string()))?
+        .count() as u64;
+    let _ = std::fs::remove_file(&me);
+    Ok(seen.max(seen_after))
+}
+
 /// Register the feature fixtures (their steps and workflows).
 pub fn register(reg: &mut Registry) {
     reg.step(MARK, mark);
     reg.workflow(SLEEPER, sleeper);
     reg.workflow(WAITER, waiter);
     reg.workflow(PARENT, parent);
+    reg.step(PROBE_STEP, probe);
+    reg.workflow(PROBE, |ctx, ms: u64| ctx.step(PROBE_STEP, &ms));
 }

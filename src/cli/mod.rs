@@ -64,6 +64,8 @@ enum Command {
     Cancel(features::CancelArgs),
     /// Delete finished runs older than a given age and shrink the file.
     Gc(features::GcArgs),
+    /// Set or remove a queue's concurrency limit (honoured by every engine on the file).
+    Queue(features::QueueArgs),
 }
 
 /// Parse arguments, run the command, return the exit code.
@@ -105,6 +107,7 @@ pub fn main() -> i32 {
         Command::Send(args) => features::send(args),
         Command::Cancel(args) => features::cancel(args),
         Command::Gc(args) => features::gc(args),
+        Command::Queue(args) => features::queue(args),
     };
     match result {
         Ok(code) => code,

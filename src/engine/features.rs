@@ -257,6 +257,18 @@ impl Engine {
         Ok(status)
     }
 
+    /// Limit queue `queue` to `concurrency` runs running at once across every engine
+    /// sharing the file (`None` removes the limit). Runs choose a queue with
+    /// [`crate::StartOptions::queue`].
+    pub fn set_queue_limit(&self, queue: &str, concurrency: Option<u32>) -> Result<(), Error> {
+        self.inner.store.call(Op::SetQueueLimit {
+            queue: queue.to_string(),
+            concurrency: concurrency.map(i64::from),
+        })?;
+        self.inner.wake_dispatcher();
+        Ok(())
+    }
+
     /// Delete runs that finished more than `older_than` ago, with their journals, attempts
     /// and events, in bounded batches, then return free pages to the file system.
     /// Returns the number of runs deleted.

@@ -14,7 +14,7 @@
 //! - Suspension notes name what a run waits for; wake-ups match on them exactly.
 
 use super::error::{StoreError, StoreResult};
-use super::transitions::{enqueue, fenced, sql, Done, Fence, Op, FENCE};
+use super::transitions::{enqueue, fenced, sql, Claimed, Done, Fence, Op, FENCE};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// What an `AwaitEvent` or `AwaitChild` found.
@@ -110,6 +110,70 @@ fn suspend(conn: &Connection, fence: &Fence, until: i64, note: &str, now: i64) -
         })
         .map_err(sql("suspending a run"))?;
     fenced(n, fence).map(|_| ())
+}
+
+/// Claim up to `limit` runs from queues that have a concurrency limit, never more per queue
+/// than its limit minus its runs already `running` (counted in this same write transaction,
+/// so the limit holds across engine processes). Part of `Op::Claim`.
+pub fn claim_limited(
+    conn: &Connection,
+    owner: &str,
+    limit: i64,
+    workflows_json: &str,
+    lease_ms: i64,
+    now: i64,
+) -> StoreResult<Vec<Claimed>> {
+    let queues: Vec<(String, i64)> = conn
+        .prepare_cached(
+            "SELECT q.name, q.concurrency - (SELECT count(*) FROM runs r
+                                             WHERE r.queue = q.name AND r.status = 'running')
+             FROM queues q",
+        )
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()
+        })
+        .map_err(sql("reading queue limits"))?;
+    let mut out = Vec::new();
+    for (queue, free) in queues {
+        let want = free.min(limit - out.len() as i64);
+        if want <= 0 {
+            continue;
+        }
+        let mut stmt = conn
+            .prepare_cached(
+                "UPDATE runs SET status = 'running', owner = ?1, epoch = epoch + 1,
+                        lease_expires_at = ?2, updated_at = ?3, note = NULL
+                 WHERE id IN (SELECT id FROM runs
+                              WHERE status = 'pending' AND queue = ?6 AND ready_at <= ?3
+                                AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
+                              ORDER BY priority DESC, ready_at, id LIMIT ?5)
+                 RETURNING id, workflow, version, input, epoch, interruptions, deadline_at",
+            )
+            .map_err(sql("preparing a queue claim"))?;
+        let rows = stmt
+            .query_map(
+                params![owner, now + lease_ms, now, workflows_json, want, queue],
+                |r| {
+                    Ok(Claimed {
+                        run_id: r.get(0)?,
+                        workflow: r.get(1)?,
+                        version: r.get(2)?,
+                        input: r.get(3)?,
+                        epoch: r.get(4)?,
+                        interruptions: r.get(5)?,
+                        deadline_at: r.get(6)?,
+                    })
+                },
+            )
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(sql("claiming from a limited queue"))?;
+        out.extend(rows);
+        if out.len() as i64 >= limit {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Apply one feature command (see the variants of [`Op`]).
@@ -420,6 +484,21 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                 .query_row("PRAGMA freelist_count", [], |r| r.get(0))
                 .map_err(sql("reading the free-page count"))?;
             Ok(Done::Count(free as usize))
+        }
+        Op::SetQueueLimit { queue, concurrency } => {
+            match concurrency {
+                Some(n) => conn
+                    .prepare_cached(
+                        "INSERT INTO queues(name, concurrency) VALUES (?1, ?2)
+                         ON CONFLICT(name) DO UPDATE SET concurrency = excluded.concurrency",
+                    )
+                    .and_then(|mut s| s.execute(params![queue, n.max(0)])),
+                None => conn
+                    .prepare_cached("DELETE FROM queues WHERE name = ?1")
+                    .and_then(|mut s| s.execute(params![queue])),
+            }
+            .map_err(sql("setting a queue limit"))?;
+            Ok(Done::Unit)
         }
         other => Err(StoreError::sqlite(
             "applying a feature command",

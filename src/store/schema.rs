@@ -9,7 +9,7 @@ use super::pragmas::APPLICATION_ID;
 use rusqlite::Connection;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the durable core.
@@ -103,6 +103,15 @@ const MIGRATIONS: &[&str] = &[
         UPDATE runs SET ready_at = NEW.updated_at, updated_at = NEW.updated_at
         WHERE id = NEW.parent_id AND status = 'suspended' AND note = 'waiting for child ' || NEW.id;
     END;
+    "#,
+    // 3: queues with concurrency limits (a queue without a row here is unlimited).
+    r#"
+    CREATE TABLE queues (
+        name        TEXT PRIMARY KEY,
+        concurrency INTEGER NOT NULL CHECK (concurrency >= 0)   -- most runs 'running' at once
+    ) WITHOUT ROWID;
+    CREATE INDEX runs_queue_claim ON runs(queue, priority DESC, ready_at, id) WHERE status = 'pending';
+    CREATE INDEX runs_queue_running ON runs(queue) WHERE status = 'running';
     "#,
 ];
 

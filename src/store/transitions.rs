@@ -218,6 +218,12 @@ pub enum Op {
     IncrementalVacuum {
         pages: i64,
     },
+    /// Set (`Some`) or remove (`None`) the concurrency limit of a queue: at most that many
+    /// of its runs are `running` at once, across every engine sharing the file.
+    SetQueueLimit {
+        queue: String,
+        concurrency: Option<i64>,
+    },
 }
 
 /// What a command returns.
@@ -301,6 +307,16 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             )
             .and_then(|mut s| s.execute(params![now]))
             .map_err(sql("waking suspended runs"))?;
+            // Queues with a concurrency limit first (bounded by their limits), then the rest.
+            let mut limited = super::feature_ops::claim_limited(
+                conn,
+                &owner,
+                limit,
+                &workflows_json,
+                lease_ms,
+                now,
+            )?;
+            let limit = limit - limited.len() as i64;
             let mut stmt = conn
                 .prepare_cached(
                     "UPDATE runs SET status = 'running', owner = ?1, epoch = epoch + 1,
@@ -308,6 +324,7 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                      WHERE id IN (SELECT id FROM runs
                                   WHERE status = 'pending' AND ready_at <= ?3
                                     AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
+                                    AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = runs.queue)
                                   ORDER BY priority DESC, ready_at, id LIMIT ?5)
                      RETURNING id, workflow, version, input, epoch, interruptions, deadline_at",
                 )
@@ -329,7 +346,8 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                 )
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
                 .map_err(sql("claiming runs"))?;
-            Ok(Done::Claimed(rows))
+            limited.extend(rows);
+            Ok(Done::Claimed(limited))
         }
         Op::Heartbeat { owner, lease_ms } => {
             let alive = conn
@@ -588,7 +606,8 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
         | Op::AwaitChild { .. }
         | Op::ExpireDeadlines { .. }
         | Op::Purge { .. }
-        | Op::IncrementalVacuum { .. }) => super::feature_ops::apply(conn, op, now),
+        | Op::IncrementalVacuum { .. }
+        | Op::SetQueueLimit { .. }) => super::feature_ops::apply(conn, op, now),
     }
 }
 

@@ -448,7 +448,7 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
         Op::Purge { before, limit } => {
             let ids: Vec<i64> = conn
                 .prepare_cached(&format!(
-                    "SELECT id FROM runs r WHERE finished_at < ?1 AND status IN {FINAL}
+                    "SELECT id FROM runs r WHERE finished_at <= ?1 AND status IN {FINAL}
                        AND NOT EXISTS (SELECT 1 FROM runs p WHERE p.id = r.parent_id
                                          AND p.status NOT IN {FINAL})
                      ORDER BY finished_at LIMIT ?2"

@@ -114,6 +114,9 @@ pub struct StartArgs {
     /// Fail the runs if not finished by this time (ms since the Unix epoch).
     #[arg(long)]
     pub deadline_ms: Option<i64>,
+    /// Workflow version the runs are started under.
+    #[arg(long, default_value_t = 1)]
+    pub workflow_version: i64,
 }
 
 fn registry() -> Registry {
@@ -175,7 +178,7 @@ pub fn start(args: StartArgs) -> CliResult {
     let runs: Vec<NewRun> = (1..=args.count)
         .map(|i| NewRun {
             workflow: args.workflow.clone(),
-            version: 1,
+            version: args.workflow_version,
             input: input.clone(),
             idempotency_key: args.key.as_ref().map(|k| {
                 if args.count == 1 {

@@ -189,6 +189,19 @@ fn poll(inner: &Inner, expire: bool) -> Result<(), StoreError> {
         inner.features.flag(id, WHY_DEADLINE);
     }
     if expire {
+        let names_json = known_names_json(&inner.workflows_json);
+        if let Done::Count(n) = inner.store.call(Op::ParkUnknownVersions {
+            names_json: names_json.into(),
+            workflows_json: inner.workflows_json.clone(),
+            limit: 1000,
+        })? {
+            if n > 0 {
+                log::warn!(
+                    "{n} runs parked as blocked_version: this build lacks their workflow version"
+                );
+                inner.notify_finished();
+            }
+        }
         if let Done::Count(n) = inner.store.call(Op::ExpireDeadlines { limit: 1000 })? {
             if n > 0 {
                 log::warn!("{n} runs failed: their deadline passed before they finished");
@@ -199,7 +212,19 @@ fn poll(inner: &Inner, expire: bool) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Poll for cancellations and deadlines until `stop` closes.
+/// Workflow names (without versions) from the registry's `name@version` JSON array.
+fn known_names_json(workflows_json: &str) -> String {
+    let keys: Vec<String> = serde_json::from_str(workflows_json).unwrap_or_default();
+    let mut names: Vec<&str> = keys
+        .iter()
+        .filter_map(|k| k.rsplit_once('@').map(|(n, _)| n))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    serde_json::to_string(&names).unwrap_or_else(|_| "[]".into())
+}
+
+/// Poll for cancellations, deadlines and unknown versions until `stop` closes.
 pub fn features_loop(inner: &Inner, stop: Receiver<()>) {
     let mut last_expire = Instant::now() - Duration::from_secs(60);
     loop {

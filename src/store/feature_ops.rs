@@ -112,6 +112,19 @@ fn suspend(conn: &Connection, fence: &Fence, until: i64, note: &str, now: i64) -
     fenced(n, fence).map(|_| ())
 }
 
+/// Part of `Op::Claim`: runs parked as `blocked_version` whose `workflow@version` this
+/// claimer registers become pending again, so a build that has the version claims them.
+pub fn unpark_known_versions(conn: &Connection, workflows_json: &str, now: i64) -> StoreResult<()> {
+    conn.prepare_cached(
+        "UPDATE runs SET status = 'pending', note = NULL, updated_at = ?2
+         WHERE status = 'blocked_version'
+           AND (workflow || '@' || version) IN (SELECT value FROM json_each(?1))",
+    )
+    .and_then(|mut s| s.execute(params![workflows_json, now]))
+    .map_err(sql("unparking runs of known versions"))?;
+    Ok(())
+}
+
 /// Claim up to `limit` runs from queues that have a concurrency limit, never more per queue
 /// than its limit minus its runs already `running` (counted in this same write transaction,
 /// so the limit holds across engine processes). Part of `Op::Claim`.
@@ -499,6 +512,28 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             }
             .map_err(sql("setting a queue limit"))?;
             Ok(Done::Unit)
+        }
+        Op::ParkUnknownVersions {
+            names_json,
+            workflows_json,
+            limit,
+        } => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE runs SET status = 'blocked_version', updated_at = ?3,
+                            note = 'workflow ''' || workflow || ''' version ' || version
+                                   || ' is not registered in this build (it has other versions of '
+                                   || workflow || '); a build that registers version ' || version
+                                   || ' will claim it'
+                     WHERE id IN (SELECT id FROM runs
+                                  WHERE status = 'pending' AND ready_at <= ?3
+                                    AND workflow IN (SELECT value FROM json_each(?1))
+                                    AND (workflow || '@' || version) NOT IN (SELECT value FROM json_each(?2))
+                                  LIMIT ?4)",
+                )
+                .and_then(|mut s| s.execute(params![&*names_json, &*workflows_json, now, limit]))
+                .map_err(sql("parking runs of unknown versions"))?;
+            Ok(Done::Count(n))
         }
         other => Err(StoreError::sqlite(
             "applying a feature command",

@@ -224,6 +224,14 @@ pub enum Op {
         queue: String,
         concurrency: Option<i64>,
     },
+    /// Park as `blocked_version` the due pending runs of workflows this build knows by name
+    /// (`names_json`) but not at their version (`workflows_json` = known `name@version`s).
+    /// A build that has the version unparks them in its claim (see `Claim`).
+    ParkUnknownVersions {
+        names_json: Arc<str>,
+        workflows_json: Arc<str>,
+        limit: i64,
+    },
 }
 
 /// What a command returns.
@@ -307,6 +315,7 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             )
             .and_then(|mut s| s.execute(params![now]))
             .map_err(sql("waking suspended runs"))?;
+            super::feature_ops::unpark_known_versions(conn, &workflows_json, now)?;
             // Queues with a concurrency limit first (bounded by their limits), then the rest.
             let mut limited = super::feature_ops::claim_limited(
                 conn,
@@ -607,7 +616,8 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
         | Op::ExpireDeadlines { .. }
         | Op::Purge { .. }
         | Op::IncrementalVacuum { .. }
-        | Op::SetQueueLimit { .. }) => super::feature_ops::apply(conn, op, now),
+        | Op::SetQueueLimit { .. }
+        | Op::ParkUnknownVersions { .. }) => super::feature_ops::apply(conn, op, now),
     }
 }
 

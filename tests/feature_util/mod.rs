@@ -69,7 +69,7 @@ pub fn start(tmp: &Tmp, workflow: &str, json: &str, count: usize) -> Vec<i64> {
 
 /// Spawn `waymark serve` on the database. `extra_env` are environment variables, except
 /// the pseudo-entry `("--sync-normal", "")` which passes that flag.
-pub fn serve(tmp: &Tmp, workers: usize, extra_env: &[(&str, &str)]) -> Child {
+pub fn serve(tmp: &Tmp, workers: usize, extra_env: &[(&str, &str)]) -> Served {
     let mut cmd = Command::new(bin());
     cmd.args([
         "serve",
@@ -91,7 +91,29 @@ pub fn serve(tmp: &Tmp, workers: usize, extra_env: &[(&str, &str)]) -> Child {
             cmd.env(k, v);
         }
     }
-    cmd.spawn().expect("spawn waymark serve")
+    Served(cmd.spawn().expect("spawn waymark serve"))
+}
+
+/// A `waymark serve` process, SIGKILLed when dropped (also when a test panics).
+pub struct Served(pub Child);
+
+impl std::ops::Deref for Served {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        kill(&mut self.0);
+    }
 }
 
 /// SIGKILL a process and reap it.

@@ -37,6 +37,16 @@ pub fn is_fixture(name: &str) -> bool {
     )
 }
 
+/// Encode `json` as the input of `fixture.slow` or a fixture workflow defined here.
+pub fn encode_any(name: &str, json: &str) -> Result<Vec<u8>, String> {
+    if name == "fixture.slow" {
+        let v: SlowIn = serde_json::from_str(json).map_err(|e| format!("bad --json input: {e}"))?;
+        return waymark::codec::encode(&v, waymark::codec::PAYLOAD_BYTES_MAX)
+            .map_err(|e| e.to_string());
+    }
+    encode_input(name, json)
+}
+
 /// Encode `json` as the input of the fixture workflow `name`.
 pub fn encode_input(name: &str, json: &str) -> Result<Vec<u8>, String> {
     fn enc<T: serde::de::DeserializeOwned + Serialize>(json: &str) -> Result<Vec<u8>, String> {

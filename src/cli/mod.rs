@@ -66,6 +66,8 @@ enum Command {
     Gc(features::GcArgs),
     /// Set or remove a queue's concurrency limit (honoured by every engine on the file).
     Queue(features::QueueArgs),
+    /// Create or replace a cron schedule of a built-in workflow.
+    Schedule(features::ScheduleArgs),
 }
 
 /// Parse arguments, run the command, return the exit code.
@@ -108,6 +110,7 @@ pub fn main() -> i32 {
         Command::Cancel(args) => features::cancel(args),
         Command::Gc(args) => features::gc(args),
         Command::Queue(args) => features::queue(args),
+        Command::Schedule(args) => features::schedule(args),
     };
     match result {
         Ok(code) => code,

@@ -188,6 +188,7 @@ fn poll(inner: &Inner, expire: bool) -> Result<(), StoreError> {
     for id in late {
         inner.features.flag(id, WHY_DEADLINE);
     }
+    crate::engine::schedule::fire_due(inner)?;
     if expire {
         let names_json = known_names_json(&inner.workflows_json);
         if let Done::Count(n) = inner.store.call(Op::ParkUnknownVersions {

@@ -9,6 +9,7 @@ pub mod exec;
 pub mod features;
 pub mod lease;
 pub mod reaper;
+pub mod schedule;
 pub mod worker;
 
 use crate::clock::{Clock, SystemClock};

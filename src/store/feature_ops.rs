@@ -39,6 +39,43 @@ pub fn child_note(child_id: i64) -> String {
     format!("waiting for child {child_id}")
 }
 
+/// A stored schedule.
+#[derive(Debug, Clone)]
+pub struct ScheduleRow {
+    pub name: String,
+    pub cron: String,
+    pub workflow: String,
+    pub version: i64,
+    pub input: Vec<u8>,
+    pub queue: String,
+    pub catch_up: bool,
+    pub next_due: i64,
+}
+
+/// Schedules due at `now` (read-only; firing is `Op::FireSchedule`).
+pub fn due_schedules(conn: &Connection, now: i64, limit: i64) -> StoreResult<Vec<ScheduleRow>> {
+    conn.prepare_cached(
+        "SELECT name, cron, workflow, version, input, queue, catch_up, next_due FROM schedules
+         WHERE next_due <= ?1 ORDER BY next_due LIMIT ?2",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![now, limit], |r| {
+            Ok(ScheduleRow {
+                name: r.get(0)?,
+                cron: r.get(1)?,
+                workflow: r.get(2)?,
+                version: r.get(3)?,
+                input: r.get(4)?,
+                queue: r.get(5)?,
+                catch_up: r.get(6)?,
+                next_due: r.get(7)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(sql("reading due schedules"))
+}
+
 /// Statuses after which nothing of a run runs again.
 pub const FINAL: &str = "('completed', 'failed', 'cancelled')";
 
@@ -534,6 +571,51 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                 .and_then(|mut s| s.execute(params![&*names_json, &*workflows_json, now, limit]))
                 .map_err(sql("parking runs of unknown versions"))?;
             Ok(Done::Count(n))
+        }
+        Op::PutSchedule(row) => {
+            conn.prepare_cached(
+                "INSERT INTO schedules(name, cron, workflow, version, input, queue, catch_up, next_due, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+                 ON CONFLICT(name) DO UPDATE SET cron = excluded.cron, workflow = excluded.workflow,
+                     version = excluded.version, input = excluded.input, queue = excluded.queue,
+                     catch_up = excluded.catch_up, updated_at = excluded.updated_at,
+                     next_due = CASE WHEN schedules.cron = excluded.cron THEN schedules.next_due
+                                     ELSE excluded.next_due END",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.name,
+                    row.cron,
+                    row.workflow,
+                    row.version,
+                    row.input,
+                    row.queue,
+                    row.catch_up,
+                    row.next_due,
+                    now
+                ])
+            })
+            .map_err(sql("saving a schedule"))?;
+            Ok(Done::Unit)
+        }
+        Op::FireSchedule {
+            name,
+            due,
+            next,
+            run,
+        } => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE schedules SET next_due = ?3, updated_at = ?4 WHERE name = ?1 AND next_due = ?2",
+                )
+                .and_then(|mut s| s.execute(params![name, due, next, now]))
+                .map_err(sql("advancing a schedule"))?;
+            if n == 0 {
+                // Another engine fired this due time first (or the schedule changed).
+                return Ok(Done::Count(0));
+            }
+            let (id, created) = enqueue(conn, &run, now)?;
+            Ok(Done::Run { id, created })
         }
         other => Err(StoreError::sqlite(
             "applying a feature command",

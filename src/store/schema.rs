@@ -9,7 +9,7 @@ use super::pragmas::APPLICATION_ID;
 use rusqlite::Connection;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the durable core.
@@ -112,6 +112,23 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX runs_queue_claim ON runs(queue, priority DESC, ready_at, id) WHERE status = 'pending';
     CREATE INDEX runs_queue_running ON runs(queue) WHERE status = 'running';
+    "#,
+    // 4: cron schedules. A firing is a guarded update of next_due plus an enqueue with the
+    // idempotency key 'sched:NAME:DUE', in one transaction (store::feature_ops).
+    r#"
+    CREATE TABLE schedules (
+        name       TEXT PRIMARY KEY,
+        cron       TEXT NOT NULL,
+        workflow   TEXT NOT NULL,
+        version    INTEGER NOT NULL,
+        input      BLOB NOT NULL,
+        queue      TEXT NOT NULL DEFAULT 'default',
+        catch_up   INTEGER NOT NULL DEFAULT 0,   -- 1: one run per missed due time; 0: one run for the latest
+        next_due   INTEGER NOT NULL,             -- ms since the epoch
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX schedules_due ON schedules(next_due);
     "#,
 ];
 

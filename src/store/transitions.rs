@@ -232,6 +232,16 @@ pub enum Op {
         workflows_json: Arc<str>,
         limit: i64,
     },
+    /// Create or replace a schedule (`next_due` = its first due time).
+    PutSchedule(super::feature_ops::ScheduleRow),
+    /// Fire a schedule for `due`: only if its `next_due` is still `due`, move it to `next`
+    /// and enqueue `run` (idempotency key `sched:NAME:DUE`), in one transaction.
+    FireSchedule {
+        name: String,
+        due: i64,
+        next: i64,
+        run: NewRun,
+    },
 }
 
 /// What a command returns.
@@ -617,7 +627,9 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
         | Op::Purge { .. }
         | Op::IncrementalVacuum { .. }
         | Op::SetQueueLimit { .. }
-        | Op::ParkUnknownVersions { .. }) => super::feature_ops::apply(conn, op, now),
+        | Op::ParkUnknownVersions { .. }
+        | Op::PutSchedule(_)
+        | Op::FireSchedule { .. }) => super::feature_ops::apply(conn, op, now),
     }
 }
 

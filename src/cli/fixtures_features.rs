@@ -37,14 +37,17 @@ pub fn is_fixture(name: &str) -> bool {
     )
 }
 
-/// Encode `json` as the input of `fixture.slow` or a fixture workflow defined here.
+/// Encode `json` as the input of `demo`, `fixture.slow` or a fixture workflow defined here.
 pub fn encode_any(name: &str, json: &str) -> Result<Vec<u8>, String> {
-    if name == "fixture.slow" {
-        let v: SlowIn = serde_json::from_str(json).map_err(|e| format!("bad --json input: {e}"))?;
-        return waymark::codec::encode(&v, waymark::codec::PAYLOAD_BYTES_MAX)
-            .map_err(|e| e.to_string());
+    fn enc<T: serde::de::DeserializeOwned + Serialize>(json: &str) -> Result<Vec<u8>, String> {
+        let v: T = serde_json::from_str(json).map_err(|e| format!("bad --json input: {e}"))?;
+        waymark::codec::encode(&v, waymark::codec::PAYLOAD_BYTES_MAX).map_err(|e| e.to_string())
     }
-    encode_input(name, json)
+    match name {
+        "demo" => enc::<super::demo::DemoInput>(json),
+        "fixture.slow" => enc::<SlowIn>(json),
+        _ => encode_input(name, json),
+    }
 }
 
 /// Encode `json` as the input of the fixture workflow `name`.

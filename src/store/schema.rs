@@ -230,4 +230,42 @@ mod tests {
     fn migrations_match_the_version() {
         assert_eq!(super::MIGRATIONS.len() as i64, super::SCHEMA_VERSION);
     }
+
+    // A file at schema version 1 (the durable core) with a run in it migrates forward to
+    // the current version in place, keeping its data.
+    #[test]
+    fn a_version_1_file_migrates_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(super::MIGRATIONS[0]).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA application_id = {}; PRAGMA user_version = 1;
+             INSERT INTO runs(workflow, input, status, ready_at, created_at, updated_at)
+             VALUES ('wf', x'00', 'pending', 0, 0, 0);",
+            super::APPLICATION_ID
+        ))
+        .unwrap();
+        super::migrate(&mut conn, &path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, super::SCHEMA_VERSION);
+        let runs: i64 = conn
+            .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(runs, 1);
+        for table in ["queues", "schedules"] {
+            let n: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, 1, "{table} exists");
+        }
+        // Migrating again is a no-op.
+        super::migrate(&mut conn, &path).unwrap();
+    }
 }

@@ -190,23 +190,48 @@ fn poll(inner: &Inner, expire: bool) -> Result<(), StoreError> {
     }
     crate::engine::schedule::fire_due(inner)?;
     if expire {
+        // Read first: an idle engine should not open a write transaction every second.
         let names_json = known_names_json(&inner.workflows_json);
-        if let Done::Count(n) = inner.store.call(Op::ParkUnknownVersions {
-            names_json: names_json.into(),
-            workflows_json: inner.workflows_json.clone(),
-            limit: 1000,
-        })? {
-            if n > 0 {
-                log::warn!(
-                    "{n} runs parked as blocked_version: this build lacks their workflow version"
-                );
-                inner.notify_finished();
+        let (unknown_version, expired) = inner.store.read(|c| {
+            let unknown: bool = c
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM runs WHERE status = 'pending' AND ready_at <= ?1
+                       AND workflow IN (SELECT value FROM json_each(?2))
+                       AND (workflow || '@' || version) NOT IN (SELECT value FROM json_each(?3)))",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![now, names_json, &*inner.workflows_json], |r| r.get(0))
+                })
+                .map_err(|e| StoreError::sqlite("looking for unknown versions", e))?;
+            let expired: bool = c
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM runs WHERE deadline_at <= ?1 AND finished_at IS NULL
+                       AND status IN ('pending', 'suspended'))",
+                )
+                .and_then(|mut s| s.query_row(params![now], |r| r.get(0)))
+                .map_err(|e| StoreError::sqlite("looking for expired deadlines", e))?;
+            Ok((unknown, expired))
+        })?;
+        if unknown_version {
+            if let Done::Count(n) = inner.store.call(Op::ParkUnknownVersions {
+                names_json: names_json.into(),
+                workflows_json: inner.workflows_json.clone(),
+                limit: 1000,
+            })? {
+                if n > 0 {
+                    log::warn!(
+                        "{n} runs parked as blocked_version: this build lacks their workflow version"
+                    );
+                    inner.notify_finished();
+                }
             }
         }
-        if let Done::Count(n) = inner.store.call(Op::ExpireDeadlines { limit: 1000 })? {
-            if n > 0 {
-                log::warn!("{n} runs failed: their deadline passed before they finished");
-                inner.notify_finished();
+        if expired {
+            if let Done::Count(n) = inner.store.call(Op::ExpireDeadlines { limit: 1000 })? {
+                if n > 0 {
+                    log::warn!("{n} runs failed: their deadline passed before they finished");
+                    inner.notify_finished();
+                }
             }
         }
     }

@@ -112,7 +112,7 @@ fn ten_thousand_sleeping_runs_on_four_workers() {
     let pid = engine.id();
     let mut peak_suspended = 0;
     let mut hwm = 0;
-    wait_until(Duration::from_secs(120), "10,000 runs completed", || {
+    wait_until(Duration::from_secs(300), "10,000 runs completed", || {
         let c = counts(&db);
         peak_suspended = peak_suspended.max(c.get("suspended").copied().unwrap_or(0));
         hwm = vm_hwm_kb(pid).unwrap_or(hwm);

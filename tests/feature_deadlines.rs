@@ -46,6 +46,7 @@ fn engine(dir: &tempfile::TempDir) -> Engine {
     });
     reg.workflow(SPINNER, |ctx: &mut Ctx<'_>, ()| ctx.step(SPIN, &()));
     let mut config = Config::new(dir.path().join("d.db"));
+    config.isolation = waymark::Isolation::InProcess; // test binaries have no child hook
     config.workers = 2;
     config.retry = RetryPolicy::never();
     Engine::start(reg, config).unwrap()

@@ -19,6 +19,7 @@ fn engine(db: &std::path::Path) -> Engine {
         Ok(total)
     });
     let mut config = Config::new(db);
+    config.isolation = waymark::Isolation::InProcess; // test binaries have no child hook
     config.workers = 4;
     config.synchronous = Synchronous::Normal;
     Engine::start(reg, config).unwrap()

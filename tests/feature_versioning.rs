@@ -103,6 +103,7 @@ fn unknown_version_is_parked_and_claimed_by_a_build_that_has_it() {
         Ok(total)
     });
     let mut config = Config::new(&db);
+    config.isolation = waymark::Isolation::InProcess; // test binaries have no child hook
     config.workers = 1;
     let v2_engine = Engine::start(reg, config).unwrap();
     // `wait` returns on parked runs too; poll until the v2 build has claimed and finished it.

@@ -185,6 +185,9 @@ pub fn engine(args: EngineArgs) -> super::super::CliResult {
     register(&mut reg);
     let mut config = Config::new(&args.db).with_lease_ttl(Duration::from_millis(args.lease_ttl_ms));
     config.workers = args.workers.max(1);
+    // The step's checks (effects records with this pid, per-(run, seq) flocks, nonces) are
+    // about the engine process that is SIGKILLed: run it on the engine's worker threads.
+    config.isolation = waymark::Isolation::InProcess;
     // Kills are the point here: never poison a run for being interrupted often.
     config.interruptions_max = i64::MAX / 2;
     let engine = Engine::start(reg, config).map_err(|e| e.to_string())?;

@@ -22,7 +22,18 @@ fn four_engines_under_load_never_surface_busy_and_bound_the_wal() {
     let db = dir.path().join("busy.db");
     start(&db, "fixture.slow", r#"{"steps":1,"ms":1}"#, 1);
     let engines: Vec<Proc> = (0..4)
-        .map(|i| serve(dir.path(), &format!("e{i}"), &db, 4, 5000, &[]))
+        // In-process steps: this test is about contention on the database file, not spawn rates.
+        .map(|i| {
+            serve_with(
+                dir.path(),
+                &format!("e{i}"),
+                &db,
+                4,
+                5000,
+                &[],
+                &["--in-process"],
+            )
+        })
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let wal_max = Arc::new(AtomicU64::new(0));
@@ -63,7 +74,7 @@ fn four_engines_under_load_never_surface_busy_and_bound_the_wal() {
                         .output()
                         .unwrap();
                     if out.status.success() {
-                        started += 10;
+                        started += 20;
                     } else {
                         failures.push(String::from_utf8_lossy(&out.stderr).to_string());
                     }

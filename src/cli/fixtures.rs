@@ -318,6 +318,9 @@ pub struct ServeArgs {
     /// `synchronous=NORMAL` (documented opt-in: may lose the last commits on power loss).
     #[arg(long)]
     pub sync_normal: bool,
+    /// Run every step on the engine's worker threads (no child processes).
+    #[arg(long)]
+    pub in_process: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -367,6 +370,9 @@ pub fn serve(args: ServeArgs) -> CliResult {
     config.workers = args.workers.max(1);
     if args.sync_normal {
         config.synchronous = waymark::Synchronous::Normal;
+    }
+    if args.in_process {
+        config.isolation = waymark::Isolation::InProcess;
     }
     let engine = Engine::start(registry(), config).map_err(|e| e.to_string())?;
     loop {

@@ -40,7 +40,7 @@ impl Drop for Proc {
     }
 }
 
-/// `waymark serve --db DB --workers W --lease-ttl-ms TTL [extra]` with `envs`.
+/// `waymark serve --db DB --workers W --lease-ttl-ms TTL` with `envs`.
 pub fn serve(
     dir: &Path,
     name: &str,
@@ -48,6 +48,19 @@ pub fn serve(
     workers: usize,
     ttl_ms: u64,
     envs: &[(&str, String)],
+) -> Proc {
+    serve_with(dir, name, db, workers, ttl_ms, envs, &[])
+}
+
+/// `waymark serve --db DB --workers W --lease-ttl-ms TTL EXTRA...` with `envs`.
+pub fn serve_with(
+    dir: &Path,
+    name: &str,
+    db: &Path,
+    workers: usize,
+    ttl_ms: u64,
+    envs: &[(&str, String)],
+    extra: &[&str],
 ) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let mut cmd = Command::new(BIN);
@@ -60,6 +73,7 @@ pub fn serve(
             "--lease-ttl-ms",
             &ttl_ms.to_string(),
         ])
+        .args(extra)
         .env("RUST_LOG", "info")
         .env("WAYMARK_DEMO_EFFECTS", dir.join("effects"))
         .stdin(Stdio::null())

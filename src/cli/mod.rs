@@ -1,5 +1,6 @@
 //! The `waymark` command line: the only place that prints and chooses exit codes.
 
+mod bench;
 mod demo;
 mod fixtures;
 mod inspect;
@@ -56,6 +57,8 @@ enum Command {
     Serve(fixtures::ServeArgs),
     /// Start one run of a built-in workflow.
     Start(fixtures::StartArgs),
+    /// Measure the standard workloads against this machine's own limits.
+    Bench(bench::BenchArgs),
 }
 
 /// Parse arguments, run the command, return the exit code.
@@ -94,6 +97,7 @@ pub fn main() -> i32 {
         Command::Resume { run_id, db } => inspect::resume(&db, &run_id),
         Command::Serve(args) => fixtures::serve(args),
         Command::Start(args) => fixtures::start(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -188,6 +188,12 @@ impl Store {
         self.writer.call(op)
     }
 
+    /// The writer's `(batches, commands)` counters: `commands / batches` is the mean
+    /// number of commands that shared one transaction (one fsync).
+    pub fn writer_stats(&self) -> (u64, u64) {
+        self.writer.stats()
+    }
+
     /// Run `f` on a pooled read connection.
     pub fn read<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
         let conn = self.readers.get().map_err(|e| StoreError::Sqlite {

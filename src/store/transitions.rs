@@ -142,6 +142,14 @@ pub enum Op {
         reason: String,
         poison_limit: i64,
     },
+    /// [`Op::Reclaim`] for many runs of one dead owner in one command (recovery of
+    /// thousands of runs costs one commit, not one each). Answers `Done::Runs` with
+    /// `(run_id, reclaimed)` in order.
+    ReclaimMany {
+        runs: Vec<(i64, i64)>,
+        reason: String,
+        poison_limit: i64,
+    },
     /// Move a `blocked` run back to pending (operator asked to retry it).
     Resume {
         run_id: i64,
@@ -450,21 +458,22 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             reason,
             poison_limit,
         } => {
-            let n = conn
-                .prepare_cached(
-                    "UPDATE runs SET
-                        status = CASE WHEN interruptions + 1 > ?3 THEN 'failed' ELSE 'pending' END,
-                        error = CASE WHEN interruptions + 1 > ?3
-                                     THEN 'interrupted ' || (interruptions + 1) || ' times; last: ' || ?4
-                                     ELSE error END,
-                        finished_at = CASE WHEN interruptions + 1 > ?3 THEN ?5 ELSE NULL END,
-                        interruptions = interruptions + 1, last_interruption = ?4,
-                        owner = NULL, epoch = epoch + 1, lease_expires_at = NULL, updated_at = ?5
-                     WHERE id = ?1 AND status = 'running' AND epoch = ?2",
-                )
-                .and_then(|mut s| s.execute(params![run_id, epoch, poison_limit, reason, now]))
-                .map_err(sql("reclaiming a run"))?;
-            Ok(Done::Reclaimed(n == 1))
+            let n = reclaim(conn, run_id, epoch, &reason, poison_limit, now)?;
+            Ok(Done::Reclaimed(n))
+        }
+        Op::ReclaimMany {
+            runs,
+            reason,
+            poison_limit,
+        } => {
+            let mut out = Vec::with_capacity(runs.len());
+            for (run_id, epoch) in runs {
+                out.push((
+                    run_id,
+                    reclaim(conn, run_id, epoch, &reason, poison_limit, now)?,
+                ));
+            }
+            Ok(Done::Runs(out))
         }
         Op::Resume { run_id } => {
             let n = conn
@@ -503,6 +512,32 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             Ok(Done::Unit)
         }
     }
+}
+
+/// Guarded reclaim of one run: only if it is still `running` at the epoch the reaper read.
+fn reclaim(
+    conn: &Connection,
+    run_id: i64,
+    epoch: i64,
+    reason: &str,
+    poison_limit: i64,
+    now: i64,
+) -> StoreResult<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE runs SET
+                status = CASE WHEN interruptions + 1 > ?3 THEN 'failed' ELSE 'pending' END,
+                error = CASE WHEN interruptions + 1 > ?3
+                             THEN 'interrupted ' || (interruptions + 1) || ' times; last: ' || ?4
+                             ELSE error END,
+                finished_at = CASE WHEN interruptions + 1 > ?3 THEN ?5 ELSE NULL END,
+                interruptions = interruptions + 1, last_interruption = ?4,
+                owner = NULL, epoch = epoch + 1, lease_expires_at = NULL, updated_at = ?5
+             WHERE id = ?1 AND status = 'running' AND epoch = ?2",
+        )
+        .and_then(|mut s| s.execute(params![run_id, epoch, poison_limit, reason, now]))
+        .map_err(sql("reclaiming a run"))?;
+    Ok(n == 1)
 }
 
 fn enqueue(conn: &Connection, run: &NewRun, now: i64) -> StoreResult<(i64, bool)> {

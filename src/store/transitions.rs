@@ -191,6 +191,28 @@ fn fenced(changed: usize, fence: &Fence) -> StoreResult<Done> {
     }
 }
 
+/// Wake due suspended runs. `INDEXED BY`: the planner otherwise picks `runs_status` and
+/// reads every suspended run instead of only the due ones.
+pub const WAKE_SQL: &str =
+    "UPDATE runs INDEXED BY runs_wake SET status = 'pending', note = NULL, updated_at = ?1
+     WHERE status = 'suspended' AND ready_at <= ?1";
+
+/// Claim up to ?5 ready runs in one statement. `INDEXED BY runs_claim`: the partial index is
+/// already in claim order, so the claim walks it and stops at the limit; without the hint
+/// the planner picks `runs_status`, reads every pending run and sorts them (O(pending) per
+/// claim). Checked by tests/query_plans.rs.
+pub const CLAIM_SQL: &str = "UPDATE runs SET status = 'running', owner = ?1, epoch = epoch + 1,
+                            lease_expires_at = ?2, updated_at = ?3, note = NULL
+                     WHERE id IN (SELECT id FROM runs INDEXED BY runs_claim
+                                  WHERE status = 'pending' AND ready_at <= ?3
+                                    AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
+                                  ORDER BY priority DESC, ready_at, id LIMIT ?5)
+                     RETURNING id, workflow, version, input, epoch, interruptions, deadline_at";
+
+/// Extend the leases of every run an engine holds (partial index `runs_owner`).
+pub const HEARTBEAT_SQL: &str =
+    "UPDATE runs INDEXED BY runs_owner SET lease_expires_at = ?2 WHERE owner = ?1 AND status = 'running'";
+
 const FENCE: &str = "id = ?1 AND owner = ?2 AND epoch = ?3 AND status = 'running'";
 
 /// Apply one command inside the writer's open transaction. `now` is the batch's wall time (ms).
@@ -227,21 +249,11 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             workflows_json,
             lease_ms,
         } => {
-            conn.prepare_cached(
-                "UPDATE runs SET status = 'pending', note = NULL, updated_at = ?1 WHERE status = 'suspended' AND ready_at <= ?1",
-            )
-            .and_then(|mut s| s.execute(params![now]))
-            .map_err(sql("waking suspended runs"))?;
+            conn.prepare_cached(WAKE_SQL)
+                .and_then(|mut s| s.execute(params![now]))
+                .map_err(sql("waking suspended runs"))?;
             let mut stmt = conn
-                .prepare_cached(
-                    "UPDATE runs SET status = 'running', owner = ?1, epoch = epoch + 1,
-                            lease_expires_at = ?2, updated_at = ?3, note = NULL
-                     WHERE id IN (SELECT id FROM runs
-                                  WHERE status = 'pending' AND ready_at <= ?3
-                                    AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
-                                  ORDER BY priority DESC, ready_at, id LIMIT ?5)
-                     RETURNING id, workflow, version, input, epoch, interruptions, deadline_at",
-                )
+                .prepare_cached(CLAIM_SQL)
                 .map_err(sql("preparing the claim"))?;
             let rows = stmt
                 .query_map(
@@ -275,9 +287,7 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                 });
             }
             let n = conn
-                .prepare_cached(
-                    "UPDATE runs SET lease_expires_at = ?2 WHERE owner = ?1 AND status = 'running'",
-                )
+                .prepare_cached(HEARTBEAT_SQL)
                 .and_then(|mut s| s.execute(params![&*owner, now + lease_ms]))
                 .map_err(sql("extending leases"))?;
             Ok(Done::Count(n))

@@ -4,8 +4,8 @@
 //! - `echo`: answer every 100-byte message on stdin with the same bytes (pipe baseline).
 //! - `hold`: register as an engine, enqueue and claim `n` runs, print `ready OWNER`, then
 //!   sleep until killed (W7: an engine process holding `n` in-flight runs).
-//! - `open` / `open-nocheck`: start an engine on an existing database, print the open time
-//!   and resident memory as JSON, shut down (W8).
+//! - `open` / `open-always`: start an engine on an existing database (default quick_check
+//!   policy / check at every open), print the open time and resident memory as JSON (W8).
 //! - `fair`: commit one-row writes through the engine's writer for `n` ms, print the worst
 //!   and p99 wait per commit as JSON (cross-process fairness).
 
@@ -25,8 +25,8 @@ pub fn run(mode: &str, db: Option<&Path>, n: u64) -> CliResult {
         "noop" => Ok(0),
         "echo" => echo(),
         "hold" => hold(need_db()?, n),
-        "open" => open(need_db()?, true),
-        "open-nocheck" => open(need_db()?, false),
+        "open" => open(need_db()?, false),
+        "open-always" => open(need_db()?, true),
         "fair" => fair(need_db()?, n),
         other => Err(format!("unknown bench child mode '{other}'")),
     }
@@ -129,9 +129,9 @@ pub fn rss_kib() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn open(db: &Path, quick_check: bool) -> CliResult {
+fn open(db: &Path, quick_check_always: bool) -> CliResult {
     let mut config = Config::new(db);
-    config.quick_check_on_open = quick_check;
+    config.quick_check_always = quick_check_always;
     let t = Instant::now();
     let engine = Engine::start(bench_registry(), config).map_err(|e| e.to_string())?;
     let open_ms = t.elapsed().as_secs_f64() * 1000.0;

@@ -148,7 +148,7 @@ pub fn run(args: BenchArgs) -> CliResult {
     }
     if want("W6") {
         progress("W6: latency on an idle engine");
-        rows.extend(workloads::w6_latency(&ctx)?);
+        rows.extend(workloads::w6_latency(&ctx, &base)?);
     }
     if want("W7") {
         progress("W7: recovery after a kill");
@@ -160,7 +160,7 @@ pub fn run(args: BenchArgs) -> CliResult {
     }
     if want("F") {
         progress("fairness: several engine processes on one file");
-        rows.extend(workloads::fairness(&ctx)?);
+        rows.extend(workloads::fairness(&ctx, &base)?);
     }
 
     let total = started.elapsed();

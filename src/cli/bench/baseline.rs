@@ -14,6 +14,9 @@ use std::time::Instant;
 pub struct Baselines {
     /// Raw one-row commits per second (WAL, synchronous=FULL).
     pub commits_per_s: f64,
+    /// Latency of one raw commit: p50 and worst (ms).
+    pub commit_p50_ms: f64,
+    pub commit_max_ms: f64,
     /// Raw rows per second in 100-row transactions.
     pub batch_rows_per_s: f64,
     /// Spawn-and-wait of this binary per second.
@@ -30,6 +33,18 @@ impl Baselines {
                 "raw SQLite one-row commits (WAL, synchronous=FULL)",
                 self.commits_per_s,
                 "commits/s",
+            ),
+            Row::new(
+                "B1",
+                "raw SQLite one-row commit latency, p50",
+                self.commit_p50_ms,
+                "ms",
+            ),
+            Row::new(
+                "B1",
+                "raw SQLite one-row commit latency, worst",
+                self.commit_max_ms,
+                "ms",
             ),
             Row::new(
                 "B2",
@@ -63,19 +78,24 @@ fn raw_conn(ctx: &BenchCtx, name: &str) -> Result<Connection, String> {
     Ok(conn)
 }
 
-/// One-row commits per second.
-pub fn raw_commits(ctx: &BenchCtx, n: u64) -> Result<f64, String> {
+/// One-row commits per second, p50 and worst commit latency (ms).
+pub fn raw_commits(ctx: &BenchCtx, n: u64) -> Result<(f64, f64, f64), String> {
     let conn = raw_conn(ctx, "raw-commits.db")?;
     let mut stmt = conn
         .prepare("INSERT INTO t(v, k) VALUES (?1, ?2)")
         .map_err(|e| e.to_string())?;
     let blob = vec![7u8; 64];
+    let mut lat = Vec::with_capacity(n as usize);
     let t = Instant::now();
     for i in 0..n {
+        let c = Instant::now();
         stmt.execute(params![blob, format!("k{i}")])
             .map_err(|e| e.to_string())?;
+        lat.push(c.elapsed().as_secs_f64() * 1000.0);
     }
-    Ok(n as f64 / t.elapsed().as_secs_f64())
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    Ok((rate, lat[lat.len() / 2], lat[lat.len() - 1]))
 }
 
 /// Rows per second inserted 100 to a transaction.
@@ -158,13 +178,15 @@ pub fn round_trips(n: u64) -> Result<f64, String> {
 
 /// Measure every baseline.
 pub fn measure(ctx: &BenchCtx, progress: &dyn Fn(&str)) -> Result<Baselines, String> {
-    let commits_per_s = raw_commits(ctx, ctx.sizes.raw_commits)?;
+    let (commits_per_s, commit_p50_ms, commit_max_ms) = raw_commits(ctx, ctx.sizes.raw_commits)?;
     let batch_rows_per_s = raw_batches(ctx, ctx.sizes.raw_batch_rows)?;
     progress("baselines: spawn-and-wait, pipe round trips");
     let spawns_per_s = spawns(ctx.sizes.spawns)?;
     let round_trips_per_s = round_trips(ctx.sizes.round_trips)?;
     Ok(Baselines {
         commits_per_s,
+        commit_p50_ms,
+        commit_max_ms,
         batch_rows_per_s,
         spawns_per_s,
         round_trips_per_s,

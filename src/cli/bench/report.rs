@@ -63,17 +63,26 @@ pub fn fmt_num(v: f64) -> String {
     }
 }
 
+/// The 1-minute load average (other work on the machine skews every figure).
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// A markdown table (also readable in a terminal).
 pub fn table(rows: &[Row], quick: bool, total: Duration) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "waymark bench{} ({} {}, {} CPUs) in {:.1}s\n\n",
+        "waymark bench{} ({} {}, {} CPUs, load average {}) in {:.1}s\n\n",
         if quick { " --quick" } else { "" },
         std::env::consts::OS,
         std::env::consts::ARCH,
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
+        load_average(),
         total.as_secs_f64()
     ));
     out.push_str("| id | workload | result | baseline | ratio | goal |\n");
@@ -128,6 +137,7 @@ pub fn json(rows: &[Row], quick: bool, dir: &Path, total: Duration) -> String {
         "quick": quick,
         "dir": dir.display().to_string(),
         "seconds": total.as_secs_f64(),
+        "load_average": load_average(),
         "results": results,
     })
     .to_string()

@@ -227,7 +227,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// W6: end-to-end latency (start to result) of a three-step run on an idle engine, at the
 /// default synchronous=FULL and, to separate the engine's own cost from fsync, at NORMAL.
-pub fn w6_latency(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
+pub fn w6_latency(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
     let (full, commits) = w6_samples(ctx, "w6.db", waymark::Synchronous::Full)?;
     let (normal, _) = w6_samples(ctx, "w6n.db", waymark::Synchronous::Normal)?;
     Ok(vec![
@@ -237,6 +237,7 @@ pub fn w6_latency(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
             percentile(&full, 0.5),
             "ms",
         )
+        .baseline("B1 p50 x commits/run", base.commit_p50_ms * commits)
         .max_goal(2.0),
         Row::new(
             "W6",
@@ -376,10 +377,14 @@ pub fn w7_recovery(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
             format!("recovery of {n} runs: open to all reclaimed (dead pid)"),
             ms(reclaimed),
             "ms",
-        ),
+        )
+        .max_goal(1000.0),
         Row::new(
             "W7",
-            format!("recovery of {n} runs: open to all claimed again"),
+            format!(
+                "recovery of {n} runs: open to all claimed again ({} workers)",
+                ctx.workers
+            ),
             ms(claimed),
             "ms",
         )
@@ -491,9 +496,55 @@ pub fn w8_open(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
     ])
 }
 
-/// Several engine processes committing to one file: the worst wait for one commit.
-pub fn fairness(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
-    let db = ctx.db("fair.db");
+/// Several engine processes committing to one file: the worst wait for one commit, next
+/// to one engine process alone on the same disk (what the disk itself costs).
+pub fn fairness(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
+    let procs = ctx.sizes.fairness_procs;
+    let (solo_rate, solo_p99, solo_worst) = fair_run(ctx, "fair1.db", 1)?;
+    let (rate, p99, worst) = fair_run(ctx, "fair.db", procs)?;
+    Ok(vec![
+        Row::new(
+            "F",
+            "1 engine process alone: commits/s (one caller)",
+            solo_rate,
+            "commits/s",
+        )
+        .baseline("B1", base.commits_per_s),
+        Row::new(
+            "F",
+            "1 engine process alone: worst commit wait",
+            solo_worst,
+            "ms",
+        ),
+        Row::new(
+            "F",
+            format!("{procs} engine processes on one file: commits/s in all"),
+            rate,
+            "commits/s",
+        )
+        .baseline("F solo", solo_rate),
+        Row::new(
+            "F",
+            format!("{procs} engine processes on one file: worst p99 commit wait"),
+            p99,
+            "ms",
+        )
+        .baseline("F solo p99", solo_p99),
+        Row::new(
+            "F",
+            format!("{procs} engine processes on one file: worst commit wait"),
+            worst,
+            "ms",
+        )
+        .baseline("F solo worst", solo_worst)
+        .max_goal(100.0),
+    ])
+}
+
+/// `procs` processes each committing one-row writes through the writer for the configured
+/// time: (commits/s in all, worst p99 wait, worst wait), waits in ms.
+fn fair_run(ctx: &BenchCtx, name: &str, procs: u64) -> Result<(f64, f64, f64), String> {
+    let db = ctx.db(name);
     drop(
         Store::open(
             &db,
@@ -502,7 +553,6 @@ pub fn fairness(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
         )
         .map_err(err)?,
     );
-    let procs = ctx.sizes.fairness_procs;
     let ms = ctx.sizes.fairness_ms;
     let children = (0..procs)
         .map(|_| {
@@ -537,26 +587,5 @@ pub fn fairness(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
         p99 = p99.max(v["p99_ms"].as_f64().unwrap_or(f64::NAN));
         commits += v["commits"].as_f64().unwrap_or(0.0);
     }
-    let secs = ms as f64 / 1000.0;
-    Ok(vec![
-        Row::new(
-            "F",
-            format!("{procs} engine processes on one file: commits/s in all"),
-            commits / secs,
-            "commits/s",
-        ),
-        Row::new(
-            "F",
-            format!("{procs} engine processes on one file: worst p99 commit wait"),
-            p99,
-            "ms",
-        ),
-        Row::new(
-            "F",
-            format!("{procs} engine processes on one file: worst commit wait"),
-            worst,
-            "ms",
-        )
-        .max_goal(100.0),
-    ])
+    Ok((commits / (ms as f64 / 1000.0), p99, worst))
 }

@@ -71,14 +71,16 @@ pub fn record_effect(ctx: &StepCtx, step: &str) {
             .append(true)
             .open(path)
         {
-            let _ = writeln!(
-                f,
-                "{} {} {} {}",
+            // One write(2) per line: O_APPEND keeps lines from several processes whole.
+            let line = format!(
+                "{} {} {} {}
+",
                 ctx.run_id(),
                 ctx.seq(),
                 step,
                 std::process::id()
             );
+            let _ = f.write_all(line.as_bytes());
         }
     }
 }

@@ -52,12 +52,29 @@ impl Default for StoreOptions {
     }
 }
 
-/// An open waymark database: a writer handle and a reader pool.
+/// An open waymark database: a writer handle and a reader pool. Clones share them; when the
+/// last clone is dropped the writer thread drains its queue, closes its connection and is joined.
 #[derive(Clone)]
 pub struct Store {
     path: Arc<PathBuf>,
-    writer: Writer,
+    // Readers drop first so the writer's connection is the last to close (it checkpoints).
     readers: r2d2::Pool<ReadManager>,
+    writer: Arc<WriterOwner>,
+}
+
+struct WriterOwner {
+    writer: Writer,
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for WriterOwner {
+    fn drop(&mut self) {
+        // Disconnect the channel (replace our only sender), then wait for the thread to finish.
+        self.writer = Writer::disconnected();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -205,7 +222,11 @@ impl Store {
         })?;
         pragmas::install_busy_handler(&conn)?;
         conn.set_prepared_statement_cache_capacity(64);
-        let (writer, _thread) = Writer::start(conn, clock)?;
+        let (writer, thread) = Writer::start(conn, clock)?;
+        let writer = Arc::new(WriterOwner {
+            writer,
+            thread: parking_lot::Mutex::new(Some(thread)),
+        });
         let readers = r2d2::Pool::builder()
             .max_size(opts.readers_max.max(1))
             .min_idle(Some(1))
@@ -232,7 +253,7 @@ impl Store {
 
     /// Apply a write command and wait for its commit.
     pub fn call(&self, op: Op) -> StoreResult<Done> {
-        self.writer.call(op)
+        self.writer.writer.call(op)
     }
 
     /// The writer's `(batches, commands)` counters: `commands / batches` is the mean

@@ -69,6 +69,12 @@ impl Writer {
         )
     }
 
+    /// A handle whose thread is gone: every call fails with `WriterStopped`.
+    pub fn disconnected() -> Writer {
+        let (tx, _) = bounded(0);
+        Writer { tx }
+    }
+
     /// Apply `op` and wait until it committed (or failed).
     pub fn call(&self, op: Op) -> StoreResult<Done> {
         let (reply_tx, reply_rx) = bounded(1);

@@ -1,0 +1,45 @@
+//! Scenario: two engine processes on one database file share 500 runs.
+//! Must hold: every run completes; each step of each run executed exactly once; no run was
+//! executed by both engines (each run's steps all ran in one process); both engines worked.
+
+mod util;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use util::*;
+
+#[test]
+fn two_engines_share_500_runs_without_running_one_twice() {
+    let dir = tempdir();
+    let db = dir.path().join("shared.db");
+    let fx = dir.path().join("effects");
+    let ids = start_runs(&db, "fixture.slow", r#"{"steps":3,"ms":3}"#, Some("m"), 500);
+    assert_eq!(ids.len(), 500);
+    let dbs = db.to_str().unwrap();
+    let envs = [("WAYMARK_DEMO_EFFECTS", fx.to_str().unwrap())];
+    let args = ["serve", "--db", dbs, "--workers", "4", "--exit-when-idle"];
+    let mut a = spawn(&args, &envs, &dir.path().join("a.log"));
+    let mut b = spawn(&args, &envs, &dir.path().join("b.log"));
+    assert!(wait_exit(&mut a, Duration::from_secs(120)).success());
+    assert!(wait_exit(&mut b, Duration::from_secs(120)).success());
+
+    assert_eq!(
+        query_i64(&db, "SELECT count(*) FROM runs WHERE status = 'completed'"),
+        Some(500)
+    );
+    assert_eq!(query_i64(&db, "SELECT count(*) FROM steps"), Some(1500));
+    let fx = effects(&fx);
+    let mut per_step: HashMap<(i64, i64), usize> = HashMap::new();
+    let mut pids_of_run: HashMap<i64, HashSet<u32>> = HashMap::new();
+    for (run, seq, _, pid) in &fx {
+        *per_step.entry((*run, *seq)).or_default() += 1;
+        pids_of_run.entry(*run).or_default().insert(*pid);
+    }
+    assert_eq!(per_step.len(), 1500, "every step executed");
+    assert!(per_step.values().all(|&n| n == 1), "no step executed twice");
+    assert!(
+        pids_of_run.values().all(|p| p.len() == 1),
+        "no run executed by both engines"
+    );
+    let engines: HashSet<u32> = fx.iter().map(|e| e.3).collect();
+    assert_eq!(engines.len(), 2, "both engines took work");
+}

@@ -259,7 +259,7 @@ impl Store {
     /// The writer's `(batches, commands)` counters: `commands / batches` is the mean
     /// number of commands that shared one transaction (one fsync).
     pub fn writer_stats(&self) -> (u64, u64) {
-        self.writer.stats()
+        self.writer.writer.stats()
     }
 
     /// Run `f` on a pooled read connection.

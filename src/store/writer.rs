@@ -72,7 +72,10 @@ impl Writer {
     /// A handle whose thread is gone: every call fails with `WriterStopped`.
     pub fn disconnected() -> Writer {
         let (tx, _) = bounded(0);
-        Writer { tx }
+        Writer {
+            tx,
+            stats: Arc::default(),
+        }
     }
 
     /// Apply `op` and wait until it committed (or failed).

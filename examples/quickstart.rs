@@ -9,22 +9,26 @@ const SHOUT: Step<String, String> = Step::new("shout");
 const GREET: Workflow<u32, String> = Workflow::new("greet");
 
 fn fetch(ctx: &StepCtx, id: u32) -> Result<String, StepError> {
-    // ctx.idempotency_key() is stable across re-executions: hand it to outside systems.
-    Ok(format!("user-{id} ({})", ctx.idempotency_key()))
+    Ok(format!("user-{id} ({})", ctx.idempotency_key())) // stable across re-executions
 }
 
 fn greet(ctx: &mut Ctx<'_>, id: u32) -> Result<String, WorkflowError> {
-    let name = ctx.step(FETCH, &id)?; // journaled: never re-run after it is recorded
+    let name = ctx.step(FETCH, &id)?; // journaled: never re-run once recorded
     ctx.step(SHOUT, &format!("hello, {name}"))
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn registry() -> Registry {
     let mut registry = Registry::new();
     registry.step(FETCH, fetch);
     registry.step(SHOUT, |_, s: String| Ok(s.to_uppercase()));
     registry.workflow(GREET, greet);
+    registry
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    waymark::child::hook(registry); // first line: steps run in child processes of this binary
     let dir = tempfile::tempdir()?;
-    let engine = Engine::start(registry, Config::new(dir.path().join("quickstart.db")))?;
+    let engine = Engine::start(registry(), Config::new(dir.path().join("quickstart.db")))?;
     let run = engine.start_run(GREET, &7, StartOptions::key("greet-7"))?;
     println!(
         "{}",

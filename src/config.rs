@@ -10,6 +10,15 @@ use std::time::Duration;
 pub enum Isolation {
     /// On the worker thread, inside the engine process (no memory cap, cooperative timeout).
     InProcess,
+    /// In a fresh child process of the host's own binary, with the step's limits (memory
+    /// cap, CPU cap, timeout enforced by killing its process group). The default; needs
+    /// `waymark::child::hook(build_registry);` at the top of the host's `main`.
+    Child,
+    /// In a warm, long-lived child of the host's binary (one pool per step name, started
+    /// with the step's limits), serving many executions over the same pipes. A child is
+    /// recycled after `Config::pool_runs_max` executions, after any failed execution, and
+    /// when its resident memory passes `Config::pool_rss_max_bytes`. Same classification.
+    Pool,
 }
 
 /// Resource limits for one step execution.
@@ -129,6 +138,16 @@ pub struct Config {
     /// Run `PRAGMA quick_check` at every open whatever the file size (about 8 ms per MB:
     /// ~2 s for a million finished runs). Off by default.
     pub quick_check_always: bool,
+    /// Program started for child steps (default: this process's own executable).
+    pub child_program: Option<PathBuf>,
+    /// Which rlimit carries the memory cap of child steps (default RLIMIT_DATA).
+    pub memory_rlimit: crate::child::MemoryRlimit,
+    /// Time between SIGTERM and SIGKILL when a child step is timed out or cancelled.
+    pub kill_grace: Duration,
+    /// A pooled child serves at most this many executions, then is replaced.
+    pub pool_runs_max: u64,
+    /// A pooled child whose resident memory passes this after an execution is replaced.
+    pub pool_rss_max_bytes: u64,
 }
 
 impl Config {
@@ -146,11 +165,16 @@ impl Config {
             busy_timeout: Duration::from_secs(5),
             payload_bytes_max: crate::codec::PAYLOAD_BYTES_MAX,
             steps_per_run_max: 100_000,
-            isolation: Isolation::InProcess,
+            isolation: Isolation::Child,
             limits: StepLimits::default(),
             retry: RetryPolicy::default(),
             quick_check_on_open: true,
             quick_check_always: false,
+            child_program: None,
+            memory_rlimit: crate::child::MemoryRlimit::Data,
+            kill_grace: Duration::from_secs(2),
+            pool_runs_max: 1000,
+            pool_rss_max_bytes: 256 * 1024 * 1024,
         }
     }
 

@@ -228,10 +228,13 @@ impl<'a> Ctx<'a> {
             .limits
             .clone()
             .unwrap_or_else(|| self.inner.config.limits.clone());
-        let isolation = def
-            .options()
-            .isolation
-            .unwrap_or(self.inner.config.isolation);
+        let isolation = if def.is_command() {
+            crate::config::Isolation::Child
+        } else {
+            def.options()
+                .isolation
+                .unwrap_or(self.inner.config.isolation)
+        };
         let request = ExecRequest {
             fence: &self.fence,
             seq,

@@ -25,16 +25,23 @@
 //!     ctx.step(DOUBLE, &a)
 //! }
 //!
-//! let mut registry = Registry::new();
-//! registry.step(DOUBLE, double);
-//! registry.workflow(PIPELINE, pipeline);
-//! let engine = Engine::start(registry, Config::new("app.db")).unwrap();
+//! fn build_registry() -> Registry {
+//!     let mut registry = Registry::new();
+//!     registry.step(DOUBLE, double);
+//!     registry.workflow(PIPELINE, pipeline);
+//!     registry
+//! }
+//!
+//! // First line of main: steps run in child processes of this binary (the default).
+//! waymark::child::hook(build_registry);
+//! let engine = Engine::start(build_registry(), Config::new("app.db")).unwrap();
 //! let id = engine.start_run(PIPELINE, &21, StartOptions::key("job-21")).unwrap();
 //! assert_eq!(engine.wait_output(PIPELINE, id, Duration::from_secs(10)).unwrap(), 84);
 //! ```
 //!
 //! The library never prints; it logs through the `log` crate.
 
+pub mod child;
 pub mod clock;
 pub mod codec;
 pub mod config;

@@ -3,5 +3,7 @@
 mod cli;
 
 fn main() {
+    // Step children of this binary serve steps here and never return.
+    waymark::child::hook(cli::registry);
     std::process::exit(cli::main());
 }

@@ -169,6 +169,8 @@ pub struct StepDef {
     pub(crate) name: String,
     pub(crate) run: Arc<StepFn>,
     pub(crate) options: StepOptions,
+    /// A command step (an external program run through the child trampoline).
+    pub(crate) command: bool,
 }
 
 impl std::fmt::Debug for StepDef {
@@ -195,6 +197,10 @@ impl StepDef {
     }
     pub fn options(&self) -> &StepOptions {
         &self.options
+    }
+    /// True for a command step (registered with [`Registry::command`]).
+    pub fn is_command(&self) -> bool {
+        self.command
     }
 }
 
@@ -243,6 +249,7 @@ impl Registry {
             name: step.name.to_string(),
             run: Arc::new(run),
             options: StepOptions::default(),
+            command: false,
         };
         self.steps.insert(step.name.to_string(), def);
         &mut self
@@ -250,6 +257,42 @@ impl Registry {
             .get_mut(step.name)
             .expect("just inserted")
             .options
+    }
+
+    /// Register `step` as a command step: its input names a program to run in a child
+    /// process (always, whatever the isolation); exit status 0 gives its output.
+    pub fn command(
+        &mut self,
+        step: Step<crate::child::CommandSpec, crate::child::CommandOutput>,
+    ) -> &mut StepOptions {
+        let run = |_: &StepCtx, _: &[u8], _: u64| -> Result<Vec<u8>, ErasedStepError> {
+            Err(ErasedStepError::Step(StepError::permanent(
+                "command steps run only in child processes",
+            )))
+        };
+        let def = StepDef {
+            name: step.name.to_string(),
+            run: Arc::new(run),
+            options: StepOptions::default(),
+            command: true,
+        };
+        self.steps.insert(step.name.to_string(), def);
+        &mut self
+            .steps
+            .get_mut(step.name)
+            .expect("just inserted")
+            .options
+    }
+
+    /// Names of every registered step, sorted.
+    pub fn step_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.steps.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub(crate) fn step_defs(&self) -> impl Iterator<Item = &StepDef> {
+        self.steps.values()
     }
 
     /// Register `f` as the workflow `wf` (at its version).

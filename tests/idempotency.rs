@@ -5,7 +5,7 @@
 mod util;
 use std::time::Duration;
 use util::*;
-use waymark::{Config, Engine, Registry, StartOptions, Step, Workflow};
+use waymark::{Engine, Registry, StartOptions, Step, Workflow};
 
 #[test]
 fn starting_twice_with_one_key_returns_the_same_run() {
@@ -38,7 +38,7 @@ fn library_start_run_dedupes_by_key() {
     let mut reg = Registry::new();
     reg.step(ADD, |_, x| Ok(x + 1));
     reg.workflow(WF, |ctx, x| ctx.step(ADD, &x));
-    let engine = Engine::start(reg, Config::new(dir.path().join("lib.db"))).unwrap();
+    let engine = Engine::start(reg, in_process_config(&dir.path().join("lib.db"))).unwrap();
     let first = engine.start_run(WF, &1, StartOptions::key("k")).unwrap();
     let second = engine.start_run(WF, &99, StartOptions::key("k")).unwrap();
     assert_eq!(first, second);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use util::*;
 use waymark::clock::SystemClock;
 use waymark::store::{NewRun, Op, Store, StoreOptions};
-use waymark::{Config, Engine, Registry, StartOptions, Step, Workflow};
+use waymark::{Engine, Registry, StartOptions, Step, Workflow};
 
 const NAP: Step<u64, u64> = Step::new("nap");
 const NAPS: Workflow<u64, u64> = Workflow::new("naps");
@@ -35,7 +35,7 @@ fn shutdown_releases_in_flight_runs_for_the_next_engine() {
     let dir = tempdir();
     let db = dir.path().join("shutdown.db");
     // A long lease: if shutdown did not release the run, the next engine would wait a minute.
-    let config = Config::new(&db).with_lease_ttl(Duration::from_secs(60));
+    let config = in_process_config(&db).with_lease_ttl(Duration::from_secs(60));
     let engine = Engine::start(registry(), config.clone()).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
@@ -97,7 +97,7 @@ fn a_run_of_an_unregistered_workflow_waits_with_a_reason() {
             }))
             .unwrap();
     }
-    let engine = Engine::start(registry(), Config::new(&db)).unwrap();
+    let engine = Engine::start(registry(), in_process_config(&db)).unwrap();
     let row = wait_for("the run to be noted", Duration::from_secs(20), || {
         engine.run(1).ok().filter(|r| r.note.is_some())
     });

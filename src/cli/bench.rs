@@ -11,6 +11,8 @@ mod children;
 mod report;
 mod workloads;
 
+pub use workloads::register;
+
 use super::CliResult;
 use report::Row;
 use std::path::PathBuf;
@@ -27,7 +29,7 @@ pub struct BenchArgs {
     /// Directory whose file system holds the temporary databases (default: current dir).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
-    /// Run only these workloads (comma-separated ids: W1,W2,W3,W6,W7,W8,F; baselines always run).
+    /// Run only these workloads (comma-separated ids: W1,W2,W3,W4,W5,W6,W7,W8,F; baselines always run).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Worker threads of the benchmarked engines.
@@ -54,6 +56,8 @@ pub struct Sizes {
     pub w1_starts: u64,
     pub w2_runs: u64,
     pub w3_runs: u64,
+    pub w4_runs: u64,
+    pub w5_runs: u64,
     pub w6_samples: u64,
     pub w7_runs: u64,
     pub w8_runs: u64,
@@ -71,6 +75,8 @@ impl Sizes {
             w1_starts: 100_000,
             w2_runs: 20_000,
             w3_runs: 2_000,
+            w4_runs: 2_000,
+            w5_runs: 20_000,
             w6_samples: 500,
             w7_runs: 10_000,
             w8_runs: 1_000_000,
@@ -88,6 +94,8 @@ impl Sizes {
             w1_starts: 5_000,
             w2_runs: 2_000,
             w3_runs: 200,
+            w4_runs: 100,
+            w5_runs: 2_000,
             w6_samples: 50,
             w7_runs: 1_000,
             w8_runs: 50_000,
@@ -144,7 +152,16 @@ pub fn run(args: BenchArgs) -> CliResult {
     }
     if want("W3") {
         progress("W3: ten-step runs");
-        rows.push(workloads::w3_ten_steps(&ctx, &base)?);
+        rows.extend(workloads::w3_ten_steps(&ctx, &base)?);
+    }
+    if want("W4") || want("W5") {
+        progress("W4: one-step runs in cold child processes");
+        let (w4, cold_rate) = workloads::w4_cold_child(&ctx, &base)?;
+        rows.extend(w4);
+        if want("W5") {
+            progress("W5: one-step runs on the warm pool");
+            rows.push(workloads::w5_pool(&ctx, cold_rate)?);
+        }
     }
     if want("W6") {
         progress("W6: latency on an idle engine");

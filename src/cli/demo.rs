@@ -26,6 +26,13 @@ pub struct DemoArgs {
     /// Lease TTL in milliseconds.
     #[arg(long, default_value_t = 15_000)]
     pub lease_ttl_ms: u64,
+    /// Every K-th run gets a step that tries to allocate four times its memory cap; those
+    /// runs must end failed with "memory limit exceeded" (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub hog_every: u64,
+    /// Memory cap of each step's child process, in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub memory_mib: u64,
 }
 
 /// Input of one demo run.
@@ -33,6 +40,9 @@ pub struct DemoArgs {
 pub struct DemoInput {
     pub index: u64,
     pub out_dir: String,
+    /// If non-zero, the run first calls `demo.hog` to allocate this many bytes.
+    #[serde(default)]
+    pub hog_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +71,7 @@ pub struct WriteIn {
 pub const GENERATE: Step<GenIn, Vec<u64>> = Step::new("demo.generate");
 pub const TRANSFORM: Step<Vec<u64>, Summary> = Step::new("demo.transform");
 pub const WRITE: Step<WriteIn, String> = Step::new("demo.write");
+pub const HOG: Step<u64, u64> = Step::new("demo.hog");
 pub const DEMO: Workflow<DemoInput, Summary> = Workflow::new("demo");
 
 /// Append one line per step execution to `$WAYMARK_DEMO_EFFECTS`, if set (tests read it).
@@ -138,7 +149,25 @@ fn write(ctx: &StepCtx, input: WriteIn) -> Result<String, StepError> {
     Ok(input.path)
 }
 
+/// Allocate `bytes` in 16 MiB chunks, touching every page (meant to exceed its cap).
+fn hog(ctx: &StepCtx, bytes: u64) -> Result<u64, StepError> {
+    record_effect(ctx, "hog");
+    let chunk = 16 * 1024 * 1024usize;
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    while (held.len() * chunk) < bytes as usize {
+        let mut v = vec![0u8; chunk];
+        for i in (0..chunk).step_by(4096) {
+            v[i] = 1;
+        }
+        held.push(std::hint::black_box(v));
+    }
+    Ok(held.len() as u64)
+}
+
 fn demo(ctx: &mut Ctx<'_>, input: DemoInput) -> Result<Summary, WorkflowError> {
+    if input.hog_bytes > 0 {
+        ctx.step(HOG, &input.hog_bytes)?;
+    }
     let data = ctx.step(
         GENERATE,
         &GenIn {
@@ -163,6 +192,7 @@ pub fn register(reg: &mut Registry) {
     reg.step(GENERATE, generate);
     reg.step(TRANSFORM, transform);
     reg.step(WRITE, write);
+    reg.step(HOG, hog).retry = Some(waymark::RetryPolicy::never());
     reg.workflow(DEMO, demo);
 }
 
@@ -174,11 +204,14 @@ pub fn out_dir(db: &Path) -> PathBuf {
 }
 
 pub fn run(args: DemoArgs) -> CliResult {
-    let mut reg = Registry::new();
-    register(&mut reg);
-    super::fixtures::register(&mut reg);
+    let reg = super::fixtures::registry();
     let mut config = Config::new(&args.db).with_lease_ttl(Duration::from_millis(args.lease_ttl_ms));
     config.workers = args.workers.max(1);
+    // Every step runs in a child process of this binary under this memory cap.
+    config.isolation = waymark::Isolation::Child;
+    let cap = args.memory_mib.max(16) * 1024 * 1024;
+    config.limits.memory_bytes = Some(cap);
+    let is_hog = |i: u64| args.hog_every > 0 && i.is_multiple_of(args.hog_every);
     let engine = Engine::start(reg, config).map_err(|e| e.to_string())?;
     let out = out_dir(&args.db).to_string_lossy().into_owned();
     let inputs: Vec<(DemoInput, StartOptions)> = (1..=args.runs as u64)
@@ -187,6 +220,7 @@ pub fn run(args: DemoArgs) -> CliResult {
                 DemoInput {
                     index: i,
                     out_dir: out.clone(),
+                    hog_bytes: if is_hog(i) { 4 * cap } else { 0 },
                 },
                 StartOptions::key(format!("demo-{i}")),
             )
@@ -213,15 +247,31 @@ pub fn run(args: DemoArgs) -> CliResult {
         })
     };
     let mut failed = Vec::new();
-    for id in &ids {
+    let mut unexpected = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
         let row = engine
             .wait(*id, Duration::from_secs(24 * 3600))
             .map_err(|e| e.to_string())?;
+        let hog_run = is_hog(n as u64 + 1);
+        let error = row.error.clone().unwrap_or_default();
+        let expected = if hog_run {
+            row.status == "failed" && error.contains("memory limit exceeded")
+        } else {
+            row.status == "completed"
+        };
         if row.status != "completed" {
-            failed.push(format!(
-                "run {id}: {} {}",
+            failed.push(format!("run {id}: {} {error}", row.status));
+        }
+        if !expected {
+            unexpected.push(format!(
+                "run {id} (demo-{}): {} {error} (expected {})",
+                n + 1,
                 row.status,
-                row.error.unwrap_or_default()
+                if hog_run {
+                    "failed with memory limit exceeded"
+                } else {
+                    "completed"
+                }
             ));
         }
         done.fetch_add(1, Ordering::Relaxed);
@@ -230,13 +280,17 @@ pub fn run(args: DemoArgs) -> CliResult {
     let _ = progress.join();
     engine.shutdown().map_err(|e| e.to_string())?;
     eprintln!(
-        "demo: {}/{} completed, {} failed",
+        "demo: {}/{} completed, {} failed, {} not as expected",
         ids.len() - failed.len(),
         ids.len(),
-        failed.len()
+        failed.len(),
+        unexpected.len()
     );
-    for f in failed.iter().take(10) {
+    for f in failed.iter().take(5) {
         eprintln!("demo: {f}");
     }
-    Ok(if failed.is_empty() { 0 } else { 1 })
+    for u in unexpected.iter().take(10) {
+        eprintln!("demo: unexpected: {u}");
+    }
+    Ok(if unexpected.is_empty() { 0 } else { 1 })
 }

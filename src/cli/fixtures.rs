@@ -5,12 +5,17 @@
 use super::demo::{self, record_effect, DemoInput};
 use super::CliResult;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use waymark::child::{CommandOutput, CommandSpec};
 use waymark::clock::SystemClock;
 use waymark::store::{Done, NewRun, Op, Store, StoreOptions};
-use waymark::{Config, Ctx, Engine, Registry, Step, StepCtx, StepError, Workflow, WorkflowError};
+use waymark::{
+    Config, Ctx, Engine, Isolation, Registry, RetryPolicy, Step, StepCtx, StepError, Workflow,
+    WorkflowError,
+};
 
 /// Steps of `fixture.slow`: how many and how long each sleeps.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,6 +28,20 @@ pub const SLEEP: Step<u64, u64> = Step::new("fixture.sleep");
 pub const CRASH: Step<(), ()> = Step::new("fixture.crash");
 pub const A: Step<(), u64> = Step::new("fixture.a");
 pub const B: Step<(), u64> = Step::new("fixture.b");
+pub const HOG: Step<u64, u64> = Step::new("fixture.hog");
+pub const SPIN: Step<SpinIn, ()> = Step::new("fixture.spin");
+pub const PANIC: Step<String, ()> = Step::new("fixture.panic");
+pub const ABORT: Step<String, ()> = Step::new("fixture.abort");
+pub const STACK: Step<u64, u64> = Step::new("fixture.stack");
+pub const FLOOD: Step<(u64, u64), u64> = Step::new("fixture.flood");
+pub const GARBAGE: Step<(), ()> = Step::new("fixture.garbage");
+pub const THREADS: Step<u32, u32> = Step::new("fixture.threads");
+pub const ORPHAN: Step<OrphanIn, String> = Step::new("fixture.orphan");
+pub const QUICK: Step<u64, u64> = Step::new("fixture.quick");
+pub const LEAK: Step<u64, u64> = Step::new("fixture.leak");
+pub const BURN: Step<u64, u64> = Step::new("fixture.burn");
+pub const CMD: Step<CommandSpec, CommandOutput> = Step::new("fixture.cmd");
+pub const PROBE: Workflow<Probe, String> = Workflow::new("fixture.probe");
 pub const SLOW: Workflow<SlowIn, u64> = Workflow::new("fixture.slow");
 pub const CRASHER: Workflow<(), ()> = Workflow::new("fixture.crash");
 pub const NONDET: Workflow<SlowIn, u64> = Workflow::new("fixture.nondet");
@@ -31,6 +50,188 @@ fn sleep_step(ctx: &StepCtx, ms: u64) -> Result<u64, StepError> {
     record_effect(ctx, "sleep");
     std::thread::sleep(Duration::from_millis(ms));
     Ok(ctx.seq() as u64 * 10 + ms)
+}
+
+/// Input of `fixture.spin`: start a grandchild (`sleep 600`), write its pid to `pid_file`,
+/// then burn CPU (`spin`) or sleep forever.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpinIn {
+    pub pid_file: String,
+    pub spin: bool,
+}
+
+/// Input of `fixture.orphan`: attempt 1 writes its pid to `pid_file` and sleeps `ms`
+/// (surviving its engine if `WAYMARK_TEST_BLOCK_PDEATHSIG` is set); later attempts report
+/// whether that first child was still alive when they started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrphanIn {
+    pub pid_file: String,
+    pub ms: u64,
+}
+
+/// One call of one fixture step (workflow `fixture.probe`), for isolation tests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Probe {
+    Hog(u64),
+    Spin(SpinIn),
+    Panic(String),
+    Abort(String),
+    Stack(u64),
+    Flood(u64, u64),
+    Garbage,
+    Threads(u32),
+    Orphan(OrphanIn),
+    Quick(u64),
+    Sleep(u64),
+    Cmd(CommandSpec),
+}
+
+fn hog_step(ctx: &StepCtx, bytes: u64) -> Result<u64, StepError> {
+    record_effect(ctx, "hog");
+    let chunk = 16 * 1024 * 1024usize;
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    let mut total = 0u64;
+    while total < bytes {
+        let mut v = vec![0u8; chunk];
+        for i in (0..chunk).step_by(4096) {
+            v[i] = 1;
+        }
+        total += chunk as u64;
+        held.push(std::hint::black_box(v));
+    }
+    Ok(held.len() as u64)
+}
+
+fn spin_step(ctx: &StepCtx, input: SpinIn) -> Result<(), StepError> {
+    record_effect(ctx, "spin");
+    let child = std::process::Command::new("sleep").arg("600").spawn()?;
+    std::fs::write(&input.pid_file, child.id().to_string())?;
+    std::mem::forget(child);
+    let mut x = 0u64;
+    loop {
+        if input.spin {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn abort_step(_: &StepCtx, msg: String) -> Result<(), StepError> {
+    struct PanicOnDrop;
+    impl Drop for PanicOnDrop {
+        fn drop(&mut self) {
+            panic!("second panic while unwinding");
+        }
+    }
+    let _bomb = PanicOnDrop;
+    panic!("{msg}");
+}
+
+fn stack_step(_: &StepCtx, depth: u64) -> Result<u64, StepError> {
+    fn recurse(n: u64) -> u64 {
+        let buf = std::hint::black_box([n as u8; 4096]);
+        if n == 0 {
+            return buf[0] as u64;
+        }
+        recurse(n - 1).wrapping_add(buf[100] as u64)
+    }
+    Ok(recurse(depth))
+}
+
+fn flood_step(_: &StepCtx, (out, err): (u64, u64)) -> Result<u64, StepError> {
+    let line = [b'x'; 8192];
+    let (mut o, mut e) = (std::io::stdout().lock(), std::io::stderr().lock());
+    let (mut wo, mut we) = (0u64, 0u64);
+    while wo < out || we < err {
+        if wo < out {
+            o.write_all(&line)?;
+            wo += line.len() as u64;
+        }
+        if we < err {
+            e.write_all(&line)?;
+            we += line.len() as u64;
+        }
+    }
+    Ok(wo + we)
+}
+
+fn garbage_step(_: &StepCtx, _: ()) -> Result<(), StepError> {
+    let fd = waymark::child::hook::protocol_fd_for_tests();
+    let junk = b"this is not a frame at all\n";
+    // SAFETY: write(2) of a valid buffer to the protocol descriptor of this child.
+    unsafe {
+        libc::write(fd, junk.as_ptr().cast(), junk.len());
+    }
+    std::thread::sleep(Duration::from_secs(30));
+    Ok(())
+}
+
+fn threads_step(_: &StepCtx, n: u32) -> Result<u32, StepError> {
+    let barrier = Arc::new(std::sync::Barrier::new(n as usize + 1));
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let b = barrier.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .spawn(move || {
+                    b.wait();
+                })
+                .map_err(|e| StepError::permanent(format!("starting thread {i} of {n}: {e}")))?,
+        );
+    }
+    barrier.wait();
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(n)
+}
+
+fn orphan_step(ctx: &StepCtx, input: OrphanIn) -> Result<String, StepError> {
+    if ctx.attempt() == 1 {
+        if std::env::var_os("WAYMARK_TEST_BLOCK_PDEATHSIG").is_some() {
+            waymark::child::hook::detach_from_parent_for_tests();
+        }
+        std::fs::write(&input.pid_file, std::process::id().to_string())?;
+        record_effect(ctx, "orphan-first");
+        std::thread::sleep(Duration::from_millis(input.ms));
+        return Ok("first".into());
+    }
+    let old: u32 = std::fs::read_to_string(&input.pid_file)?
+        .trim()
+        .parse()
+        .map_err(StepError::permanent)?;
+    let alive = waymark::host::pid_start_time(old).is_some();
+    record_effect(ctx, &format!("orphan-again old-alive={alive}"));
+    Ok(format!("old-alive={alive}"))
+}
+
+fn probe(ctx: &mut Ctx<'_>, p: Probe) -> Result<String, WorkflowError> {
+    Ok(match p {
+        Probe::Hog(n) => format!("{}", ctx.step(HOG, &n)?),
+        Probe::Spin(s) => format!("{:?}", ctx.step(SPIN, &s)?),
+        Probe::Panic(m) => format!("{:?}", ctx.step(PANIC, &m)?),
+        Probe::Abort(m) => format!("{:?}", ctx.step(ABORT, &m)?),
+        Probe::Stack(n) => format!("{}", ctx.step(STACK, &n)?),
+        Probe::Flood(o, e) => format!("{}", ctx.step(FLOOD, &(o, e))?),
+        Probe::Garbage => format!("{:?}", ctx.step(GARBAGE, &())?),
+        Probe::Threads(n) => format!("{}", ctx.step(THREADS, &n)?),
+        Probe::Orphan(o) => ctx.step(ORPHAN, &o)?,
+        Probe::Quick(n) => format!("{}", ctx.step(QUICK, &n)?),
+        Probe::Sleep(ms) => format!("{}", ctx.step(SLEEP, &ms)?),
+        Probe::Cmd(c) => {
+            let out = ctx.step(CMD, &c)?;
+            format!(
+                "exit={} stdout_bytes={} truncated={} stdout_kept={} stderr_kept={} marker={}",
+                out.exit_code,
+                out.stdout_bytes,
+                out.stdout_truncated,
+                out.stdout.len(),
+                out.stderr.len(),
+                String::from_utf8_lossy(&out.stdout).contains("bytes truncated ...]")
+            )
+        }
+    })
 }
 
 fn crash_step(ctx: &StepCtx, _: ()) -> Result<(), StepError> {
@@ -62,7 +263,39 @@ fn nondet(ctx: &mut Ctx<'_>, input: SlowIn) -> Result<u64, WorkflowError> {
 /// Register the fixture workflows and steps.
 pub fn register(reg: &mut Registry) {
     reg.step(SLEEP, sleep_step);
-    reg.step(CRASH, crash_step);
+    // Kills the *engine* mid-step (kill-and-restart tests): it must run in-process.
+    reg.step(CRASH, crash_step).isolation = Some(Isolation::InProcess);
+    reg.step(HOG, hog_step).retry = Some(RetryPolicy::never());
+    reg.step(SPIN, spin_step).retry = Some(RetryPolicy::never());
+    reg.step(PANIC, |_, m: String| -> Result<(), StepError> {
+        panic!("{m}")
+    })
+    .retry = Some(RetryPolicy::never());
+    reg.step(ABORT, abort_step).retry = Some(RetryPolicy::never());
+    reg.step(STACK, stack_step).retry = Some(RetryPolicy::never());
+    reg.step(FLOOD, flood_step).retry = Some(RetryPolicy::never());
+    reg.step(GARBAGE, garbage_step).retry = Some(RetryPolicy::never());
+    reg.step(THREADS, threads_step).retry = Some(RetryPolicy::never());
+    reg.step(ORPHAN, orphan_step);
+    reg.step(QUICK, |_, n: u64| Ok(n + 1));
+    // Burns `ms` milliseconds of CPU time, then returns.
+    reg.step(BURN, |_, ms: u64| {
+        let start = waymark::child::limits::process_cpu_time();
+        let mut x = 0u64;
+        while (waymark::child::limits::process_cpu_time() - start).as_millis() < ms as u128 {
+            for _ in 0..10_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+        Ok(ms)
+    });
+    // Keeps `n` bytes resident for the rest of the process (pool recycling tests).
+    reg.step(LEAK, |_, n: u64| {
+        let v = vec![1u8; n as usize];
+        Ok(Vec::leak(v).len() as u64)
+    });
+    reg.command(CMD).retry = Some(RetryPolicy::never());
+    reg.workflow(PROBE, probe);
     reg.step(A, |_, ()| Ok(1));
     reg.step(B, |_, ()| Ok(2));
     reg.workflow(SLOW, slow);
@@ -101,10 +334,13 @@ pub struct StartArgs {
     pub count: usize,
 }
 
-fn registry() -> Registry {
+/// Every built-in workflow and step (the demo's and the fixtures'): what `serve`, `demo`
+/// and step children of this binary register.
+pub fn registry() -> Registry {
     let mut reg = Registry::new();
     demo::register(&mut reg);
     register(&mut reg);
+    super::bench::register(&mut reg);
     reg
 }
 
@@ -142,7 +378,8 @@ pub fn start(args: StartArgs) -> CliResult {
         "demo" => encode::<DemoInput>(&args.json)?,
         "fixture.slow" | "fixture.nondet" => encode::<SlowIn>(&args.json)?,
         "fixture.crash" => encode::<()>(&args.json)?,
-        other => return Err(format!("unknown workflow '{other}': built-in workflows are demo, fixture.slow, fixture.crash, fixture.nondet")),
+        "fixture.probe" => encode::<Probe>(&args.json)?,
+        other => return Err(format!("unknown workflow '{other}': built-in workflows are demo, fixture.slow, fixture.crash, fixture.nondet, fixture.probe")),
     };
     let store = Store::open(
         &args.db,
@@ -181,4 +418,45 @@ pub fn start(args: StartArgs) -> CliResult {
         }
         _ => Err("unexpected answer from the writer".into()),
     }
+}
+
+/// `waymark probe-threads`: set the memory rlimit on this process, then start threads (each
+/// with std's default stack) until `max` or the first failure; print how many started.
+pub fn probe_threads(rlimit: &str, mib: u64, max: u32) -> CliResult {
+    let which = match rlimit {
+        "data" => waymark::child::MemoryRlimit::Data,
+        "as" => waymark::child::MemoryRlimit::AddressSpace,
+        other => return Err(format!("bad --rlimit '{other}': expected data or as")),
+    };
+    waymark::child::limits::apply_memory_rlimit(which, mib * 1024 * 1024)
+        .map_err(|e| format!("setrlimit: {e}"))?;
+    let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+    let mut started = 0u32;
+    let mut error = String::new();
+    let mut handles = Vec::new();
+    while started < max {
+        let rx = rx.clone();
+        match std::thread::Builder::new().spawn(move || {
+            // Allocate a little on each thread, as real work would (glibc gives each
+            // thread its own malloc arena).
+            let v = std::hint::black_box(vec![1u8; 1024]);
+            let _ = rx.recv();
+            v.len()
+        }) {
+            Ok(h) => {
+                handles.push(h);
+                started += 1;
+            }
+            Err(e) => {
+                error = e.to_string();
+                break;
+            }
+        }
+    }
+    drop(tx);
+    for h in handles {
+        let _ = h.join();
+    }
+    println!("rlimit={rlimit} cap={mib}MiB threads_started={started} first_error={error:?}");
+    Ok(0)
 }

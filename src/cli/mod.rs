@@ -5,6 +5,8 @@ mod demo;
 mod fixtures;
 mod inspect;
 
+pub use fixtures::registry;
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -59,6 +61,17 @@ enum Command {
     Start(fixtures::StartArgs),
     /// Measure the standard workloads against this machine's own limits.
     Bench(bench::BenchArgs),
+    /// Measure how many threads start under a memory rlimit (for the memory-cap default).
+    #[command(hide = true)]
+    ProbeThreads {
+        /// `data` (RLIMIT_DATA) or `as` (RLIMIT_AS).
+        #[arg(long, default_value = "data")]
+        rlimit: String,
+        #[arg(long, default_value_t = 256)]
+        mib: u64,
+        #[arg(long, default_value_t = 1000)]
+        max: u32,
+    },
 }
 
 /// Parse arguments, run the command, return the exit code.
@@ -98,6 +111,7 @@ pub fn main() -> i32 {
         Command::Serve(args) => fixtures::serve(args),
         Command::Start(args) => fixtures::start(args),
         Command::Bench(args) => bench::run(args),
+        Command::ProbeThreads { rlimit, mib, max } => fixtures::probe_threads(&rlimit, mib, max),
     };
     match result {
         Ok(code) => code,

@@ -67,6 +67,8 @@ pub struct Inner {
     wake_tx: Sender<()>,
     finished: (Mutex<u64>, Condvar),
     in_process: exec::InProcess,
+    child: crate::child::ChildExecutor,
+    pool: crate::child::PoolExecutor,
 }
 
 impl std::fmt::Debug for Inner {
@@ -102,6 +104,8 @@ impl Inner {
     pub(crate) fn executor(&self, isolation: Isolation) -> &dyn exec::Executor {
         match isolation {
             Isolation::InProcess => &self.in_process,
+            Isolation::Child => &self.child,
+            Isolation::Pool => &self.pool,
         }
     }
 }
@@ -145,6 +149,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, Error> {
         config.validate()?;
+        let child = crate::child::executor::preflight(&config, &registry)?;
         let opts = StoreOptions {
             create: true,
             synchronous: config.synchronous,
@@ -169,6 +174,12 @@ impl Engine {
         }))?;
         let (wake_tx, wake_rx) = bounded(1);
         let workflows_json: Arc<str> = registry.workflow_keys_json().into();
+        let pool = crate::child::PoolExecutor::new(
+            child.clone(),
+            config.pool_runs_max,
+            config.pool_rss_max_bytes,
+            config.workers,
+        );
         let inner = Arc::new(Inner {
             store,
             registry: Arc::new(registry),
@@ -184,6 +195,8 @@ impl Engine {
             wake_tx,
             finished: (Mutex::new(0), Condvar::new()),
             in_process: exec::InProcess,
+            pool,
+            child,
         });
         log::info!(
             "engine {} started on {} (pid {pid}, {} workers)",

@@ -187,3 +187,11 @@ pub fn file_bytes(path: &Path) -> Vec<u8> {
 pub fn db_in(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
 }
+
+/// Engine config for library tests: test binaries have no child hook in `main`, so steps run
+/// in-process.
+pub fn in_process_config(db: &Path) -> waymark::Config {
+    let mut c = waymark::Config::new(db);
+    c.isolation = waymark::Isolation::InProcess;
+    c
+}

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use waymark::clock::SystemClock;
 use waymark::store::{Store, StoreOptions};
-use waymark::{Config, Ctx, Engine, Registry, StartOptions, Step, Workflow, WorkflowError};
+use waymark::{
+    Config, Ctx, Engine, Isolation, Registry, StartOptions, Step, Workflow, WorkflowError,
+};
 
 /// Where and how big.
 #[derive(Debug, Clone)]
@@ -29,9 +31,11 @@ impl BenchCtx {
         self.dir.join(name)
     }
 
+    /// Engine config of the in-process workloads.
     fn config(&self, db: &Path) -> Config {
         let mut c = Config::new(db);
         c.workers = self.workers;
+        c.isolation = Isolation::InProcess;
         c
     }
 }
@@ -51,14 +55,18 @@ fn steps(ctx: &mut Ctx<'_>, x: u64, n: u64) -> Result<u64, WorkflowError> {
     Ok(acc)
 }
 
-/// The bench's workflows: one, three and ten no-op steps.
-pub fn bench_registry() -> Registry {
-    let mut reg = Registry::new();
+/// Register the bench's workflows (one, three and ten no-op steps). Part of the binary's
+/// registry, so step children of this binary (W4, W5) can run `bench.noop`.
+pub fn register(reg: &mut Registry) {
     reg.step(NOOP, |_, x: u64| Ok(x.wrapping_add(1)));
     reg.workflow(ONE, |ctx, x| steps(ctx, x, 1));
     reg.workflow(THREE, |ctx, x| steps(ctx, x, 3));
     reg.workflow(TEN, |ctx, x| steps(ctx, x, 10));
-    reg
+}
+
+/// The binary's registry (built-in workflows, fixtures and the bench's).
+pub fn bench_registry() -> Registry {
+    crate::cli::registry()
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -164,8 +172,18 @@ fn group_size(engine: &Engine, before: (u64, u64)) -> f64 {
 
 /// Start `n` runs of `wf` and time until all finished; returns seconds and the mean
 /// number of writer commands per commit.
-fn run_all(ctx: &BenchCtx, db: &str, wf: Workflow<u64, u64>, n: u64) -> Result<(f64, f64), String> {
-    let engine = Engine::start(bench_registry(), ctx.config(&ctx.db(db))).map_err(err)?;
+fn run_all(
+    ctx: &BenchCtx,
+    db: &str,
+    wf: Workflow<u64, u64>,
+    n: u64,
+    isolation: Isolation,
+    workers: usize,
+) -> Result<(f64, f64), String> {
+    let mut config = ctx.config(&ctx.db(db));
+    config.isolation = isolation;
+    config.workers = workers;
+    let engine = Engine::start(bench_registry(), config).map_err(err)?;
     let before = engine.store().writer_stats();
     let t = Instant::now();
     let mut i = 0;
@@ -190,7 +208,7 @@ fn run_all(ctx: &BenchCtx, db: &str, wf: Workflow<u64, u64>, n: u64) -> Result<(
 /// W2: one-step in-process no-op runs.
 pub fn w2_one_step(ctx: &BenchCtx, base: &Baselines) -> Result<Row, String> {
     let n = ctx.sizes.w2_runs;
-    let (secs, group) = run_all(ctx, "w2.db", ONE, n)?;
+    let (secs, group) = run_all(ctx, "w2.db", ONE, n, Isolation::InProcess, ctx.workers)?;
     Ok(Row::new(
         "W2",
         format!(
@@ -204,21 +222,82 @@ pub fn w2_one_step(ctx: &BenchCtx, base: &Baselines) -> Result<Row, String> {
     .ratio_goal(4.0))
 }
 
-/// W3: ten-step in-process runs; step checkpoints per second.
-pub fn w3_ten_steps(ctx: &BenchCtx, base: &Baselines) -> Result<Row, String> {
+/// W3: ten-step in-process runs; step checkpoints per second, at the bench's worker count
+/// and at 64 workers (group commit grows with the number of runs in flight).
+pub fn w3_ten_steps(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
     let n = ctx.sizes.w3_runs;
-    let (secs, group) = run_all(ctx, "w3.db", TEN, n)?;
+    let mut rows = Vec::new();
+    for (db, workers) in [("w3.db", ctx.workers), ("w3b.db", 64)] {
+        let (secs, group) = run_all(ctx, db, TEN, n, Isolation::InProcess, workers)?;
+        rows.push(
+            Row::new(
+                "W3",
+                format!(
+                    "{n} ten-step in-process runs, {workers} workers ({group:.1} commands/commit)"
+                ),
+                (n * 10) as f64 / secs,
+                "steps/s",
+            )
+            .baseline("B2", base.batch_rows_per_s)
+            .ratio_goal(0.25),
+        );
+    }
+    Ok(rows)
+}
+
+/// W4: one-step runs, each step in a fresh child process (cold spawn), and again while this
+/// (engine) process holds 1 GiB resident: posix_spawn's cost must not grow with it.
+pub fn w4_cold_child(ctx: &BenchCtx, base: &Baselines) -> Result<(Vec<Row>, f64), String> {
+    let n = ctx.sizes.w4_runs;
+    let (secs, _) = run_all(ctx, "w4.db", ONE, n, Isolation::Child, ctx.workers)?;
+    let rate = n as f64 / secs;
+    let mut ballast = vec![1u8; 1 << 30];
+    for i in (0..ballast.len()).step_by(4096) {
+        ballast[i] = (i % 251) as u8;
+    }
+    let (secs_big, _) = run_all(ctx, "w4b.db", ONE, n, Isolation::Child, ctx.workers)?;
+    std::hint::black_box(&ballast);
+    drop(ballast);
+    let rate_big = n as f64 / secs_big;
+    let rows = vec![
+        Row::new(
+            "W4",
+            format!(
+                "{n} one-step child-process runs (cold spawn), {} workers",
+                ctx.workers
+            ),
+            rate,
+            "runs/s",
+        )
+        .baseline("B3", base.spawns_per_s)
+        .ratio_goal(0.8),
+        Row::new(
+            "W4",
+            format!("{n} one-step child-process runs, engine holding 1 GiB resident"),
+            rate_big,
+            "runs/s",
+        )
+        .baseline("W4", rate)
+        .ratio_goal(0.8),
+    ];
+    Ok((rows, rate))
+}
+
+/// W5: one-step runs on the warm child pool.
+pub fn w5_pool(ctx: &BenchCtx, cold_rate: f64) -> Result<Row, String> {
+    let n = ctx.sizes.w5_runs;
+    let (secs, _) = run_all(ctx, "w5.db", ONE, n, Isolation::Pool, ctx.workers)?;
     Ok(Row::new(
-        "W3",
+        "W5",
         format!(
-            "{n} ten-step in-process runs, {} workers ({group:.1} commands/commit)",
+            "{n} one-step runs on the warm child pool, {} workers",
             ctx.workers
         ),
-        (n * 10) as f64 / secs,
-        "steps/s",
+        n as f64 / secs,
+        "runs/s",
     )
-    .baseline("B2", base.batch_rows_per_s)
-    .ratio_goal(0.25))
+    .baseline("W4", cold_rate)
+    .ratio_goal(20.0))
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {

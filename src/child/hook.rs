@@ -1,0 +1,229 @@
+//! The child side: the host's one-call main hook and the step server it runs.
+//!
+//! Order of a child's first acts (before any input is read):
+//! 1. `PR_SET_PDEATHSIG(SIGKILL)`, then compare `getppid()` with the engine pid the engine
+//!    passed: a parent that died during the spawn would otherwise go unnoticed.
+//! 2. Its rlimits (memory, CPU, no core dumps).
+//! 3. Move the protocol pipe off fd 1 and point fd 1 at stderr, so a step's `println!`
+//!    lands in the captured stderr instead of corrupting the protocol.
+//!
+//! A reader thread reads request frames from stdin; end of file means the engine is gone
+//! (only the engine holds the write end), and the child exits at once.
+
+use super::limits::{self, ChildLimits};
+use super::protocol::{self, Request, Response, FRAME_OVERHEAD_BYTES};
+use crate::registry::{ErasedStepError, Registry, StepCtx};
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+pub(crate) static HOOKED: AtomicBool = AtomicBool::new(false);
+static IGNORE_PARENT_EOF: AtomicBool = AtomicBool::new(false);
+static PROTOCOL_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Exit codes of a child that gave up before running a step.
+pub(crate) const EXIT_ORPHANED: i32 = 111;
+pub(crate) const EXIT_SETUP: i32 = 112;
+pub(crate) const EXIT_EXEC: i32 = 127;
+
+/// Call this first thing in `main`: `waymark::child::hook(build_registry);`
+///
+/// In the engine's process it only notes that the hook is installed and returns at once
+/// (without calling `registry`). In a step child started by the engine it builds the
+/// registry, serves step executions, and exits: it never returns there.
+pub fn hook<F: FnOnce() -> Registry>(registry: F) {
+    HOOKED.store(true, Ordering::SeqCst);
+    let Some(mode) = std::env::var_os(super::ENV_MODE) else {
+        return;
+    };
+    let mode = mode.to_string_lossy().into_owned();
+    enter_child_mode(mode == "pool");
+    let code = match mode.as_str() {
+        "exec" => super::command::exec_from_args(),
+        "step" | "hello" | "pool" => serve(registry(), &mode),
+        other => {
+            let _ = writeln!(std::io::stderr(), "waymark child: unknown mode '{other}'");
+            EXIT_SETUP
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Death signal, parent check, limits. Exits the process if any of them fails.
+fn enter_child_mode(pooled: bool) {
+    let parent: Option<i32> = std::env::var(super::ENV_PARENT)
+        .ok()
+        .and_then(|v| v.parse().ok());
+    // SAFETY: prctl/getppid have no memory-safety preconditions.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if parent.is_some_and(|p| libc::getppid() != p) {
+            libc::_exit(EXIT_ORPHANED);
+        }
+    }
+    if let Err(e) = limits::apply(&ChildLimits::from_env(), pooled) {
+        let _ = writeln!(std::io::stderr(), "waymark child: cannot apply limits: {e}");
+        std::process::exit(EXIT_SETUP);
+    }
+}
+
+/// Test support: make this step child survive its engine's death (no parent-death
+/// signal, stdin EOF ignored). Used only by a test fixture that simulates a child the
+/// death signal missed; never call it in real steps.
+#[doc(hidden)]
+pub fn detach_from_parent_for_tests() {
+    IGNORE_PARENT_EOF.store(true, Ordering::SeqCst);
+    // SAFETY: prctl has no memory-safety preconditions.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, 0 as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// Test support: the raw protocol fd of this step child (-1 outside a child), so a
+/// fixture can write garbage where the engine expects frames.
+#[doc(hidden)]
+pub fn protocol_fd_for_tests() -> i32 {
+    PROTOCOL_FD.load(Ordering::SeqCst)
+}
+
+fn serve(registry: Registry, mode: &str) -> i32 {
+    // SAFETY: fcntl/dup2 on the standard descriptors this process was started with.
+    let proto = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
+    if proto < 0 || unsafe { libc::dup2(2, 1) } < 0 {
+        return EXIT_SETUP;
+    }
+    PROTOCOL_FD.store(proto, Ordering::SeqCst);
+    // SAFETY: `proto` is a fresh descriptor owned by nobody else.
+    let mut out = std::io::BufWriter::new(unsafe { std::fs::File::from_raw_fd(proto) });
+    let max_runs: u64 = match mode {
+        "pool" => std::env::var(super::ENV_POOL_RUNS)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
+        _ => 1,
+    };
+    let request_limit: u64 = std::env::var(super::ENV_PAYLOAD)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(crate::codec::PAYLOAD_BYTES_MAX)
+        + FRAME_OVERHEAD_BYTES;
+    let (tx, rx) = crossbeam_channel::bounded::<Request>(1);
+    let reader = std::thread::Builder::new()
+        .name("waymark-child-stdin".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            // SAFETY: fd 0 is the request pipe; ManuallyDrop keeps it open for the process.
+            let mut stdin = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
+            loop {
+                match protocol::read_frame::<Request>(&mut *stdin, request_limit) {
+                    Ok(Some(req)) => {
+                        if tx.send(req).is_err() {
+                            return;
+                        }
+                    }
+                    // EOF: the engine is gone (or done with us). Leave now, whatever runs.
+                    Ok(None) | Err(_) => {
+                        if IGNORE_PARENT_EOF.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        // SAFETY: _exit ends the process without running user code.
+                        unsafe { libc::_exit(0) }
+                    }
+                }
+            }
+        });
+    if reader.is_err() {
+        return EXIT_SETUP;
+    }
+    let cpu_limits = ChildLimits::from_env();
+    let mut served = 0u64;
+    while let Ok(req) = rx.recv() {
+        let resp = match req {
+            Request::Hello => Response::Hello {
+                version: protocol::VERSION,
+                pid: std::process::id(),
+                steps: registry.step_names(),
+            },
+            Request::Run {
+                step,
+                run_id,
+                seq,
+                attempt,
+                timeout_ms,
+                payload_limit,
+                input,
+            } => {
+                served += 1;
+                if mode == "pool" {
+                    limits::rearm_cpu(&cpu_limits);
+                }
+                run_step(
+                    &registry,
+                    &step,
+                    run_id,
+                    seq,
+                    attempt,
+                    timeout_ms,
+                    payload_limit,
+                    &input,
+                )
+            }
+        };
+        let limit = request_limit.max(FRAME_OVERHEAD_BYTES * 2);
+        let resp = match protocol::encode_frame(&resp, limit) {
+            Ok(frame) => frame,
+            Err(e) => match protocol::encode_frame(&Response::Codec(e.to_string()), limit) {
+                Ok(f) => f,
+                Err(_) => return EXIT_SETUP,
+            },
+        };
+        if out.write_all(&resp).and_then(|_| out.flush()).is_err() {
+            return 0;
+        }
+        if served >= max_runs || mode == "hello" {
+            return 0;
+        }
+    }
+    // The reader stopped (EOF ignored in a test fixture): keep whatever the step started.
+    0
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_step(
+    registry: &Registry,
+    step: &str,
+    run_id: i64,
+    seq: i64,
+    attempt: u32,
+    timeout_ms: Option<u64>,
+    payload_limit: u64,
+    input: &[u8],
+) -> Response {
+    let Some(def) = registry.get_step(step) else {
+        return Response::UnknownStep(step.to_string());
+    };
+    let mut ctx = StepCtx::new(run_id, seq, attempt);
+    ctx.deadline =
+        timeout_ms.map(|t| std::time::Instant::now() + std::time::Duration::from_millis(t));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        def.call(&ctx, input, payload_limit)
+    }));
+    match result {
+        Ok(Ok(bytes)) => Response::Ok(bytes),
+        Ok(Err(ErasedStepError::Step(e))) => Response::Err {
+            message: e.message,
+            permanent: e.permanent,
+        },
+        Ok(Err(ErasedStepError::Codec(crate::codec::CodecError::TooLarge { size, limit }))) => {
+            Response::OutputTooLarge { size, limit }
+        }
+        Ok(Err(ErasedStepError::Codec(e))) => Response::Codec(e.to_string()),
+        Err(payload) => Response::Panic(crate::engine::exec::panic_message(&*payload)),
+    }
+}

@@ -1,0 +1,46 @@
+//! Steps in child processes with resource limits: one step's blow-up never takes the
+//! engine or other runs down.
+//!
+//! - [`hook`]: the host's one-call main hook (`waymark::child::hook(build_registry);`).
+//! - [`protocol`]: length-prefixed, bounded frames over the child's stdin/stdout.
+//! - [`spawn`]: posix_spawn without pre_exec, own process group, concurrent bounded draining,
+//!   TERM/grace/KILL of the whole group, reaping on every path.
+//! - [`classify`]: success, step error, panic, memory/CPU limit, timeout, cancel, signal,
+//!   output over limit, protocol error.
+//! - [`command`]: external programs as steps, through the same trampoline.
+//! - [`limits`]: rlimits applied by the child itself; cgroup v2 detection.
+//! - [`executor`]: the engine's [`crate::engine::exec::Executor`] for child steps, and the
+//!   start-up handshake.
+
+pub mod classify;
+pub mod command;
+pub mod executor;
+pub mod hook;
+pub mod limits;
+pub mod pool;
+pub mod protocol;
+pub mod spawn;
+
+pub use command::{CommandOutput, CommandSpec};
+pub use executor::{run_step_once, ChildExecutor};
+pub use hook::hook;
+pub use limits::MemoryRlimit;
+pub use pool::PoolExecutor;
+
+/// Set in a step child's environment: its mode (`step`, `hello`, `exec`, `pool`).
+/// An engine refuses to start in a process that has it (the host's main lacks the hook).
+pub const ENV_MODE: &str = "WAYMARK_CHILD";
+pub(crate) const ENV_PARENT: &str = "WAYMARK_CHILD_PARENT";
+pub(crate) const ENV_MEMORY: &str = "WAYMARK_CHILD_MEMORY";
+pub(crate) const ENV_RLIMIT: &str = "WAYMARK_CHILD_RLIMIT";
+pub(crate) const ENV_CPU: &str = "WAYMARK_CHILD_CPU";
+pub(crate) const ENV_PAYLOAD: &str = "WAYMARK_CHILD_PAYLOAD";
+pub(crate) const ENV_POOL_RUNS: &str = "WAYMARK_CHILD_POOL_RUNS";
+
+/// The line a host must add to its `main` (quoted in errors).
+pub const HOOK_LINE: &str = "waymark::child::hook(build_registry);";
+
+/// True if [`hook`] ran in this process.
+pub fn hook_installed() -> bool {
+    hook::HOOKED.load(std::sync::atomic::Ordering::SeqCst)
+}

@@ -1,0 +1,180 @@
+//! The warm child pool: long-lived step children serving many executions over the same
+//! pipes, one set per step name (so each is started with its step's limits).
+//!
+//! Invariants:
+//! - A child is checked out by one execution at a time; idle children sit in the pool.
+//! - A child is recycled (stdin closed, reaped) after `runs_max` executions, after any
+//!   execution that did not return a result, and when its resident memory passes `rss_max`.
+//!   A crash, OOM, timeout or protocol error ends only that child and fails only the step it
+//!   was running; the next execution gets a fresh child.
+//! - Each execution records its attempt with the pooled child's pid and start time before
+//!   the input is sent, exactly like a cold child; classification is the same.
+//! - Dropping the pool kills and reaps every idle child.
+
+use super::classify::classify_response;
+use super::executor::{outcome_of, prepare, spawn_failure, ChildExecutor};
+use super::spawn::{self, HeadTail, Running};
+use crate::engine::exec::{ExecRequest, Executor};
+use crate::engine::Inner;
+use crate::outcome::{Failure, FailureClass, Outcome};
+use crate::store::Op;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::time::Instant;
+
+#[derive(Debug)]
+struct Pooled {
+    running: Running,
+    served: u64,
+}
+
+/// Runs steps on warm pooled children (see module docs).
+#[derive(Debug)]
+pub struct PoolExecutor {
+    cold: ChildExecutor,
+    runs_max: u64,
+    rss_max: u64,
+    idle_max: usize,
+    idle: Mutex<HashMap<String, Vec<Pooled>>>,
+}
+
+impl PoolExecutor {
+    /// A pool starting children like `cold`, recycling them after `runs_max` executions or
+    /// past `rss_max` resident bytes, keeping at most `idle_max` idle children per step.
+    pub fn new(cold: ChildExecutor, runs_max: u64, rss_max: u64, idle_max: usize) -> Self {
+        PoolExecutor {
+            cold,
+            runs_max: runs_max.max(1),
+            rss_max,
+            idle_max: idle_max.max(1),
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Idle children of `step` right now.
+    pub fn idle_count(&self, step: &str) -> usize {
+        self.idle.lock().get(step).map_or(0, Vec::len)
+    }
+
+    fn checkout(&self, step: &str) -> Option<Pooled> {
+        loop {
+            let p = self.idle.lock().get_mut(step)?.pop()?;
+            if p.running.usable() {
+                return Some(p);
+            }
+            // Died while idle (killed from outside): dropping it reaps it.
+            log::debug!(
+                "pooled child {} of step '{step}' died while idle",
+                p.running.pid
+            );
+        }
+    }
+
+    fn checkin(&self, step: &str, p: Pooled) {
+        let mut idle = self.idle.lock();
+        let v = idle.entry(step.to_string()).or_default();
+        if v.len() < self.idle_max {
+            v.push(p);
+        }
+        // Else `p` drops here: stdin closes, the group is killed, the child is reaped.
+    }
+}
+
+impl Executor for PoolExecutor {
+    fn execute(&self, inner: &Inner, req: &ExecRequest<'_>) -> Outcome {
+        if req.step.is_command() {
+            return self.cold.execute(inner, req);
+        }
+        let step = req.step.name();
+        if req.attempt > 1 {
+            self.cold.kill_survivors(inner, req)?;
+        }
+        let mut cwd = None;
+        let program = self.cold.program().to_path_buf();
+        let mut p = prepare(
+            &program,
+            self.cold.memory_rlimit,
+            self.cold.grace,
+            step,
+            false,
+            (req.fence.run_id, req.seq, req.attempt as u32),
+            req.input,
+            req.limits,
+            req.payload_limit,
+            req.cancel.clone(),
+            &mut cwd,
+        )?;
+        let mut pooled = match self.checkout(step) {
+            Some(p) => p,
+            None => {
+                p.spec.mode = "pool";
+                p.spec
+                    .env
+                    .push((super::ENV_POOL_RUNS.to_string(), self.runs_max.to_string()));
+                let running = spawn::spawn(&p.spec).map_err(|e| spawn_failure(&program, e))?;
+                Pooled { running, served: 0 }
+            }
+        };
+        let pid = pooled.running.pid;
+        let recorded = inner.store.call(Op::AttemptStart {
+            fence: req.fence.clone(),
+            seq: req.seq,
+            attempt: req.attempt,
+            name: step.to_string(),
+            pid: Some(pid),
+            pid_start: crate::host::pid_start_time(pid),
+        });
+        if let Err(e) = recorded {
+            // The child may be fine, but it has no input yet: put it back.
+            self.checkin(step, pooled);
+            return Err(Failure::new(
+                FailureClass::Spawn,
+                format!(
+                    "step '{step}' of run {}: attempt not recorded: {e}",
+                    req.fence.run_id
+                ),
+            ));
+        }
+        crate::fault::point(crate::fault::Point::InStep);
+        let started = Instant::now();
+        let mut stderr = HeadTail::new(req.limits.stderr_bytes_max);
+        let talk = pooled.running.talk(&mut p.exchange, &mut stderr);
+        pooled.served += 1;
+        let outcome = match (&talk.intent, &talk.response) {
+            (None, Some(resp)) => {
+                let outcome = classify_response(resp, req.limits);
+                let keep = outcome.is_ok()
+                    && pooled.served < self.runs_max
+                    && pooled.running.rss_bytes() <= self.rss_max
+                    && pooled.running.usable();
+                if keep {
+                    self.checkin(step, pooled);
+                } else {
+                    log::debug!(
+                        "recycling pooled child {pid} of step '{step}' after {} executions",
+                        pooled.served
+                    );
+                    pooled.running.finish(p.exchange, talk, stderr, started);
+                }
+                outcome
+            }
+            _ => {
+                let finished = pooled.running.finish(p.exchange, talk, stderr, started);
+                outcome_of(&finished, req.limits, step, false, req.payload_limit)
+            }
+        };
+        if outcome.is_ok() {
+            let _ = inner.store.call(Op::AttemptEnd {
+                fence: req.fence.clone(),
+                seq: req.seq,
+                attempt: req.attempt,
+                outcome: "success",
+                reason: format!(
+                    "completed in pooled pid {pid} after {} ms",
+                    started.elapsed().as_millis()
+                ),
+            });
+        }
+        outcome
+    }
+}

@@ -1,0 +1,198 @@
+//! The warm child pool: reuse, recycling (after N executions, after a failure, past an RSS
+//! threshold), and failures confined to the step that ran.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::time::Duration;
+use waymark::registry::StepOptions;
+use waymark::store::queries;
+use waymark::{Engine, Isolation, Registry, RetryPolicy, StartOptions, Step, StepLimits, Workflow};
+
+const QUICK: Step<u64, u64> = Step::new("fixture.quick");
+const HOG: Step<u64, u64> = Step::new("fixture.hog");
+const PANIC: Step<String, ()> = Step::new("fixture.panic");
+const LEAK: Step<u64, u64> = Step::new("fixture.leak");
+const BURN: Step<u64, u64> = Step::new("fixture.burn");
+const BURN_WF: Workflow<u64, u64> = Workflow::new("t.burn");
+const QUICK_WF: Workflow<u64, u64> = Workflow::new("t.quick");
+const HOG_WF: Workflow<u64, u64> = Workflow::new("t.hog");
+const PANIC_WF: Workflow<String, ()> = Workflow::new("t.panic");
+const LEAK_WF: Workflow<u64, u64> = Workflow::new("t.leak");
+
+const CAP: u64 = 128 * 1024 * 1024;
+
+fn pooled(o: &mut StepOptions) -> &mut StepOptions {
+    o.isolation = Some(Isolation::Pool);
+    o
+}
+
+fn registry() -> Registry {
+    let mut reg = Registry::new();
+    pooled(child_step(&mut reg, QUICK));
+    let hog = pooled(child_step(&mut reg, HOG));
+    hog.limits = Some(StepLimits {
+        memory_bytes: Some(CAP),
+        ..StepLimits::default()
+    });
+    hog.retry = Some(RetryPolicy::never());
+    pooled(child_step(&mut reg, PANIC)).retry = Some(RetryPolicy {
+        attempts_max: 2,
+        backoff_initial: Duration::from_millis(10),
+        ..RetryPolicy::default()
+    });
+    pooled(child_step(&mut reg, LEAK));
+    let burn = pooled(child_step(&mut reg, BURN));
+    burn.limits = Some(StepLimits {
+        cpu_seconds: Some(2),
+        ..StepLimits::default()
+    });
+    burn.retry = Some(RetryPolicy::never());
+    reg.workflow(QUICK_WF, |ctx, n| ctx.step(QUICK, &n));
+    reg.workflow(HOG_WF, |ctx, n| ctx.step(HOG, &n));
+    reg.workflow(PANIC_WF, |ctx, m| ctx.step(PANIC, &m));
+    reg.workflow(LEAK_WF, |ctx, n| ctx.step(LEAK, &n));
+    reg.workflow(BURN_WF, |ctx, n| ctx.step(BURN, &n));
+    reg
+}
+
+fn attempt_pids(engine: &Engine, id: i64) -> Vec<(i64, i64, Option<String>)> {
+    engine
+        .store()
+        .read(|c| queries::attempts(c, id))
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.attempt, a.pid.unwrap(), a.outcome))
+        .collect()
+}
+
+// Scenario: 40 one-step runs on pooled children recycled after 10 executions, while one run's
+// pooled step allocates 4x its 128 MiB cap. Must hold: the 40 runs complete; every child
+// served at most 10 executions and children were reused (fewer than 40 pids); the hog run
+// fails with "memory limit exceeded (128 MiB)" as memory_limit, and its child served
+// nothing else; after shutdown no pooled child is alive.
+#[test]
+fn pool_reuses_children_recycles_after_n_and_confines_an_oom() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.pool_runs_max = 10;
+    let engine = Engine::start(registry(), cfg).unwrap();
+    let hog = engine
+        .start_run(HOG_WF, &(4 * CAP), StartOptions::default())
+        .unwrap();
+    let inputs: Vec<(u64, StartOptions)> = (0..40).map(|i| (i, StartOptions::default())).collect();
+    let ids = engine.start_many(QUICK_WF, &inputs).unwrap();
+    let mut per_pid: HashMap<i64, usize> = HashMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            engine
+                .wait_output(QUICK_WF, *id, Duration::from_secs(60))
+                .unwrap(),
+            i as u64 + 1
+        );
+        let a = attempt_pids(&engine, *id);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].2.as_deref(), Some("success"));
+        *per_pid.entry(a[0].1).or_default() += 1;
+    }
+    assert!(per_pid.len() < 40, "no child was reused: {per_pid:?}");
+    assert!(per_pid.values().all(|&n| n <= 10), "{per_pid:?}");
+    let row = engine.wait(hog, Duration::from_secs(60)).unwrap();
+    assert_eq!(row.status, "failed");
+    assert!(row
+        .error
+        .unwrap_or_default()
+        .contains("memory limit exceeded (128 MiB)"));
+    let a = attempt_pids(&engine, hog);
+    assert_eq!(a[0].2.as_deref(), Some("memory_limit"));
+    assert!(!per_pid.contains_key(&a[0].1));
+    assert!(!alive(a[0].1 as u32));
+    engine.shutdown().unwrap();
+    assert!(poll(Duration::from_secs(5), || my_children()
+        .is_empty()
+        .then_some(()))
+    .is_some());
+}
+
+// Scenario: a pooled step panics (2 attempts allowed), and a pooled step leaves 48 MiB
+// resident in a pool whose RSS threshold is 32 MiB. Must hold: the panic is reported with
+// its message, and its two attempts ran in different children (recycled after a failure);
+// two executions of the leaking step ran in different children (recycled past the RSS
+// threshold), both succeeding.
+#[test]
+fn pool_recycles_after_failure_and_past_rss_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.pool_rss_max_bytes = 32 * 1024 * 1024;
+    cfg.workers = 1;
+    let engine = Engine::start(registry(), cfg).unwrap();
+    let p = engine
+        .start_run(PANIC_WF, &"pool boom".to_string(), StartOptions::default())
+        .unwrap();
+    let row = engine.wait(p, Duration::from_secs(60)).unwrap();
+    assert!(row
+        .error
+        .unwrap_or_default()
+        .contains("panicked: pool boom"));
+    let a = attempt_pids(&engine, p);
+    assert_eq!(a.len(), 2);
+    assert!(a.iter().all(|x| x.2.as_deref() == Some("panic")));
+    assert_ne!(a[0].1, a[1].1, "a failed child was reused");
+
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let id = engine
+            .start_run(LEAK_WF, &(48 << 20), StartOptions::default())
+            .unwrap();
+        assert_eq!(
+            engine
+                .wait_output(LEAK_WF, id, Duration::from_secs(60))
+                .unwrap(),
+            48 << 20
+        );
+        pids.push(attempt_pids(&engine, id)[0].1);
+    }
+    assert_ne!(
+        pids[0], pids[1],
+        "a child past the RSS threshold was reused"
+    );
+    engine.shutdown().unwrap();
+}
+
+// Scenario: a pooled step with a 2 s CPU cap burns 1.2 s of CPU per execution, three times in
+// a row on one worker, then once 3 s. Must hold: the three 1.2 s executions all succeed in the
+// same child (the cap applies per execution, although RLIMIT_CPU counts a process's whole
+// life), and the 3 s one fails as cpu_limit.
+#[test]
+fn pooled_cpu_cap_applies_per_execution() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.workers = 1;
+    let engine = Engine::start(registry(), cfg).unwrap();
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let id = engine
+            .start_run(BURN_WF, &1200, StartOptions::default())
+            .unwrap();
+        assert_eq!(
+            engine
+                .wait_output(BURN_WF, id, Duration::from_secs(120))
+                .unwrap(),
+            1200
+        );
+        pids.push(attempt_pids(&engine, id)[0].1);
+    }
+    assert!(pids.iter().all(|p| *p == pids[0]), "{pids:?}");
+    let id = engine
+        .start_run(BURN_WF, &3000, StartOptions::default())
+        .unwrap();
+    let row = engine.wait(id, Duration::from_secs(120)).unwrap();
+    assert_eq!(row.status, "failed");
+    assert!(row
+        .error
+        .unwrap_or_default()
+        .contains("CPU limit exceeded (2 s)"));
+    assert_eq!(attempt_pids(&engine, id)[0].2.as_deref(), Some("cpu_limit"));
+    engine.shutdown().unwrap();
+}

@@ -8,7 +8,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::{Duration, Instant};
-use waymark::{Config, Ctx, Engine, Registry, StartOptions, Step, Workflow, WorkflowError};
+use waymark::{
+    Config, Ctx, Engine, Isolation, Registry, StartOptions, Step, Workflow, WorkflowError,
+};
 
 const NOOP: Step<u64, u64> = Step::new("bench.noop");
 const ONE: Workflow<u64, u64> = Workflow::new("bench.one");
@@ -37,6 +39,8 @@ fn registry() -> Registry {
 fn engine(dir: &tempfile::TempDir, name: &str, workers: usize) -> Engine {
     let mut config = Config::new(dir.path().join(name));
     config.workers = workers;
+    // Bench binaries have no child hook: steps run in-process (child steps: child_step.rs).
+    config.isolation = Isolation::InProcess;
     Engine::start(registry(), config).expect("engine starts")
 }
 
@@ -155,7 +159,9 @@ fn w8_open(c: &mut Criterion) {
     let mut g = group(c, "w8_open");
     g.bench_function("open_10k_finished_runs", |b| {
         b.iter(|| {
-            Engine::start(registry(), Config::new(&db))
+            let mut config = Config::new(&db);
+            config.isolation = Isolation::InProcess;
+            Engine::start(registry(), config)
                 .expect("open")
                 .shutdown()
                 .expect("shutdown")

@@ -24,9 +24,16 @@ use std::sync::Arc;
 /// Why the engine took a run away from its workflow function.
 #[derive(Debug)]
 pub(crate) enum Interrupt {
+    /// A write was fenced off: another owner holds the run now.
     LeaseLost,
+    /// Our own lease guard ran out (heartbeats did not commit in time): stop acting on the
+    /// run; it may still be ours, so the worker hands it back with a fenced release.
+    LeaseExpired,
     Shutdown,
-    Suspend { until: i64, note: String },
+    Suspend {
+        until: i64,
+        note: String,
+    },
     NonDeterminism(String),
     Blocked(String),
     Fail(String),
@@ -87,7 +94,7 @@ impl<'a> Ctx<'a> {
             return Err(WorkflowError::Interrupted);
         }
         if !self.inner.lease.valid() {
-            return Err(self.interrupt(Interrupt::LeaseLost));
+            return Err(self.interrupt(Interrupt::LeaseExpired));
         }
         if self.inner.shutting_down() {
             return Err(self.interrupt(Interrupt::Shutdown));

@@ -80,7 +80,11 @@ pub fn point(point: Point) {
         }
     }
     if let Some((name, file)) = &a.pause {
-        if name == point.name() {
+        if name == point.name() && !file.exists() {
+            log::warn!(
+                "fault injection: paused at {name} until {} exists",
+                file.display()
+            );
             while !file.exists() {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }

@@ -23,6 +23,14 @@ const LEAK_WF: Workflow<u64, u64> = Workflow::new("t.leak");
 
 const CAP: u64 = 128 * 1024 * 1024;
 
+/// The tests here count this process's children; they run one at a time so another test's
+/// pool is never mistaken for a leak.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn pooled(o: &mut StepOptions) -> &mut StepOptions {
     o.isolation = Some(Isolation::Pool);
     o
@@ -74,6 +82,7 @@ fn attempt_pids(engine: &Engine, id: i64) -> Vec<(i64, i64, Option<String>)> {
 // nothing else; after shutdown no pooled child is alive.
 #[test]
 fn pool_reuses_children_recycles_after_n_and_confines_an_oom() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.pool_runs_max = 10;
@@ -122,6 +131,7 @@ fn pool_reuses_children_recycles_after_n_and_confines_an_oom() {
 // threshold), both succeeding.
 #[test]
 fn pool_recycles_after_failure_and_past_rss_threshold() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.pool_rss_max_bytes = 32 * 1024 * 1024;
@@ -166,6 +176,7 @@ fn pool_recycles_after_failure_and_past_rss_threshold() {
 // life), and the 3 s one fails as cpu_limit.
 #[test]
 fn pooled_cpu_cap_applies_per_execution() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.workers = 1;

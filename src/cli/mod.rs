@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod fixtures;
 mod inspect;
+mod torture;
 
 pub use fixtures::registry;
 
@@ -72,6 +73,11 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         max: u32,
     },
+    /// Kill engines at random moments on one database and check nothing is lost or run twice.
+    Torture(torture::TortureArgs),
+    /// An engine process of `waymark torture` (started by the harness).
+    #[command(hide = true)]
+    TortureEngine(torture::EngineArgs),
 }
 
 /// Parse arguments, run the command, return the exit code.
@@ -112,6 +118,8 @@ pub fn main() -> i32 {
         Command::Start(args) => fixtures::start(args),
         Command::Bench(args) => bench::run(args),
         Command::ProbeThreads { rlimit, mib, max } => fixtures::probe_threads(&rlimit, mib, max),
+        Command::Torture(args) => torture::run(args),
+        Command::TortureEngine(args) => torture::engine(args),
     };
     match result {
         Ok(code) => code,

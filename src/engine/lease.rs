@@ -59,6 +59,12 @@ pub fn heartbeat_loop(inner: &Inner, stop: crossbeam_channel::Receiver<()>) {
         {
             return;
         }
+        if inner.storage_failed.load(Ordering::SeqCst) {
+            // After a storage failure this engine neither claims nor renews: its runs pass to
+            // other engines after one TTL instead of staying held by an engine that cannot
+            // write. The guard lapses too, so its workers stop acting on them.
+            continue;
+        }
         let sent = Instant::now();
         match inner.store.call(Op::Heartbeat {
             owner: inner.owner.clone(),

@@ -99,10 +99,22 @@ pub fn execute_run(inner: &Inner, claimed: Claimed) {
             );
             None
         }
+        // The lease guard ran out while the run may still be ours: if nobody reclaimed it,
+        // a fenced release hands it back at once. Without it the run would stay `running`
+        // under this live, heartbeating engine, and no reaper would ever reclaim it.
+        (Some(Interrupt::LeaseExpired), _) => {
+            log::warn!(
+                "run {run_id}: lease guard expired (epoch {}); abandoning it and releasing it if still ours",
+                fence.epoch
+            );
+            Some(Op::Release { fence })
+        }
+        // Same for a storage failure: try to hand the run back (fenced); if that write fails
+        // too, this engine stops renewing leases, so other engines reclaim it after one TTL.
         (Some(Interrupt::Storage(e)), _) => {
             log::error!("run {run_id}: storage failed ({e}); abandoning it to recovery");
             inner.note_store_error(&e);
-            None
+            Some(Op::Release { fence })
         }
         (Some(Interrupt::Shutdown), _) => Some(Op::Release { fence }),
         (Some(Interrupt::Suspend { until, note }), _) => Some(Op::Suspend { fence, until, note }),

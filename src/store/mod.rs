@@ -157,11 +157,28 @@ pub fn quick_check_needed(conn: &Connection, path: &Path) -> bool {
     }
 }
 
+/// Longest we wait for a zero-length file to get its header before refusing it.
+const ZERO_LENGTH_WAIT_MAX: Duration = Duration::from_secs(2);
+
+/// A zero-length file is what another process opening the same fresh path sees for a few
+/// milliseconds, between its create and its first write (the header). Wait (stat only, no
+/// descriptor) up to `ZERO_LENGTH_WAIT_MAX` for it to grow before calling it not a database.
+fn grows_soon(path: &Path, busy_timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + busy_timeout.min(ZERO_LENGTH_WAIT_MAX);
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Open a connection after checking the file is ours. Writes nothing unless `create`
 /// made a fresh file. Returns the connection and whether the file is new.
 fn open_checked(path: &Path, opts: &StoreOptions) -> StoreResult<Connection> {
     let existed = match std::fs::metadata(path) {
-        Ok(m) if m.len() == 0 => {
+        Ok(m) if m.len() == 0 && !grows_soon(path, opts.busy_timeout) => {
             return Err(StoreError::NotADatabase {
                 path: path.into(),
                 detail: "zero-length file".into(),
@@ -204,6 +221,40 @@ fn open_checked(path: &Path, opts: &StoreOptions) -> StoreResult<Connection> {
     Ok(conn)
 }
 
+/// Longest `Store::open` keeps retrying a migration while another process holds the lock.
+const MIGRATE_BUSY_WAIT_MAX: Duration = Duration::from_secs(60);
+
+fn is_busy(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sqlite { source: rusqlite::Error::SqliteFailure(f, _), .. }
+        if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
+/// Migrate only if the schema is behind (a read, no lock): opening a current database must
+/// not need the write lock, or a process holding it longer than busy_timeout would make
+/// every open fail with SQLITE_BUSY. A needed migration that meets a busy database is
+/// retried with backoff (and logged) for up to `MIGRATE_BUSY_WAIT_MAX`.
+fn migrate_when_needed(conn: &mut Connection, path: &Path) -> StoreResult<()> {
+    if schema::check_identity(conn, path)? == schema::SCHEMA_VERSION {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match schema::migrate(conn, path) {
+            Err(e) if is_busy(&e) && started.elapsed() < MIGRATE_BUSY_WAIT_MAX => {
+                log::warn!(
+                    "{}: database is busy during migration (another process holds the write lock); retrying in {backoff:?}",
+                    path.display()
+                );
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(StoreError::Sqlite { source, .. }) => return Err(classify_open(path, source)),
+            other => return other,
+        }
+    }
+}
+
 impl Store {
     /// Open (and if allowed create and migrate) the database at `path`.
     pub fn open(path: &Path, opts: &StoreOptions, clock: Arc<dyn Clock>) -> StoreResult<Store> {
@@ -216,10 +267,7 @@ impl Store {
             StoreError::Sqlite { source, .. } => classify_open(path, source),
             other => other,
         })?;
-        schema::migrate(&mut conn, path).map_err(|e| match e {
-            StoreError::Sqlite { source, .. } => classify_open(path, source),
-            other => other,
-        })?;
+        migrate_when_needed(&mut conn, path)?;
         pragmas::install_busy_handler(&conn)?;
         conn.set_prepared_statement_cache_capacity(64);
         let (writer, thread) = Writer::start(conn, clock)?;

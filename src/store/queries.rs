@@ -261,12 +261,13 @@ pub fn open_attempts(conn: &Connection, run_id: i64) -> StoreResult<Vec<AttemptR
         .collect())
 }
 
-/// Is any run claimable now by an engine running `workflows_json` (pending and ready, or
-/// suspended and due)? A read, so an idle dispatcher polls without taking the write lock.
+/// Is any run claimable now by an engine running `workflows_json` (pending, which is always
+/// due, or suspended and due; same conditions as the claim)? A read, so an idle dispatcher
+/// polls without taking the write lock.
 pub fn claimable(conn: &Connection, now: i64, workflows_json: &str) -> StoreResult<bool> {
     conn.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM runs INDEXED BY runs_claim
-                        WHERE status = 'pending' AND ready_at <= ?1
+                        WHERE status = 'pending'
                           AND (workflow || '@' || version) IN (SELECT value FROM json_each(?2)))
              OR EXISTS (SELECT 1 FROM runs INDEXED BY runs_wake
                         WHERE status = 'suspended' AND ready_at <= ?1)",

@@ -11,7 +11,7 @@
 //! - Journal entries are write-once: a plain INSERT keyed by `(run_id, seq)`; a second
 //!   write is [`StoreError::JournalConflict`], never an upsert.
 //!
-//! Run states: `pending` (claimable when `ready_at <= now`), `running` (leased), `suspended`
+//! Run states: `pending` (due, claimable), `running` (leased), `suspended`
 //! (woken to pending at `ready_at`), and the final `completed`, `failed`, `cancelled`;
 //! `blocked` (undecodable data, waits for `resume`) and `blocked_version`.
 
@@ -204,7 +204,7 @@ pub const WAKE_SQL: &str =
 pub const CLAIM_SQL: &str = "UPDATE runs SET status = 'running', owner = ?1, epoch = epoch + 1,
                             lease_expires_at = ?2, updated_at = ?3, note = NULL
                      WHERE id IN (SELECT id FROM runs INDEXED BY runs_claim
-                                  WHERE status = 'pending' AND ready_at <= ?3
+                                  WHERE status = 'pending'
                                     AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
                                   ORDER BY priority DESC, ready_at, id LIMIT ?5)
                      RETURNING id, workflow, version, input, epoch, interruptions, deadline_at";
@@ -252,6 +252,10 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             conn.prepare_cached(WAKE_SQL)
                 .and_then(|mut s| s.execute(params![now]))
                 .map_err(sql("waking suspended runs"))?;
+            // Every `pending` run is due: a run waiting for a time is `suspended` (enqueue with
+            // a future ready_at, retry backoff) and becomes pending only once due. So the claim
+            // does not compare ready_at with `now` again: after the wall clock jumps back, runs
+            // that were already due stay claimable instead of stalling for the jump's length.
             let mut stmt = conn
                 .prepare_cached(CLAIM_SQL)
                 .map_err(sql("preparing the claim"))?;

@@ -89,6 +89,35 @@ impl Writer {
     }
 }
 
+/// Batches between two looks at the WAL's size.
+const WAL_CHECK_BATCHES: u64 = 64;
+/// WAL frames (pages, 4 KiB each) above which the writer forces a TRUNCATE checkpoint.
+pub const WAL_FRAMES_TRUNCATE: i64 = 2048;
+
+/// `wal_autocheckpoint` is PASSIVE: while other processes keep reading, it cannot reset the
+/// WAL and the file grows without bound (measured: 30 MB in 30 s with four engines). Every
+/// `WAL_CHECK_BATCHES` batches, if the WAL holds more than `WAL_FRAMES_TRUNCATE` frames, run
+/// a TRUNCATE checkpoint: it waits (through the bounded busy handler) for readers to move to
+/// the latest snapshot, then resets the WAL to zero bytes. A busy result is only logged.
+fn bound_wal(conn: &Connection) {
+    let frames = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
+    match frames {
+        Ok(n) if n > WAL_FRAMES_TRUNCATE => {
+            match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            }) {
+                Ok(0) => log::info!("WAL had {n} frames: truncated by a checkpoint"),
+                Ok(_) => {
+                    log::info!("WAL has {n} frames: truncating checkpoint was busy, will retry")
+                }
+                Err(e) => log::warn!("WAL checkpoint failed: {e}"),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => log::warn!("reading the WAL size failed: {e}"),
+    }
+}
+
 fn run(
     mut conn: Connection,
     rx: Receiver<(Op, Reply)>,
@@ -104,6 +133,7 @@ fn run(
     // never costs more than half an fsync.
     let mut last_len = 1usize;
     let mut commit_ewma = GATHER_MAX * 2;
+    let mut batches: u64 = 0;
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < BATCH_COMMANDS_MAX {
@@ -129,6 +159,10 @@ fn run(
         let started = Instant::now();
         commit_batch(&mut conn, &mut batch, &*clock);
         commit_ewma = (commit_ewma * 7 + started.elapsed()) / 8;
+        batches += 1;
+        if batches.is_multiple_of(WAL_CHECK_BATCHES) {
+            bound_wal(&conn);
+        }
     }
     log::debug!("writer thread stopping: all handles dropped");
 }

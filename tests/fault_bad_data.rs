@@ -1,0 +1,199 @@
+//! Bad data on disk.
+//! (1) Scenario: a run's recorded checkpoint blob is overwritten with garbage, truncated, or
+//! replaced by the encoding of an incompatible type, while no engine runs; an engine then
+//! replays it. What must survive: that run is parked `blocked` with a decode error naming
+//! the run, the step, the seq and the expected type; no retry is consumed (journal and
+//! attempts unchanged); the engine and the other runs continue; after the data is fixed
+//! (standing in for a compatible build), `waymark resume RUN_ID` retries it to completion.
+//! (2) Scenario: a truncated, zero-length, bit-flipped or foreign database file is opened.
+//! What must survive: refused at open with a clear message and a non-zero exit, and the
+//! file's bytes unchanged (no -wal/-shm or other stray file left behind).
+
+mod proc_util;
+use proc_util::*;
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn undecodable_checkpoint_parks_the_run_and_resume_retries_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bad.db");
+    let bad = start(&db, "fixture.slow", r#"{"steps":2,"ms":10}"#, 3);
+    {
+        let _a = serve(dir.path(), "a", &db, 4, 2000, &[]);
+        wait_for(
+            "the first runs to complete",
+            Duration::from_secs(30),
+            || bad.iter().all(|r| status(&db, *r) == "completed"),
+        );
+    }
+    // Make the runs replay: back to pending with their journal, then damage seq 0.
+    let w = rusqlite::Connection::open(&db).unwrap();
+    let good = waymark::codec::encode(&10u64, 1024).unwrap();
+    let garbage = vec![0xffu8; 3];
+    let truncated = good[..5].to_vec();
+    let other_type = waymark::codec::encode(&String::from("ten"), 1024).unwrap();
+    for (run, blob) in bad.iter().zip([&garbage, &truncated, &other_type]) {
+        w.execute(
+            "UPDATE steps SET output = ?2 WHERE run_id = ?1 AND seq = 0",
+            rusqlite::params![run, blob],
+        )
+        .unwrap();
+        w.execute(
+            "UPDATE runs SET status = 'pending', output = NULL, finished_at = NULL WHERE id = ?1",
+            [run],
+        )
+        .unwrap();
+    }
+    let count = |sql: &str, run: i64| -> i64 { w.query_row(sql, [run], |r| r.get(0)).unwrap() };
+    let attempts_before: Vec<i64> = bad
+        .iter()
+        .map(|r| count("SELECT count(*) FROM attempts WHERE run_id = ?1", *r))
+        .collect();
+    let others = start(&db, "fixture.slow", r#"{"steps":3,"ms":5}"#, 10);
+    let a = serve(dir.path(), "b", &db, 2, 2000, &[]);
+    wait_for(
+        "the damaged runs to be parked",
+        Duration::from_secs(30),
+        || bad.iter().all(|r| status(&db, *r) == "blocked"),
+    );
+    wait_for(
+        "the other runs to complete",
+        Duration::from_secs(60),
+        || others.iter().all(|r| status(&db, *r) == "completed"),
+    );
+    for (i, run) in bad.iter().enumerate() {
+        let note: String = w
+            .query_row("SELECT note FROM runs WHERE id = ?1", [run], |r| r.get(0))
+            .unwrap();
+        for part in [
+            format!("run {run}"),
+            "'fixture.sleep'".into(),
+            "seq 0".into(),
+            "u64".into(),
+        ] {
+            assert!(note.contains(&part), "note {note:?} names {part}");
+        }
+        assert_eq!(
+            count("SELECT count(*) FROM attempts WHERE run_id = ?1", *run),
+            attempts_before[i],
+            "no retry consumed"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM steps WHERE run_id = ?1", *run),
+            2
+        );
+        assert_eq!(
+            count("SELECT interruptions FROM runs WHERE id = ?1", *run),
+            0
+        );
+    }
+    // "Deploy a compatible build": the data decodes again; resume retries the run.
+    for run in &bad {
+        w.execute(
+            "UPDATE steps SET output = ?2 WHERE run_id = ?1 AND seq = 0",
+            rusqlite::params![run, good],
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["resume", &run.to_string(), "--db"])
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    wait_for(
+        "the resumed runs to complete",
+        Duration::from_secs(30),
+        || bad.iter().all(|r| status(&db, *r) == "completed"),
+    );
+    drop(a);
+}
+
+fn refused(path: &std::path::Path, what: &str, message: &[&str]) {
+    let before = bytes(path);
+    let listing = || {
+        let mut v: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let files = listing();
+    for args in [vec!["stats"], vec!["serve"]] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .arg("--db")
+            .arg(path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: {args:?} refused");
+        assert!(
+            message.iter().any(|m| err.contains(m)),
+            "{what}: clear message, got {err:?}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{what}: one line: {err:?}");
+        assert_eq!(bytes(path), before, "{what}: bytes unchanged");
+        assert_eq!(listing(), files, "{what}: no stray files");
+    }
+}
+
+#[test]
+fn damaged_and_foreign_files_are_refused_and_left_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.db");
+    start(&good, "fixture.slow", r#"{"steps":1,"ms":1}"#, 50);
+    {
+        // Fold the WAL into the main file: the copies below are single files.
+        let c = rusqlite::Connection::open(&good).unwrap();
+        c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        c.execute_batch("PRAGMA journal_mode = DELETE").unwrap();
+    }
+    let original = bytes(&good);
+    assert!(original.len() >= 8192, "a multi-page database");
+    let case = |name: &str, data: &[u8]| {
+        let sub = dir.path().join(name);
+        std::fs::create_dir(&sub).unwrap();
+        let p = sub.join("x.db");
+        std::fs::write(&p, data).unwrap();
+        p
+    };
+    let half = case("truncated", &original[..original.len() / 2]);
+    refused(
+        &half,
+        "truncated",
+        &["integrity check", "not a waymark database", "malformed"],
+    );
+    let zero = case("zero", &[]);
+    refused(&zero, "zero-length", &["zero-length"]);
+    let mut flipped = original.clone();
+    flipped[3] ^= 0x10; // "SQLite format 3" magic
+    let flipped = case("flipped", &flipped);
+    refused(&flipped, "bit-flipped header", &["not a waymark database"]);
+    let mut flipped_page = original.clone();
+    // Page 1's b-tree header starts at offset 100: a flipped page type breaks the schema.
+    flipped_page[100] ^= 0x08;
+    let flipped_page = case("flipped_page", &flipped_page);
+    refused(
+        &flipped_page,
+        "bit-flipped page",
+        &[
+            "integrity check",
+            "not a waymark database",
+            "malformed",
+            "corrupt",
+        ],
+    );
+    let foreign_dir = dir.path().join("foreign");
+    std::fs::create_dir(&foreign_dir).unwrap();
+    let foreign = foreign_dir.join("x.db");
+    {
+        let c = rusqlite::Connection::open(&foreign).unwrap();
+        c.execute_batch("CREATE TABLE notes(x); INSERT INTO notes VALUES (1);")
+            .unwrap();
+    }
+    refused(&foreign, "foreign", &["another application"]);
+}

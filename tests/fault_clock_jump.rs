@@ -1,0 +1,64 @@
+//! Clock jumps. Scenario: two engines share an injected wall clock
+//! (WAYMARK_TEST_CLOCK_OFFSET_FILE, as if the host's clock jumped) while they work through
+//! a workload: it jumps +1 h, then back to -1 h (two hours backwards); then one engine is
+//! SIGKILLed mid-work. What must survive: every run completes (runs enqueued before the
+//! backward jump are still claimable), each journal seq holds one result, a step ran more
+//! than once only if its first execution was in the killed engine, and the killed engine's
+//! runs are reclaimed promptly (liveness is judged by pid and heartbeat progress on the
+//! observer's monotonic clock, not by wall-clock expiry).
+
+mod proc_util;
+use proc_util::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[test]
+fn jumps_forward_and_back_write_nothing_twice_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("clock.db");
+    let offset = dir.path().join("offset");
+    std::fs::write(&offset, "0").unwrap();
+    let runs = start(&db, "fixture.slow", r#"{"steps":3,"ms":80}"#, 60);
+    let env = [(
+        "WAYMARK_TEST_CLOCK_OFFSET_FILE",
+        offset.display().to_string(),
+    )];
+    let mut a = serve(dir.path(), "a", &db, 3, 1500, &env);
+    let b = serve(dir.path(), "b", &db, 3, 1500, &env);
+    let completed = || query_i64(&db, "SELECT count(*) FROM runs WHERE status = 'completed'");
+    wait_for("some progress", Duration::from_secs(30), || {
+        completed() >= 5
+    });
+    std::fs::write(&offset, "3600000").unwrap();
+    let c0 = completed();
+    wait_for("progress after +1h", Duration::from_secs(30), || {
+        completed() >= c0 + 5
+    });
+    std::fs::write(&offset, "-3600000").unwrap();
+    let c1 = completed();
+    wait_for("progress after -1h", Duration::from_secs(30), || {
+        completed() >= c1 + 5
+    });
+    let a_pid = a.pid() as u32;
+    a.kill();
+    wait_for(
+        "every run to complete after the kill",
+        Duration::from_secs(60),
+        || runs.iter().all(|r| status(&db, *r) == "completed"),
+    );
+    assert_eq!(query_i64(&db, "SELECT count(*) FROM steps"), 180);
+    let mut per_step: HashMap<(i64, i64), Vec<u32>> = HashMap::new();
+    for (run, seq, _, pid) in effects(dir.path()) {
+        per_step.entry((run, seq)).or_default().push(pid);
+    }
+    for ((run, seq), pids) in &per_step {
+        if pids.len() > 1 {
+            assert!(
+                pids[..pids.len() - 1].iter().all(|p| *p == a_pid),
+                "run {run} seq {seq} re-executed without a kill: {pids:?}\n{}",
+                b.log_text()
+            );
+        }
+    }
+    assert!(!b.log_text().contains("lease lost"), "{}", b.log_text());
+}

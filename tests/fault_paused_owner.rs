@@ -1,0 +1,101 @@
+//! Paused owner. Scenario: engine A is stopped (SIGSTOP) in the middle of a step for several
+//! lease TTLs; engine B sees A's heartbeat stand still, reclaims the run and finishes it;
+//! then A is continued (SIGCONT). Repeated with A stopped between "step finished" and
+//! "result committed" (A parked at the `after_step` fault point, then SIGSTOPped).
+//! What must survive: every write A attempts after waking affects nothing (fenced), the
+//! journal holds exactly one result per seq, all recorded by B's epoch, and the run's final
+//! state is B's.
+
+mod proc_util;
+use proc_util::*;
+use std::time::Duration;
+
+const TTL: u64 = 800;
+
+fn steps_by_epoch(db: &std::path::Path, run: i64) -> (i64, i64) {
+    let c = reader(db);
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM steps WHERE run_id = ?1", [run], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let epoch: i64 = c
+        .query_row("SELECT epoch FROM runs WHERE id = ?1", [run], |r| r.get(0))
+        .unwrap();
+    (n, epoch)
+}
+
+fn paused_owner(after_step: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("paused.db");
+    let run = start(&db, "fixture.slow", r#"{"steps":3,"ms":600}"#, 1)[0];
+    let go = dir.path().join("go");
+    let envs = if after_step {
+        vec![(
+            "WAYMARK_FAULT_PAUSE",
+            format!("after_step:{}", go.display()),
+        )]
+    } else {
+        vec![]
+    };
+    let a = serve(dir.path(), "a", &db, 1, TTL, &envs);
+    if after_step {
+        wait_for("A to park after its step", Duration::from_secs(30), || {
+            a.log_text().contains("paused at after_step")
+        });
+    } else {
+        wait_for("A to start a step", Duration::from_secs(30), || {
+            effects(dir.path()).iter().any(|e| e.0 == run)
+        });
+    }
+    a.signal(libc::SIGSTOP);
+    let a_pid = a.pid() as u32;
+    let b = serve(dir.path(), "b", &db, 1, TTL, &[]);
+    wait_for("B to finish the run", Duration::from_secs(60), || {
+        status(&db, run) == "completed"
+    });
+    let (steps, epoch) = steps_by_epoch(&db, run);
+    assert_eq!(steps, 3);
+    std::fs::write(&go, b"").unwrap();
+    a.signal(libc::SIGCONT);
+    // A wakes with an expired guard and a stale epoch: give it time to try its writes.
+    wait_for(
+        "A to notice it lost the run",
+        Duration::from_secs(30),
+        || {
+            let log = a.log_text();
+            log.contains("lease guard expired") || log.contains("lease lost")
+        },
+    );
+    std::thread::sleep(Duration::from_millis(TTL * 2));
+    assert_eq!(status(&db, run), "completed");
+    assert_eq!(
+        steps_by_epoch(&db, run),
+        (steps, epoch),
+        "A's late writes changed nothing"
+    );
+    let c = reader(&db);
+    let by_a: i64 = c
+        .query_row(
+            "SELECT count(*) FROM attempts a JOIN engines e ON e.id = a.owner WHERE a.run_id = ?1 AND e.pid = ?2 AND a.outcome IS NOT NULL",
+            rusqlite::params![run, a_pid],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(by_a, 0, "A recorded no attempt outcome after it woke");
+    // Every step after A's interrupted one was executed by B only.
+    let eff = effects(dir.path());
+    assert!(eff.iter().filter(|e| e.0 == run && e.3 == a_pid).count() <= 1);
+    assert!(eff.iter().any(|e| e.0 == run && e.3 == b.pid() as u32));
+    drop(b);
+}
+
+#[test]
+fn paused_mid_step_owner_is_fenced_off() {
+    paused_owner(false);
+}
+
+#[test]
+fn paused_between_step_and_commit_owner_is_fenced_off() {
+    paused_owner(true);
+}

@@ -1,0 +1,43 @@
+//! Concurrent start-up. Scenario: three engine processes open the same fresh (absent) file at
+//! the same instant. What must survive: the schema is migrated exactly once (one
+//! "migrated" log line over all three), all three register and run work, and every run
+//! completes with one result per journal seq.
+
+mod proc_util;
+use proc_util::*;
+use std::time::Duration;
+
+#[test]
+fn three_engines_on_a_fresh_file_migrate_once_and_all_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fresh.db");
+    let engines: Vec<Proc> = (0..3)
+        .map(|i| serve(dir.path(), &format!("e{i}"), &db, 2, 3000, &[]))
+        .collect();
+    wait_for("three engines registered", Duration::from_secs(30), || {
+        std::fs::metadata(&db).is_ok_and(|m| m.len() > 0)
+            && reader(&db)
+                .query_row("SELECT count(*) FROM engines", [], |r| r.get::<_, i64>(0))
+                .is_ok_and(|n| n == 3)
+    });
+    let runs = start(&db, "fixture.slow", r#"{"steps":3,"ms":60}"#, 60);
+    wait_for("every run to complete", Duration::from_secs(90), || {
+        runs.iter().all(|r| status(&db, *r) == "completed")
+    });
+    let migrations: usize = engines
+        .iter()
+        .map(|e| e.log_text().matches("to schema version").count())
+        .sum();
+    assert_eq!(migrations, 1, "migrated exactly once");
+    assert_eq!(query_i64(&db, "PRAGMA user_version"), 1);
+    let eff = effects(dir.path());
+    for e in &engines {
+        assert!(
+            eff.iter().any(|x| x.3 == e.pid() as u32),
+            "engine {} ran work:\n{}",
+            e.pid(),
+            e.log_text()
+        );
+    }
+    assert_eq!(query_i64(&db, "SELECT count(*) FROM steps"), 180);
+}

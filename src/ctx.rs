@@ -38,6 +38,10 @@ pub(crate) enum Interrupt {
     Blocked(String),
     Fail(String),
     Storage(StoreError),
+    /// The run was cancelled or passed its deadline (see `engine::features`).
+    Cancelled,
+    /// A feature command already suspended the run in its own transaction: write nothing.
+    Parked,
 }
 
 /// Handed to a workflow function; every durable operation goes through it.
@@ -98,6 +102,9 @@ impl<'a> Ctx<'a> {
         }
         if self.inner.shutting_down() {
             return Err(self.interrupt(Interrupt::Shutdown));
+        }
+        if self.cancel.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(self.interrupt(Interrupt::Cancelled));
         }
         Ok(())
     }
@@ -288,6 +295,9 @@ impl<'a> Ctx<'a> {
             outcome: failure.class.name(),
             reason: failure.reason.clone(),
         })?;
+        if self.cancel.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(self.interrupt(Interrupt::Cancelled));
+        }
         let retry = !failure.permanent
             && policy.retry_on.contains(&failure.class)
             && (attempt as u32) < policy.attempts_max

@@ -46,6 +46,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod ctx;
+mod ctx_durable;
 pub mod engine;
 pub mod error;
 pub mod fault;
@@ -56,6 +57,7 @@ pub mod store;
 
 pub use config::{Config, Isolation, RetryPolicy, StepLimits};
 pub use ctx::Ctx;
+pub use ctx_durable::Child;
 pub use engine::{Engine, RunRow, StartOptions, StepRow};
 pub use error::{Error, StepError, WorkflowError};
 pub use outcome::{Failure, FailureClass};

@@ -74,7 +74,9 @@ pub const WRITE: Step<WriteIn, String> = Step::new("demo.write");
 pub const HOG: Step<u64, u64> = Step::new("demo.hog");
 pub const DEMO: Workflow<DemoInput, Summary> = Workflow::new("demo");
 
-/// Append one line per step execution to `$WAYMARK_DEMO_EFFECTS`, if set (tests read it).
+/// Append one line `run seq step engine_pid` per step execution to `$WAYMARK_DEMO_EFFECTS`, if
+/// set (tests read it). `engine_pid` is the engine that executed the step: this process for an
+/// in-process step, the parent for a step child.
 pub fn record_effect(ctx: &StepCtx, step: &str) {
     if let Some(path) = std::env::var_os("WAYMARK_DEMO_EFFECTS") {
         if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -82,15 +84,14 @@ pub fn record_effect(ctx: &StepCtx, step: &str) {
             .append(true)
             .open(path)
         {
-            // One write(2) per line: O_APPEND keeps lines from several processes whole.
-            let line = format!(
-                "{} {} {} {}
-",
-                ctx.run_id(),
-                ctx.seq(),
-                step,
+            let engine_pid = if std::env::var_os(waymark::child::ENV_MODE).is_some() {
+                // SAFETY: getppid(2) has no preconditions.
+                unsafe { libc::getppid() as u32 }
+            } else {
                 std::process::id()
-            );
+            };
+            // One write(2) per line: O_APPEND keeps lines from several processes whole.
+            let line = format!("{} {} {} {engine_pid}\n", ctx.run_id(), ctx.seq(), step);
             let _ = f.write_all(line.as_bytes());
         }
     }

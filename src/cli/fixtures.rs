@@ -315,6 +315,9 @@ pub struct ServeArgs {
     /// Exit 0 once no run is pending, running or suspended.
     #[arg(long)]
     pub exit_when_idle: bool,
+    /// `synchronous=NORMAL` (documented opt-in: may lose the last commits on power loss).
+    #[arg(long)]
+    pub sync_normal: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -332,6 +335,21 @@ pub struct StartArgs {
     /// Start this many runs with the same input.
     #[arg(long, default_value_t = 1)]
     pub count: usize,
+    /// Queue of the runs.
+    #[arg(long, default_value = "default")]
+    pub queue: String,
+    /// Priority of the runs (higher first).
+    #[arg(long, default_value_t = 0)]
+    pub priority: i64,
+    /// Do not start before this time (ms since the Unix epoch).
+    #[arg(long)]
+    pub not_before_ms: Option<i64>,
+    /// Fail the runs if not finished by this time (ms since the Unix epoch).
+    #[arg(long)]
+    pub deadline_ms: Option<i64>,
+    /// Workflow version the runs are started under.
+    #[arg(long, default_value_t = 1)]
+    pub workflow_version: i64,
 }
 
 /// Every built-in workflow and step (the demo's and the fixtures'): what `serve`, `demo`
@@ -341,12 +359,16 @@ pub fn registry() -> Registry {
     demo::register(&mut reg);
     register(&mut reg);
     super::bench::register(&mut reg);
+    super::fixtures_features::register(&mut reg);
     reg
 }
 
 pub fn serve(args: ServeArgs) -> CliResult {
     let mut config = Config::new(&args.db).with_lease_ttl(Duration::from_millis(args.lease_ttl_ms));
     config.workers = args.workers.max(1);
+    if args.sync_normal {
+        config.synchronous = waymark::Synchronous::Normal;
+    }
     let engine = Engine::start(registry(), config).map_err(|e| e.to_string())?;
     loop {
         std::thread::sleep(Duration::from_millis(100));
@@ -379,7 +401,10 @@ pub fn start(args: StartArgs) -> CliResult {
         "fixture.slow" | "fixture.nondet" => encode::<SlowIn>(&args.json)?,
         "fixture.crash" => encode::<()>(&args.json)?,
         "fixture.probe" => encode::<Probe>(&args.json)?,
-        other => return Err(format!("unknown workflow '{other}': built-in workflows are demo, fixture.slow, fixture.crash, fixture.nondet, fixture.probe")),
+        other if super::fixtures_features::is_fixture(other) => {
+            super::fixtures_features::encode_input(other, &args.json)?
+        }
+        other => return Err(format!("unknown workflow '{other}': built-in workflows are demo, fixture.slow, fixture.crash, fixture.nondet, fixture.probe, fixture.sleeper, fixture.waiter, fixture.parent, fixture.qprobe")),
     };
     let store = Store::open(
         &args.db,
@@ -390,7 +415,7 @@ pub fn start(args: StartArgs) -> CliResult {
     let runs: Vec<NewRun> = (1..=args.count)
         .map(|i| NewRun {
             workflow: args.workflow.clone(),
-            version: 1,
+            version: args.workflow_version,
             input: input.clone(),
             idempotency_key: args.key.as_ref().map(|k| {
                 if args.count == 1 {
@@ -399,11 +424,11 @@ pub fn start(args: StartArgs) -> CliResult {
                     format!("{k}-{i}")
                 }
             }),
-            queue: "default".into(),
-            priority: 0,
-            ready_at: None,
+            queue: args.queue.clone(),
+            priority: args.priority,
+            ready_at: args.not_before_ms,
             parent_id: None,
-            deadline_at: None,
+            deadline_at: args.deadline_ms,
         })
         .collect();
     match store

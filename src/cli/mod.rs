@@ -2,7 +2,9 @@
 
 mod bench;
 mod demo;
+mod features;
 mod fixtures;
+mod fixtures_features;
 mod inspect;
 mod torture;
 
@@ -78,6 +80,16 @@ enum Command {
     /// An engine process of `waymark torture` (started by the harness).
     #[command(hide = true)]
     TortureEngine(torture::EngineArgs),
+    /// Send an event to a run (kept until the run waits for it).
+    Send(features::SendArgs),
+    /// Cancel a run and its descendants.
+    Cancel(features::CancelArgs),
+    /// Delete finished runs older than a given age and shrink the file.
+    Gc(features::GcArgs),
+    /// Set or remove a queue's concurrency limit (honoured by every engine on the file).
+    Queue(features::QueueArgs),
+    /// Create or replace a cron schedule of a built-in workflow.
+    Schedule(features::ScheduleArgs),
 }
 
 /// Parse arguments, run the command, return the exit code.
@@ -120,6 +132,11 @@ pub fn main() -> i32 {
         Command::ProbeThreads { rlimit, mib, max } => fixtures::probe_threads(&rlimit, mib, max),
         Command::Torture(args) => torture::run(args),
         Command::TortureEngine(args) => torture::engine(args),
+        Command::Send(args) => features::send(args),
+        Command::Cancel(args) => features::cancel(args),
+        Command::Gc(args) => features::gc(args),
+        Command::Queue(args) => features::queue(args),
+        Command::Schedule(args) => features::schedule(args),
     };
     match result {
         Ok(code) => code,

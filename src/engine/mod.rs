@@ -6,8 +6,10 @@
 
 pub mod dispatch;
 pub mod exec;
+pub mod features;
 pub mod lease;
 pub mod reaper;
+pub mod schedule;
 pub mod worker;
 
 use crate::clock::{Clock, SystemClock};
@@ -69,6 +71,7 @@ pub struct Inner {
     in_process: exec::InProcess,
     child: crate::child::ChildExecutor,
     pool: crate::child::PoolExecutor,
+    pub(crate) features: features::Features,
 }
 
 impl std::fmt::Debug for Inner {
@@ -197,6 +200,7 @@ impl Engine {
             in_process: exec::InProcess,
             pool,
             child,
+            features: features::Features::default(),
         });
         log::info!(
             "engine {} started on {} (pid {pid}, {} workers)",
@@ -220,6 +224,10 @@ impl Engine {
         let (i3, s3) = (inner.clone(), stop_rx.clone());
         threads.push(spawn("waymark-reaper", move || {
             reaper::reaper_loop(&i3, s3)
+        })?);
+        let (i5, s5) = (inner.clone(), stop_rx.clone());
+        threads.push(spawn("waymark-features", move || {
+            features::features_loop(&i5, s5)
         })?);
         let (i4, w4) = (inner.clone(), work_tx.clone());
         threads.push(spawn("waymark-dispatcher", move || {

@@ -10,8 +10,6 @@ use crate::engine::Inner;
 use crate::registry::WorkflowFailure;
 use crate::store::{queries, Claimed, Fence, Op, StoreError};
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 /// Run `claimed` to its next stop (completion, failure, suspension, or loss of lease).
 pub fn execute_run(inner: &Inner, claimed: Claimed) {
@@ -38,6 +36,9 @@ pub fn execute_run(inner: &Inner, claimed: Claimed) {
                 note,
             },
         );
+        return;
+    };
+    let Some(guard) = inner.features.admit(inner, &claimed, &fence) else {
         return;
     };
     let loaded = inner.store.read(|c| {
@@ -84,7 +85,7 @@ pub fn execute_run(inner: &Inner, claimed: Claimed) {
         last_attempts,
         next_seq: 0,
         interrupt: None,
-        cancel: Arc::new(AtomicBool::new(false)),
+        cancel: guard.cancel(),
     };
     let run = wf.run.clone();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -117,6 +118,11 @@ pub fn execute_run(inner: &Inner, claimed: Claimed) {
             Some(Op::Release { fence })
         }
         (Some(Interrupt::Shutdown), _) => Some(Op::Release { fence }),
+        (Some(Interrupt::Cancelled), _) => Some(inner.features.stopped_op(&guard, fence)),
+        (Some(Interrupt::Parked), _) => {
+            inner.notify_finished();
+            None
+        }
         (Some(Interrupt::Suspend { until, note }), _) => Some(Op::Suspend { fence, until, note }),
         (Some(Interrupt::NonDeterminism(m)), _) | (Some(Interrupt::Fail(m)), _) => {
             log::error!("{m}");
@@ -167,7 +173,8 @@ fn finish_op(inner: &Inner, op: Op) {
         | Op::Fail { fence, .. }
         | Op::Suspend { fence, .. }
         | Op::Release { fence }
-        | Op::Block { fence, .. } => fence.run_id,
+        | Op::Block { fence, .. }
+        | Op::FinishCancelled { fence, .. } => fence.run_id,
         _ => 0,
     };
     match inner.store.call(op) {

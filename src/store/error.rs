@@ -39,6 +39,8 @@ pub enum StoreError {
     NotFound { run_id: i64 },
     /// The writer thread has stopped (engine shut down or storage failed).
     WriterStopped,
+    /// The run already ended (`completed`, `failed` or `cancelled`); it takes no more events.
+    RunFinished { run_id: i64, status: String },
     /// Any other SQLite error, with what we were doing.
     Sqlite {
         context: &'static str,
@@ -124,6 +126,7 @@ impl std::fmt::Display for StoreError {
             }
             NotFound { run_id } => write!(f, "no run with id {run_id}"),
             WriterStopped => write!(f, "the database writer has stopped"),
+            RunFinished { run_id, status } => write!(f, "run {run_id} already ended ({status})"),
             Sqlite { context, source } => write!(f, "sqlite error while {context}: {source}"),
         }
     }

@@ -8,6 +8,7 @@
 //! - Only [`transitions`] writes; only the writer thread runs it.
 
 pub mod error;
+pub mod feature_ops;
 pub mod pragmas;
 pub mod queries;
 pub mod schema;

@@ -37,6 +37,8 @@ pub struct ConnSettings {
 
 /// Pragmas for every connection: (name, value, why).
 ///
+/// - `auto_vacuum=INCREMENTAL` (fresh files only): purged pages can be returned to the
+///   file system (`PRAGMA incremental_vacuum`), so retention shrinks the file.
 /// - `journal_mode=WAL`: readers never block the writer, commits are one append + fsync.
 /// - `synchronous`: see [`Synchronous`].
 /// - `busy_timeout`: explicit on every connection; replaced on writers by a short-sleep
@@ -48,6 +50,10 @@ pub struct ConnSettings {
 pub fn apply(conn: &Connection, s: ConnSettings) -> StoreResult<()> {
     conn.busy_timeout(s.busy_timeout)
         .map_err(|e| StoreError::sqlite("setting busy_timeout", e))?;
+    // Must precede journal_mode=WAL: switching to WAL writes page 1 of a fresh file, after
+    // which auto_vacuum can no longer change. A no-op (not an error) once tables exist.
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
+        .map_err(|e| StoreError::sqlite("setting auto_vacuum", e))?;
     set_str(conn, "journal_mode", "wal")?;
     set_int(conn, "synchronous", s.synchronous.value())?;
     set_int(conn, "foreign_keys", 0)?;

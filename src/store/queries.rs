@@ -261,8 +261,9 @@ pub fn open_attempts(conn: &Connection, run_id: i64) -> StoreResult<Vec<AttemptR
         .collect())
 }
 
-/// Is any run claimable now by an engine running `workflows_json` (pending, which is always
-/// due, or suspended and due; same conditions as the claim)? A read, so an idle dispatcher
+/// Is there work for `Op::Claim` now, for an engine running `workflows_json`: a pending run
+/// (always due), a due suspended run, or a `blocked_version` run this engine can unpark
+/// (the same conditions the claim acts on)? A read, so an idle dispatcher
 /// polls without taking the write lock.
 pub fn claimable(conn: &Connection, now: i64, workflows_json: &str) -> StoreResult<bool> {
     conn.prepare_cached(
@@ -270,7 +271,10 @@ pub fn claimable(conn: &Connection, now: i64, workflows_json: &str) -> StoreResu
                         WHERE status = 'pending'
                           AND (workflow || '@' || version) IN (SELECT value FROM json_each(?2)))
              OR EXISTS (SELECT 1 FROM runs INDEXED BY runs_wake
-                        WHERE status = 'suspended' AND ready_at <= ?1)",
+                        WHERE status = 'suspended' AND ready_at <= ?1)
+             OR EXISTS (SELECT 1 FROM runs
+                        WHERE status = 'blocked_version'
+                          AND (workflow || '@' || version) IN (SELECT value FROM json_each(?2)))",
     )
     .and_then(|mut s| s.query_row(params![now, workflows_json], |r| r.get(0)))
     .map_err(sql("checking for claimable runs"))

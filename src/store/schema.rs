@@ -9,7 +9,7 @@ use super::pragmas::APPLICATION_ID;
 use rusqlite::Connection;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the durable core.
@@ -90,6 +90,45 @@ const MIGRATIONS: &[&str] = &[
         consumed_seq INTEGER
     );
     CREATE INDEX events_run ON events(run_id, name, id);
+    "#,
+    // 2: durable features (timers, events, cancellation, children, deadlines, retention).
+    r#"
+    CREATE INDEX runs_parent ON runs(parent_id) WHERE parent_id IS NOT NULL;
+    CREATE INDEX runs_deadline ON runs(deadline_at) WHERE deadline_at IS NOT NULL AND finished_at IS NULL;
+    -- A child's end wakes its parent if the parent is suspended waiting for it
+    -- (note text: store::feature_ops::child_note).
+    CREATE TRIGGER runs_wake_parent AFTER UPDATE OF status ON runs
+    WHEN NEW.parent_id IS NOT NULL AND NEW.status IN ('completed', 'failed', 'cancelled')
+    BEGIN
+        UPDATE runs SET ready_at = NEW.updated_at, updated_at = NEW.updated_at
+        WHERE id = NEW.parent_id AND status = 'suspended' AND note = 'waiting for child ' || NEW.id;
+    END;
+    "#,
+    // 3: queues with concurrency limits (a queue without a row here is unlimited).
+    r#"
+    CREATE TABLE queues (
+        name        TEXT PRIMARY KEY,
+        concurrency INTEGER NOT NULL CHECK (concurrency >= 0)   -- most runs 'running' at once
+    ) WITHOUT ROWID;
+    CREATE INDEX runs_queue_claim ON runs(queue, priority DESC, ready_at, id) WHERE status = 'pending';
+    CREATE INDEX runs_queue_running ON runs(queue) WHERE status = 'running';
+    "#,
+    // 4: cron schedules. A firing is a guarded update of next_due plus an enqueue with the
+    // idempotency key 'sched:NAME:DUE', in one transaction (store::feature_ops).
+    r#"
+    CREATE TABLE schedules (
+        name       TEXT PRIMARY KEY,
+        cron       TEXT NOT NULL,
+        workflow   TEXT NOT NULL,
+        version    INTEGER NOT NULL,
+        input      BLOB NOT NULL,
+        queue      TEXT NOT NULL DEFAULT 'default',
+        catch_up   INTEGER NOT NULL DEFAULT 0,   -- 1: one run per missed due time; 0: one run for the latest
+        next_due   INTEGER NOT NULL,             -- ms since the epoch
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX schedules_due ON schedules(next_due);
     "#,
 ];
 
@@ -190,5 +229,43 @@ mod tests {
     #[test]
     fn migrations_match_the_version() {
         assert_eq!(super::MIGRATIONS.len() as i64, super::SCHEMA_VERSION);
+    }
+
+    // A file at schema version 1 (the durable core) with a run in it migrates forward to
+    // the current version in place, keeping its data.
+    #[test]
+    fn a_version_1_file_migrates_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(super::MIGRATIONS[0]).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA application_id = {}; PRAGMA user_version = 1;
+             INSERT INTO runs(workflow, input, status, ready_at, created_at, updated_at)
+             VALUES ('wf', x'00', 'pending', 0, 0, 0);",
+            super::APPLICATION_ID
+        ))
+        .unwrap();
+        super::migrate(&mut conn, &path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, super::SCHEMA_VERSION);
+        let runs: i64 = conn
+            .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(runs, 1);
+        for table in ["queues", "schedules"] {
+            let n: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, 1, "{table} exists");
+        }
+        // Migrating again is a no-op.
+        super::migrate(&mut conn, &path).unwrap();
     }
 }

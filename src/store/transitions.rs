@@ -163,24 +163,125 @@ pub enum Op {
     ForgetEngine {
         id: String,
     },
+    // ---- durable features (issue 6); implemented in `feature_ops` ----
+    /// Journal a timer at `seq` (its wake-up time `wake`); with `suspend` and `wake` in the
+    /// future, also suspend the run until then. One transaction, fenced.
+    Timer {
+        fence: Fence,
+        seq: i64,
+        name: String,
+        wake: i64,
+        suspend: bool,
+    },
+    /// Deliver the oldest unconsumed event `name` into journal entry `seq`; or record a
+    /// timeout once `deadline` passed; or suspend the run until `deadline`. Fenced.
+    AwaitEvent {
+        fence: Fence,
+        seq: i64,
+        name: String,
+        deadline: i64,
+    },
+    /// Keep an event for a run; wake the run if it is suspended waiting for `name`.
+    SendEvent {
+        run_id: i64,
+        name: String,
+        payload: Vec<u8>,
+    },
+    /// Request cancellation of a run and its descendants: those not running end
+    /// `cancelled` at once, running ones are flagged (`cancel_requested`).
+    Cancel {
+        run_id: i64,
+    },
+    /// End a claimed run as `cancelled` (fenced).
+    FinishCancelled {
+        fence: Fence,
+        reason: String,
+    },
+    /// Enqueue a child run (idempotent by its key) and journal its id at `seq`. Fenced.
+    StartChild {
+        fence: Fence,
+        seq: i64,
+        name: String,
+        run: NewRun,
+    },
+    /// Journal the outcome of a finished child at `seq`, or suspend the parent until the
+    /// child finishes (a trigger wakes it). Fenced.
+    AwaitChild {
+        fence: Fence,
+        seq: i64,
+        name: String,
+        child_id: i64,
+    },
+    /// Fail up to `limit` pending or suspended runs whose deadline passed.
+    ExpireDeadlines {
+        limit: i64,
+    },
+    /// Delete up to `limit` runs finished before `before` (and not children of unfinished
+    /// runs) with their journal, attempts and events.
+    Purge {
+        before: i64,
+        limit: i64,
+    },
+    /// Return up to `pages` free pages to the file system (`PRAGMA incremental_vacuum`).
+    IncrementalVacuum {
+        pages: i64,
+    },
+    /// Set (`Some`) or remove (`None`) the concurrency limit of a queue: at most that many
+    /// of its runs are `running` at once, across every engine sharing the file.
+    SetQueueLimit {
+        queue: String,
+        concurrency: Option<i64>,
+    },
+    /// Park as `blocked_version` the due pending runs of workflows this build knows by name
+    /// (`names_json`) but not at their version (`workflows_json` = known `name@version`s).
+    /// A build that has the version unparks them in its claim (see `Claim`).
+    ParkUnknownVersions {
+        names_json: Arc<str>,
+        workflows_json: Arc<str>,
+        limit: i64,
+    },
+    /// Create or replace a schedule (`next_due` = its first due time).
+    PutSchedule(super::feature_ops::ScheduleRow),
+    /// Fire a schedule for `due`: only if its `next_due` is still `due`, move it to `next`
+    /// and enqueue `run` (idempotency key `sched:NAME:DUE`), in one transaction.
+    FireSchedule {
+        name: String,
+        due: i64,
+        next: i64,
+        run: NewRun,
+    },
 }
 
 /// What a command returns.
 #[derive(Debug)]
 pub enum Done {
     Unit,
-    Run { id: i64, created: bool },
+    Run {
+        id: i64,
+        created: bool,
+    },
     Runs(Vec<(i64, bool)>),
     Claimed(Vec<Claimed>),
     Count(usize),
     Reclaimed(bool),
+    /// Answer of `AwaitEvent` / `AwaitChild`.
+    Awaited(super::feature_ops::Awaited),
+    /// Answer of `Cancel`: the run's status afterwards.
+    Cancel {
+        status: String,
+    },
+    /// Answer of `SendEvent`.
+    Sent {
+        event_id: i64,
+        woke: bool,
+    },
 }
 
-fn sql(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+pub(crate) fn sql(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |e| StoreError::sqlite(context, e)
 }
 
-fn fenced(changed: usize, fence: &Fence) -> StoreResult<Done> {
+pub(crate) fn fenced(changed: usize, fence: &Fence) -> StoreResult<Done> {
     if changed == 1 {
         Ok(Done::Unit)
     } else {
@@ -206,6 +307,7 @@ pub const CLAIM_SQL: &str = "UPDATE runs SET status = 'running', owner = ?1, epo
                      WHERE id IN (SELECT id FROM runs INDEXED BY runs_claim
                                   WHERE status = 'pending'
                                     AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
+                                    AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = runs.queue)
                                   ORDER BY priority DESC, ready_at, id LIMIT ?5)
                      RETURNING id, workflow, version, input, epoch, interruptions, deadline_at";
 
@@ -213,7 +315,7 @@ pub const CLAIM_SQL: &str = "UPDATE runs SET status = 'running', owner = ?1, epo
 pub const HEARTBEAT_SQL: &str =
     "UPDATE runs INDEXED BY runs_owner SET lease_expires_at = ?2 WHERE owner = ?1 AND status = 'running'";
 
-const FENCE: &str = "id = ?1 AND owner = ?2 AND epoch = ?3 AND status = 'running'";
+pub(crate) const FENCE: &str = "id = ?1 AND owner = ?2 AND epoch = ?3 AND status = 'running'";
 
 /// Apply one command inside the writer's open transaction. `now` is the batch's wall time (ms).
 pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
@@ -256,6 +358,17 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             // a future ready_at, retry backoff) and becomes pending only once due. So the claim
             // does not compare ready_at with `now` again: after the wall clock jumps back, runs
             // that were already due stay claimable instead of stalling for the jump's length.
+            super::feature_ops::unpark_known_versions(conn, &workflows_json, now)?;
+            // Queues with a concurrency limit first (bounded by their limits), then the rest.
+            let mut limited = super::feature_ops::claim_limited(
+                conn,
+                &owner,
+                limit,
+                &workflows_json,
+                lease_ms,
+                now,
+            )?;
+            let limit = limit - limited.len() as i64;
             let mut stmt = conn
                 .prepare_cached(CLAIM_SQL)
                 .map_err(sql("preparing the claim"))?;
@@ -276,7 +389,8 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                 )
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
                 .map_err(sql("claiming runs"))?;
-            Ok(Done::Claimed(rows))
+            limited.extend(rows);
+            Ok(Done::Claimed(limited))
         }
         Op::Heartbeat { owner, lease_ms } => {
             let alive = conn
@@ -525,6 +639,20 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             .map_err(sql("forgetting an engine"))?;
             Ok(Done::Unit)
         }
+        op @ (Op::Timer { .. }
+        | Op::AwaitEvent { .. }
+        | Op::SendEvent { .. }
+        | Op::Cancel { .. }
+        | Op::FinishCancelled { .. }
+        | Op::StartChild { .. }
+        | Op::AwaitChild { .. }
+        | Op::ExpireDeadlines { .. }
+        | Op::Purge { .. }
+        | Op::IncrementalVacuum { .. }
+        | Op::SetQueueLimit { .. }
+        | Op::ParkUnknownVersions { .. }
+        | Op::PutSchedule(_)
+        | Op::FireSchedule { .. }) => super::feature_ops::apply(conn, op, now),
     }
 }
 
@@ -554,7 +682,7 @@ fn reclaim(
     Ok(n == 1)
 }
 
-fn enqueue(conn: &Connection, run: &NewRun, now: i64) -> StoreResult<(i64, bool)> {
+pub(crate) fn enqueue(conn: &Connection, run: &NewRun, now: i64) -> StoreResult<(i64, bool)> {
     if let Some(key) = &run.idempotency_key {
         let existing: Option<i64> = conn
             .prepare_cached("SELECT id FROM runs WHERE idempotency_key = ?1")

@@ -1,0 +1,143 @@
+//! Fixture workflows for the kill-and-restart tests of the durable features (sleep, events,
+//! children). Registered in `waymark serve`; started with `waymark start NAME --json ...`.
+
+use super::fixtures::{SlowIn, SLOW};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use waymark::{Ctx, Registry, Step, StepCtx, StepError, Workflow, WorkflowError};
+
+/// Input of `fixture.sleeper`: sleep `ms` (or until `until_ms`, ms since the epoch), then
+/// one step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SleeperIn {
+    pub ms: u64,
+    #[serde(default)]
+    pub until_ms: Option<i64>,
+}
+
+/// Input of `fixture.waiter`: wait for event `name` up to `timeout_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WaiterIn {
+    pub name: String,
+    pub timeout_ms: u64,
+}
+
+pub const MARK: Step<u64, u64> = Step::new("fixture.mark");
+pub const SLEEPER: Workflow<SleeperIn, u64> = Workflow::new("fixture.sleeper");
+pub const WAITER: Workflow<WaiterIn, String> = Workflow::new("fixture.waiter");
+pub const PARENT: Workflow<SlowIn, u64> = Workflow::new("fixture.parent");
+pub const PROBE_STEP: Step<u64, u64> = Step::new("fixture.qprobe");
+pub const PROBE: Workflow<u64, u64> = Workflow::new("fixture.qprobe");
+
+/// Names of the workflows defined here.
+pub fn is_fixture(name: &str) -> bool {
+    matches!(
+        name,
+        "fixture.sleeper" | "fixture.waiter" | "fixture.parent" | "fixture.qprobe"
+    )
+}
+
+/// Encode `json` as the input of `demo`, `fixture.slow` or a fixture workflow defined here.
+pub fn encode_any(name: &str, json: &str) -> Result<Vec<u8>, String> {
+    fn enc<T: serde::de::DeserializeOwned + Serialize>(json: &str) -> Result<Vec<u8>, String> {
+        let v: T = serde_json::from_str(json).map_err(|e| format!("bad --json input: {e}"))?;
+        waymark::codec::encode(&v, waymark::codec::PAYLOAD_BYTES_MAX).map_err(|e| e.to_string())
+    }
+    match name {
+        "demo" => enc::<super::demo::DemoInput>(json),
+        "fixture.slow" => enc::<SlowIn>(json),
+        _ => encode_input(name, json),
+    }
+}
+
+/// Encode `json` as the input of the fixture workflow `name`.
+pub fn encode_input(name: &str, json: &str) -> Result<Vec<u8>, String> {
+    fn enc<T: serde::de::DeserializeOwned + Serialize>(json: &str) -> Result<Vec<u8>, String> {
+        let v: T = serde_json::from_str(json).map_err(|e| format!("bad --json input: {e}"))?;
+        waymark::codec::encode(&v, waymark::codec::PAYLOAD_BYTES_MAX).map_err(|e| e.to_string())
+    }
+    match name {
+        "fixture.sleeper" => enc::<SleeperIn>(json),
+        "fixture.waiter" => enc::<WaiterIn>(json),
+        "fixture.parent" => enc::<SlowIn>(json),
+        "fixture.qprobe" => enc::<u64>(json),
+        other => Err(format!("unknown workflow '{other}'")),
+    }
+}
+
+/// Append `run seq step pid` to `$WAYMARK_DEMO_EFFECTS` in one write(2) (O_APPEND), so
+/// lines from concurrent workers never interleave.
+fn record_effect(ctx: &StepCtx, step: &str) {
+    use std::io::Write;
+    if let Some(path) = std::env::var_os("WAYMARK_DEMO_EFFECTS") {
+        let line = format!(
+            "{} {} {step} {}\n",
+            ctx.run_id(),
+            ctx.seq(),
+            std::process::id()
+        );
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
+
+fn mark(ctx: &StepCtx, x: u64) -> Result<u64, StepError> {
+    record_effect(ctx, "mark");
+    Ok(x + 1)
+}
+
+fn sleeper(ctx: &mut Ctx<'_>, input: SleeperIn) -> Result<u64, WorkflowError> {
+    match input.until_ms {
+        Some(at) => ctx.sleep_until_ms(at)?,
+        None => ctx.sleep(Duration::from_millis(input.ms))?,
+    }
+    ctx.step(MARK, &input.ms)
+}
+
+fn waiter(ctx: &mut Ctx<'_>, input: WaiterIn) -> Result<String, WorkflowError> {
+    ctx.step(MARK, &0)?;
+    let got: Option<serde_json::Value> =
+        ctx.wait_event(&input.name, Duration::from_millis(input.timeout_ms))?;
+    ctx.step(MARK, &1)?;
+    Ok(got.map_or_else(|| "timeout".to_string(), |v| v.to_string()))
+}
+
+fn parent(ctx: &mut Ctx<'_>, input: SlowIn) -> Result<u64, WorkflowError> {
+    let child = ctx.start_child(SLOW, &input)?;
+    ctx.step(MARK, &0)?;
+    Ok(ctx.join(&child)? + 1)
+}
+
+/// Concurrency probe (for queue limits across processes): while it runs, a file named after
+/// the run exists in `$WAYMARK_PROBE_DIR`; it returns how many such files it saw after
+/// creating its own (the most steps running at once, from its point of view).
+fn probe(ctx: &StepCtx, ms: u64) -> Result<u64, StepError> {
+    let dir = std::env::var_os("WAYMARK_PROBE_DIR")
+        .ok_or_else(|| StepError::permanent("WAYMARK_PROBE_DIR is not set"))?;
+    let me = std::path::Path::new(&dir).join(format!("{}-{}", ctx.run_id(), ctx.seq()));
+    std::fs::write(&me, b"").map_err(|e| StepError::permanent(e.to_string()))?;
+    let seen = std::fs::read_dir(&dir)
+        .map_err(|e| StepError::permanent(e.to_string()))?
+        .count() as u64;
+    std::thread::sleep(Duration::from_millis(ms));
+    let seen_after = std::fs::read_dir(&dir)
+        .map_err(|e| StepError::permanent(e.to_string()))?
+        .count() as u64;
+    let _ = std::fs::remove_file(&me);
+    Ok(seen.max(seen_after))
+}
+
+/// Register the feature fixtures (their steps and workflows).
+pub fn register(reg: &mut Registry) {
+    reg.step(MARK, mark);
+    reg.workflow(SLEEPER, sleeper);
+    reg.workflow(WAITER, waiter);
+    reg.workflow(PARENT, parent);
+    reg.step(PROBE_STEP, probe);
+    reg.workflow(PROBE, |ctx, ms: u64| ctx.step(PROBE_STEP, &ms));
+}

@@ -1,0 +1,256 @@
+//! Durable waits on the workflow context: timers, events and child runs.
+//!
+//! Invariants:
+//! - Every wait is a journal entry at the next sequence number, so replay sees the same
+//!   answer: a timer's wake-up time is journaled the first time and read back afterwards
+//!   (never recomputed from "now"); an event payload or a child's outcome is journaled once.
+//! - A wait that cannot be satisfied yet suspends the run in the database (status
+//!   `suspended`, `ready_at` = when to look again); no thread waits. The worker that ran the
+//!   workflow is released at once.
+//! - Nothing here writes except through fenced writer commands.
+
+use crate::codec;
+use crate::ctx::{Ctx, Interrupt};
+use crate::error::WorkflowError;
+use crate::registry::Workflow;
+use crate::store::feature_ops::Awaited;
+use crate::store::{Done, NewRun, Op, StoreError};
+use serde::{de::DeserializeOwned, Serialize};
+use std::marker::PhantomData;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A child run started by [`Ctx::start_child`]; pass it to [`Ctx::join`].
+#[derive(Debug)]
+pub struct Child<O> {
+    id: i64,
+    _out: PhantomData<fn() -> O>,
+}
+
+impl<O> Child<O> {
+    /// The child's run id.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Ctx<'_> {
+    /// Write a feature command; fencing and storage errors become interrupts.
+    fn feature(&mut self, op: Op) -> Result<Done, WorkflowError> {
+        match self.inner.store.call(op) {
+            Ok(done) => Ok(done),
+            Err(StoreError::LeaseLost { .. }) => Err(self.interrupt(Interrupt::LeaseLost)),
+            Err(e) => Err(self.interrupt(Interrupt::Storage(e))),
+        }
+    }
+
+    /// Journal (first time) or read back (replay) a timer named `name`; returns its wake-up
+    /// time in ms. With `suspend`, a timer not yet due suspends the run.
+    fn timer(
+        &mut self,
+        name: &str,
+        suspend: bool,
+        wake: impl FnOnce(i64) -> i64,
+    ) -> Result<i64, WorkflowError> {
+        let (seq, recorded) = self.next_entry(name, "sleep")?;
+        let now = self.inner.clock.now_ms();
+        let wake = match recorded {
+            Some(entry) => {
+                let bytes = entry.output.as_deref().unwrap_or_default();
+                let Ok(raw) = <[u8; 8]>::try_from(bytes) else {
+                    let msg = format!(
+                        "run {}: timer '{name}' (seq {seq}) holds {} bytes, expected 8",
+                        self.fence.run_id,
+                        bytes.len()
+                    );
+                    return Err(self.interrupt(Interrupt::Blocked(msg)));
+                };
+                i64::from_le_bytes(raw)
+            }
+            None => {
+                let wake = wake(now);
+                let done = self.feature(Op::Timer {
+                    fence: self.fence.clone(),
+                    seq,
+                    name: name.to_string(),
+                    wake,
+                    suspend,
+                })?;
+                crate::fault::point(crate::fault::Point::AfterCheckpoint);
+                if matches!(done, Done::Awaited(Awaited::Waiting)) {
+                    return Err(self.interrupt(Interrupt::Parked));
+                }
+                return Ok(wake);
+            }
+        };
+        if suspend && now < wake {
+            let note = format!("sleeping until {wake}");
+            return Err(self.interrupt(Interrupt::Suspend { until: wake, note }));
+        }
+        Ok(wake)
+    }
+
+    /// Sleep durably for `duration`: the wake-up time is journaled, the run is suspended
+    /// (no thread waits) and resumes by replay when due, also after a restart.
+    pub fn sleep(&mut self, duration: Duration) -> Result<(), WorkflowError> {
+        let ms = duration_ms(duration);
+        self.timer("sleep", true, |now| now.saturating_add(ms))
+            .map(|_| ())
+    }
+
+    /// Sleep durably until `ms` (milliseconds since the Unix epoch).
+    pub fn sleep_until_ms(&mut self, ms: i64) -> Result<(), WorkflowError> {
+        self.timer("sleep", true, |_| ms).map(|_| ())
+    }
+
+    /// Sleep durably until the wall-clock time `at`.
+    pub fn sleep_until(&mut self, at: SystemTime) -> Result<(), WorkflowError> {
+        let ms = at.duration_since(UNIX_EPOCH).map(duration_ms).unwrap_or(0);
+        self.sleep_until_ms(ms)
+    }
+
+    /// The current wall-clock time in ms, journaled: replay returns the first answer.
+    pub fn now_ms(&mut self) -> Result<i64, WorkflowError> {
+        self.timer("now", false, |now| now)
+    }
+
+    /// Wait up to `timeout` for the event `name` sent to this run with
+    /// [`crate::Engine::send_event`] (or `waymark send`). Returns `None` on timeout.
+    /// An event sent before the wait is kept and delivered here; each event is delivered
+    /// into exactly one wait. Payloads travel as JSON.
+    pub fn wait_event<T: DeserializeOwned>(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<T>, WorkflowError> {
+        let ms = duration_ms(timeout);
+        let deadline = self.timer(&format!("wait:{name}"), false, |now| now.saturating_add(ms))?;
+        let (seq, recorded) = self.next_entry(name, "event")?;
+        let payload = match recorded {
+            Some(entry) if entry.status == "completed" => entry.output.unwrap_or_default(),
+            Some(_) => return Ok(None),
+            None => match self.feature(Op::AwaitEvent {
+                fence: self.fence.clone(),
+                seq,
+                name: name.to_string(),
+                deadline,
+            })? {
+                Done::Awaited(Awaited::Delivered(payload)) => {
+                    crate::fault::point(crate::fault::Point::AfterCheckpoint);
+                    payload
+                }
+                Done::Awaited(Awaited::Failed(_)) => return Ok(None),
+                _ => return Err(self.interrupt(Interrupt::Parked)),
+            },
+        };
+        match serde_json::from_slice::<T>(&payload) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => Err(WorkflowError::Step {
+                seq,
+                name: name.to_string(),
+                reason: format!(
+                    "event '{name}' of run {} does not decode as {}: {e}",
+                    self.fence.run_id,
+                    std::any::type_name::<T>()
+                ),
+            }),
+        }
+    }
+
+    /// Start a child run of `wf` (durably: replay returns the same child; a crash between
+    /// creating and journaling it cannot create two). Cancelling this run cancels it.
+    pub fn start_child<I: Serialize, O>(
+        &mut self,
+        wf: Workflow<I, O>,
+        input: &I,
+    ) -> Result<Child<O>, WorkflowError> {
+        let name = format!("child:{}", wf.name());
+        let (seq, recorded) = self.next_entry(&name, "child")?;
+        if let Some(entry) = recorded {
+            let bytes = entry.output.as_deref().unwrap_or_default();
+            let Ok(raw) = <[u8; 8]>::try_from(bytes) else {
+                let msg = format!(
+                    "run {}: child entry '{name}' (seq {seq}) holds {} bytes, expected 8",
+                    self.fence.run_id,
+                    bytes.len()
+                );
+                return Err(self.interrupt(Interrupt::Blocked(msg)));
+            };
+            return Ok(Child {
+                id: i64::from_le_bytes(raw),
+                _out: PhantomData,
+            });
+        }
+        let input = match codec::encode(input, self.payload_limit()) {
+            Ok(b) => b,
+            Err(e) => {
+                return Err(WorkflowError::Step {
+                    seq,
+                    name,
+                    reason: format!("input of the child of run {}: {e}", self.fence.run_id),
+                })
+            }
+        };
+        let run = NewRun {
+            workflow: wf.name().to_string(),
+            version: wf.get_version() as i64,
+            input,
+            idempotency_key: Some(format!("child:{}:{seq}", self.fence.run_id)),
+            queue: "default".into(),
+            priority: 0,
+            ready_at: None,
+            parent_id: Some(self.fence.run_id),
+            deadline_at: None,
+        };
+        let done = self.feature(Op::StartChild {
+            fence: self.fence.clone(),
+            seq,
+            name,
+            run,
+        })?;
+        self.inner.wake_dispatcher();
+        match done {
+            Done::Run { id, .. } => Ok(Child {
+                id,
+                _out: PhantomData,
+            }),
+            other => {
+                let msg = format!("unexpected writer answer {other:?}");
+                Err(self.interrupt(Interrupt::Fail(msg)))
+            }
+        }
+    }
+
+    /// Wait for a child run to end and return its output (suspending this run meanwhile).
+    /// A failed or cancelled child is a [`WorkflowError::Step`] error the workflow may handle.
+    pub fn join<O: DeserializeOwned>(&mut self, child: &Child<O>) -> Result<O, WorkflowError> {
+        let name = format!("join:{}", child.id);
+        let (seq, recorded) = self.next_entry(&name, "join")?;
+        let output = match recorded {
+            Some(entry) if entry.status == "completed" => entry.output.unwrap_or_default(),
+            Some(entry) => {
+                return Err(WorkflowError::Step {
+                    seq,
+                    name,
+                    reason: entry.error.unwrap_or_default(),
+                })
+            }
+            None => match self.feature(Op::AwaitChild {
+                fence: self.fence.clone(),
+                seq,
+                name: name.clone(),
+                child_id: child.id,
+            })? {
+                Done::Awaited(Awaited::Delivered(bytes)) => bytes,
+                Done::Awaited(Awaited::Failed(reason)) => {
+                    return Err(WorkflowError::Step { seq, name, reason })
+                }
+                _ => return Err(self.interrupt(Interrupt::Parked)),
+            },
+        };
+        self.decode_recorded(seq, &name, &output)
+    }
+}

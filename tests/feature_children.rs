@@ -1,0 +1,113 @@
+//! Child workflows (`ctx.start_child` / `ctx.join`): the child's id is journaled, creation
+//! is idempotent (key = parent run + seq), the parent suspends while the child runs and is
+//! woken when it ends; cancelling the parent cancels the child.
+
+mod feature_util;
+
+use feature_util::*;
+use rusqlite::params;
+use std::time::Duration;
+
+fn children(tmp: &Tmp, parent: i64) -> Vec<i64> {
+    let c = conn(&tmp.db());
+    let mut s = c
+        .prepare("SELECT id FROM runs WHERE parent_id = ?1 ORDER BY id")
+        .unwrap();
+    s.query_map(params![parent], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn steps_done(tmp: &Tmp, run_id: i64) -> i64 {
+    conn(&tmp.db())
+        .query_row(
+            "SELECT count(*) FROM steps WHERE run_id = ?1 AND status = 'completed'",
+            params![run_id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+// Scenario: a parent starts a child of 10 slow steps and joins it; the engine is SIGKILLed
+// while the child runs (parent suspended waiting for it), then restarted. Must survive: the
+// single child (no duplicate on replay), the child's completed steps (not re-run: only the
+// step in flight at the kill may run twice), and the parent completes with the child's
+// output + 1.
+#[test]
+fn kill_while_a_child_runs() {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    let parent = start(&tmp, "fixture.parent", r#"{"steps":10,"ms":250}"#, 1)[0];
+    let mut engine = serve(&tmp, 2, &[]);
+    wait_until(Duration::from_secs(30), "child ran 3 steps", || {
+        children(&tmp, parent)
+            .first()
+            .is_some_and(|c| steps_done(&tmp, *c) >= 3)
+    });
+    kill(&mut engine);
+    let child = children(&tmp, parent)[0];
+    assert_eq!(status(&db, child), "running");
+
+    let mut engine = serve(&tmp, 2, &[]);
+    wait_until(Duration::from_secs(60), "parent completed", || {
+        status(&db, parent) == "completed"
+    });
+    kill(&mut engine);
+    assert_eq!(children(&tmp, parent), vec![child], "exactly one child");
+    assert_eq!(status(&db, child), "completed");
+    let (p_out, c_out): (Vec<u8>, Vec<u8>) = conn(&db)
+        .query_row(
+            "SELECT p.output, c.output FROM runs p, runs c WHERE p.id = ?1 AND c.id = ?2",
+            params![parent, child],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let c_out: u64 = bincode::deserialize(&c_out).unwrap();
+    let p_out: u64 = bincode::deserialize(&p_out).unwrap();
+    assert_eq!(p_out, c_out + 1);
+    let kinds: Vec<_> = journal(&db, parent).into_iter().map(|e| e.2).collect();
+    assert_eq!(kinds, vec!["child", "step", "join"]);
+    // Child steps: each seq executed once, except at most the one in flight at the kill.
+    let mut per_seq = std::collections::HashMap::new();
+    for (run, seq, _) in effects(&tmp) {
+        if run == child {
+            *per_seq.entry(seq).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(per_seq.len(), 10);
+    assert!(
+        per_seq.values().filter(|n| **n > 1).count() <= 1,
+        "{per_seq:?}"
+    );
+}
+
+// Scenario: the parent is cancelled while its child runs. Must hold: both end `cancelled`
+// and the child executes no further step.
+#[test]
+fn cancelling_the_parent_cancels_the_child() {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    let parent = start(&tmp, "fixture.parent", r#"{"steps":40,"ms":250}"#, 1)[0];
+    let mut engine = serve(&tmp, 2, &[]);
+    wait_until(Duration::from_secs(30), "child ran a step", || {
+        children(&tmp, parent)
+            .first()
+            .is_some_and(|c| steps_done(&tmp, *c) >= 1)
+    });
+    let child = children(&tmp, parent)[0];
+    let out = waymark(
+        &tmp,
+        &["cancel", &parent.to_string(), "--db", db.to_str().unwrap()],
+    );
+    assert_eq!(out.trim(), "cancelled", "a suspended parent ends at once");
+    wait_until(Duration::from_secs(30), "child cancelled", || {
+        status(&db, child) == "cancelled"
+    });
+    let done = steps_done(&tmp, child);
+    std::thread::sleep(Duration::from_millis(800));
+    kill(&mut engine);
+    assert_eq!(status(&db, parent), "cancelled");
+    assert_eq!(steps_done(&tmp, child), done);
+    assert!(done < 40);
+}

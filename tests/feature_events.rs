@@ -1,0 +1,206 @@
+//! Events (`ctx.wait_event` / `waymark send`): kept until waited for, delivered into the
+//! journal exactly once, waking a suspended run; all across SIGKILL and restart.
+
+mod feature_util;
+
+use feature_util::*;
+use rusqlite::params;
+use std::process::Command;
+use std::time::Duration;
+
+fn output(tmp: &Tmp, run_id: i64) -> String {
+    let out = waymark(
+        tmp,
+        &[
+            "show",
+            &run_id.to_string(),
+            "--db",
+            tmp.db().to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], "completed", "{v}");
+    // The output column is not in the JSON; decode it from the database (bincode String).
+    let bytes: Vec<u8> = conn(&tmp.db())
+        .query_row(
+            "SELECT output FROM runs WHERE id = ?1",
+            params![run_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    bincode::deserialize::<String>(&bytes).unwrap()
+}
+
+/// (id, consumed_seq) of the run's events, in send order.
+fn events(tmp: &Tmp, run_id: i64) -> Vec<(i64, Option<i64>)> {
+    let c = conn(&tmp.db());
+    let mut s = c
+        .prepare("SELECT id, consumed_seq FROM events WHERE run_id = ?1 ORDER BY id")
+        .unwrap();
+    s.query_map(params![run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn send(tmp: &Tmp, run_id: i64, name: &str, json: &str) {
+    waymark(
+        tmp,
+        &[
+            "send",
+            &run_id.to_string(),
+            name,
+            "--db",
+            tmp.db().to_str().unwrap(),
+            "--json",
+            json,
+        ],
+    );
+}
+
+fn waiting(tmp: &Tmp, run_id: i64) -> bool {
+    conn(&tmp.db())
+        .query_row(
+            "SELECT status = 'suspended' AND note = 'waiting for event ''go''' FROM runs WHERE id = ?1",
+            params![run_id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+// Scenario: a run waits (suspended) for event "go"; the engine is SIGKILLed; two "go" events
+// are sent while no engine runs (between send_event and delivery); the engine restarts.
+// Must survive: the events (kept in the database), the run wakes and gets exactly the first
+// one, journaled once; the second stays unconsumed.
+#[test]
+fn event_sent_while_engine_dead_is_delivered_once_after_restart() {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    let id = start(
+        &tmp,
+        "fixture.waiter",
+        r#"{"name":"go","timeout_ms":600000}"#,
+        1,
+    )[0];
+    let mut engine = serve(&tmp, 2, &[]);
+    wait_until(Duration::from_secs(30), "run waits for the event", || {
+        waiting(&tmp, id)
+    });
+    kill(&mut engine);
+    send(&tmp, id, "go", r#"{"n":1}"#);
+    send(&tmp, id, "go", r#"{"n":2}"#);
+    let mut engine = serve(&tmp, 2, &[]);
+    wait_until(Duration::from_secs(30), "run completed", || {
+        status(&db, id) == "completed"
+    });
+    kill(&mut engine);
+    assert_eq!(output(&tmp, id), r#"{"n":1}"#);
+    let ev = events(&tmp, id);
+    assert_eq!(ev.len(), 2);
+    assert_eq!(ev[0].1, Some(2), "first event consumed into seq 2");
+    assert_eq!(ev[1].1, None, "second event kept, not consumed");
+    let kinds: Vec<_> = journal(&db, id).into_iter().map(|e| (e.1, e.2)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("fixture.mark".to_string(), "step".to_string()),
+            ("wait:go".into(), "sleep".into()),
+            ("go".into(), "event".into()),
+            ("fixture.mark".into(), "step".into()),
+        ]
+    );
+}
+
+// Scenario: the engine is killed right after the delivery transaction committed (fault point
+// after_checkpoint, 3rd pass: mark, timer, delivery), before the workflow used the payload.
+// Must survive: the delivered payload (replayed from the journal after restart, not
+// re-consumed); the event is consumed exactly once.
+#[test]
+fn kill_right_after_delivery_replays_the_journaled_event() {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    let id = start(
+        &tmp,
+        "fixture.waiter",
+        r#"{"name":"go","timeout_ms":600000}"#,
+        1,
+    )[0];
+    let mut engine = serve(&tmp, 2, &[("WAYMARK_FAULT", "after_checkpoint=3")]);
+    wait_until(Duration::from_secs(30), "run waits for the event", || {
+        waiting(&tmp, id)
+    });
+    send(&tmp, id, "go", r#""hello""#);
+    let code = engine.wait().unwrap();
+    assert!(
+        !code.success(),
+        "the engine killed itself at the fault point"
+    );
+    assert_eq!(events(&tmp, id), vec![(events(&tmp, id)[0].0, Some(2))]);
+    assert_eq!(status(&db, id), "running", "killed mid-run");
+    let mut engine = serve(&tmp, 2, &[]);
+    wait_until(Duration::from_secs(30), "run completed", || {
+        status(&db, id) == "completed"
+    });
+    kill(&mut engine);
+    assert_eq!(output(&tmp, id), r#""hello""#);
+    assert_eq!(events(&tmp, id).len(), 1);
+}
+
+// Scenario: an event sent before the run ever waits (the run is still pending, no engine).
+// Must hold: it is kept and delivered when the run reaches the wait. A second scenario
+// in the same test: a wait that times out while the engine is dead ends with "timeout".
+// Sending to a finished run is refused with a one-line error.
+#[test]
+fn early_events_are_kept_and_timeouts_survive_restart() {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    let early = start(
+        &tmp,
+        "fixture.waiter",
+        r#"{"name":"go","timeout_ms":600000}"#,
+        1,
+    )[0];
+    send(&tmp, early, "go", "[1,2,3]");
+    let late = start(
+        &tmp,
+        "fixture.waiter",
+        r#"{"name":"go","timeout_ms":1500}"#,
+        1,
+    )[0];
+    let mut engine = serve(&tmp, 2, &[]);
+    wait_until(Duration::from_secs(30), "early run completed", || {
+        status(&db, early) == "completed"
+    });
+    wait_until(Duration::from_secs(30), "late run waits", || {
+        waiting(&tmp, late)
+    });
+    kill(&mut engine);
+    std::thread::sleep(Duration::from_millis(1600));
+    let mut engine = serve(&tmp, 2, &[]);
+    wait_until(Duration::from_secs(30), "late run completed", || {
+        status(&db, late) == "completed"
+    });
+    kill(&mut engine);
+    assert_eq!(output(&tmp, early), "[1,2,3]");
+    assert_eq!(output(&tmp, late), "timeout");
+    let j = journal(&db, late);
+    assert_eq!((j[2].2.as_str(), j[2].3.as_str()), ("event", "failed"));
+
+    let out = Command::new(bin())
+        .args([
+            "send",
+            &early.to_string(),
+            "go",
+            "--db",
+            db.to_str().unwrap(),
+            "--json",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already ended (completed)"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1);
+}

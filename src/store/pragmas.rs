@@ -52,8 +52,15 @@ pub fn apply(conn: &Connection, s: ConnSettings) -> StoreResult<()> {
         .map_err(|e| StoreError::sqlite("setting busy_timeout", e))?;
     // Must precede journal_mode=WAL: switching to WAL writes page 1 of a fresh file, after
     // which auto_vacuum can no longer change. A no-op (not an error) once tables exist.
-    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
-        .map_err(|e| StoreError::sqlite("setting auto_vacuum", e))?;
+    // Only on an empty file: on an existing one the pragma cannot change anything and would
+    // still want the write lock, so an open would fail while another process holds it.
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(|e| StoreError::sqlite("reading the schema", e))?;
+    if tables == 0 {
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
+            .map_err(|e| StoreError::sqlite("setting auto_vacuum", e))?;
+    }
     set_str(conn, "journal_mode", "wal")?;
     set_int(conn, "synchronous", s.synchronous.value())?;
     set_int(conn, "foreign_keys", 0)?;

@@ -361,6 +361,7 @@ pub fn registry() -> Registry {
     let mut reg = Registry::new();
     demo::register(&mut reg);
     register(&mut reg);
+    super::bench::register(&mut reg);
     super::fixtures_features::register(&mut reg);
     reg
 }

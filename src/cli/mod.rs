@@ -1,5 +1,6 @@
 //! The `waymark` command line: the only place that prints and chooses exit codes.
 
+mod bench;
 mod demo;
 mod features;
 mod fixtures;
@@ -61,6 +62,8 @@ enum Command {
     Serve(fixtures::ServeArgs),
     /// Start one run of a built-in workflow.
     Start(fixtures::StartArgs),
+    /// Measure the standard workloads against this machine's own limits.
+    Bench(bench::BenchArgs),
     /// Measure how many threads start under a memory rlimit (for the memory-cap default).
     #[command(hide = true)]
     ProbeThreads {
@@ -125,6 +128,7 @@ pub fn main() -> i32 {
         Command::Resume { run_id, db } => inspect::resume(&db, &run_id),
         Command::Serve(args) => fixtures::serve(args),
         Command::Start(args) => fixtures::start(args),
+        Command::Bench(args) => bench::run(args),
         Command::ProbeThreads { rlimit, mib, max } => fixtures::probe_threads(&rlimit, mib, max),
         Command::Torture(args) => torture::run(args),
         Command::TortureEngine(args) => torture::engine(args),

@@ -1,10 +1,11 @@
 //! The dispatcher: claims ready runs in short transactions and hands them to workers.
 //!
 //! Invariant: it never claims more runs than there are idle workers, so a claimed run
-//! starts executing at once and its lease is never held by a queue.
+//! starts executing at once and its lease is never held by a queue. It takes the write lock
+//! only when a read shows something claimable.
 
 use crate::engine::Inner;
-use crate::store::{Done, Op};
+use crate::store::{queries, Done, Op};
 use std::sync::atomic::Ordering;
 
 /// Claim and dispatch until shutdown.
@@ -19,6 +20,13 @@ pub fn dispatch_loop(
         let free = workers - busy;
         let can_claim =
             free > 0 && !inner.storage_failed.load(Ordering::SeqCst) && inner.lease.valid();
+        // Look before taking the write lock: an idle engine polls with a read, not a write
+        // transaction (which would contend with other engine processes on the file).
+        let can_claim = can_claim
+            && inner
+                .store
+                .read(|c| queries::claimable(c, inner.clock.now_ms(), &inner.workflows_json))
+                .unwrap_or(true);
         let mut claimed_all = false;
         if can_claim {
             let op = Op::Claim {

@@ -157,10 +157,15 @@ impl Engine {
             create: true,
             synchronous: config.synchronous,
             busy_timeout: config.busy_timeout,
-            quick_check: config.quick_check_on_open,
+            quick_check: config.quick_check_on_open && !config.quick_check_always,
             readers_max: 4,
         };
         let store = Store::open(&config.db_path, &opts, clock.clone())?;
+        if config.quick_check_always {
+            // Opt-in: check every open whatever the size (Store::open skipped it).
+            let path = config.db_path.clone();
+            store.read(|c| crate::store::schema::quick_check(c, &path))?;
+        }
         let owner: Arc<str> = host::random_id().into();
         let (pid, pid_start) = host::this_process();
         let boot_id = host::boot_id();

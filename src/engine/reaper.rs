@@ -18,6 +18,9 @@ use crate::store::{queries, Done, Op, StoreResult};
 use std::collections::HashMap;
 use std::time::Instant;
 
+/// Runs reclaimed per writer command.
+const RECLAIM_CHUNK: usize = 500;
+
 /// What the reaper remembers between passes: last heartbeat value seen per owner.
 #[derive(Debug, Default)]
 pub struct Reaper {
@@ -67,17 +70,24 @@ impl Reaper {
                     .map(|_| format!("owner {} has no engine record and its lease expired", o.id)),
             };
             let Some(why) = why else { continue };
-            for (run_id, epoch) in inner.store.read(|c| queries::runs_of_owner(c, &o.id))? {
+            let runs = inner.store.read(|c| queries::runs_of_owner(c, &o.id))?;
+            // One command per chunk: recovering thousands of runs costs a few commits.
+            for chunk in runs.chunks(RECLAIM_CHUNK) {
                 fault::point(fault::Point::ReaperBeforeReclaim);
-                let op = Op::Reclaim {
-                    run_id,
-                    epoch,
+                let op = Op::ReclaimMany {
+                    runs: chunk.to_vec(),
                     reason: why.clone(),
                     poison_limit: inner.config.interruptions_max,
                 };
-                if let Done::Reclaimed(true) = inner.store.call(op)? {
-                    log::warn!("reclaimed run {run_id} (epoch {epoch}): {why}");
-                    reclaimed += 1;
+                if let Done::Runs(done) = inner.store.call(op)? {
+                    for (run_id, _) in done.iter().filter(|(_, ok)| *ok) {
+                        log::debug!("reclaimed run {run_id}: {why}");
+                    }
+                    let n = done.iter().filter(|(_, ok)| *ok).count();
+                    if n > 0 {
+                        log::warn!("reclaimed {n} runs: {why}");
+                    }
+                    reclaimed += n;
                 }
             }
         }

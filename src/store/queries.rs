@@ -189,7 +189,7 @@ pub struct OwnerRow {
 pub fn owners(conn: &Connection) -> StoreResult<Vec<OwnerRow>> {
     conn.prepare_cached(
         "SELECT o.owner, e.pid, e.pid_start, e.boot_id, e.beat, e.stopped_at IS NOT NULL, o.lease
-         FROM (SELECT owner, max(lease_expires_at) AS lease FROM runs WHERE status = 'running' GROUP BY owner) o
+         FROM (SELECT owner, max(lease_expires_at) AS lease FROM runs INDEXED BY runs_owner WHERE status = 'running' GROUP BY owner) o
          LEFT JOIN engines e ON e.id = o.owner",
     )
     .and_then(|mut s| {
@@ -234,12 +234,14 @@ pub fn idle_engines(conn: &Connection) -> StoreResult<Vec<OwnerRow>> {
 
 /// `(run_id, epoch)` of every running run held by `owner`.
 pub fn runs_of_owner(conn: &Connection, owner: &str) -> StoreResult<Vec<(i64, i64)>> {
-    conn.prepare_cached("SELECT id, epoch FROM runs WHERE owner = ?1 AND status = 'running'")
-        .and_then(|mut s| {
-            s.query_map(params![owner], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
-        })
-        .map_err(sql("reading an owner's runs"))
+    conn.prepare_cached(
+        "SELECT id, epoch FROM runs INDEXED BY runs_owner WHERE owner = ?1 AND status = 'running'",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![owner], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+    })
+    .map_err(sql("reading an owner's runs"))
 }
 
 /// Highest attempt number recorded for `(run_id, seq)`, 0 if none.
@@ -257,4 +259,23 @@ pub fn open_attempts(conn: &Connection, run_id: i64) -> StoreResult<Vec<AttemptR
         .into_iter()
         .filter(|a| a.outcome.is_none() && a.pid.is_some())
         .collect())
+}
+
+/// Is there work for `Op::Claim` now, for an engine running `workflows_json`: a pending run
+/// (always due), a due suspended run, or a `blocked_version` run this engine can unpark
+/// (the same conditions the claim acts on)? A read, so an idle dispatcher
+/// polls without taking the write lock.
+pub fn claimable(conn: &Connection, now: i64, workflows_json: &str) -> StoreResult<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM runs INDEXED BY runs_claim
+                        WHERE status = 'pending'
+                          AND (workflow || '@' || version) IN (SELECT value FROM json_each(?2)))
+             OR EXISTS (SELECT 1 FROM runs INDEXED BY runs_wake
+                        WHERE status = 'suspended' AND ready_at <= ?1)
+             OR EXISTS (SELECT 1 FROM runs
+                        WHERE status = 'blocked_version'
+                          AND (workflow || '@' || version) IN (SELECT value FROM json_each(?2)))",
+    )
+    .and_then(|mut s| s.query_row(params![now, workflows_json], |r| r.get(0)))
+    .map_err(sql("checking for claimable runs"))
 }

@@ -142,6 +142,14 @@ pub enum Op {
         reason: String,
         poison_limit: i64,
     },
+    /// [`Op::Reclaim`] for many runs of one dead owner in one command (recovery of
+    /// thousands of runs costs one commit, not one each). Answers `Done::Runs` with
+    /// `(run_id, reclaimed)` in order.
+    ReclaimMany {
+        runs: Vec<(i64, i64)>,
+        reason: String,
+        poison_limit: i64,
+    },
     /// Move a `blocked` run back to pending (operator asked to retry it).
     Resume {
         run_id: i64,
@@ -284,6 +292,29 @@ pub(crate) fn fenced(changed: usize, fence: &Fence) -> StoreResult<Done> {
     }
 }
 
+/// Wake due suspended runs. `INDEXED BY`: the planner otherwise picks `runs_status` and
+/// reads every suspended run instead of only the due ones.
+pub const WAKE_SQL: &str =
+    "UPDATE runs INDEXED BY runs_wake SET status = 'pending', note = NULL, updated_at = ?1
+     WHERE status = 'suspended' AND ready_at <= ?1";
+
+/// Claim up to ?5 ready runs in one statement. `INDEXED BY runs_claim`: the partial index is
+/// already in claim order, so the claim walks it and stops at the limit; without the hint
+/// the planner picks `runs_status`, reads every pending run and sorts them (O(pending) per
+/// claim). Checked by tests/query_plans.rs.
+pub const CLAIM_SQL: &str = "UPDATE runs SET status = 'running', owner = ?1, epoch = epoch + 1,
+                            lease_expires_at = ?2, updated_at = ?3, note = NULL
+                     WHERE id IN (SELECT id FROM runs INDEXED BY runs_claim
+                                  WHERE status = 'pending'
+                                    AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
+                                    AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = runs.queue)
+                                  ORDER BY priority DESC, ready_at, id LIMIT ?5)
+                     RETURNING id, workflow, version, input, epoch, interruptions, deadline_at";
+
+/// Extend the leases of every run an engine holds (partial index `runs_owner`).
+pub const HEARTBEAT_SQL: &str =
+    "UPDATE runs INDEXED BY runs_owner SET lease_expires_at = ?2 WHERE owner = ?1 AND status = 'running'";
+
 pub(crate) const FENCE: &str = "id = ?1 AND owner = ?2 AND epoch = ?3 AND status = 'running'";
 
 /// Apply one command inside the writer's open transaction. `now` is the batch's wall time (ms).
@@ -320,11 +351,9 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             workflows_json,
             lease_ms,
         } => {
-            conn.prepare_cached(
-                "UPDATE runs SET status = 'pending', note = NULL, updated_at = ?1 WHERE status = 'suspended' AND ready_at <= ?1",
-            )
-            .and_then(|mut s| s.execute(params![now]))
-            .map_err(sql("waking suspended runs"))?;
+            conn.prepare_cached(WAKE_SQL)
+                .and_then(|mut s| s.execute(params![now]))
+                .map_err(sql("waking suspended runs"))?;
             // Every `pending` run is due: a run waiting for a time is `suspended` (enqueue with
             // a future ready_at, retry backoff) and becomes pending only once due. So the claim
             // does not compare ready_at with `now` again: after the wall clock jumps back, runs
@@ -341,16 +370,7 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             )?;
             let limit = limit - limited.len() as i64;
             let mut stmt = conn
-                .prepare_cached(
-                    "UPDATE runs SET status = 'running', owner = ?1, epoch = epoch + 1,
-                            lease_expires_at = ?2, updated_at = ?3, note = NULL
-                     WHERE id IN (SELECT id FROM runs
-                                  WHERE status = 'pending'
-                                    AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
-                                    AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = runs.queue)
-                                  ORDER BY priority DESC, ready_at, id LIMIT ?5)
-                     RETURNING id, workflow, version, input, epoch, interruptions, deadline_at",
-                )
+                .prepare_cached(CLAIM_SQL)
                 .map_err(sql("preparing the claim"))?;
             let rows = stmt
                 .query_map(
@@ -385,9 +405,7 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                 });
             }
             let n = conn
-                .prepare_cached(
-                    "UPDATE runs SET lease_expires_at = ?2 WHERE owner = ?1 AND status = 'running'",
-                )
+                .prepare_cached(HEARTBEAT_SQL)
                 .and_then(|mut s| s.execute(params![&*owner, now + lease_ms]))
                 .map_err(sql("extending leases"))?;
             Ok(Done::Count(n))
@@ -568,21 +586,22 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             reason,
             poison_limit,
         } => {
-            let n = conn
-                .prepare_cached(
-                    "UPDATE runs SET
-                        status = CASE WHEN interruptions + 1 > ?3 THEN 'failed' ELSE 'pending' END,
-                        error = CASE WHEN interruptions + 1 > ?3
-                                     THEN 'interrupted ' || (interruptions + 1) || ' times; last: ' || ?4
-                                     ELSE error END,
-                        finished_at = CASE WHEN interruptions + 1 > ?3 THEN ?5 ELSE NULL END,
-                        interruptions = interruptions + 1, last_interruption = ?4,
-                        owner = NULL, epoch = epoch + 1, lease_expires_at = NULL, updated_at = ?5
-                     WHERE id = ?1 AND status = 'running' AND epoch = ?2",
-                )
-                .and_then(|mut s| s.execute(params![run_id, epoch, poison_limit, reason, now]))
-                .map_err(sql("reclaiming a run"))?;
-            Ok(Done::Reclaimed(n == 1))
+            let n = reclaim(conn, run_id, epoch, &reason, poison_limit, now)?;
+            Ok(Done::Reclaimed(n))
+        }
+        Op::ReclaimMany {
+            runs,
+            reason,
+            poison_limit,
+        } => {
+            let mut out = Vec::with_capacity(runs.len());
+            for (run_id, epoch) in runs {
+                out.push((
+                    run_id,
+                    reclaim(conn, run_id, epoch, &reason, poison_limit, now)?,
+                ));
+            }
+            Ok(Done::Runs(out))
         }
         Op::Resume { run_id } => {
             let n = conn
@@ -635,6 +654,32 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
         | Op::PutSchedule(_)
         | Op::FireSchedule { .. }) => super::feature_ops::apply(conn, op, now),
     }
+}
+
+/// Guarded reclaim of one run: only if it is still `running` at the epoch the reaper read.
+fn reclaim(
+    conn: &Connection,
+    run_id: i64,
+    epoch: i64,
+    reason: &str,
+    poison_limit: i64,
+    now: i64,
+) -> StoreResult<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE runs SET
+                status = CASE WHEN interruptions + 1 > ?3 THEN 'failed' ELSE 'pending' END,
+                error = CASE WHEN interruptions + 1 > ?3
+                             THEN 'interrupted ' || (interruptions + 1) || ' times; last: ' || ?4
+                             ELSE error END,
+                finished_at = CASE WHEN interruptions + 1 > ?3 THEN ?5 ELSE NULL END,
+                interruptions = interruptions + 1, last_interruption = ?4,
+                owner = NULL, epoch = epoch + 1, lease_expires_at = NULL, updated_at = ?5
+             WHERE id = ?1 AND status = 'running' AND epoch = ?2",
+        )
+        .and_then(|mut s| s.execute(params![run_id, epoch, poison_limit, reason, now]))
+        .map_err(sql("reclaiming a run"))?;
+    Ok(n == 1)
 }
 
 pub(crate) fn enqueue(conn: &Connection, run: &NewRun, now: i64) -> StoreResult<(i64, bool)> {

@@ -1,9 +1,12 @@
 //! The writer thread: owns the only writing connection and group-commits.
 //!
 //! Invariants:
-//! - It takes whatever commands are queued (at most [`BATCH_COMMANDS_MAX`]), never waiting
-//!   to fill a batch, and applies them in one `BEGIN IMMEDIATE` transaction, a savepoint each,
-//!   so one failing command does not sink the others.
+//! - It takes whatever commands are queued (at most [`BATCH_COMMANDS_MAX`]); a lone caller
+//!   is never delayed, and under load (previous batch larger than one) it waits at most
+//!   [`GATHER_MAX`] (and at most half the recent commit time) for the batch to reach the
+//!   previous batch's size. It applies them in
+//!   one `BEGIN IMMEDIATE` transaction, a savepoint each, so one failing command does not
+//!   sink the others.
 //! - A caller is answered only after COMMIT returned; if COMMIT fails, every command of the
 //!   batch is answered with that error (nothing is acknowledged that did not commit).
 //! - SQLITE_BUSY never reaches a caller: BEGIN is retried with backoff while another
@@ -15,20 +18,32 @@ use crate::clock::Clock;
 use crate::fault;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use rusqlite::Connection;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most commands applied in one transaction.
 pub const BATCH_COMMANDS_MAX: usize = 512;
+/// Longest the writer waits to gather a batch under load (never for a lone caller).
+pub const GATHER_MAX: Duration = Duration::from_micros(200);
 /// Commands that may wait for the writer before callers block.
 pub const QUEUE_COMMANDS_MAX: usize = 4096;
 
 type Reply = Sender<StoreResult<Done>>;
 
+/// Counters of the writer thread (for benches and diagnostics): transactions committed
+/// (or attempted) and commands applied. `commands / batches` is the mean group size.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub batches: AtomicU64,
+    pub commands: AtomicU64,
+}
+
 /// A handle to the writer thread. Cloning shares the thread.
 #[derive(Clone, Debug)]
 pub struct Writer {
     tx: Sender<(Op, Reply)>,
+    stats: Arc<WriterStats>,
 }
 
 impl Writer {
@@ -38,17 +53,30 @@ impl Writer {
         clock: Arc<dyn Clock>,
     ) -> StoreResult<(Writer, std::thread::JoinHandle<()>)> {
         let (tx, rx) = bounded::<(Op, Reply)>(QUEUE_COMMANDS_MAX);
+        let stats = Arc::new(WriterStats::default());
+        let thread_stats = stats.clone();
         let handle = std::thread::Builder::new()
             .name("waymark-writer".into())
-            .spawn(move || run(conn, rx, clock))
+            .spawn(move || run(conn, rx, clock, &thread_stats))
             .map_err(|_| StoreError::WriterStopped)?;
-        Ok((Writer { tx }, handle))
+        Ok((Writer { tx, stats }, handle))
+    }
+
+    /// `(batches, commands)` applied so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.stats.batches.load(Ordering::Relaxed),
+            self.stats.commands.load(Ordering::Relaxed),
+        )
     }
 
     /// A handle whose thread is gone: every call fails with `WriterStopped`.
     pub fn disconnected() -> Writer {
         let (tx, _) = bounded(0);
-        Writer { tx }
+        Writer {
+            tx,
+            stats: Arc::default(),
+        }
     }
 
     /// Apply `op` and wait until it committed (or failed).
@@ -90,8 +118,21 @@ fn bound_wal(conn: &Connection) {
     }
 }
 
-fn run(mut conn: Connection, rx: Receiver<(Op, Reply)>, clock: Arc<dyn Clock>) {
+fn run(
+    mut conn: Connection,
+    rx: Receiver<(Op, Reply)>,
+    clock: Arc<dyn Clock>,
+    stats: &WriterStats,
+) {
     let mut batch: Vec<(Op, Reply)> = Vec::with_capacity(BATCH_COMMANDS_MAX);
+    // Size of the previous batch: the load signal. A lone caller (previous batch of one)
+    // is never delayed; under load the writer waits up to GATHER_MAX for as many commands
+    // as the previous batch had, since callers answered by the last COMMIT need a moment
+    // to send their next command and an fsync costs far more than the wait.
+    // The wait is also capped at half the recent commit time, so on a fast disk waiting
+    // never costs more than half an fsync.
+    let mut last_len = 1usize;
+    let mut commit_ewma = GATHER_MAX * 2;
     let mut batches: u64 = 0;
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -101,7 +142,23 @@ fn run(mut conn: Connection, rx: Receiver<(Op, Reply)>, clock: Arc<dyn Clock>) {
                 Err(_) => break,
             }
         }
+        if last_len > 1 && batch.len() < last_len {
+            let deadline = Instant::now() + GATHER_MAX.min(commit_ewma / 2);
+            while batch.len() < last_len.min(BATCH_COMMANDS_MAX) {
+                match rx.recv_deadline(deadline) {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+        }
+        last_len = batch.len();
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .commands
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let started = Instant::now();
         commit_batch(&mut conn, &mut batch, &*clock);
+        commit_ewma = (commit_ewma * 7 + started.elapsed()) / 8;
         batches += 1;
         if batches.is_multiple_of(WAL_CHECK_BATCHES) {
             bound_wal(&conn);

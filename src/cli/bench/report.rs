@@ -1,0 +1,144 @@
+//! Bench results: one row per figure, printed as a table or as JSON.
+
+use std::path::Path;
+use std::time::Duration;
+
+/// One measured figure, with the baseline it is compared to (if any) and its goal.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub id: &'static str,
+    pub what: String,
+    pub value: f64,
+    pub unit: &'static str,
+    /// (baseline name, baseline value in the same unit)
+    pub baseline: Option<(&'static str, f64)>,
+    /// Human-readable goal, and whether it was met.
+    pub goal: Option<(String, bool)>,
+}
+
+impl Row {
+    pub fn new(id: &'static str, what: impl Into<String>, value: f64, unit: &'static str) -> Self {
+        Row {
+            id,
+            what: what.into(),
+            value,
+            unit,
+            baseline: None,
+            goal: None,
+        }
+    }
+
+    pub fn baseline(mut self, name: &'static str, value: f64) -> Self {
+        self.baseline = Some((name, value));
+        self
+    }
+
+    /// Goal: ratio to the baseline at least `min`.
+    pub fn ratio_goal(mut self, min: f64) -> Self {
+        let met = self.ratio().map(|r| r >= min).unwrap_or(false);
+        self.goal = Some((format!("ratio >= {min}"), met));
+        self
+    }
+
+    /// Goal: value at most `max` (in the row's unit).
+    pub fn max_goal(mut self, max: f64) -> Self {
+        self.goal = Some((format!("<= {}", fmt_num(max)), self.value <= max));
+        self
+    }
+
+    pub fn ratio(&self) -> Option<f64> {
+        self.baseline
+            .filter(|(_, b)| *b > 0.0)
+            .map(|(_, b)| self.value / b)
+    }
+}
+
+pub fn fmt_num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{:.0}", v)
+    } else if v >= 10.0 {
+        format!("{:.1}", v)
+    } else {
+        format!("{:.2}", v)
+    }
+}
+
+/// The 1-minute load average (other work on the machine skews every figure).
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// A markdown table (also readable in a terminal).
+pub fn table(rows: &[Row], quick: bool, total: Duration) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "waymark bench{} ({} {}, {} CPUs, load average {}) in {:.1}s\n\n",
+        if quick { " --quick" } else { "" },
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        load_average(),
+        total.as_secs_f64()
+    ));
+    out.push_str("| id | workload | result | baseline | ratio | goal |\n");
+    out.push_str("|---|---|---|---|---|---|\n");
+    for r in rows {
+        let base = r
+            .baseline
+            .map(|(n, v)| format!("{} {} ({n})", fmt_num(v), r.unit))
+            .unwrap_or_else(|| "-".into());
+        let ratio = r
+            .ratio()
+            .map(|x| format!("{x:.2}x"))
+            .unwrap_or_else(|| "-".into());
+        let goal = r
+            .goal
+            .as_ref()
+            .map(|(g, met)| format!("{g} {}", if *met { "met" } else { "MISSED" }))
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "| {} | {} | {} {} | {} | {} | {} |\n",
+            r.id,
+            r.what,
+            fmt_num(r.value),
+            r.unit,
+            base,
+            ratio,
+            goal
+        ));
+    }
+    out
+}
+
+/// One JSON object: `{"quick":..,"dir":..,"seconds":..,"results":[..]}`.
+pub fn json(rows: &[Row], quick: bool, dir: &Path, total: Duration) -> String {
+    let results: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.id,
+                "workload": r.what,
+                "value": r.value,
+                "unit": r.unit,
+                "baseline": r.baseline.map(|(n, _)| n),
+                "baseline_value": r.baseline.map(|(_, v)| v),
+                "ratio": r.ratio(),
+                "goal": r.goal.as_ref().map(|(g, _)| g.clone()),
+                "goal_met": r.goal.as_ref().map(|(_, m)| *m),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "quick": quick,
+        "dir": dir.display().to_string(),
+        "seconds": total.as_secs_f64(),
+        "load_average": load_average(),
+        "results": results,
+    })
+    .to_string()
+}

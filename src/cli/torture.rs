@@ -7,6 +7,7 @@
 //! SIGKILL a random engine after a random delay (mostly mid-step), restart an engine armed
 //! with a `WAYMARK_FAULT` point (before/after commit, in/after step, after checkpoint) so it
 //! kills itself mid-commit, or SIGKILL every engine at once; killed engines are restarted.
+//! One cycle in ten also jumps the engines' shared injected wall clock to +1 h, -1 h or 0.
 //! Then it lets everything finish and checks the invariants (see [`check`]).
 
 mod workload;
@@ -90,6 +91,7 @@ struct Harness {
     /// Every engine pid and its log file.
     logs: Vec<(u32, PathBuf)>,
     kills: u64,
+    clock_jumps: u64,
     violations: Vec<String>,
 }
 
@@ -110,6 +112,10 @@ impl Harness {
             .arg("--lease-ttl-ms")
             .arg(self.lease_ttl_ms.to_string())
             .env("RUST_LOG", "warn")
+            .env(
+                "WAYMARK_TEST_CLOCK_OFFSET_FILE",
+                self.dir.join("clock-offset"),
+            )
             .env_remove("WAYMARK_FAULT")
             .env_remove("WAYMARK_FAULT_PAUSE")
             .stdin(Stdio::null())
@@ -227,6 +233,7 @@ pub struct Summary {
     pub reexecutions: u64,
     pub max_reexecutions_bound: u64,
     pub seed: u64,
+    pub clock_jumps: u64,
     pub elapsed_ms: u64,
     pub violations: Vec<String>,
 }
@@ -292,6 +299,7 @@ pub fn run(args: TortureArgs) -> CliResult {
         killed: HashSet::new(),
         logs: Vec::new(),
         kills: 0,
+        clock_jumps: 0,
         violations: Vec::new(),
     };
     let mut rng = Rng(args.seed);
@@ -303,6 +311,13 @@ pub fn run(args: TortureArgs) -> CliResult {
             h.spawn(slot, None)?;
         }
         std::thread::sleep(Duration::from_millis(20 + rng.below(300)));
+        if rng.below(10) == 0 {
+            // The host's wall clock jumps (every engine reads the same offset file).
+            let offset = [3_600_000i64, -3_600_000, 0][rng.below(3) as usize];
+            std::fs::write(dir.join("clock-offset"), offset.to_string())
+                .map_err(|e| format!("cannot move the injected clock: {e}"))?;
+            h.clock_jumps += 1;
+        }
         let roll = rng.below(100);
         if roll < 15 {
             // Every engine at once.
@@ -356,6 +371,7 @@ pub fn run(args: TortureArgs) -> CliResult {
     summary.cycles = args.cycles;
     summary.kills = h.kills;
     summary.seed = args.seed;
+    summary.clock_jumps = h.clock_jumps;
     summary.elapsed_ms = started.elapsed().as_millis() as u64;
     summary
         .violations

@@ -14,7 +14,7 @@
 //! - Suspension notes name what a run waits for; wake-ups match on them exactly.
 
 use super::error::{StoreError, StoreResult};
-use super::transitions::{enqueue, fenced, sql, Claimed, Done, Fence, Op, FENCE};
+use super::transitions::{enqueue, fenced, sql, suspend, Claimed, Done, Fence, Op, FENCE};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// What an `AwaitEvent` or `AwaitChild` found.
@@ -127,26 +127,6 @@ fn insert_entry(conn: &Connection, run_id: i64, e: NewEntry<'_>, now: i64) -> St
         _ => StoreError::sqlite("recording a journal entry", err),
     })?;
     Ok(())
-}
-
-fn suspend(conn: &Connection, fence: &Fence, until: i64, note: &str, now: i64) -> StoreResult<()> {
-    let n = conn
-        .prepare_cached(&format!(
-            "UPDATE runs SET status = 'suspended', ready_at = ?4, note = ?5, owner = NULL,
-                    lease_expires_at = NULL, updated_at = ?6 WHERE {FENCE}"
-        ))
-        .and_then(|mut s| {
-            s.execute(params![
-                fence.run_id,
-                &*fence.owner,
-                fence.epoch,
-                until,
-                note,
-                now
-            ])
-        })
-        .map_err(sql("suspending a run"))?;
-    fenced(n, fence).map(|_| ())
 }
 
 /// Part of `Op::Claim`: runs parked as `blocked_version` whose `workflow@version` this

@@ -529,23 +529,8 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             fenced(n, &fence)
         }
         Op::Suspend { fence, until, note } => {
-            let n = conn
-                .prepare_cached(&format!(
-                    "UPDATE runs SET status = 'suspended', ready_at = ?4, note = ?5, owner = NULL,
-                            lease_expires_at = NULL, updated_at = ?6 WHERE {FENCE}"
-                ))
-                .and_then(|mut s| {
-                    s.execute(params![
-                        fence.run_id,
-                        &*fence.owner,
-                        fence.epoch,
-                        until,
-                        note,
-                        now
-                    ])
-                })
-                .map_err(sql("suspending a run"))?;
-            fenced(n, &fence)
+            suspend(conn, &fence, until, &note, now)?;
+            Ok(Done::Unit)
         }
         Op::Release { fence } => {
             let n = conn
@@ -720,4 +705,31 @@ pub(crate) fn enqueue(conn: &Connection, run: &NewRun, now: i64) -> StoreResult<
     })
     .map_err(sql("enqueueing a run"))?;
     Ok((conn.last_insert_rowid(), true))
+}
+
+/// running -> suspended until `until` (fenced). Shared by retries, sleeps, event and child waits.
+pub(crate) fn suspend(
+    conn: &Connection,
+    fence: &Fence,
+    until: i64,
+    note: &str,
+    now: i64,
+) -> StoreResult<()> {
+    let n = conn
+        .prepare_cached(&format!(
+            "UPDATE runs SET status = 'suspended', ready_at = ?4, note = ?5, owner = NULL,
+                    lease_expires_at = NULL, updated_at = ?6 WHERE {FENCE}"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                fence.run_id,
+                &*fence.owner,
+                fence.epoch,
+                until,
+                note,
+                now
+            ])
+        })
+        .map_err(sql("suspending a run"))?;
+    fenced(n, fence).map(|_| ())
 }

@@ -148,6 +148,11 @@ pub struct Config {
     pub pool_runs_max: u64,
     /// A pooled child whose resident memory passes this after an execution is replaced.
     pub pool_rss_max_bytes: u64,
+    /// How long [`crate::Engine::shutdown`] lets in-flight steps finish while it keeps their
+    /// leases renewed. At its end, child steps still running are killed (their whole process
+    /// group) and their runs released; an in-process step cannot be killed, so shutdown keeps
+    /// renewing its lease until it returns (and never releases a run whose step still runs).
+    pub shutdown_grace: Duration,
 }
 
 impl Config {
@@ -175,6 +180,7 @@ impl Config {
             kill_grace: Duration::from_secs(2),
             pool_runs_max: 1000,
             pool_rss_max_bytes: 256 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 

@@ -44,13 +44,24 @@ pub(crate) enum Interrupt {
     Parked,
 }
 
+/// Outcome of an attempt killed at the end of an engine's shutdown grace.
+pub(crate) const ATTEMPT_SHUTDOWN: &str = "shutdown";
+
+/// Does an attempt with this outcome spend one of the step's retries? Only an attempt that
+/// ended with a failure of its own does: one cut by its engine's death (no outcome) or by a
+/// clean shutdown does not.
+pub(crate) fn counts_as_failure(outcome: Option<&str>) -> bool {
+    matches!(outcome, Some(o) if o != ATTEMPT_SHUTDOWN && o != "success")
+}
+
 /// Handed to a workflow function; every durable operation goes through it.
 pub struct Ctx<'a> {
     pub(crate) inner: &'a Inner,
     pub(crate) fence: Fence,
     pub(crate) workflow: String,
     pub(crate) journal: Vec<StepRow>,
-    pub(crate) last_attempts: HashMap<i64, i64>,
+    /// Per seq: the last attempt number recorded, and how many attempts failed on their own.
+    pub(crate) last_attempts: HashMap<i64, (i64, i64)>,
     pub(crate) next_seq: i64,
     pub(crate) interrupt: Option<Interrupt>,
     pub(crate) cancel: Arc<AtomicBool>,
@@ -97,9 +108,7 @@ impl<'a> Ctx<'a> {
         if self.interrupt.is_some() {
             return Err(WorkflowError::Interrupted);
         }
-        if !self.inner.lease.valid() {
-            return Err(self.interrupt(Interrupt::LeaseExpired));
-        }
+        self.check_lease()?;
         if self.inner.shutting_down() {
             return Err(self.interrupt(Interrupt::Shutdown));
         }
@@ -107,6 +116,33 @@ impl<'a> Ctx<'a> {
             return Err(self.interrupt(Interrupt::Cancelled));
         }
         Ok(())
+    }
+
+    /// Err if the run was interrupted or the lease of the incarnation that claimed it is
+    /// no longer valid (expired, or revoked for good after a fence).
+    pub(crate) fn check_lease(&mut self) -> Result<(), WorkflowError> {
+        if self.interrupt.is_some() {
+            return Err(WorkflowError::Interrupted);
+        }
+        if !self.inner.lease.valid_for(&self.fence.owner) {
+            return Err(self.interrupt(Interrupt::LeaseExpired));
+        }
+        Ok(())
+    }
+
+    /// Read (no commit) whether the run is still ours at the claim's epoch; if not, the run
+    /// was taken from us (reclaimed while we were paused): stop, write nothing more.
+    pub(crate) fn check_fence(&mut self) -> Result<(), WorkflowError> {
+        let fence = self.fence.clone();
+        match self
+            .inner
+            .store
+            .read(|c| crate::store::queries::fence_holds(c, &fence))
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.interrupt(Interrupt::LeaseLost)),
+            Err(e) => Err(self.interrupt(Interrupt::Storage(e))),
+        }
     }
 
     /// Write through the writer, turning fencing and storage errors into interrupts.
@@ -231,7 +267,8 @@ impl<'a> Ctx<'a> {
 
     fn execute(&mut self, seq: i64, def: &StepDef, input: &[u8]) -> Result<Vec<u8>, WorkflowError> {
         let name = def.name().to_string();
-        let attempt = self.last_attempts.get(&seq).copied().unwrap_or(0) + 1;
+        let (last, failures) = self.last_attempts.get(&seq).copied().unwrap_or((0, 0));
+        let attempt = last + 1;
         let policy = def
             .options()
             .retry
@@ -249,6 +286,12 @@ impl<'a> Ctx<'a> {
                 .isolation
                 .unwrap_or(self.inner.config.isolation)
         };
+        if isolation == crate::config::Isolation::InProcess {
+            // A child step's fenced AttemptStart commit proves the run is still ours before
+            // it can have any effect; an in-process step gets the same proof from a read, so
+            // an owner that lost the run while paused starts no step on it.
+            self.check_fence()?;
+        }
         let request = ExecRequest {
             fence: &self.fence,
             seq,
@@ -261,7 +304,21 @@ impl<'a> Ctx<'a> {
         };
         let outcome = self.inner.executor(isolation).execute(self.inner, &request);
         fault::point(fault::Point::AfterStep);
-        self.check_live()?;
+        if outcome.is_err() && self.inner.steps_aborted() {
+            // Killed at the end of the shutdown grace: not a failure of the step and no
+            // spent retry; the run is released for another engine.
+            self.write(Op::AttemptEnd {
+                fence: self.fence.clone(),
+                seq,
+                attempt,
+                outcome: ATTEMPT_SHUTDOWN,
+                reason: "killed at the end of the engine's shutdown grace".into(),
+            })?;
+            return Err(self.interrupt(Interrupt::Shutdown));
+        }
+        // Only the lease decides whether a finished step's result may be recorded: a shutdown
+        // or a cancel takes effect at the next boundary, after the result is kept.
+        self.check_lease()?;
         match outcome {
             Ok(output) => {
                 self.record(Entry {
@@ -275,7 +332,7 @@ impl<'a> Ctx<'a> {
                 })?;
                 Ok(output)
             }
-            Err(failure) => self.failed(seq, name, attempt, &policy, failure),
+            Err(failure) => self.failed(seq, name, (attempt, failures + 1), &policy, failure),
         }
     }
 
@@ -283,7 +340,7 @@ impl<'a> Ctx<'a> {
         &mut self,
         seq: i64,
         name: String,
-        attempt: i64,
+        (attempt, failures): (i64, i64),
         policy: &crate::config::RetryPolicy,
         failure: Failure,
     ) -> Result<Vec<u8>, WorkflowError> {
@@ -300,10 +357,10 @@ impl<'a> Ctx<'a> {
         }
         let retry = !failure.permanent
             && policy.retry_on.contains(&failure.class)
-            && (attempt as u32) < policy.attempts_max
+            && failures < policy.attempts_max as i64
             && !self.cancel.load(std::sync::atomic::Ordering::Relaxed);
         if retry {
-            let delay = policy.delay(attempt as u32 + 1, crate::host::random_u64());
+            let delay = policy.delay(failures as u32 + 1, crate::host::random_u64());
             let until = self.inner.clock.now_ms() + delay.as_millis() as i64;
             log::info!("run {run_id}: step '{name}' (seq {seq}) attempt {attempt} failed ({}); retrying in {delay:?}", failure.reason);
             let note = format!(

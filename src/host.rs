@@ -27,6 +27,81 @@ pub fn pid_start_time(pid: u32) -> Option<u64> {
     fields.nth(22 - 4)?.parse().ok()
 }
 
+/// This host and PID namespace, as stored in `engines.boot_id`: the kernel's boot id and the
+/// PID namespace (`/proc/self/ns/pid`), e.g. `3f9c…/pid:[4026531836]`. Two containers on one
+/// host share the boot id but not the namespace: a pid means something only inside one.
+pub fn host_id() -> String {
+    let ns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{}/{ns}", boot_id())
+}
+
+/// Where another engine runs, compared with us (from its stored [`host_id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Same boot and PID namespace: its pid can be checked here.
+    SameNamespace,
+    /// Same boot, another (or an unknown) PID namespace: only its heartbeat tells.
+    OtherNamespace,
+    /// An earlier boot of this host: it is gone.
+    EarlierBoot,
+}
+
+/// Compare a stored host id (`theirs`) with ours (`mine`, from [`host_id`]).
+pub fn place(mine: &str, theirs: &str) -> Place {
+    let (my_boot, my_ns) = mine.split_once('/').unwrap_or((mine, ""));
+    let (boot, ns) = theirs.split_once('/').unwrap_or((theirs, ""));
+    if boot != my_boot {
+        Place::EarlierBoot
+    } else if ns.is_empty() || my_ns.is_empty() || ns != my_ns {
+        Place::OtherNamespace
+    } else {
+        Place::SameNamespace
+    }
+}
+
+/// What /proc says of a process `(pid, start)` in our PID namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    /// Provably gone: no such pid (while /proc is readable), a zombie, or a reused pid.
+    Dead,
+    /// /proc could not tell (unreadable, unexpected format): never taken as dead.
+    Unknown,
+}
+
+/// Is `(pid, start)` alive? An unreadable /proc means [`Liveness::Unknown`], never dead.
+pub fn liveness(pid: u32, start: u64) -> Liveness {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                return Liveness::Unknown;
+            };
+            let mut fields = rest.split_whitespace();
+            match fields.next() {
+                Some("Z" | "X") => return Liveness::Dead,
+                None => return Liveness::Unknown,
+                _ => {}
+            }
+            match fields.nth(22 - 4).and_then(|f| f.parse::<u64>().ok()) {
+                Some(s) if s == start => Liveness::Alive,
+                Some(_) => Liveness::Dead,
+                None => Liveness::Unknown,
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Only a /proc we can read proves absence.
+            if std::fs::metadata(format!("/proc/{}/stat", std::process::id())).is_ok() {
+                Liveness::Dead
+            } else {
+                Liveness::Unknown
+            }
+        }
+        Err(_) => Liveness::Unknown,
+    }
+}
+
 /// True if the process `(pid, start)` is still alive on this host.
 pub fn process_alive(pid: u32, start: u64) -> bool {
     pid_start_time(pid) == Some(start)
@@ -70,5 +145,22 @@ mod tests {
         assert!(process_alive(pid, start));
         assert!(!process_alive(pid, start + 1));
         assert!(!boot_id().is_empty());
+        assert_eq!(liveness(pid, start), Liveness::Alive);
+        assert_eq!(liveness(pid, start + 1), Liveness::Dead);
+        assert_eq!(liveness(u32::MAX - 7, 1), Liveness::Dead);
+    }
+
+    #[test]
+    fn places_compare_boot_and_pid_namespace() {
+        let me = host_id();
+        assert_eq!(place(&me, &me), Place::SameNamespace);
+        let (boot, _) = me.split_once('/').unwrap();
+        assert_eq!(
+            place(&me, &format!("{boot}/pid:[1]")),
+            Place::OtherNamespace
+        );
+        // Rows written before the namespace was recorded: judged by heartbeat only.
+        assert_eq!(place(&me, boot), Place::OtherNamespace);
+        assert_eq!(place(&me, "another-boot/pid:[1]"), Place::EarlierBoot);
     }
 }

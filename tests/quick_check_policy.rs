@@ -53,7 +53,7 @@ fn large_files_are_checked_only_after_an_unclean_stop() {
     conn.execute(
         "INSERT INTO engines(id, pid, pid_start, boot_id, started_at, beat_at)
          VALUES ('live', ?1, ?2, ?3, 0, 0)",
-        params![pid, start as i64, waymark::host::boot_id()],
+        params![pid, start as i64, waymark::host::host_id()],
     )
     .expect("live engine row");
     assert!(!quick_check_needed(&conn, &db));
@@ -62,7 +62,7 @@ fn large_files_are_checked_only_after_an_unclean_stop() {
     conn.execute(
         "INSERT INTO engines(id, pid, pid_start, boot_id, started_at, beat_at)
          VALUES ('crashed', ?1, ?2, ?3, 0, 0)",
-        params![pid, start as i64 + 1, waymark::host::boot_id()],
+        params![pid, start as i64 + 1, waymark::host::host_id()],
     )
     .expect("crashed engine row");
     assert!(quick_check_needed(&conn, &db));

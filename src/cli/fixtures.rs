@@ -45,11 +45,50 @@ pub const PROBE: Workflow<Probe, String> = Workflow::new("fixture.probe");
 pub const SLOW: Workflow<SlowIn, u64> = Workflow::new("fixture.slow");
 pub const CRASHER: Workflow<(), ()> = Workflow::new("fixture.crash");
 pub const NONDET: Workflow<SlowIn, u64> = Workflow::new("fixture.nondet");
+pub const FLAKY: Workflow<FlakyIn, u64> = Workflow::new("fixture.flaky");
+pub const FLAKY_STEP: Step<FlakyIn, u64> = Step::new("fixture.flaky");
+
+/// Input of `fixture.flaky`: one step (default retry policy, 3 attempts) that sleeps `ms`,
+/// then fails the first time it gets that far (it creates `marker`) and succeeds after.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlakyIn {
+    pub ms: u64,
+    pub marker: String,
+}
 
 fn sleep_step(ctx: &StepCtx, ms: u64) -> Result<u64, StepError> {
     record_effect(ctx, "sleep");
+    // Overlap detector: hold an exclusive lock on a file named after (run, seq) while the step
+    // runs. A second execution of the same (run, seq) that finds it held records "overlap":
+    // two executions of one step ran at once, in this process or any other.
+    let _lock = overlap_lock(ctx);
     std::thread::sleep(Duration::from_millis(ms));
     Ok(ctx.seq() as u64 * 10 + ms)
+}
+
+/// Take the (run, seq) overlap lock beside the effects file, recording "overlap" if another
+/// execution holds it. The lock is released when the returned file is dropped (or the
+/// process dies).
+pub fn overlap_lock(ctx: &StepCtx) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let effects = std::env::var_os("WAYMARK_DEMO_EFFECTS")?;
+    let path = format!(
+        "{}.lock.{}.{}",
+        std::path::Path::new(&effects).display(),
+        ctx.run_id(),
+        ctx.seq()
+    );
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ok()?;
+    // SAFETY: flock(2) on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        record_effect(ctx, "overlap");
+    }
+    Some(f)
 }
 
 /// Input of `fixture.spin`: start a grandchild (`sleep 600`), write its pid to `pid_file`,
@@ -301,6 +340,20 @@ pub fn register(reg: &mut Registry) {
     reg.workflow(SLOW, slow);
     reg.workflow(CRASHER, |ctx, ()| ctx.step(CRASH, &()));
     reg.workflow(NONDET, nondet);
+    reg.step(FLAKY_STEP, |ctx, input: FlakyIn| {
+        record_effect(ctx, "flaky");
+        std::thread::sleep(Duration::from_millis(input.ms));
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&input.marker)
+            .is_ok()
+        {
+            return Err(StepError::retryable("first completed execution fails"));
+        }
+        Ok(ctx.attempt() as u64)
+    });
+    reg.workflow(FLAKY, |ctx, input: FlakyIn| ctx.step(FLAKY_STEP, &input));
 }
 
 #[derive(clap::Args, Debug)]
@@ -321,6 +374,9 @@ pub struct ServeArgs {
     /// Run every step on the engine's worker threads (no child processes).
     #[arg(long)]
     pub in_process: bool,
+    /// Shutdown grace in milliseconds (SIGTERM shuts the engine down cleanly).
+    #[arg(long)]
+    pub shutdown_grace_ms: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -375,9 +431,18 @@ pub fn serve(args: ServeArgs) -> CliResult {
     if args.in_process {
         config.isolation = waymark::Isolation::InProcess;
     }
+    if let Some(ms) = args.shutdown_grace_ms {
+        config.shutdown_grace = Duration::from_millis(ms);
+    }
     let engine = Engine::start(registry(), config).map_err(|e| e.to_string())?;
+    let terminate = super::on_sigterm();
     loop {
         std::thread::sleep(Duration::from_millis(100));
+        if terminate.load(std::sync::atomic::Ordering::SeqCst) {
+            log::info!("SIGTERM: shutting down cleanly");
+            engine.shutdown().map_err(|e| e.to_string())?;
+            return Ok(0);
+        }
         if args.exit_when_idle {
             let counts = engine
                 .store()
@@ -405,6 +470,7 @@ pub fn start(args: StartArgs) -> CliResult {
     let input = match args.workflow.as_str() {
         "demo" => encode::<DemoInput>(&args.json)?,
         "fixture.slow" | "fixture.nondet" => encode::<SlowIn>(&args.json)?,
+        "fixture.flaky" => encode::<FlakyIn>(&args.json)?,
         "fixture.crash" => encode::<()>(&args.json)?,
         "fixture.probe" => encode::<Probe>(&args.json)?,
         other if super::fixtures_features::is_fixture(other) => {

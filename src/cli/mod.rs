@@ -156,3 +156,24 @@ pub(crate) fn parse_run_id(s: &str) -> Result<i64, String> {
         .filter(|&n| n > 0)
         .ok_or_else(|| format!("bad run id '{s}': expected a positive integer"))
 }
+
+/// A flag set when this process receives SIGTERM (installed once; later calls share it).
+pub(crate) fn on_sigterm() -> &'static std::sync::atomic::AtomicBool {
+    use std::sync::atomic::AtomicBool;
+    static TERM: AtomicBool = AtomicBool::new(false);
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    extern "C" fn handler(_: libc::c_int) {
+        // Async-signal-safe: one atomic store.
+        TERM.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    INSTALL.call_once(|| {
+        // SAFETY: installs a handler that only stores to an atomic.
+        unsafe {
+            libc::signal(
+                libc::SIGTERM,
+                handler as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+        }
+    });
+    &TERM
+}

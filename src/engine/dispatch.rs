@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 /// Claim and dispatch until shutdown.
 pub fn dispatch_loop(
     inner: &Inner,
-    work: crossbeam_channel::Sender<crate::store::Claimed>,
+    work: crossbeam_channel::Sender<super::Work>,
     wake: crossbeam_channel::Receiver<()>,
 ) {
     let workers = inner.config.workers as i64;
@@ -29,8 +29,9 @@ pub fn dispatch_loop(
                 .unwrap_or(true);
         let mut claimed_all = false;
         if can_claim {
+            let owner = inner.owner();
             let op = Op::Claim {
-                owner: inner.owner.clone(),
+                owner: owner.clone(),
                 limit: free,
                 workflows_json: inner.workflows_json.clone(),
                 lease_ms: inner.config.lease_ttl.as_millis() as i64,
@@ -40,7 +41,7 @@ pub fn dispatch_loop(
                     claimed_all = runs.len() as i64 == free;
                     for run in runs {
                         inner.in_flight.fetch_add(1, Ordering::SeqCst);
-                        if work.send(run).is_err() {
+                        if work.send((owner.clone(), run)).is_err() {
                             return;
                         }
                     }

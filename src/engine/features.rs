@@ -66,6 +66,15 @@ impl Drop for RunGuard<'_> {
 }
 
 impl Features {
+    /// Raise the stop flag of every run this engine executes, without a reason: the end of
+    /// the shutdown grace (executors kill child steps; `Ctx` sees the shutdown first and
+    /// releases the runs instead of ending them).
+    pub(crate) fn stop_all(&self) {
+        for f in self.runs.lock().values() {
+            f.stop.store(true, Ordering::SeqCst);
+        }
+    }
+
     fn flag(&self, run_id: i64, why: u8) {
         if let Some(f) = self.runs.lock().get(&run_id) {
             let _ = f
@@ -169,7 +178,7 @@ fn poll(inner: &Inner, expire: bool) -> Result<(), StoreError> {
             "SELECT id FROM runs WHERE owner = ?1 AND status = 'running' AND cancel_requested = 1",
         )
         .and_then(|mut s| {
-            s.query_map(params![&*inner.owner], |r| r.get(0))?
+            s.query_map(params![&*inner.owner()], |r| r.get(0))?
                 .collect::<Result<_, _>>()
         })
         .map_err(|e| StoreError::sqlite("reading cancellation requests", e))

@@ -1,33 +1,49 @@
-//! This engine's own lease: the heartbeat that renews it and the guard that fences us.
+//! This engine's own lease: the incarnation it writes as, the heartbeat that renews it and
+//! the guard that fences us.
 //!
-//! Invariant (self-fencing): the lease is considered valid only until
-//! `last renewal sent + lease_ttl * 2/3` on our monotonic clock. Other engines reclaim our
-//! runs only after observing no heartbeat progress for a full `lease_ttl` on *their*
-//! monotonic clock, which starts no earlier than our last renewal: so we stop writing
-//! before anyone may take over.
+//! Invariants:
+//! - Self-fencing: the lease is considered valid only until `last renewal sent + lease_ttl *
+//!   2/3` on our monotonic clock. Other engines reclaim our runs only after observing no
+//!   heartbeat progress for a full `lease_ttl` on *their* monotonic clock, which starts no
+//!   earlier than our last renewal: so we stop writing before anyone may take over.
+//! - A reclaim fences the whole incarnation it judged (`engines.stopped_at`, in the same
+//!   transaction, conditional on the heartbeat value it judged). A fenced incarnation's
+//!   renewal fails; the guard then revokes it for good: [`LeaseGuard::valid_for`] is false
+//!   for every run claimed under it, forever, even after the engine re-registers under a new
+//!   incarnation id to take new work. A guard never becomes valid again for a run it lost.
 
 use crate::engine::Inner;
-use crate::store::{Op, StoreError};
+use crate::host;
+use crate::store::{EngineRow, Op, StoreError};
+use parking_lot::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Tracks until when this engine may act on its leases.
+/// Tracks which incarnation this engine writes as, and until when it may act on its leases.
 #[derive(Debug)]
 pub struct LeaseGuard {
     origin: Instant,
     valid_until_ns: AtomicU64,
     window: Duration,
+    owner: RwLock<Arc<str>>,
 }
 
 impl LeaseGuard {
-    pub fn new(ttl: Duration) -> Self {
+    pub fn new(ttl: Duration, owner: Arc<str>) -> Self {
         let g = LeaseGuard {
             origin: Instant::now(),
             valid_until_ns: AtomicU64::new(0),
             window: ttl * 2 / 3,
+            owner: RwLock::new(owner),
         };
         g.renewed(Instant::now());
         g
+    }
+
+    /// The incarnation id this engine claims and writes as now.
+    pub fn owner(&self) -> Arc<str> {
+        self.owner.read().clone()
     }
 
     /// A renewal sent at `sent` committed.
@@ -37,17 +53,27 @@ impl LeaseGuard {
             .fetch_max(until.as_nanos() as u64, Ordering::SeqCst);
     }
 
-    /// Our engine row is gone or fenced: every lease is lost for good.
-    pub fn revoke(&self) {
+    /// Our incarnation was fenced or its row is gone: every lease it held is lost for good.
+    /// `next` is the incarnation the engine continues as (after registering it).
+    pub fn revoke(&self, next: Arc<str>) {
+        let mut owner = self.owner.write();
         self.valid_until_ns.store(0, Ordering::SeqCst);
+        *owner = next;
     }
 
-    /// May we still act on our leases?
+    /// May the current incarnation act on its leases (claim new runs)?
     pub fn valid(&self) -> bool {
         (Instant::now()
             .saturating_duration_since(self.origin)
             .as_nanos() as u64)
             < self.valid_until_ns.load(Ordering::SeqCst)
+    }
+
+    /// May we still act on a run claimed as `owner`? False for good once that incarnation
+    /// was revoked.
+    pub fn valid_for(&self, owner: &str) -> bool {
+        let current = self.owner.read();
+        **current == *owner && self.valid()
     }
 }
 
@@ -66,22 +92,44 @@ pub fn heartbeat_loop(inner: &Inner, stop: crossbeam_channel::Receiver<()>) {
             continue;
         }
         let sent = Instant::now();
+        let owner = inner.lease.owner();
         match inner.store.call(Op::Heartbeat {
-            owner: inner.owner.clone(),
+            owner: owner.clone(),
             lease_ms: inner.config.lease_ttl.as_millis() as i64,
         }) {
             Ok(_) => inner.lease.renewed(sent),
-            Err(StoreError::LeaseLost { .. }) => {
-                log::error!(
-                    "engine {} was declared dead by another engine; abandoning every run",
-                    inner.owner
-                );
-                inner.lease.revoke();
-            }
+            Err(StoreError::LeaseLost { .. }) => reincarnate(inner, &owner),
             Err(e) => {
                 log::error!("heartbeat failed: {e}");
                 inner.note_store_error(&e);
             }
+        }
+    }
+}
+
+/// Our incarnation `lost` was fenced by another engine's reclaim (or its row removed):
+/// abandon every run it held and continue as a new incarnation that can take new work.
+fn reincarnate(inner: &Inner, lost: &Arc<str>) {
+    let next: Arc<str> = host::random_id().into();
+    log::error!(
+        "engine {lost} was declared dead by another engine; abandoning every run it held and \
+         continuing as engine {next}"
+    );
+    // Revoke first: from here on no worker acts on a run claimed as `lost`.
+    inner.lease.revoke(next.clone());
+    let (pid, pid_start) = host::this_process();
+    let sent = Instant::now();
+    match inner.store.call(Op::RegisterEngine(EngineRow {
+        id: next,
+        pid,
+        pid_start,
+        boot_id: inner.boot_id.clone(),
+    })) {
+        Ok(_) => inner.lease.renewed(sent),
+        Err(e) => {
+            // The guard stays lapsed; the next heartbeat fails with LeaseLost and retries.
+            log::error!("registering a new incarnation failed: {e}");
+            inner.note_store_error(&e);
         }
     }
 }

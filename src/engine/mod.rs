@@ -22,7 +22,7 @@ use crate::store::{queries, Done, EngineRow, NewRun, Op, Store, StoreError, Stor
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 use serde::{de::DeserializeOwned, Serialize};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,17 +53,23 @@ impl StartOptions {
     }
 }
 
+/// A claimed run handed to a worker, with the incarnation that claimed it (its fence owner).
+pub(crate) type Work = (Arc<str>, crate::store::Claimed);
+
 /// Shared state of the engine's threads: handles and flags only.
 pub struct Inner {
     pub(crate) store: Store,
     pub(crate) registry: Arc<Registry>,
     pub(crate) config: Config,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) owner: Arc<str>,
+    /// This host and PID namespace ([`host::host_id`]), stored in our engine row.
     pub(crate) boot_id: String,
     pub(crate) workflows_json: Arc<str>,
     pub(crate) lease: lease::LeaseGuard,
     pub(crate) shutdown: AtomicBool,
+    /// Set at the end of the shutdown grace: child steps still running are killed.
+    pub(crate) abort_steps: AtomicBool,
+    workers_live: AtomicUsize,
     pub(crate) storage_failed: AtomicBool,
     pub(crate) in_flight: AtomicI64,
     wake_tx: Sender<()>,
@@ -77,13 +83,23 @@ pub struct Inner {
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inner")
-            .field("owner", &self.owner)
+            .field("owner", &self.owner())
             .field("store", &self.store)
             .finish()
     }
 }
 
 impl Inner {
+    /// The incarnation id this engine claims and writes as now (see [`lease::LeaseGuard`]).
+    pub(crate) fn owner(&self) -> Arc<str> {
+        self.lease.owner()
+    }
+
+    /// True once the shutdown grace ended: executions still running are being killed.
+    pub(crate) fn steps_aborted(&self) -> bool {
+        self.abort_steps.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::SeqCst)
     }
@@ -117,8 +133,11 @@ impl Inner {
 pub struct Engine {
     inner: Arc<Inner>,
     stop_tx: Option<Sender<()>>,
+    /// Heartbeat, reaper and feature poller: they outlive the workers at shutdown.
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    work_tx: Mutex<Option<Sender<crate::store::Claimed>>>,
+    /// Workers and the dispatcher.
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    work_tx: Mutex<Option<Sender<Work>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -168,7 +187,7 @@ impl Engine {
         }
         let owner: Arc<str> = host::random_id().into();
         let (pid, pid_start) = host::this_process();
-        let boot_id = host::boot_id();
+        let boot_id = host::host_id();
         store.call(Op::RegisterEngine(EngineRow {
             id: owner.clone(),
             pid,
@@ -186,13 +205,14 @@ impl Engine {
         let inner = Arc::new(Inner {
             store,
             registry: Arc::new(registry),
-            lease: lease::LeaseGuard::new(config.lease_ttl),
+            lease: lease::LeaseGuard::new(config.lease_ttl, owner),
             config,
             clock,
-            owner,
             boot_id,
             workflows_json,
             shutdown: AtomicBool::new(false),
+            abort_steps: AtomicBool::new(false),
+            workers_live: AtomicUsize::new(0),
             storage_failed: AtomicBool::new(false),
             in_flight: AtomicI64::new(0),
             wake_tx,
@@ -204,17 +224,21 @@ impl Engine {
         });
         log::info!(
             "engine {} started on {} (pid {pid}, {} workers)",
-            inner.owner,
+            inner.owner(),
             inner.config.db_path.display(),
             inner.config.workers
         );
         let (stop_tx, stop_rx) = bounded::<()>(0);
-        let (work_tx, work_rx) = bounded::<crate::store::Claimed>(inner.config.workers);
+        let (work_tx, work_rx) = bounded::<Work>(inner.config.workers);
         let mut threads = Vec::new();
+        let mut workers = Vec::new();
         for i in 0..inner.config.workers {
             let (inner, rx) = (inner.clone(), work_rx.clone());
-            threads.push(spawn(&format!("waymark-worker-{i}"), move || {
-                worker_loop(&inner, rx)
+            inner.workers_live.fetch_add(1, Ordering::SeqCst);
+            workers.push(spawn(&format!("waymark-worker-{i}"), move || {
+                worker_loop(&inner, rx);
+                inner.workers_live.fetch_sub(1, Ordering::SeqCst);
+                inner.notify_finished();
             })?);
         }
         let (i2, s2) = (inner.clone(), stop_rx.clone());
@@ -230,20 +254,23 @@ impl Engine {
             features::features_loop(&i5, s5)
         })?);
         let (i4, w4) = (inner.clone(), work_tx.clone());
-        threads.push(spawn("waymark-dispatcher", move || {
+        workers.push(spawn("waymark-dispatcher", move || {
             dispatch::dispatch_loop(&i4, w4, wake_rx)
         })?);
         Ok(Engine {
             inner,
             stop_tx: Some(stop_tx),
             threads: Mutex::new(threads),
+            workers: Mutex::new(workers),
             work_tx: Mutex::new(Some(work_tx)),
         })
     }
 
-    /// This engine's incarnation id (the `owner` of the runs it holds).
-    pub fn owner_id(&self) -> &str {
-        &self.inner.owner
+    /// This engine's current incarnation id (the `owner` of the runs it holds). It changes
+    /// if another engine judged this one dead and fenced it: the engine then continues
+    /// under a new id.
+    pub fn owner_id(&self) -> Arc<str> {
+        self.inner.owner()
     }
 
     /// The store (read queries, raw commands) for tools and tests.
@@ -389,8 +416,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Stop claiming, let in-flight runs reach their next step boundary, release them so
+    /// Stop cleanly: stop claiming, let in-flight runs reach their next step boundary while
+    /// their leases stay renewed, release them (a fenced release, not an interruption) so
     /// another engine can claim them at once, and stop all threads.
+    ///
+    /// In-flight steps get [`Config::shutdown_grace`] to finish; a step that finishes in time
+    /// has its result recorded. At the end of the grace, child steps still running are killed
+    /// (their whole process group) and their runs released. An in-process step cannot be
+    /// killed: shutdown keeps renewing its lease until it returns, however long that takes,
+    /// and never releases a run whose step still runs.
     pub fn shutdown(mut self) -> Result<(), Error> {
         self.stop()
     }
@@ -402,14 +436,39 @@ impl Engine {
         self.inner.shutdown.store(true, Ordering::SeqCst);
         self.inner.wake_dispatcher();
         drop(self.work_tx.lock().take());
+        // Heartbeat, reaper and poller keep running while the workers finish.
+        let grace_end = Instant::now() + self.inner.config.shutdown_grace;
+        let mut g = self.inner.finished.0.lock();
+        while self.inner.workers_live.load(Ordering::SeqCst) > 0 {
+            let now = Instant::now();
+            if now >= grace_end && !self.inner.steps_aborted() {
+                log::warn!(
+                    "engine {}: shutdown grace of {:?} ended; killing child steps still running \
+                     (in-process steps cannot be killed: their leases stay renewed until they return)",
+                    self.inner.owner(),
+                    self.inner.config.shutdown_grace
+                );
+                self.inner.abort_steps.store(true, Ordering::SeqCst);
+                self.inner.features.stop_all();
+            }
+            let wait = grace_end
+                .saturating_duration_since(now)
+                .clamp(Duration::from_millis(1), Duration::from_millis(50));
+            self.inner.finished.1.wait_for(&mut g, wait);
+        }
+        drop(g);
+        for t in self.workers.lock().drain(..) {
+            let _ = t.join();
+        }
         drop(stop_tx);
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
+        let owner = self.inner.owner();
         self.inner.store.call(Op::StopEngine {
-            owner: self.inner.owner.clone(),
+            owner: owner.clone(),
         })?;
-        log::info!("engine {} stopped", self.inner.owner);
+        log::info!("engine {owner} stopped");
         Ok(())
     }
 }
@@ -422,9 +481,9 @@ impl Drop for Engine {
     }
 }
 
-fn worker_loop(inner: &Inner, rx: Receiver<crate::store::Claimed>) {
-    while let Ok(claimed) = rx.recv() {
-        worker::execute_run(inner, claimed);
+fn worker_loop(inner: &Inner, rx: Receiver<Work>) {
+    while let Ok((owner, claimed)) = rx.recv() {
+        worker::execute_run(inner, owner, claimed);
         inner.in_flight.fetch_sub(1, Ordering::SeqCst);
         inner.wake_dispatcher();
     }

@@ -2,14 +2,18 @@
 //!
 //! Policy, at open and every `reap_interval`:
 //! - An owner is dead at once if it is provably gone on this host: its engine row names a
-//!   `(pid, start time)` that no longer exists, a boot id of an earlier boot, or it stopped
-//!   while still holding runs.
+//!   `(pid, start time)` in *our* PID namespace that no longer exists (an unreadable /proc
+//!   proves nothing), a boot id of an earlier boot, or it stopped (or was fenced) while still
+//!   holding runs. A pid from another PID namespace (another container on this host) is never
+//!   looked up here.
 //! - Otherwise it is dead once *we* have seen its heartbeat counter not move for a full
 //!   `lease_ttl` on our own monotonic clock (a wall-clock jump cannot fake liveness or death).
 //! - An owner with no engine row falls back to the wall-clock lease expiry.
 //!
 //! Each reclaim is guarded by the `(status, epoch)` read here, so a run that completed or was
-//! reclaimed in between is left alone.
+//! reclaimed in between is left alone; and the judgement is re-validated in the reclaim's own
+//! transaction, which fences the owner's incarnation only if its heartbeat counter still
+//! reads the value judged (see `Op::ReclaimMany`).
 
 use crate::engine::Inner;
 use crate::fault;
@@ -39,17 +43,22 @@ impl Reaper {
         let mut reclaimed = 0;
         let mut live = HashMap::new();
         for o in owners {
-            if *o.id == *inner.owner {
+            if *o.id == *inner.owner() {
                 continue;
             }
             let why = match (o.pid, o.pid_start, o.boot_id.as_deref(), o.beat) {
                 _ if o.stopped => Some("stopped while holding runs".to_string()),
                 (Some(pid), Some(start), Some(boot), Some(beat)) => {
-                    if boot != my_boot.as_str() {
+                    let place = host::place(my_boot, boot);
+                    if place == host::Place::EarlierBoot {
                         Some(format!("owner {} ran before a reboot", o.id))
-                    } else if !host::process_alive(pid as u32, start as u64) {
+                    } else if place == host::Place::SameNamespace
+                        && host::liveness(pid as u32, start as u64) == host::Liveness::Dead
+                    {
                         Some(format!("owner engine {} (pid {pid}) is dead", o.id))
                     } else {
+                        // Alive, unknown, or in another PID namespace (its pid means nothing
+                        // here): judged by its heartbeat on our monotonic clock only.
                         let entry = self.seen.entry(o.id.clone()).or_insert((beat, now_mono));
                         if entry.0 != beat {
                             *entry = (beat, now_mono);
@@ -75,6 +84,8 @@ impl Reaper {
             for chunk in runs.chunks(RECLAIM_CHUNK) {
                 fault::point(fault::Point::ReaperBeforeReclaim);
                 let op = Op::ReclaimMany {
+                    owner: o.id.as_str().into(),
+                    judged_beat: o.beat,
                     runs: chunk.to_vec(),
                     reason: why.clone(),
                     poison_limit: inner.config.interruptions_max,
@@ -111,12 +122,20 @@ impl Reaper {
 
     fn forget_dead_engines(&self, inner: &Inner) -> StoreResult<()> {
         for e in inner.store.read(queries::idle_engines)? {
-            if *e.id == *inner.owner {
+            if *e.id == *inner.owner() {
                 continue;
             }
+            // An engine in another PID namespace is forgotten only once stopped; forgetting a
+            // live one is harmless anyway (it re-registers under a new incarnation).
             let gone = e.stopped
-                || e.boot_id.as_deref() != Some(inner.boot_id.as_str())
-                || !host::process_alive(e.pid.unwrap_or(0) as u32, e.pid_start.unwrap_or(0) as u64);
+                || match host::place(&inner.boot_id, e.boot_id.as_deref().unwrap_or("")) {
+                    host::Place::EarlierBoot => true,
+                    host::Place::OtherNamespace => false,
+                    host::Place::SameNamespace => {
+                        host::liveness(e.pid.unwrap_or(0) as u32, e.pid_start.unwrap_or(0) as u64)
+                            == host::Liveness::Dead
+                    }
+                };
             if gone {
                 inner.store.call(Op::ForgetEngine { id: e.id })?;
             }

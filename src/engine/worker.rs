@@ -12,11 +12,12 @@ use crate::store::{queries, Claimed, Fence, Op, StoreError};
 use std::collections::HashMap;
 
 /// Run `claimed` to its next stop (completion, failure, suspension, or loss of lease).
-pub fn execute_run(inner: &Inner, claimed: Claimed) {
+/// `owner` is the incarnation that claimed it: every write is fenced by it.
+pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) {
     let run_id = claimed.run_id;
     let fence = Fence {
         run_id,
-        owner: inner.owner.clone(),
+        owner,
         epoch: claimed.epoch,
     };
     let Some(wf) = inner
@@ -43,14 +44,19 @@ pub fn execute_run(inner: &Inner, claimed: Claimed) {
     };
     let loaded = inner.store.read(|c| {
         let journal = queries::journal(c, run_id)?;
-        let attempts: HashMap<i64, i64> = queries::attempts(c, run_id)?
-            .into_iter()
-            .map(|a| (a.seq, a.attempt))
-            .fold(HashMap::new(), |mut m, (s, a)| {
-                let e = m.entry(s).or_insert(0);
-                *e = (*e).max(a);
-                m
-            });
+        // Per seq: the last attempt number, and how many attempts failed on their own (an
+        // attempt cut by a crash or a shutdown did not fail: it spends no retry).
+        let attempts: HashMap<i64, (i64, i64)> =
+            queries::attempts(c, run_id)?
+                .into_iter()
+                .fold(HashMap::new(), |mut m, a| {
+                    let e = m.entry(a.seq).or_insert((0, 0));
+                    e.0 = e.0.max(a.attempt);
+                    if crate::ctx::counts_as_failure(a.outcome.as_deref()) {
+                        e.1 += 1;
+                    }
+                    m
+                });
         Ok((journal, attempts))
     });
     let (journal, last_attempts) = match loaded {

@@ -143,10 +143,16 @@ pub fn quick_check_needed(conn: &Connection, path: &Path) -> bool {
             s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect()
         });
-    let boot = crate::host::boot_id();
+    let here = crate::host::host_id();
     match rows {
         Ok(rows) => rows.iter().any(|(pid, start, b)| {
-            *b != boot || !crate::host::process_alive(*pid as u32, *start as u64)
+            use crate::host::{liveness, place, Liveness, Place};
+            match place(&here, b) {
+                Place::EarlierBoot => true,
+                Place::SameNamespace => liveness(*pid as u32, *start as u64) == Liveness::Dead,
+                // Another container's engine: its pid means nothing here.
+                Place::OtherNamespace => false,
+            }
         }),
         Err(e) => {
             log::warn!(

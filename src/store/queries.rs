@@ -139,6 +139,15 @@ pub fn journal(conn: &Connection, run_id: i64) -> StoreResult<Vec<StepRow>> {
 }
 
 /// Every recorded attempt of a run's steps.
+/// Does `fence` still hold: is the run `running` under that owner and epoch?
+pub fn fence_holds(conn: &Connection, fence: &super::Fence) -> StoreResult<bool> {
+    conn.prepare_cached(
+        "SELECT 1 FROM runs WHERE id = ?1 AND owner = ?2 AND epoch = ?3 AND status = 'running'",
+    )
+    .and_then(|mut s| s.exists(params![fence.run_id, &*fence.owner, fence.epoch]))
+    .map_err(sql("reading a run's fence"))
+}
+
 pub fn attempts(conn: &Connection, run_id: i64) -> StoreResult<Vec<AttemptRow>> {
     conn.prepare_cached(
         "SELECT seq, attempt, name, owner, epoch, pid, pid_start, started_at, ended_at, outcome, reason

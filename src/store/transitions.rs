@@ -145,7 +145,16 @@ pub enum Op {
     /// [`Op::Reclaim`] for many runs of one dead owner in one command (recovery of
     /// thousands of runs costs one commit, not one each). Answers `Done::Runs` with
     /// `(run_id, reclaimed)` in order.
+    ///
+    /// The judgement and the fence are one atomic act: with `judged_beat`, the transaction
+    /// first fences the owner's incarnation (`engines.stopped_at`) only if its heartbeat
+    /// counter still reads the value the reaper judged; if it moved (the owner renewed after
+    /// the judgement), nothing is reclaimed. A fenced incarnation's heartbeat fails from then
+    /// on, so it never renews those leases again. Without `judged_beat` (the owner has no
+    /// engine row) nothing is reclaimed if a row for it appeared meanwhile.
     ReclaimMany {
+        owner: Arc<str>,
+        judged_beat: Option<i64>,
         runs: Vec<(i64, i64)>,
         reason: String,
         poison_limit: i64,
@@ -575,10 +584,17 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             Ok(Done::Reclaimed(n))
         }
         Op::ReclaimMany {
+            owner,
+            judged_beat,
             runs,
             reason,
             poison_limit,
         } => {
+            if !fence_incarnation(conn, &owner, judged_beat, now)? {
+                return Ok(Done::Runs(
+                    runs.iter().map(|&(id, _)| (id, false)).collect(),
+                ));
+            }
             let mut out = Vec::with_capacity(runs.len());
             for (run_id, epoch) in runs {
                 out.push((
@@ -638,6 +654,36 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
         | Op::ParkUnknownVersions { .. }
         | Op::PutSchedule(_)
         | Op::FireSchedule { .. }) => super::feature_ops::apply(conn, op, now),
+    }
+}
+
+/// Fence the incarnation `owner` for a reclaim judged on heartbeat value `judged_beat`:
+/// true if the reclaim may go on (the fence holds: the counter did not move since the
+/// judgement, or the owner still has no engine row when none was judged).
+fn fence_incarnation(
+    conn: &Connection,
+    owner: &str,
+    judged_beat: Option<i64>,
+    now: i64,
+) -> StoreResult<bool> {
+    match judged_beat {
+        Some(beat) => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE engines SET stopped_at = coalesce(stopped_at, ?3)
+                     WHERE id = ?1 AND beat = ?2",
+                )
+                .and_then(|mut s| s.execute(params![owner, beat, now]))
+                .map_err(sql("fencing a dead owner"))?;
+            Ok(n == 1)
+        }
+        None => {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM engines WHERE id = ?1")
+                .and_then(|mut s| s.exists(params![owner]))
+                .map_err(sql("fencing a dead owner"))?;
+            Ok(!exists)
+        }
     }
 }
 

@@ -156,3 +156,46 @@ pub fn effects(dir: &Path) -> Vec<(i64, i64, String, u32)> {
 pub fn bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
+
+/// Pids of live (non-zombie) processes whose environment holds `KEY=VALUE`: a tag the test
+/// set on an engine, inherited by every process of its step trees. Read from /proc, never
+/// from the engine's own records.
+pub fn procs_tagged(key: &str, value: &str) -> Vec<u32> {
+    let needle = format!("{key}={value}");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+                    .unwrap_or(true)
+            })
+            .unwrap_or(true);
+        if !zombie && env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Effects recorded for `(run, seq)` with step name `step`.
+pub fn effect_count(dir: &Path, run: i64, seq: i64, step: &str) -> usize {
+    effects(dir)
+        .iter()
+        .filter(|e| e.0 == run && e.1 == seq && e.2 == step)
+        .count()
+}
+
+/// Every "overlap" effect: a second execution of one (run, seq) found the first still running.
+pub fn overlaps(dir: &Path) -> Vec<(i64, i64, String, u32)> {
+    effects(dir)
+        .into_iter()
+        .filter(|e| e.2 == "overlap")
+        .collect()
+}

@@ -80,7 +80,7 @@ fn hold(db: &Path, n: u64) -> CliResult {
             id: owner.clone(),
             pid,
             pid_start,
-            boot_id: waymark::host::boot_id(),
+            boot_id: waymark::host::host_id(),
         }))
         .map_err(|e| e.to_string())?;
     let input = waymark::codec::encode(&1u64, 1024).map_err(|e| e.to_string())?;

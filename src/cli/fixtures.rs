@@ -321,6 +321,10 @@ pub struct ServeArgs {
     /// Run every step on the engine's worker threads (no child processes).
     #[arg(long)]
     pub in_process: bool,
+    /// `Config::poll_interval` in milliseconds: how often an idle dispatcher looks for work
+    /// and the feature poller looks for cancellations and deadlines.
+    #[arg(long)]
+    pub poll_interval_ms: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -375,6 +379,9 @@ pub fn serve(args: ServeArgs) -> CliResult {
     if args.in_process {
         config.isolation = waymark::Isolation::InProcess;
     }
+    if let Some(ms) = args.poll_interval_ms {
+        config.poll_interval = Duration::from_millis(ms);
+    }
     let engine = Engine::start(registry(), config).map_err(|e| e.to_string())?;
     loop {
         std::thread::sleep(Duration::from_millis(100));
@@ -410,7 +417,7 @@ pub fn start(args: StartArgs) -> CliResult {
         other if super::fixtures_features::is_fixture(other) => {
             super::fixtures_features::encode_input(other, &args.json)?
         }
-        other => return Err(format!("unknown workflow '{other}': built-in workflows are demo, fixture.slow, fixture.crash, fixture.nondet, fixture.probe, fixture.sleeper, fixture.waiter, fixture.parent, fixture.qprobe")),
+        other => return Err(format!("unknown workflow '{other}': built-in workflows are demo, fixture.slow, fixture.crash, fixture.nondet, fixture.probe, fixture.sleeper, fixture.waiter, fixture.parent, fixture.qprobe, fixture.step_then_wait")),
     };
     let store = Store::open(
         &args.db,

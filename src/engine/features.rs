@@ -9,6 +9,9 @@
 //!   user code runs ([`Features::admit`]); a flagged run ends at its next step boundary.
 //!   Either way the ending write is fenced: a run reclaimed by another engine is left alone.
 //! - Nothing is held only in memory: the flag mirrors `cancel_requested` / `deadline_at`.
+//!   The flag is only the fast path: the store's parking transitions read
+//!   `cancel_requested` themselves, and a sweep (every [`CANCEL_SWEEP_INTERVAL`]) cancels
+//!   parked runs whose request was never carried out.
 
 use crate::engine::{Engine, Inner};
 use crate::error::Error;
@@ -30,6 +33,11 @@ const WHY_DEADLINE: u8 = 2;
 pub const PURGE_BATCH_RUNS: i64 = 256;
 /// Pages returned to the file system per vacuum command.
 pub const VACUUM_BATCH_PAGES: i64 = 2048;
+/// How often the poller sweeps for parked runs whose cancel was requested but not carried
+/// out (a backstop: every transition that parks a run already honours the request).
+pub const CANCEL_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// Runs the sweep cancels per pass (each is one `Cancel` command).
+pub const CANCEL_SWEEP_RUNS_MAX: i64 = 256;
 
 #[derive(Debug)]
 struct RunFlags {
@@ -160,6 +168,41 @@ fn finish(inner: &Inner, op: Op) {
     inner.notify_finished();
 }
 
+/// The backstop of cancellation: finish runs that are parked (`suspended`, `blocked`,
+/// `blocked_version`) with `cancel_requested = 1`. Every transition that parks a running run
+/// ends it `cancelled` instead when the flag is set, so this finds only what an older build
+/// (or a path that forgot the flag) left behind. Pending runs are left to the claim, whose
+/// admission ends them cancelled before any of their code runs. Read first: an idle engine
+/// writes nothing.
+fn sweep_cancel_requests(inner: &Inner) -> Result<(), StoreError> {
+    let ids: Vec<i64> = inner.store.read(|c| {
+        c.prepare_cached(
+            "SELECT id FROM runs WHERE status IN ('suspended', 'blocked', 'blocked_version')
+               AND cancel_requested = 1 LIMIT ?1",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![CANCEL_SWEEP_RUNS_MAX], |r| r.get(0))?
+                .collect::<Result<_, _>>()
+        })
+        .map_err(|e| StoreError::sqlite("looking for unfinished cancellations", e))
+    })?;
+    if ids.is_empty() {
+        return Ok(());
+    }
+    log::warn!(
+        "{} parked runs had a cancel requested but were not cancelled; cancelling them",
+        ids.len()
+    );
+    for run_id in ids {
+        match inner.store.call(Op::Cancel { run_id }) {
+            Ok(_) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    inner.notify_finished();
+    Ok(())
+}
+
 /// One pass of the poller: flag runs cancelled in the database or past their deadline, and
 /// fail pending or suspended runs past their deadline.
 fn poll(inner: &Inner, expire: bool) -> Result<(), StoreError> {
@@ -253,6 +296,7 @@ fn known_names_json(workflows_json: &str) -> String {
 /// Poll for cancellations, deadlines and unknown versions until `stop` closes.
 pub fn features_loop(inner: &Inner, stop: Receiver<()>) {
     let mut last_expire = Instant::now() - Duration::from_secs(60);
+    let mut last_sweep: Option<Instant> = None;
     loop {
         let expire = last_expire.elapsed() >= Duration::from_secs(1);
         if expire {
@@ -261,6 +305,13 @@ pub fn features_loop(inner: &Inner, stop: Receiver<()>) {
         if let Err(e) = poll(inner, expire) {
             log::error!("feature poller: {e}");
             inner.note_store_error(&e);
+        }
+        if last_sweep.is_none_or(|t| t.elapsed() >= CANCEL_SWEEP_INTERVAL) {
+            last_sweep = Some(Instant::now());
+            if let Err(e) = sweep_cancel_requests(inner) {
+                log::error!("feature poller: {e}");
+                inner.note_store_error(&e);
+            }
         }
         match stop.recv_timeout(inner.config.poll_interval.max(Duration::from_millis(20))) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}

@@ -409,3 +409,122 @@ fn cancel_finishes_on_a_parent_id_cycle() {
         assert_eq!(status(&db, id), "cancelled");
     }
 }
+// Scenario (issue 9, suspect: stop flags keyed by run id only): an engine runs a run in a
+// long step; the run is reclaimed behind its back (the reclaim another engine would commit:
+// epoch + 1, pending) and the same engine claims it again, so a stale and a fresh execution
+// of one run live in one engine. The stale one's step ends, its checkpoint is fenced off and
+// it drops its stop flag. Then the run is cancelled (or its deadline passes). Must hold: the
+// fresh execution still sees its stop flag and the run ends `cancelled` (or `failed` by its
+// deadline), not `completed`.
+#[test]
+fn a_stale_execution_ending_does_not_drop_the_fresh_executions_cancel_flag() {
+    stale_and_fresh_execution(Stop::Cancel);
+}
+
+#[test]
+fn a_stale_execution_ending_does_not_drop_the_fresh_executions_deadline_flag() {
+    stale_and_fresh_execution(Stop::Deadline);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    Cancel,
+    Deadline,
+}
+
+fn stale_and_fresh_execution(stop: Stop) {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    let log = tmp.dir.path().join("serve.log");
+    let json = r#"{"steps":4,"ms":4000}"#;
+    let id = match stop {
+        Stop::Cancel => start(&tmp, "fixture.slow", json, 1)[0],
+        // Passes after the stale execution's first step ended (about 4 s), long before the
+        // fresh one could complete (about 16 s).
+        Stop::Deadline => waymark(
+            &tmp,
+            &[
+                "start",
+                "fixture.slow",
+                "--db",
+                db.to_str().unwrap(),
+                "--json",
+                json,
+                "--deadline-ms",
+                &(now_ms() + 8_000).to_string(),
+            ],
+        )
+        .trim()
+        .parse()
+        .unwrap(),
+    };
+    let _engine = serve_with(&tmp, 2, 50, Some(&log));
+    let starts = |seq: i64| {
+        effects(&tmp)
+            .iter()
+            .filter(|e| e.0 == id && e.1 == seq && e.2 == "sleep")
+            .count()
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the first execution's step",
+        || starts(0) == 1,
+    );
+    let reclaimed = writer(&db)
+        .execute(
+            "UPDATE runs SET status = 'pending', owner = NULL, epoch = epoch + 1,
+                    lease_expires_at = NULL, interruptions = interruptions + 1
+             WHERE id = ?1 AND status = 'running' AND epoch = 1",
+            params![id],
+        )
+        .unwrap();
+    assert_eq!(reclaimed, 1, "the run was reclaimed while its step ran");
+    wait_until(
+        Duration::from_secs(30),
+        "the fresh execution's step",
+        || starts(0) == 2,
+    );
+    let epoch: i64 = conn(&db)
+        .query_row("SELECT epoch FROM runs WHERE id = ?1", params![id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(epoch, 3, "the same engine claimed it again");
+    let lost = format!("run {id}: lease lost (epoch 1)");
+    wait_until(Duration::from_secs(30), "the stale execution ended", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&lost)
+    });
+    if stop == Stop::Cancel {
+        assert_eq!(status(&db, id), "running");
+        assert_eq!(cancel_within(&db, id, Duration::from_secs(30)), "running");
+    }
+    wait_until(Duration::from_secs(60), "the run finished", || {
+        matches!(
+            status(&db, id).as_str(),
+            "cancelled" | "completed" | "failed"
+        )
+    });
+    let (end, error): (String, Option<String>) = conn(&db)
+        .query_row(
+            "SELECT status, error FROM runs WHERE id = ?1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    match stop {
+        Stop::Cancel => assert_eq!(
+            end, "cancelled",
+            "the fresh execution lost its cancel flag when the stale one ended"
+        ),
+        Stop::Deadline => assert!(
+            end == "failed" && error.as_deref().unwrap_or("").contains("deadline"),
+            "the fresh execution lost its deadline flag when the stale one ended: {end} {error:?}"
+        ),
+    }
+    assert!(
+        starts(3) == 0,
+        "the fresh execution stopped before its last step"
+    );
+}

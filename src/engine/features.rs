@@ -46,17 +46,20 @@ struct RunFlags {
     deadline_at: Option<i64>,
 }
 
-/// Stop flags of the runs this engine executes.
+/// Stop flags of the runs this engine executes, keyed by `(run id, epoch)`: one engine can
+/// hold a stale execution of a run (its step still running after the run was reclaimed) and
+/// a fresh one (claimed again at a higher epoch). Each has its own flag, and the stale one's
+/// end removes only its own.
 #[derive(Debug, Default)]
 pub struct Features {
-    runs: Mutex<HashMap<i64, Arc<RunFlags>>>,
+    runs: Mutex<HashMap<(i64, i64), Arc<RunFlags>>>,
 }
 
-/// Held by the worker while it executes a run; unregisters the run's flag on drop.
+/// Held by the worker while it executes a run; unregisters this execution's flag on drop.
 #[derive(Debug)]
 pub struct RunGuard<'a> {
     features: &'a Features,
-    run_id: i64,
+    key: (i64, i64),
     flags: Arc<RunFlags>,
 }
 
@@ -69,17 +72,38 @@ impl RunGuard<'_> {
 
 impl Drop for RunGuard<'_> {
     fn drop(&mut self) {
-        self.features.runs.lock().remove(&self.run_id);
+        let mut runs = self.features.runs.lock();
+        if runs
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flags))
+        {
+            runs.remove(&self.key);
+        }
+    }
+}
+
+impl RunFlags {
+    fn raise(&self, why: u8) {
+        let _ = self
+            .why
+            .compare_exchange(WHY_NONE, why, Ordering::SeqCst, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
 impl Features {
-    fn flag(&self, run_id: i64, why: u8) {
-        if let Some(f) = self.runs.lock().get(&run_id) {
-            let _ = f
-                .why
-                .compare_exchange(WHY_NONE, why, Ordering::SeqCst, Ordering::SeqCst);
-            f.stop.store(true, Ordering::SeqCst);
+    /// Raise the stop flag of the execution of `run_id` at `epoch`.
+    fn flag(&self, run_id: i64, epoch: i64, why: u8) {
+        if let Some(f) = self.runs.lock().get(&(run_id, epoch)) {
+            f.raise(why);
+        }
+    }
+
+    /// Raise the stop flag of every execution of `run_id` here (a local cancel: whatever
+    /// epoch each runs at, nothing of the run may continue).
+    fn flag_all(&self, run_id: i64, why: u8) {
+        for (_, f) in self.runs.lock().iter().filter(|(k, _)| k.0 == run_id) {
+            f.raise(why);
         }
     }
 
@@ -121,10 +145,11 @@ impl Features {
             why: AtomicU8::new(WHY_NONE),
             deadline_at: claimed.deadline_at,
         });
-        self.runs.lock().insert(claimed.run_id, flags.clone());
+        let key = (claimed.run_id, claimed.epoch);
+        self.runs.lock().insert(key, flags.clone());
         Some(RunGuard {
             features: self,
-            run_id: claimed.run_id,
+            key,
             flags,
         })
     }
@@ -207,29 +232,23 @@ fn sweep_cancel_requests(inner: &Inner) -> Result<(), StoreError> {
 /// fail pending or suspended runs past their deadline.
 fn poll(inner: &Inner, expire: bool) -> Result<(), StoreError> {
     let now = inner.clock.now_ms();
-    let cancelled: Vec<i64> = inner.store.read(|c| {
+    let cancelled: Vec<(i64, i64)> = inner.store.read(|c| {
         c.prepare_cached(
-            "SELECT id FROM runs WHERE owner = ?1 AND status = 'running' AND cancel_requested = 1",
+            "SELECT id, epoch FROM runs WHERE owner = ?1 AND status = 'running' AND cancel_requested = 1",
         )
         .and_then(|mut s| {
-            s.query_map(params![&*inner.owner], |r| r.get(0))?
+            s.query_map(params![&*inner.owner], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()
         })
         .map_err(|e| StoreError::sqlite("reading cancellation requests", e))
     })?;
-    for id in cancelled {
-        inner.features.flag(id, WHY_CANCEL);
+    for (id, epoch) in cancelled {
+        inner.features.flag(id, epoch, WHY_CANCEL);
     }
-    let late: Vec<i64> = inner
-        .features
-        .runs
-        .lock()
-        .iter()
-        .filter(|(_, f)| f.deadline_at.is_some_and(|d| d <= now))
-        .map(|(id, _)| *id)
-        .collect();
-    for id in late {
-        inner.features.flag(id, WHY_DEADLINE);
+    for f in inner.features.runs.lock().values() {
+        if f.deadline_at.is_some_and(|d| d <= now) {
+            f.raise(WHY_DEADLINE);
+        }
     }
     crate::engine::schedule::fire_due(inner)?;
     if expire {
@@ -354,7 +373,7 @@ impl Engine {
             Done::Cancel { status } => status,
             other => return Err(Error::Config(format!("unexpected writer answer {other:?}"))),
         };
-        self.inner.features.flag(run_id, WHY_CANCEL);
+        self.inner.features.flag_all(run_id, WHY_CANCEL);
         self.inner.notify_finished();
         Ok(status)
     }

@@ -40,7 +40,8 @@ pub(crate) enum Interrupt {
     Storage(StoreError),
     /// The run was cancelled or passed its deadline (see `engine::features`).
     Cancelled,
-    /// A feature command already suspended the run in its own transaction: write nothing.
+    /// A feature command already suspended the run, or ended it cancelled, in its own
+    /// transaction: write nothing.
     Parked,
 }
 

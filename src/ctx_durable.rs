@@ -8,6 +8,10 @@
 //!   `suspended`, `ready_at` = when to look again); no thread waits. The worker that ran the
 //!   workflow is released at once.
 //! - Nothing here writes except through fenced writer commands.
+//! - Every wait, and `start_child`, is a cancellation boundary: if a cancel was requested
+//!   for the run, the command ends it `cancelled` (with its descendants) in its own
+//!   transaction instead (`Awaited::Cancelled`), whether or not this engine's stop flag
+//!   has seen the request yet.
 
 use crate::codec;
 use crate::ctx::{Ctx, Interrupt};
@@ -80,7 +84,7 @@ impl Ctx<'_> {
                     suspend,
                 })?;
                 crate::fault::point(crate::fault::Point::AfterCheckpoint);
-                if matches!(done, Done::Awaited(Awaited::Waiting)) {
+                if matches!(done, Done::Awaited(Awaited::Waiting | Awaited::Cancelled)) {
                     return Err(self.interrupt(Interrupt::Parked));
                 }
                 return Ok(wake);
@@ -217,6 +221,9 @@ impl Ctx<'_> {
                 id,
                 _out: PhantomData,
             }),
+            // A cancel was requested: the child was created already cancelled and this run
+            // ended `cancelled` in the same command.
+            Done::Awaited(Awaited::Cancelled) => Err(self.interrupt(Interrupt::Parked)),
             other => {
                 let msg = format!("unexpected writer answer {other:?}");
                 Err(self.interrupt(Interrupt::Fail(msg)))

@@ -377,6 +377,10 @@ pub struct ServeArgs {
     /// Shutdown grace in milliseconds (SIGTERM shuts the engine down cleanly).
     #[arg(long)]
     pub shutdown_grace_ms: Option<u64>,
+    /// `Config::poll_interval` in milliseconds: how often an idle dispatcher looks for work
+    /// and the feature poller looks for cancellations and deadlines.
+    #[arg(long)]
+    pub poll_interval_ms: Option<u64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -434,6 +438,9 @@ pub fn serve(args: ServeArgs) -> CliResult {
     if let Some(ms) = args.shutdown_grace_ms {
         config.shutdown_grace = Duration::from_millis(ms);
     }
+    if let Some(ms) = args.poll_interval_ms {
+        config.poll_interval = Duration::from_millis(ms);
+    }
     let engine = Engine::start(registry(), config).map_err(|e| e.to_string())?;
     let terminate = super::on_sigterm();
     loop {
@@ -476,7 +483,7 @@ pub fn start(args: StartArgs) -> CliResult {
         other if super::fixtures_features::is_fixture(other) => {
             super::fixtures_features::encode_input(other, &args.json)?
         }
-        other => return Err(format!("unknown workflow '{other}': built-in workflows are demo, fixture.slow, fixture.crash, fixture.nondet, fixture.probe, fixture.sleeper, fixture.waiter, fixture.parent, fixture.qprobe")),
+        other => return Err(format!("unknown workflow '{other}': built-in workflows are demo, fixture.slow, fixture.crash, fixture.nondet, fixture.probe, fixture.sleeper, fixture.waiter, fixture.parent, fixture.qprobe, fixture.step_then_wait")),
     };
     let store = Store::open(
         &args.db,

@@ -22,7 +22,22 @@ pub struct WaiterIn {
     pub timeout_ms: u64,
 }
 
+/// Input of `fixture.step_then_wait`: one step, then a wait of kind `wait` ("event": an
+/// event with a one-hour timeout, "sleep": one hour, "child": join a child that sleeps one
+/// hour), then one more step. The first step sleeps `ms`, or, with `gate`, waits (up to a
+/// minute) until the file `gate` exists.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepWaitIn {
+    #[serde(default)]
+    pub ms: u64,
+    pub wait: String,
+    #[serde(default)]
+    pub gate: Option<String>,
+}
+
 pub const MARK: Step<u64, u64> = Step::new("fixture.mark");
+pub const GATE: Step<String, u64> = Step::new("fixture.gate");
+pub const STEP_THEN_WAIT: Workflow<StepWaitIn, u64> = Workflow::new("fixture.step_then_wait");
 pub const SLEEPER: Workflow<SleeperIn, u64> = Workflow::new("fixture.sleeper");
 pub const WAITER: Workflow<WaiterIn, String> = Workflow::new("fixture.waiter");
 pub const PARENT: Workflow<SlowIn, u64> = Workflow::new("fixture.parent");
@@ -33,7 +48,11 @@ pub const PROBE: Workflow<u64, u64> = Workflow::new("fixture.qprobe");
 pub fn is_fixture(name: &str) -> bool {
     matches!(
         name,
-        "fixture.sleeper" | "fixture.waiter" | "fixture.parent" | "fixture.qprobe"
+        "fixture.sleeper"
+            | "fixture.waiter"
+            | "fixture.parent"
+            | "fixture.qprobe"
+            | "fixture.step_then_wait"
     )
 }
 
@@ -61,6 +80,7 @@ pub fn encode_input(name: &str, json: &str) -> Result<Vec<u8>, String> {
         "fixture.waiter" => enc::<WaiterIn>(json),
         "fixture.parent" => enc::<SlowIn>(json),
         "fixture.qprobe" => enc::<u64>(json),
+        "fixture.step_then_wait" => enc::<StepWaitIn>(json),
         other => Err(format!("unknown workflow '{other}'")),
     }
 }
@@ -113,6 +133,45 @@ fn parent(ctx: &mut Ctx<'_>, input: SlowIn) -> Result<u64, WorkflowError> {
     Ok(ctx.join(&child)? + 1)
 }
 
+/// Wait (bounded: one minute) until the file `path` exists.
+fn gate(ctx: &StepCtx, path: String) -> Result<u64, StepError> {
+    record_effect(ctx, "gate");
+    for _ in 0..6000 {
+        if std::path::Path::new(&path).exists() {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(StepError::permanent(format!("gate {path} never opened")))
+}
+
+const HOUR_MS: u64 = 3_600_000;
+
+fn step_then_wait(ctx: &mut Ctx<'_>, input: StepWaitIn) -> Result<u64, WorkflowError> {
+    match input.gate {
+        Some(path) => ctx.step(GATE, &path)?,
+        None => ctx.step(super::fixtures::SLEEP, &input.ms)?,
+    };
+    match input.wait.as_str() {
+        "event" => {
+            ctx.wait_event::<serde_json::Value>("go", Duration::from_millis(HOUR_MS))?;
+        }
+        "sleep" => ctx.sleep(Duration::from_millis(HOUR_MS))?,
+        "child" => {
+            let child = ctx.start_child(
+                SLEEPER,
+                &SleeperIn {
+                    ms: HOUR_MS,
+                    until_ms: None,
+                },
+            )?;
+            ctx.join(&child)?;
+        }
+        other => return Err(WorkflowError::failed(format!("unknown wait '{other}'"))),
+    }
+    ctx.step(MARK, &1)
+}
+
 /// Concurrency probe (for queue limits across processes): while it runs, a file named after
 /// the run exists in `$WAYMARK_PROBE_DIR`; it returns how many such files it saw after
 /// creating its own (the most steps running at once, from its point of view).
@@ -138,6 +197,8 @@ pub fn register(reg: &mut Registry) {
     reg.workflow(SLEEPER, sleeper);
     reg.workflow(WAITER, waiter);
     reg.workflow(PARENT, parent);
+    reg.step(GATE, gate);
+    reg.workflow(STEP_THEN_WAIT, step_then_wait);
     reg.step(PROBE_STEP, probe);
     reg.workflow(PROBE, |ctx, ms: u64| ctx.step(PROBE_STEP, &ms));
 }

@@ -9,6 +9,9 @@
 //!   user code runs ([`Features::admit`]); a flagged run ends at its next step boundary.
 //!   Either way the ending write is fenced: a run reclaimed by another engine is left alone.
 //! - Nothing is held only in memory: the flag mirrors `cancel_requested` / `deadline_at`.
+//!   The flag is only the fast path: the store's parking transitions read
+//!   `cancel_requested` themselves, and a sweep (every [`CANCEL_SWEEP_INTERVAL`]) cancels
+//!   parked runs whose request was never carried out.
 
 use crate::engine::{Engine, Inner};
 use crate::error::Error;
@@ -30,6 +33,11 @@ const WHY_DEADLINE: u8 = 2;
 pub const PURGE_BATCH_RUNS: i64 = 256;
 /// Pages returned to the file system per vacuum command.
 pub const VACUUM_BATCH_PAGES: i64 = 2048;
+/// How often the poller sweeps for parked runs whose cancel was requested but not carried
+/// out (a backstop: every transition that parks a run already honours the request).
+pub const CANCEL_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// Runs the sweep cancels per pass (each is one `Cancel` command).
+pub const CANCEL_SWEEP_RUNS_MAX: i64 = 256;
 
 #[derive(Debug)]
 struct RunFlags {
@@ -38,17 +46,20 @@ struct RunFlags {
     deadline_at: Option<i64>,
 }
 
-/// Stop flags of the runs this engine executes.
+/// Stop flags of the runs this engine executes, keyed by `(run id, epoch)`: one engine can
+/// hold a stale execution of a run (its step still running after the run was reclaimed) and
+/// a fresh one (claimed again at a higher epoch). Each has its own flag, and the stale one's
+/// end removes only its own.
 #[derive(Debug, Default)]
 pub struct Features {
-    runs: Mutex<HashMap<i64, Arc<RunFlags>>>,
+    runs: Mutex<HashMap<(i64, i64), Arc<RunFlags>>>,
 }
 
-/// Held by the worker while it executes a run; unregisters the run's flag on drop.
+/// Held by the worker while it executes a run; unregisters this execution's flag on drop.
 #[derive(Debug)]
 pub struct RunGuard<'a> {
     features: &'a Features,
-    run_id: i64,
+    key: (i64, i64),
     flags: Arc<RunFlags>,
 }
 
@@ -61,7 +72,22 @@ impl RunGuard<'_> {
 
 impl Drop for RunGuard<'_> {
     fn drop(&mut self) {
-        self.features.runs.lock().remove(&self.run_id);
+        let mut runs = self.features.runs.lock();
+        if runs
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flags))
+        {
+            runs.remove(&self.key);
+        }
+    }
+}
+
+impl RunFlags {
+    fn raise(&self, why: u8) {
+        let _ = self
+            .why
+            .compare_exchange(WHY_NONE, why, Ordering::SeqCst, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
@@ -75,12 +101,18 @@ impl Features {
         }
     }
 
-    fn flag(&self, run_id: i64, why: u8) {
-        if let Some(f) = self.runs.lock().get(&run_id) {
-            let _ = f
-                .why
-                .compare_exchange(WHY_NONE, why, Ordering::SeqCst, Ordering::SeqCst);
-            f.stop.store(true, Ordering::SeqCst);
+    /// Raise the stop flag of the execution of `run_id` at `epoch`.
+    fn flag(&self, run_id: i64, epoch: i64, why: u8) {
+        if let Some(f) = self.runs.lock().get(&(run_id, epoch)) {
+            f.raise(why);
+        }
+    }
+
+    /// Raise the stop flag of every execution of `run_id` here (a local cancel: whatever
+    /// epoch each runs at, nothing of the run may continue).
+    fn flag_all(&self, run_id: i64, why: u8) {
+        for (_, f) in self.runs.lock().iter().filter(|(k, _)| k.0 == run_id) {
+            f.raise(why);
         }
     }
 
@@ -122,10 +154,11 @@ impl Features {
             why: AtomicU8::new(WHY_NONE),
             deadline_at: claimed.deadline_at,
         });
-        self.runs.lock().insert(claimed.run_id, flags.clone());
+        let key = (claimed.run_id, claimed.epoch);
+        self.runs.lock().insert(key, flags.clone());
         Some(RunGuard {
             features: self,
-            run_id: claimed.run_id,
+            key,
             flags,
         })
     }
@@ -169,33 +202,62 @@ fn finish(inner: &Inner, op: Op) {
     inner.notify_finished();
 }
 
+/// The backstop of cancellation: finish runs that are parked (`suspended`, `blocked`,
+/// `blocked_version`) with `cancel_requested = 1`. Every transition that parks a running run
+/// ends it `cancelled` instead when the flag is set, so this finds only what an older build
+/// (or a path that forgot the flag) left behind. Pending runs are left to the claim, whose
+/// admission ends them cancelled before any of their code runs. Read first: an idle engine
+/// writes nothing.
+fn sweep_cancel_requests(inner: &Inner) -> Result<(), StoreError> {
+    let ids: Vec<i64> = inner.store.read(|c| {
+        c.prepare_cached(
+            "SELECT id FROM runs WHERE status IN ('suspended', 'blocked', 'blocked_version')
+               AND cancel_requested = 1 LIMIT ?1",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![CANCEL_SWEEP_RUNS_MAX], |r| r.get(0))?
+                .collect::<Result<_, _>>()
+        })
+        .map_err(|e| StoreError::sqlite("looking for unfinished cancellations", e))
+    })?;
+    if ids.is_empty() {
+        return Ok(());
+    }
+    log::warn!(
+        "{} parked runs had a cancel requested but were not cancelled; cancelling them",
+        ids.len()
+    );
+    for run_id in ids {
+        match inner.store.call(Op::Cancel { run_id }) {
+            Ok(_) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    inner.notify_finished();
+    Ok(())
+}
+
 /// One pass of the poller: flag runs cancelled in the database or past their deadline, and
 /// fail pending or suspended runs past their deadline.
 fn poll(inner: &Inner, expire: bool) -> Result<(), StoreError> {
     let now = inner.clock.now_ms();
-    let cancelled: Vec<i64> = inner.store.read(|c| {
+    let cancelled: Vec<(i64, i64)> = inner.store.read(|c| {
         c.prepare_cached(
-            "SELECT id FROM runs WHERE owner = ?1 AND status = 'running' AND cancel_requested = 1",
+            "SELECT id, epoch FROM runs WHERE owner = ?1 AND status = 'running' AND cancel_requested = 1",
         )
         .and_then(|mut s| {
-            s.query_map(params![&*inner.owner()], |r| r.get(0))?
+            s.query_map(params![&*inner.owner()], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()
         })
         .map_err(|e| StoreError::sqlite("reading cancellation requests", e))
     })?;
-    for id in cancelled {
-        inner.features.flag(id, WHY_CANCEL);
+    for (id, epoch) in cancelled {
+        inner.features.flag(id, epoch, WHY_CANCEL);
     }
-    let late: Vec<i64> = inner
-        .features
-        .runs
-        .lock()
-        .iter()
-        .filter(|(_, f)| f.deadline_at.is_some_and(|d| d <= now))
-        .map(|(id, _)| *id)
-        .collect();
-    for id in late {
-        inner.features.flag(id, WHY_DEADLINE);
+    for f in inner.features.runs.lock().values() {
+        if f.deadline_at.is_some_and(|d| d <= now) {
+            f.raise(WHY_DEADLINE);
+        }
     }
     crate::engine::schedule::fire_due(inner)?;
     if expire {
@@ -262,6 +324,7 @@ fn known_names_json(workflows_json: &str) -> String {
 /// Poll for cancellations, deadlines and unknown versions until `stop` closes.
 pub fn features_loop(inner: &Inner, stop: Receiver<()>) {
     let mut last_expire = Instant::now() - Duration::from_secs(60);
+    let mut last_sweep: Option<Instant> = None;
     loop {
         let expire = last_expire.elapsed() >= Duration::from_secs(1);
         if expire {
@@ -270,6 +333,13 @@ pub fn features_loop(inner: &Inner, stop: Receiver<()>) {
         if let Err(e) = poll(inner, expire) {
             log::error!("feature poller: {e}");
             inner.note_store_error(&e);
+        }
+        if last_sweep.is_none_or(|t| t.elapsed() >= CANCEL_SWEEP_INTERVAL) {
+            last_sweep = Some(Instant::now());
+            if let Err(e) = sweep_cancel_requests(inner) {
+                log::error!("feature poller: {e}");
+                inner.note_store_error(&e);
+            }
         }
         match stop.recv_timeout(inner.config.poll_interval.max(Duration::from_millis(20))) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -312,7 +382,7 @@ impl Engine {
             Done::Cancel { status } => status,
             other => return Err(Error::Config(format!("unexpected writer answer {other:?}"))),
         };
-        self.inner.features.flag(run_id, WHY_CANCEL);
+        self.inner.features.flag_all(run_id, WHY_CANCEL);
         self.inner.notify_finished();
         Ok(status)
     }

@@ -26,6 +26,9 @@ pub enum Awaited {
     Failed(String),
     /// Nothing yet: the run is now suspended (the caller must stop and write nothing more).
     Waiting,
+    /// A cancel was requested: the run (and its descendants) ended `cancelled` in this
+    /// command instead (the caller must stop and write nothing more).
+    Cancelled,
 }
 
 /// The note of a run suspended waiting for event `name` (wake-ups match on it).
@@ -79,16 +82,92 @@ pub fn due_schedules(conn: &Connection, now: i64, limit: i64) -> StoreResult<Vec
 /// Statuses after which nothing of a run runs again.
 pub const FINAL: &str = "('completed', 'failed', 'cancelled')";
 
-fn check_fence(conn: &Connection, fence: &Fence) -> StoreResult<()> {
-    let n: i64 = conn
-        .prepare_cached(&format!("SELECT count(*) FROM runs WHERE {FENCE}"))
+/// Check the fence; answers whether a cancel was requested for the run (the caller ends
+/// the run `cancelled` at this boundary instead of doing what it was asked).
+fn check_fence(conn: &Connection, fence: &Fence) -> StoreResult<bool> {
+    let cancel_requested: Option<i64> = conn
+        .prepare_cached(&format!("SELECT cancel_requested FROM runs WHERE {FENCE}"))
         .and_then(|mut s| {
             s.query_row(params![fence.run_id, &*fence.owner, fence.epoch], |r| {
                 r.get(0)
             })
+            .optional()
         })
         .map_err(sql("checking a fence"))?;
-    fenced(n as usize, fence).map(|_| ())
+    match cancel_requested {
+        Some(flag) => Ok(flag != 0),
+        None => fenced(0, fence).map(|_| false),
+    }
+}
+
+/// Descendants of `?1` (and `?1` itself). `UNION`, not `UNION ALL`: a run already in the
+/// tree is not walked again, so the walk ends even if `parent_id` forms a cycle (bad data),
+/// after at most one row per run.
+const TREE: &str = "WITH RECURSIVE tree(id) AS (
+        SELECT ?1 UNION SELECT r.id FROM runs r JOIN tree t ON r.parent_id = t.id)";
+
+/// Request cancellation of `run_id` and its descendants: mark every unfinished one
+/// `cancel_requested`, and end `cancelled` at once those not running (a running one ends at
+/// its next boundary: its engine's poller sets its stop flag, and every transition that
+/// would suspend it ends it instead).
+pub(crate) fn cancel_tree(conn: &Connection, run_id: i64, now: i64) -> StoreResult<()> {
+    conn.prepare_cached(&format!(
+        "{TREE} UPDATE runs SET cancel_requested = 1, updated_at = ?2
+         WHERE id IN (SELECT id FROM tree) AND status NOT IN {FINAL}"
+    ))
+    .and_then(|mut s| s.execute(params![run_id, now]))
+    .map_err(sql("requesting cancellation"))?;
+    conn.prepare_cached(&format!(
+        "{TREE} UPDATE runs SET status = 'cancelled', error = 'cancelled', note = NULL,
+                owner = NULL, lease_expires_at = NULL, finished_at = ?2, updated_at = ?2
+         WHERE id IN (SELECT id FROM tree)
+           AND status IN ('pending', 'suspended', 'blocked', 'blocked_version')"
+    ))
+    .and_then(|mut s| s.execute(params![run_id, now]))
+    .map_err(sql("cancelling runs"))?;
+    Ok(())
+}
+
+/// End a claimed run `cancelled` (fenced) and cancel its descendants, in this command.
+pub(crate) fn finish_cancelled(
+    conn: &Connection,
+    fence: &Fence,
+    reason: &str,
+    now: i64,
+) -> StoreResult<()> {
+    let n = conn
+        .prepare_cached(&format!(
+            "UPDATE runs SET status = 'cancelled', error = ?4, note = NULL, owner = NULL,
+                    lease_expires_at = NULL, finished_at = ?5, updated_at = ?5 WHERE {FENCE}"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                fence.run_id,
+                &*fence.owner,
+                fence.epoch,
+                reason,
+                now
+            ])
+        })
+        .map_err(sql("cancelling a run"))?;
+    fenced(n, fence)?;
+    cancel_tree(conn, fence.run_id, now)
+}
+
+/// The answer of a command that parked the run: suspended, or ended `cancelled` by
+/// `suspend` (the answer of `transitions::suspend`).
+fn parked(cancelled: bool) -> StoreResult<Done> {
+    Ok(Done::Awaited(if cancelled {
+        Awaited::Cancelled
+    } else {
+        Awaited::Waiting
+    }))
+}
+
+/// The answer of a feature command that found a cancel requested: the run ended instead.
+fn ended_cancelled(conn: &Connection, fence: &Fence, now: i64) -> StoreResult<Done> {
+    finish_cancelled(conn, fence, "cancelled", now)?;
+    Ok(Done::Awaited(Awaited::Cancelled))
 }
 
 struct NewEntry<'a> {
@@ -216,7 +295,9 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             wake,
             suspend: then_suspend,
         } => {
-            check_fence(conn, &fence)?;
+            if check_fence(conn, &fence)? {
+                return ended_cancelled(conn, &fence, now);
+            }
             let bytes = wake.to_le_bytes();
             insert_entry(
                 conn,
@@ -232,8 +313,13 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                 now,
             )?;
             if then_suspend && wake > now {
-                suspend(conn, &fence, wake, &format!("sleeping until {wake}"), now)?;
-                return Ok(Done::Awaited(Awaited::Waiting));
+                return parked(suspend(
+                    conn,
+                    &fence,
+                    wake,
+                    &format!("sleeping until {wake}"),
+                    now,
+                )?);
             }
             Ok(Done::Unit)
         }
@@ -243,7 +329,9 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             name,
             deadline,
         } => {
-            check_fence(conn, &fence)?;
+            if check_fence(conn, &fence)? {
+                return ended_cancelled(conn, &fence, now);
+            }
             let event: Option<(i64, Vec<u8>)> = conn
                 .prepare_cached(
                     "SELECT id, payload FROM events WHERE run_id = ?1 AND name = ?2
@@ -292,8 +380,7 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                 )?;
                 return Ok(Done::Awaited(Awaited::Failed(reason)));
             }
-            suspend(conn, &fence, deadline, &event_note(&name), now)?;
-            Ok(Done::Awaited(Awaited::Waiting))
+            parked(suspend(conn, &fence, deadline, &event_note(&name), now)?)
         }
         Op::SendEvent {
             run_id,
@@ -340,22 +427,7 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             if status.is_none() {
                 return Err(StoreError::NotFound { run_id });
             }
-            const TREE: &str = "WITH RECURSIVE tree(id) AS (
-                    SELECT ?1 UNION ALL SELECT r.id FROM runs r JOIN tree t ON r.parent_id = t.id)";
-            conn.prepare_cached(&format!(
-                "{TREE} UPDATE runs SET cancel_requested = 1, updated_at = ?2
-                 WHERE id IN (SELECT id FROM tree) AND status NOT IN {FINAL}"
-            ))
-            .and_then(|mut s| s.execute(params![run_id, now]))
-            .map_err(sql("requesting cancellation"))?;
-            conn.prepare_cached(&format!(
-                "{TREE} UPDATE runs SET status = 'cancelled', error = 'cancelled', note = NULL,
-                        owner = NULL, lease_expires_at = NULL, finished_at = ?2, updated_at = ?2
-                 WHERE id IN (SELECT id FROM tree)
-                   AND status IN ('pending', 'suspended', 'blocked', 'blocked_version')"
-            ))
-            .and_then(|mut s| s.execute(params![run_id, now]))
-            .map_err(sql("cancelling runs"))?;
+            cancel_tree(conn, run_id, now)?;
             let status: String = conn
                 .prepare_cached("SELECT status FROM runs WHERE id = ?1")
                 .and_then(|mut s| s.query_row(params![run_id], |r| r.get(0)))
@@ -363,16 +435,8 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             Ok(Done::Cancel { status })
         }
         Op::FinishCancelled { fence, reason } => {
-            let n = conn
-                .prepare_cached(&format!(
-                    "UPDATE runs SET status = 'cancelled', error = ?4, note = NULL, owner = NULL,
-                            lease_expires_at = NULL, finished_at = ?5, updated_at = ?5 WHERE {FENCE}"
-                ))
-                .and_then(|mut s| {
-                    s.execute(params![fence.run_id, &*fence.owner, fence.epoch, reason, now])
-                })
-                .map_err(sql("cancelling a run"))?;
-            fenced(n, &fence)
+            finish_cancelled(conn, &fence, &reason, now)?;
+            Ok(Done::Unit)
         }
         Op::StartChild {
             fence,
@@ -380,7 +444,7 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             name,
             run,
         } => {
-            check_fence(conn, &fence)?;
+            let cancel_requested = check_fence(conn, &fence)?;
             let (id, _) = enqueue(conn, &run, now)?;
             let bytes = id.to_le_bytes();
             insert_entry(
@@ -396,6 +460,11 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                 },
                 now,
             )?;
+            if cancel_requested {
+                // The child is created and journaled (replay agrees), then ends `cancelled`
+                // with its parent, as a descendant: nothing of it runs.
+                return ended_cancelled(conn, &fence, now);
+            }
             Ok(Done::Run { id, created: true })
         }
         Op::AwaitChild {
@@ -404,7 +473,9 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             name,
             child_id,
         } => {
-            check_fence(conn, &fence)?;
+            if check_fence(conn, &fence)? {
+                return ended_cancelled(conn, &fence, now);
+            }
             let child: Option<(String, Option<Vec<u8>>, Option<String>)> = conn
                 .prepare_cached(
                     "SELECT status, output, error FROM runs WHERE id = ?1 AND parent_id = ?2",
@@ -457,10 +528,7 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                         error.unwrap_or_default()
                     ))
                 }
-                Some(_) => {
-                    suspend(conn, &fence, i64::MAX, &child_note(child_id), now)?;
-                    Ok(Done::Awaited(Awaited::Waiting))
-                }
+                Some(_) => parked(suspend(conn, &fence, i64::MAX, &child_note(child_id), now)?),
             }
         }
         Op::ExpireDeadlines { limit } => {

@@ -753,29 +753,43 @@ pub(crate) fn enqueue(conn: &Connection, run: &NewRun, now: i64) -> StoreResult<
     Ok((conn.last_insert_rowid(), true))
 }
 
-/// running -> suspended until `until` (fenced). Shared by retries, sleeps, event and child waits.
+/// running -> suspended until `until` (fenced). Shared by retries, sleeps, event and child
+/// waits. A run whose cancel was requested (`cancel_requested = 1`, set by `Cancel` while it
+/// ran) is not suspended: the same guarded statement ends it `cancelled`, and its
+/// descendants are cancelled with it, so a cancel racing a wait is never lost (nothing
+/// polls suspended runs for flags). Answers `true` if the run ended cancelled.
 pub(crate) fn suspend(
     conn: &Connection,
     fence: &Fence,
     until: i64,
     note: &str,
     now: i64,
-) -> StoreResult<()> {
-    let n = conn
+) -> StoreResult<bool> {
+    let ended: Option<String> = conn
         .prepare_cached(&format!(
-            "UPDATE runs SET status = 'suspended', ready_at = ?4, note = ?5, owner = NULL,
-                    lease_expires_at = NULL, updated_at = ?6 WHERE {FENCE}"
+            "UPDATE runs SET
+                    status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'suspended' END,
+                    ready_at = CASE WHEN cancel_requested = 1 THEN ready_at ELSE ?4 END,
+                    note = CASE WHEN cancel_requested = 1 THEN NULL ELSE ?5 END,
+                    error = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE error END,
+                    finished_at = CASE WHEN cancel_requested = 1 THEN ?6 ELSE finished_at END,
+                    owner = NULL, lease_expires_at = NULL, updated_at = ?6
+             WHERE {FENCE} RETURNING status"
         ))
         .and_then(|mut s| {
-            s.execute(params![
-                fence.run_id,
-                &*fence.owner,
-                fence.epoch,
-                until,
-                note,
-                now
-            ])
+            s.query_row(
+                params![fence.run_id, &*fence.owner, fence.epoch, until, note, now],
+                |r| r.get(0),
+            )
+            .optional()
         })
         .map_err(sql("suspending a run"))?;
-    fenced(n, fence).map(|_| ())
+    match ended.as_deref() {
+        None => fenced(0, fence).map(|_| false),
+        Some("cancelled") => {
+            super::feature_ops::cancel_tree(conn, fence.run_id, now)?;
+            Ok(true)
+        }
+        Some(_) => Ok(false),
+    }
 }

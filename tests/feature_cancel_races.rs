@@ -1,0 +1,530 @@
+//! Cancellation at every boundary (issue 9, defect 4 and the cancel walk of defect 5, and the
+//! suspected sharing of stop flags): a cancel requested while a run is running must end it
+//! at its next boundary, whatever that boundary is (a step, a sleep, an event wait, a child
+//! start or join), and a cancel must finish even on a cyclic `parent_id`.
+//!
+//! Every test drives the real `waymark` binary (`serve`, `start`, `cancel`) on a real
+//! SQLite file and reads the outcome with plain rusqlite.
+
+mod feature_util;
+
+use feature_util::*;
+use rusqlite::params;
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// `waymark serve --in-process` with a chosen poll interval; stderr goes to `log`.
+fn serve_with(tmp: &Tmp, workers: usize, poll_ms: u64, log: Option<&Path>) -> Served {
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "serve",
+        "--db",
+        tmp.db().to_str().unwrap(),
+        "--workers",
+        &workers.to_string(),
+        "--lease-ttl-ms",
+        "3000",
+        "--in-process",
+        "--poll-interval-ms",
+        &poll_ms.to_string(),
+    ])
+    .env("WAYMARK_DEMO_EFFECTS", tmp.effects())
+    .stdout(Stdio::null());
+    match log {
+        Some(path) => cmd
+            .env("RUST_LOG", "warn")
+            .stderr(std::fs::File::create(path).expect("log file")),
+        None => cmd.env("RUST_LOG", "error").stderr(Stdio::inherit()),
+    };
+    Served(cmd.spawn().expect("spawn waymark serve"))
+}
+
+/// `waymark cancel ID` in its own process, which must exit within `timeout`; its stdout.
+fn cancel_within(db: &Path, run_id: i64, timeout: Duration) -> String {
+    let mut child = Command::new(bin())
+        .args(["cancel", &run_id.to_string(), "--db", db.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn waymark cancel");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            let out = child.wait_with_output().expect("cancel output");
+            assert!(
+                out.status.success(),
+                "waymark cancel {run_id} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        if start.elapsed() > timeout {
+            kill(&mut child);
+            panic!("waymark cancel {run_id} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A writable connection (for the tests that plant data as another process would).
+fn writer(db: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(db).expect("open db");
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c
+}
+
+/// Runs grouped by (status, cancel_requested, note), for failure messages.
+fn summary(db: &Path) -> Vec<(String, i64, Option<String>, i64)> {
+    let c = conn(db);
+    let mut s = c
+        .prepare(
+            "SELECT status, cancel_requested, CASE WHEN note IS NULL THEN NULL
+                    ELSE substr(note, 1, 40) END, count(*)
+             FROM runs GROUP BY 1, 2, 3 ORDER BY 4 DESC",
+        )
+        .unwrap();
+    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn not_cancelled(db: &Path) -> i64 {
+    conn(db)
+        .query_row(
+            "SELECT count(*) FROM runs WHERE status <> 'cancelled'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// What the poller's backstop logs when it had to cancel parked runs.
+const SWEPT: &str = "had a cancel requested but were not cancelled";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+// Scenario (issue 9, defect 4): 300 runs each do one short step and then wait (an event
+// with a one-hour timeout, a one-hour sleep, or the join of a child that sleeps one hour).
+// Four threads cancel them from other processes (`waymark cancel`), each run as soon as it
+// is seen `running`, so most cancels land while the run is mid-way from its step to its
+// wait (the engine polls for cancel flags only every 200 ms). Must hold: every run, and
+// every child they started, ends `cancelled`; none is left `suspended` with
+// `cancel_requested = 1`, and no parent ends `failed` because its cancelled child failed
+// its join.
+#[test]
+fn cancels_racing_waits_end_every_run_cancelled() {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    let mut ids = Vec::new();
+    for ms in [0, 5, 15, 30, 60] {
+        for wait in ["event", "sleep", "child"] {
+            let json = format!(r#"{{"ms":{ms},"wait":"{wait}"}}"#);
+            ids.extend(start(&tmp, "fixture.step_then_wait", &json, 20));
+        }
+    }
+    assert_eq!(ids.len(), 300);
+    let log = tmp.dir.path().join("serve.log");
+    let _engine = serve_with(&tmp, 8, 200, Some(&log));
+
+    let todo: Arc<Mutex<HashSet<i64>>> = Arc::new(Mutex::new(ids.iter().copied().collect()));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let todo = todo.clone();
+            let tmp_db = db.clone();
+            std::thread::spawn(move || {
+                let c = conn(&tmp_db);
+                let deadline = Instant::now() + Duration::from_secs(120);
+                loop {
+                    assert!(Instant::now() < deadline, "cancelling took too long");
+                    let running: Vec<i64> = c
+                        .prepare_cached(
+                            "SELECT id FROM runs WHERE status = 'running' AND parent_id IS NULL",
+                        )
+                        .unwrap()
+                        .query_map([], |r| r.get(0))
+                        .unwrap()
+                        .collect::<Result<_, _>>()
+                        .unwrap();
+                    let pending: i64 = c
+                        .query_row(
+                            "SELECT count(*) FROM runs WHERE status = 'pending' AND parent_id IS NULL",
+                            [],
+                            |r| r.get(0),
+                        )
+                        .unwrap();
+                    let pick = {
+                        let mut todo = todo.lock().unwrap();
+                        if todo.is_empty() {
+                            return;
+                        }
+                        let pick = running.iter().copied().find(|id| todo.contains(id));
+                        // Once nothing is left to claim, cancel the rest wherever they are.
+                        let pick = pick.or_else(|| {
+                            (pending == 0 && running.is_empty())
+                                .then(|| *todo.iter().next().unwrap())
+                        });
+                        if let Some(id) = pick {
+                            todo.remove(&id);
+                        }
+                        pick
+                    };
+                    match pick {
+                        Some(id) => {
+                            cancel_within(&tmp_db, id, Duration::from_secs(60));
+                        }
+                        None => std::thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("canceller thread");
+    }
+
+    let start = Instant::now();
+    while not_cancelled(&db) > 0 {
+        if start.elapsed() > Duration::from_secs(60) {
+            panic!(
+                "{} runs not cancelled 60 s after every cancel returned; by (status, cancel_requested, note): {:?}",
+                not_cancelled(&db),
+                summary(&db)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let children: i64 = conn(&db)
+        .query_row(
+            "SELECT count(*) FROM runs WHERE parent_id IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let parents_cancelled: i64 = conn(&db)
+        .query_row(
+            "SELECT count(*) FROM runs WHERE parent_id IS NULL AND status = 'cancelled'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(parents_cancelled, 300);
+    assert!(children <= 100, "at most one child per 'child' run");
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !log.contains(SWEPT),
+        "every cancel was carried out at the run's own boundary, none by the poller's sweep: {log}"
+    );
+}
+
+// Scenario (issue 9, defect 4): a run is cancelled (from another process) while it is in a
+// step, and the engine polls for cancel flags only once an hour, so the run reaches
+// `start_child` without having seen its flag. Must hold: the child is created already
+// cancelled (nothing of it runs) and the parent ends `cancelled` at that boundary instead of
+// joining it.
+#[test]
+fn start_child_after_a_cancel_creates_a_cancelled_child_and_ends_the_parent() {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    let gate = tmp.dir.path().join("gate");
+    let json = format!(r#"{{"wait":"child","gate":"{}"}}"#, gate.to_str().unwrap());
+    let id = start(&tmp, "fixture.step_then_wait", &json, 1)[0];
+    let _engine = serve_with(&tmp, 2, 3_600_000, None);
+    wait_until(Duration::from_secs(30), "the gate step started", || {
+        effects(&tmp).iter().any(|e| e.0 == id && e.2 == "gate")
+    });
+    assert_eq!(
+        cancel_within(&db, id, Duration::from_secs(30)),
+        "running",
+        "the run is in its step when it is cancelled"
+    );
+    std::fs::write(&gate, b"").unwrap();
+    let child = || -> Option<(i64, String)> {
+        conn(&db)
+            .query_row(
+                "SELECT id, status FROM runs WHERE parent_id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok()
+    };
+    let start = Instant::now();
+    loop {
+        let parent = status(&db, id);
+        if parent == "cancelled" && child().is_some_and(|c| c.1 == "cancelled") {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            panic!(
+                "after 30 s the parent is {parent} and its child is {:?}; runs: {:?}",
+                child(),
+                summary(&db)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (child_id, _) = child().unwrap();
+    assert_eq!(journal(&db, child_id).len(), 0, "nothing of the child ran");
+    let parent_journal = journal(&db, id);
+    assert_eq!(
+        parent_journal.last().map(|e| e.2.as_str()),
+        Some("child"),
+        "the parent's journal ends with the child it started: {parent_journal:?}"
+    );
+}
+
+// Scenario (issue 9, defect 4, the backstop): a run is `suspended` with
+// `cancel_requested = 1` (as a build before this fix could leave it, or any path that
+// suspended a flagged run). Must hold: an engine's poller finishes it `cancelled`.
+#[test]
+fn poller_finishes_a_suspended_run_whose_cancel_was_requested() {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    let id = start(&tmp, "fixture.sleeper", r#"{"ms":3600000}"#, 1)[0];
+    let mut engine = serve_with(&tmp, 2, 50, None);
+    wait_until(Duration::from_secs(30), "sleeping", || {
+        status(&db, id) == "suspended"
+    });
+    kill(&mut engine);
+    writer(&db)
+        .execute(
+            "UPDATE runs SET cancel_requested = 1 WHERE id = ?1",
+            params![id],
+        )
+        .unwrap();
+    let log = tmp.dir.path().join("serve.log");
+    let _engine = serve_with(&tmp, 2, 50, Some(&log));
+    let start = Instant::now();
+    while status(&db, id) != "cancelled" {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "run still {} 30 s after an engine started: {:?}",
+            status(&db, id),
+            summary(&db)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(effects(&tmp).iter().all(|e| e.0 != id || e.2 != "mark"));
+    assert!(std::fs::read_to_string(&log).unwrap().contains(SWEPT));
+}
+
+// Scenario (issue 9: deadlines use the same flag machinery as cancels): runs whose deadline
+// passes while they wait (an event with a one-hour timeout, a one-hour sleep, a child join).
+// Must hold: each ends `failed` with the deadline as its reason, within a generous timeout.
+#[test]
+fn a_deadline_passing_during_a_wait_is_not_lost() {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    let deadline = (now_ms() + 2_000).to_string();
+    let mut ids = Vec::new();
+    for wait in ["event", "sleep", "child"] {
+        let json = format!(r#"{{"ms":0,"wait":"{wait}"}}"#);
+        ids.extend(
+            waymark(
+                &tmp,
+                &[
+                    "start",
+                    "fixture.step_then_wait",
+                    "--db",
+                    db.to_str().unwrap(),
+                    "--json",
+                    &json,
+                    "--count",
+                    "5",
+                    "--deadline-ms",
+                    &deadline,
+                ],
+            )
+            .lines()
+            .map(|l| l.trim().parse::<i64>().unwrap()),
+        );
+    }
+    let _engine = serve_with(&tmp, 4, 50, None);
+    let start = Instant::now();
+    loop {
+        let c = conn(&db);
+        let failed: i64 = c
+            .query_row(
+                "SELECT count(*) FROM runs WHERE parent_id IS NULL AND status = 'failed'
+                   AND error LIKE '%deadline%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if failed == ids.len() as i64 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{failed} of {} runs failed by their deadline after 60 s: {:?}",
+            ids.len(),
+            summary(&db)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// Scenario (issue 9, defect 5, cancel's part): `parent_id` forms a cycle (a run its own
+// parent; two runs each other's parent). Must hold: `waymark cancel` finishes (the walk of
+// descendants is cycle-safe) and the runs end `cancelled`.
+#[test]
+fn cancel_finishes_on_a_parent_id_cycle() {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    let ids = start(&tmp, "fixture.sleeper", r#"{"ms":3600000}"#, 3);
+    let w = writer(&db);
+    w.execute(
+        "UPDATE runs SET parent_id = id WHERE id = ?1",
+        params![ids[0]],
+    )
+    .unwrap();
+    w.execute(
+        "UPDATE runs SET parent_id = ?2 WHERE id = ?1",
+        params![ids[1], ids[2]],
+    )
+    .unwrap();
+    w.execute(
+        "UPDATE runs SET parent_id = ?2 WHERE id = ?1",
+        params![ids[2], ids[1]],
+    )
+    .unwrap();
+    drop(w);
+    assert_eq!(
+        cancel_within(&db, ids[0], Duration::from_secs(30)),
+        "cancelled"
+    );
+    assert_eq!(
+        cancel_within(&db, ids[1], Duration::from_secs(30)),
+        "cancelled"
+    );
+    for id in ids {
+        assert_eq!(status(&db, id), "cancelled");
+    }
+}
+// Scenario (issue 9, suspect: stop flags keyed by run id only): an engine runs a run in a
+// long step; the run is reclaimed behind its back (the reclaim another engine would commit:
+// epoch + 1, pending) and the same engine claims it again, so a stale and a fresh execution
+// of one run live in one engine. The stale one's step ends, its checkpoint is fenced off and
+// it drops its stop flag. Then the run is cancelled (or its deadline passes). Must hold: the
+// fresh execution still sees its stop flag and the run ends `cancelled` (or `failed` by its
+// deadline), not `completed`.
+#[test]
+fn a_stale_execution_ending_does_not_drop_the_fresh_executions_cancel_flag() {
+    stale_and_fresh_execution(Stop::Cancel);
+}
+
+#[test]
+fn a_stale_execution_ending_does_not_drop_the_fresh_executions_deadline_flag() {
+    stale_and_fresh_execution(Stop::Deadline);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    Cancel,
+    Deadline,
+}
+
+fn stale_and_fresh_execution(stop: Stop) {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    let log = tmp.dir.path().join("serve.log");
+    let json = r#"{"steps":4,"ms":4000}"#;
+    let id = match stop {
+        Stop::Cancel => start(&tmp, "fixture.slow", json, 1)[0],
+        // Passes after the stale execution's first step ended (about 4 s), long before the
+        // fresh one could complete (about 16 s).
+        Stop::Deadline => waymark(
+            &tmp,
+            &[
+                "start",
+                "fixture.slow",
+                "--db",
+                db.to_str().unwrap(),
+                "--json",
+                json,
+                "--deadline-ms",
+                &(now_ms() + 8_000).to_string(),
+            ],
+        )
+        .trim()
+        .parse()
+        .unwrap(),
+    };
+    let _engine = serve_with(&tmp, 2, 50, Some(&log));
+    let starts = |seq: i64| {
+        effects(&tmp)
+            .iter()
+            .filter(|e| e.0 == id && e.1 == seq && e.2 == "sleep")
+            .count()
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the first execution's step",
+        || starts(0) == 1,
+    );
+    let reclaimed = writer(&db)
+        .execute(
+            "UPDATE runs SET status = 'pending', owner = NULL, epoch = epoch + 1,
+                    lease_expires_at = NULL, interruptions = interruptions + 1
+             WHERE id = ?1 AND status = 'running' AND epoch = 1",
+            params![id],
+        )
+        .unwrap();
+    assert_eq!(reclaimed, 1, "the run was reclaimed while its step ran");
+    wait_until(
+        Duration::from_secs(30),
+        "the fresh execution's step",
+        || starts(0) == 2,
+    );
+    let epoch: i64 = conn(&db)
+        .query_row("SELECT epoch FROM runs WHERE id = ?1", params![id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(epoch, 3, "the same engine claimed it again");
+    let lost = format!("run {id}: lease lost (epoch 1)");
+    wait_until(Duration::from_secs(30), "the stale execution ended", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&lost)
+    });
+    if stop == Stop::Cancel {
+        assert_eq!(status(&db, id), "running");
+        assert_eq!(cancel_within(&db, id, Duration::from_secs(30)), "running");
+    }
+    wait_until(Duration::from_secs(60), "the run finished", || {
+        matches!(
+            status(&db, id).as_str(),
+            "cancelled" | "completed" | "failed"
+        )
+    });
+    let (end, error): (String, Option<String>) = conn(&db)
+        .query_row(
+            "SELECT status, error FROM runs WHERE id = ?1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    match stop {
+        Stop::Cancel => assert_eq!(
+            end, "cancelled",
+            "the fresh execution lost its cancel flag when the stale one ended"
+        ),
+        Stop::Deadline => assert!(
+            end == "failed" && error.as_deref().unwrap_or("").contains("deadline"),
+            "the fresh execution lost its deadline flag when the stale one ended: {end} {error:?}"
+        ),
+    }
+    assert!(
+        starts(3) == 0,
+        "the fresh execution stopped before its last step"
+    );
+}

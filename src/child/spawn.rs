@@ -23,6 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long, after a child exited, the engine keeps reading what is still readable in its
+/// pipes (a descendant may hold them open and keep writing).
+pub const EXIT_DRAIN_MAX: Duration = Duration::from_millis(200);
+
 /// Head and tail of a stream, with the count of bytes dropped between them.
 #[derive(Debug, Clone, Default)]
 pub struct HeadTail {
@@ -352,8 +356,13 @@ impl Running {
         pages * page
     }
 
-    /// Write the input and read until a response, an intent to end the child, or the end of
-    /// its output. Sends no signal and does not reap: a pooled child may serve again.
+    /// Write the input and read until a response, an intent to end the child, or the exit
+    /// of the child. Sends no signal and does not reap: a pooled child may serve again.
+    ///
+    /// The exchange ends when the child *process* exits, never because its pipes closed
+    /// (a command may point its own output elsewhere and keep running). After the exit,
+    /// whatever is readable is drained, for at most [`EXIT_DRAIN_MAX`]: a descendant that
+    /// still holds a pipe (and may write to it forever) does not keep the exchange open.
     pub fn talk(&mut self, ex: &mut Exchange, stderr: &mut HeadTail) -> Talk {
         let mut response: Option<Response> = None;
         let mut intent: Option<Intent> = None;
@@ -372,12 +381,10 @@ impl Running {
         if ex.input.is_empty() && ex.close_stdin {
             self.stdin = None;
         }
-        let mut exited_seen = false;
+        // When the leader was seen gone; from then on only what is readable at once is read.
+        let mut exited_at: Option<Instant> = None;
         loop {
             if response.is_some() || intent.is_some() {
-                break;
-            }
-            if self.stdout.is_none() && self.stderr.is_none() {
                 break;
             }
             if ex.cancel.load(Ordering::Relaxed) {
@@ -391,62 +398,74 @@ impl Running {
                     break;
                 }
             }
-            if exited_seen {
-                // Leader gone and nothing readable right now: whatever still holds the
-                // pipes (a grandchild) is killed with the group when we reap.
-                break;
+            if let Some(at) = exited_at {
+                if (self.stdout.is_none() && self.stderr.is_none())
+                    || now.duration_since(at) >= EXIT_DRAIN_MAX
+                {
+                    // Leader gone: whatever still holds the pipes (a descendant) is killed
+                    // with the group when we reap.
+                    break;
+                }
             }
-            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(3);
-            let mut which = Vec::with_capacity(3);
+            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
+            let mut which = Vec::with_capacity(4);
+            let mut add = |fd: i32, events: libc::c_short, w: u8| {
+                fds.push(libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                });
+                which.push(w);
+            };
             if let Some(s) = &self.stdin {
-                if written < ex.input.len() {
-                    fds.push(libc::pollfd {
-                        fd: s.as_raw_fd(),
-                        events: libc::POLLOUT,
-                        revents: 0,
-                    });
-                    which.push(0);
+                if written < ex.input.len() && exited_at.is_none() {
+                    add(s.as_raw_fd(), libc::POLLOUT, 0);
                 }
             }
             if let Some(s) = &self.stdout {
-                fds.push(libc::pollfd {
-                    fd: s.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                which.push(1);
+                add(s.as_raw_fd(), libc::POLLIN, 1);
             }
             if let Some(s) = &self.stderr {
-                fds.push(libc::pollfd {
-                    fd: s.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                which.push(2);
+                add(s.as_raw_fd(), libc::POLLIN, 2);
             }
-            let mut wait = Duration::from_millis(50);
-            if let Some(d) = ex.deadline {
-                wait = wait.min(d.saturating_duration_since(now));
+            if exited_at.is_none() {
+                if let Some(fd) = &self.pidfd {
+                    // Readable once the child exits: its exit ends the wait at once.
+                    add(fd.as_raw_fd(), libc::POLLIN, 3);
+                }
             }
-            // SAFETY: `fds` is a valid array of pollfd for the call's duration.
+            let wait = if exited_at.is_some() {
+                // Drain only what is there now.
+                Duration::ZERO
+            } else {
+                let mut w = Duration::from_millis(50);
+                if let Some(d) = ex.deadline {
+                    w = w.min(d.saturating_duration_since(now));
+                }
+                w.max(Duration::from_millis(1))
+            };
+            // SAFETY: `fds` is a valid array of pollfd for the call's duration (poll with no
+            // descriptors just sleeps).
             let n = unsafe {
                 libc::poll(
                     fds.as_mut_ptr(),
                     fds.len() as libc::nfds_t,
-                    wait.as_millis().max(1) as i32,
+                    wait.as_millis() as i32,
                 )
             };
-            if n <= 0 {
-                // Nothing happened for a while: has the leader exited with the pipes held?
-                if self.exited() {
-                    exited_seen = true;
-                    // Drain once more below (data may still sit in the pipes).
-                } else {
-                    continue;
-                }
+            let pipes_ready = n > 0
+                && fds
+                    .iter()
+                    .zip(which.iter())
+                    .any(|(p, w)| *w != 3 && p.revents != 0);
+            if exited_at.is_some() && !pipes_ready {
+                break;
+            }
+            if exited_at.is_none() && self.exited() {
+                exited_at = Some(Instant::now());
             }
             for (pfd, w) in fds.iter().zip(which.iter()) {
-                if pfd.revents == 0 && !exited_seen {
+                if pfd.revents == 0 {
                     continue;
                 }
                 match w {
@@ -471,62 +490,41 @@ impl Running {
                         let Some(s) = self.stdout.as_mut() else {
                             continue;
                         };
-                        loop {
-                            match read_some(s, &mut buf) {
-                                ReadResult::Data(k) => match &mut ex.stdout {
-                                    Stdout::Capture(h) => h.push(&buf[..k]),
-                                    Stdout::Frames(r) => {
-                                        if let Err(e) = r.push(&buf[..k]) {
-                                            intent = Some(match e {
-                                                ProtocolError::TooLarge { size, limit } => {
-                                                    Intent::OutputLimit { size, limit }
-                                                }
-                                                e => Intent::Protocol(e),
-                                            });
-                                            break;
-                                        }
-                                        match r.take::<Response>() {
-                                            Ok(Some(resp)) => {
-                                                response = Some(resp);
-                                                break;
+                        match read_some(s, &mut buf) {
+                            ReadResult::Data(k) => match &mut ex.stdout {
+                                Stdout::Capture(h) => h.push(&buf[..k]),
+                                Stdout::Frames(r) => {
+                                    if let Err(e) = r.push(&buf[..k]) {
+                                        intent = Some(match e {
+                                            ProtocolError::TooLarge { size, limit } => {
+                                                Intent::OutputLimit { size, limit }
                                             }
-                                            Ok(None) => {}
-                                            Err(e) => {
-                                                intent = Some(Intent::Protocol(e));
-                                                break;
-                                            }
-                                        }
+                                            e => Intent::Protocol(e),
+                                        });
+                                        continue;
                                     }
-                                },
-                                ReadResult::Eof => {
-                                    self.stdout = None;
-                                    break;
+                                    match r.take::<Response>() {
+                                        Ok(Some(resp)) => response = Some(resp),
+                                        Ok(None) => {}
+                                        Err(e) => intent = Some(Intent::Protocol(e)),
+                                    }
                                 }
-                                ReadResult::WouldBlock => break,
-                            }
-                            if !exited_seen {
-                                break;
-                            }
+                            },
+                            ReadResult::Eof => self.stdout = None,
+                            ReadResult::WouldBlock => {}
                         }
                     }
-                    _ => {
+                    2 => {
                         let Some(s) = self.stderr.as_mut() else {
                             continue;
                         };
-                        loop {
-                            match read_some(s, &mut buf) {
-                                ReadResult::Data(k) => stderr.push(&buf[..k]),
-                                ReadResult::Eof => {
-                                    self.stderr = None;
-                                    break;
-                                }
-                                ReadResult::WouldBlock => break,
-                            }
-                            if !exited_seen {
-                                break;
-                            }
+                        match read_some(s, &mut buf) {
+                            ReadResult::Data(k) => stderr.push(&buf[..k]),
+                            ReadResult::Eof => self.stderr = None,
+                            ReadResult::WouldBlock => {}
                         }
                     }
+                    _ => {}
                 }
             }
         }

@@ -4,11 +4,13 @@
 //! Invariants:
 //! - The attempt (pid and /proc start time, fenced) is recorded right after the spawn and
 //!   before the input is sent: an engine that reclaims the run knows the child.
-//! - Before a step is executed again (attempt > 1), every still-open attempt of it recorded
-//!   by another owner or epoch whose `(pid, start)` is still alive is killed, with its whole
-//!   group: never two copies of one step at once.
+//! - Before a step is executed again (attempt > 1), what is left of every still-open attempt
+//!   of it recorded by another owner or epoch is killed: its leader if `(pid, start)` is still
+//!   alive, and its whole process group even if the leader is dead (members started no
+//!   earlier than the leader; see [`super::group`]): never two copies of one step at once.
 
 use super::classify::classify;
+use super::group::{self, TreeKill};
 use super::limits::{ChildLimits, MemoryRlimit};
 use super::protocol::{self, Request, Response, FRAME_OVERHEAD_BYTES};
 use super::spawn::{self, Exchange, Finished, HeadTail, SpawnSpec, Stdout};
@@ -221,20 +223,27 @@ impl ChildExecutor {
             let (Some(pid), Some(start)) = (a.pid, a.pid_start) else {
                 continue;
             };
-            if pid <= 1 || !crate::host::process_alive(pid as u32, start as u64) {
+            let (Ok(pid), Ok(start)) = (u32::try_from(pid), u64::try_from(start)) else {
                 continue;
-            }
-            log::warn!(
-                "run {run_id}: step '{}' (seq {}) attempt {} of owner {} still runs as pid {pid}; killing its process group before running the step again",
-                a.name, a.seq, a.attempt, a.owner
-            );
-            if !spawn::kill_orphan(pid as u32, start as u64, Duration::from_secs(10))
-                && crate::host::process_alive(pid as u32, start as u64)
-            {
-                return Err(Failure::new(
-                    FailureClass::Spawn,
-                    format!("an earlier child (pid {pid}) of step '{}' of run {run_id} could not be killed", a.name),
-                ));
+            };
+            // The leader may be dead while its group lives on (its descendants): the
+            // tree is killed by process group either way.
+            match group::kill_tree(pid, start, Duration::from_secs(10)) {
+                TreeKill::Gone => {}
+                TreeKill::Killed(n) => log::warn!(
+                    "run {run_id}: step '{}' (seq {}) attempt {} of owner {} still had {n} process(es) in the group of pid {pid}; killed them before running the step again",
+                    a.name, a.seq, a.attempt, a.owner
+                ),
+                TreeKill::Foreign { pid: other } => log::warn!(
+                    "run {run_id}: process group {pid} (step '{}' attempt {}) holds pid {other}, older than the recorded leader: not that step's tree, left alone",
+                    a.name, a.attempt
+                ),
+                TreeKill::Survivors(left) => {
+                    return Err(Failure::new(
+                        FailureClass::Spawn,
+                        format!("processes {left:?} of an earlier execution (leader pid {pid}) of step '{}' of run {run_id} could not be killed", a.name),
+                    ));
+                }
             }
         }
         Ok(())

@@ -7,7 +7,9 @@
 //!   TERM/grace/KILL of the whole group, reaping on every path.
 //! - [`classify`]: success, step error, panic, memory/CPU limit, timeout, cancel, signal,
 //!   output over limit, protocol error.
-//! - [`command`]: external programs as steps, through the same trampoline.
+//! - [`command`]: external programs as steps, through the same trampoline (which stays as
+//!   the step's leader and supervises the program).
+//! - [`group`]: a step's process tree by process group; killing what a dead engine left.
 //! - [`limits`]: rlimits applied by the child itself; cgroup v2 detection.
 //! - [`executor`]: the engine's [`crate::engine::exec::Executor`] for child steps, and the
 //!   start-up handshake.
@@ -15,6 +17,7 @@
 pub mod classify;
 pub mod command;
 pub mod executor;
+pub mod group;
 pub mod hook;
 pub mod limits;
 pub mod pool;

@@ -605,22 +605,15 @@ impl Drop for Running {
     }
 }
 
-/// Kill a process group left by a dead engine: `(pid, start)` must still name the same
-/// process (never a recycled pid). Returns true if it was alive and is gone now.
+/// Kill a step tree left by a dead engine: the leader `(pid, start)` if it is still that
+/// process (never a recycled pid), and every process of its group started no earlier than
+/// it, even when the leader itself is dead (see [`super::group::kill_tree`]). Returns true
+/// if something was alive and nothing is left now.
 pub fn kill_orphan(pid: u32, start: u64, wait: Duration) -> bool {
-    if pid <= 1 || !crate::host::process_alive(pid, start) {
-        return false;
-    }
-    // SAFETY: kill(2) with a pid we just identified by its start time.
-    unsafe {
-        libc::kill(-(pid as i32), libc::SIGKILL);
-        libc::kill(pid as i32, libc::SIGKILL);
-    }
-    let end = Instant::now() + wait;
-    while crate::host::process_alive(pid, start) && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    !crate::host::process_alive(pid, start)
+    matches!(
+        super::group::kill_tree(pid, start, wait),
+        super::group::TreeKill::Killed(_)
+    )
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! When a child step is over: the exchange ends when the step's process exits (not when its
-//! pipes close).
+//! pipes close), and a step is never recorded as a success without a real exit status.
 
 mod common;
 
 use common::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use waymark::child::{CommandOutput, CommandSpec};
 use waymark::store::queries;
@@ -89,4 +91,97 @@ fn command_step_ends_when_its_process_exits_even_if_a_grandchild_floods_the_pipe
         "the flooding grandchild {yes_pid} outlived its step"
     );
     engine.shutdown().unwrap();
+}
+
+fn serve(db: &Path, extra: &[&str]) -> Child {
+    Command::new(bin())
+        .args(["serve", "--db"])
+        .arg(db)
+        .args(["--workers", "1", "--exit-when-idle"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn start_probe(db: &Path, json: &str) -> i64 {
+    let out = Command::new(bin())
+        .args(["start", "fixture.probe", "--db"])
+        .arg(db)
+        .args(["--json", json])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// (status, error) of the run, and (outcome, reason) of its attempts.
+type Ended = (
+    (String, Option<String>),
+    Vec<(Option<String>, Option<String>)>,
+);
+
+fn ended(db: &Path, id: i64) -> Ended {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    let run = c
+        .query_row("SELECT status, error FROM runs WHERE id = ?1", [id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    let mut s = c
+        .prepare("SELECT outcome, reason FROM attempts WHERE run_id = ?1 ORDER BY attempt")
+        .unwrap();
+    let attempts = s
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    (run, attempts)
+}
+
+// Scenario (issue 9, suspect): the host process sets SIGCHLD to SIG_IGN, so the kernel reaps
+// step children by itself and `wait4` finds no status (ECHILD); once before the engine
+// starts, once after. A command step runs `sh -c 'exit 3'`. Must hold in both cases: the run
+// is failed, never completed: a step is recorded as a success only with a real exit status
+// 0. Before the engine starts, the engine restores SIGCHLD's default (and logs it), so the
+// failure names status 3; after, the status is lost and the failure says so.
+#[test]
+fn host_ignoring_sigchld_never_turns_a_failed_command_into_a_success() {
+    for when in ["before", "after"] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("sigchld.db");
+        // Enqueue first (the start command creates the file), then serve until idle.
+        let id = start_probe(
+            &db,
+            r#"{"Cmd":{"program":"sh","args":["-c","exit 3"],"env":[],"cwd":null,"stdin":[]}}"#,
+        );
+        let mut engine = serve(&db, &["--ignore-sigchld", when]);
+        let status = poll(Duration::from_secs(60), || engine.try_wait().unwrap());
+        if status.is_none() {
+            let _ = engine.kill();
+            let _ = engine.wait();
+        }
+        let ((st, err), attempts) = ended(&db, id);
+        assert_eq!(
+            st, "failed",
+            "SIGCHLD ignored {when} start: {err:?} {attempts:?}"
+        );
+        assert!(status.is_some_and(|s| s.success()), "{when}: {status:?}");
+        let err = err.unwrap_or_default();
+        if when == "before" {
+            assert!(err.contains("command exited with status 3"), "{err}");
+        } else {
+            assert!(err.contains("exit status"), "{err}");
+        }
+        assert_eq!(attempts.len(), 1, "{attempts:?}");
+        assert_ne!(attempts[0].0.as_deref(), Some("success"), "{attempts:?}");
+    }
 }

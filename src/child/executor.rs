@@ -369,6 +369,9 @@ pub(crate) fn preflight(config: &Config, registry: &Registry) -> Result<ChildExe
             "waymark::child::hook was not called in this process",
         ));
     }
+    if let Some(what) = spawn::restore_sigchld() {
+        log::warn!("{what}: steps run in child processes, and their exit statuses must be read");
+    }
     if let Some(dir) = super::limits::cgroup_v2_memory() {
         log::info!(
             "writable cgroup v2 with the memory controller at {}",

@@ -7,8 +7,10 @@
 //!    child itself and every descendant that stayed in the group, so no grandchild of a
 //!    step outlives its engine. Then `getppid()` is compared with the engine pid the engine
 //!    passed: a parent that died during the spawn would otherwise go unnoticed.
-//! 2. Its rlimits (memory, CPU, no core dumps).
-//! 3. Move the protocol pipe off fd 1 and point fd 1 at stderr, so a step's `println!`
+//! 2. SIGCHLD back to its default (an ignored SIGCHLD is inherited from a host that set
+//!    it, and would make the child's own waits lose their children's exit statuses).
+//! 3. Its rlimits (memory, CPU, no core dumps).
+//! 4. Move the protocol pipe off fd 1 and point fd 1 at stderr, so a step's `println!`
 //!    lands in the captured stderr instead of corrupting the protocol.
 //!
 //! Why a watch thread and not `PR_SET_PDEATHSIG(SIGKILL)`: that signal kills only the
@@ -64,7 +66,7 @@ pub fn hook<F: FnOnce() -> Registry>(registry: F) {
     std::process::exit(code);
 }
 
-/// Death watch, parent check, limits. Exits the process if any of them fails.
+/// Death watch, parent check, SIGCHLD, limits. Exits the process if any of them fails.
 fn enter_child_mode(pooled: bool) {
     let parent: Option<i32> = std::env::var(super::ENV_PARENT)
         .ok()
@@ -91,6 +93,7 @@ fn enter_child_mode(pooled: bool) {
             );
         },
     }
+    super::spawn::restore_sigchld();
     if let Err(e) = limits::apply(&ChildLimits::from_env(), pooled) {
         let _ = writeln!(std::io::stderr(), "waymark child: cannot apply limits: {e}");
         std::process::exit(EXIT_SETUP);

@@ -114,7 +114,12 @@ pub struct Running {
     stderr: Option<ChildStderr>,
     /// pidfd of the child (readable once it exits), if the kernel has pidfd_open.
     pidfd: Option<std::os::fd::OwnedFd>,
+    /// Start time of the child (from /proc right after the spawn), if it could be read.
+    start: Option<u64>,
     reaped: bool,
+    /// The kernel reaped the child itself (SIGCHLD ignored in this process): its exit
+    /// status is lost, and its pid is no longer ours.
+    lost: std::cell::Cell<bool>,
 }
 
 fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
@@ -146,7 +151,9 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Running> {
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
         pidfd: pidfd_open(child.id()),
+        start: crate::host::pid_start_time(child.id()),
         reaped: false,
+        lost: std::cell::Cell::new(false),
     };
     // `child` is dropped without waiting: `Running` reaps the pid itself (wait4, for rusage).
     Ok(running)
@@ -166,6 +173,9 @@ pub enum Intent {
 pub enum Exit {
     Code(i32),
     Signal(i32),
+    /// No status could be read: the kernel reaped the child itself (SIGCHLD ignored or
+    /// SA_NOCLDWAIT in this process). Never a success.
+    Lost,
 }
 
 /// Where the child's stdout goes.
@@ -240,9 +250,10 @@ fn read_some(r: &mut impl Read, buf: &mut [u8]) -> ReadResult {
 }
 
 impl Running {
-    /// True once the leader has exited (left a zombie: not reaped yet).
+    /// True once the leader has exited (left a zombie: not reaped yet), or was reaped by
+    /// the kernel itself (then [`Running::lost`] is set).
     fn exited(&self) -> bool {
-        if self.reaped {
+        if self.reaped || self.lost.get() {
             return true;
         }
         // SAFETY: waitid with WNOWAIT only inspects our own child.
@@ -254,12 +265,38 @@ impl Running {
                 &mut info,
                 libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
             );
+            if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+                self.child_lost();
+                return true;
+            }
             r == 0 && info.si_pid() != 0
+        }
+    }
+
+    /// Our child is no longer ours to wait for (ECHILD): the kernel reaped it.
+    fn child_lost(&self) {
+        if !self.lost.get() {
+            self.lost.set(true);
+            log::error!(
+                "step child {} was reaped by the kernel, not by the engine: SIGCHLD is ignored \
+                 (or SA_NOCLDWAIT set) in this process; its exit status is lost",
+                self.pid
+            );
         }
     }
 
     /// Signal the child's whole group.
     pub fn kill_group(&self, sig: i32) {
+        if self.lost.get() {
+            // The pid is free for reuse: reach the group only through members checked
+            // against the leader's start time.
+            if sig == libc::SIGKILL {
+                if let Some(start) = self.start {
+                    super::group::kill_tree(self.pid, start, Duration::from_secs(1));
+                }
+            }
+            return;
+        }
         if !self.reaped {
             // SAFETY: the leader is unreaped, so its pid names our group and no other.
             unsafe {
@@ -306,13 +343,21 @@ impl Running {
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         // The leader is a zombie now (or about to be): the group id is still ours.
         self.kill_group(libc::SIGKILL);
-        loop {
+        while !self.lost.get() {
             // SAFETY: wait4 on our own child with valid out-pointers.
             let r = unsafe { libc::wait4(self.pid as i32, &mut status, 0, &mut usage) };
             if r == self.pid as i32 {
                 break;
             }
-            if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            let err = std::io::Error::last_os_error();
+            if r < 0 && err.kind() != std::io::ErrorKind::Interrupted {
+                if err.raw_os_error() == Some(libc::ECHILD) {
+                    self.child_lost();
+                    self.kill_group(libc::SIGKILL);
+                } else {
+                    log::error!("wait4 of step child {}: {err}", self.pid);
+                    self.lost.set(true);
+                }
                 break;
             }
         }
@@ -321,7 +366,9 @@ impl Running {
             Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) as u32) * 1000)
         };
         let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
-        let exit = if libc::WIFSIGNALED(status) {
+        let exit = if self.lost.get() {
+            Exit::Lost
+        } else if libc::WIFSIGNALED(status) {
             Exit::Signal(libc::WTERMSIG(status))
         } else {
             Exit::Code(libc::WEXITSTATUS(status))
@@ -594,6 +641,34 @@ impl Running {
             wall: started.elapsed(),
         }
     }
+}
+
+/// Make sure this process gets its children's exit statuses: with SIGCHLD ignored
+/// (SIG_IGN) or SA_NOCLDWAIT set, the kernel reaps children itself and `wait4` finds no
+/// status (ECHILD). Restores the default (or clears the flag, keeping a handler) and says
+/// what it changed.
+pub(crate) fn restore_sigchld() -> Option<&'static str> {
+    // SAFETY: sigaction reads/writes plain structs for SIGCHLD only.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) != 0 {
+            return None;
+        }
+        if old.sa_sigaction == libc::SIG_IGN {
+            let mut new: libc::sigaction = std::mem::zeroed();
+            new.sa_sigaction = libc::SIG_DFL;
+            libc::sigemptyset(&mut new.sa_mask);
+            libc::sigaction(libc::SIGCHLD, &new, std::ptr::null_mut());
+            return Some("SIGCHLD was ignored (SIG_IGN); set back to its default");
+        }
+        if old.sa_flags & libc::SA_NOCLDWAIT != 0 {
+            let mut new = old;
+            new.sa_flags &= !libc::SA_NOCLDWAIT;
+            libc::sigaction(libc::SIGCHLD, &new, std::ptr::null_mut());
+            return Some("SIGCHLD had SA_NOCLDWAIT; the flag was cleared (the handler is kept)");
+        }
+    }
+    None
 }
 
 impl Drop for Running {

@@ -321,6 +321,10 @@ pub struct ServeArgs {
     /// Run every step on the engine's worker threads (no child processes).
     #[arg(long)]
     pub in_process: bool,
+    /// Test support: set SIGCHLD to SIG_IGN in this host process `before` or `after` the
+    /// engine starts (a host that ignores SIGCHLD must not turn failed steps into successes).
+    #[arg(long, hide = true)]
+    pub ignore_sigchld: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -375,7 +379,17 @@ pub fn serve(args: ServeArgs) -> CliResult {
     if args.in_process {
         config.isolation = waymark::Isolation::InProcess;
     }
+    let ignore_sigchld = || {
+        // SAFETY: setting a signal's disposition to SIG_IGN has no memory-safety preconditions.
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    };
+    if args.ignore_sigchld.as_deref() == Some("before") {
+        ignore_sigchld();
+    }
     let engine = Engine::start(registry(), config).map_err(|e| e.to_string())?;
+    if args.ignore_sigchld.as_deref() == Some("after") {
+        ignore_sigchld();
+    }
     loop {
         std::thread::sleep(Duration::from_millis(100));
         if args.exit_when_idle {

@@ -2,7 +2,7 @@
 //! tail) and stderr tail are the result. It runs through the same trampoline as Rust steps:
 //! our own binary in `exec` mode applies the limits and starts the death watch, then starts
 //! the program and stays as the leader of the step's process group until it ends (see
-//! [`exec_from_args`]), so no `pre_exec` is needed.
+//! `exec_from_args`), so no `pre_exec` is needed.
 
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +46,7 @@ pub struct CommandOutput {
 }
 
 /// Child side of `exec` mode: argv is `[our binary, program, args...]`. Limits and the
-/// death watch are already in place (see [`super::hook`]). This process stays the step's
+/// death watch are already in place (see [`super::hook`](mod@super::hook)). This process stays the step's
 /// leader and supervises the program: it starts the program as its child, in this
 /// process's group, without our variables in its environment, waits for it, and ends the same
 /// way (same exit code, or killed by the same signal), so the engine reads the program's

@@ -1,5 +1,5 @@
 //! The engine side: [`ChildExecutor`] runs one step execution in a fresh child, and
-//! [`preflight`] checks at engine start that child steps can work at all.
+//! `preflight` checks at engine start that child steps can work at all.
 //!
 //! Invariants:
 //! - The attempt (pid and /proc start time, fenced) is recorded right after the spawn and

@@ -3,7 +3,7 @@
 //! Invariants:
 //! - No `pre_exec`: std spawns through posix_spawn (cost independent of the engine's
 //!   resident memory). `process_group(0)` puts the child and everything it starts in a
-//!   group of their own; the child applies its own limits (see [`super::hook`]).
+//!   group of their own; the child applies its own limits (see [`super::hook`](mod@super::hook)).
 //! - One thread (the worker that spawned the child, which outlives it: the parent-death
 //!   signal is tied to the spawning *thread*) writes the input, drains stdout and stderr
 //!   concurrently with `poll`, and enforces the deadline and cancellation, so a flooding

@@ -106,13 +106,15 @@ fn serve(db: &Path, extra: &[&str]) -> Child {
         .unwrap()
 }
 
-fn start_probe(db: &Path, json: &str) -> i64 {
-    let out = Command::new(bin())
-        .args(["start", "fixture.probe", "--db"])
+fn start_probe(db: &Path, json: &str, not_before_ms: Option<i64>) -> i64 {
+    let mut cmd = Command::new(bin());
+    cmd.args(["start", "fixture.probe", "--db"])
         .arg(db)
-        .args(["--json", json])
-        .output()
-        .unwrap();
+        .args(["--json", json]);
+    if let Some(t) = not_before_ms {
+        cmd.args(["--not-before-ms", &t.to_string()]);
+    }
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -158,10 +160,18 @@ fn host_ignoring_sigchld_never_turns_a_failed_command_into_a_success() {
     for when in ["before", "after"] {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("sigchld.db");
-        // Enqueue first (the start command creates the file), then serve until idle.
+        // Enqueue first (the start command creates the file), then serve until idle. With
+        // "after", the run is due 2 s later, so that it runs once SIGCHLD is ignored.
+        let due = (when == "after").then(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            now.as_millis() as i64 + 2000
+        });
         let id = start_probe(
             &db,
             r#"{"Cmd":{"program":"sh","args":["-c","exit 3"],"env":[],"cwd":null,"stdin":[]}}"#,
+            due,
         );
         let mut engine = serve(&db, &["--ignore-sigchld", when]);
         let status = poll(Duration::from_secs(60), || engine.try_wait().unwrap());
@@ -179,7 +189,7 @@ fn host_ignoring_sigchld_never_turns_a_failed_command_into_a_success() {
         if when == "before" {
             assert!(err.contains("command exited with status 3"), "{err}");
         } else {
-            assert!(err.contains("exit status"), "{err}");
+            assert!(err.contains("exit status was lost"), "{err}");
         }
         assert_eq!(attempts.len(), 1, "{attempts:?}");
         assert_ne!(attempts[0].0.as_deref(), Some("success"), "{attempts:?}");

@@ -213,7 +213,7 @@ fn pooled_cpu_cap_applies_per_execution() {
 }
 
 // Scenario (issue 9, suspect: the pool wrote `AttemptEnd` after the child went back to the
-// pool). Engine A (one worker) runs run R1's pooled sleep step (1.5 s) in child P; while it
+// pool). Engine A (one worker) runs run R1's pooled sleep step (3 s) in child P; while it
 // runs, R1 is reclaimed behind A's back (the test commits what a reclaim commits: pending,
 // owner cleared, epoch + 1, plus a far `ready_at` so that the re-execution waits), so A's
 // writes for R1, its AttemptEnd included, are fenced off and attempt 1 stays open naming P.
@@ -230,7 +230,7 @@ fn fenced_off_attempt_end_never_leaves_a_pooled_child_to_be_killed_later() {
     let db = dir.path().join("t.db");
     let a = Engine::start(registry(), cfg.clone()).unwrap();
     let r1 = a
-        .start_run(SLEEP_WF, &1500, StartOptions::default())
+        .start_run(SLEEP_WF, &3000, StartOptions::default())
         .unwrap();
     let p = poll(Duration::from_secs(30), || {
         attempt_pids(&a, r1).first().map(|x| x.1)

@@ -147,6 +147,10 @@ fn start_death_watch(parent: i32) -> std::io::Result<()> {
                         if n > 0 {
                             break;
                         }
+                        if n < 0 {
+                            // No signal can interrupt this thread; a failing poll must not spin.
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
                     }
                     None => {
                         std::thread::sleep(std::time::Duration::from_millis(50));

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use waymark::child::{CommandOutput, CommandSpec};
 use waymark::store::queries;
-use waymark::{Engine, Registry, StartOptions, Step, Workflow};
+use waymark::{Engine, Registry, StartOptions, Step, StepLimits, Workflow};
 
 const CMD: Step<CommandSpec, CommandOutput> = Step::new("fixture.cmd");
 const CMD_WF: Workflow<CommandSpec, CommandOutput> = Workflow::new("t.cmd");
@@ -90,6 +90,85 @@ fn command_step_ends_when_its_process_exits_even_if_a_grandchild_floods_the_pipe
         poll(Duration::from_secs(5), || (!alive(yes_pid)).then_some(())).is_some(),
         "the flooding grandchild {yes_pid} outlived its step"
     );
+    engine.shutdown().unwrap();
+}
+
+fn limited_registry(limits: StepLimits) -> Registry {
+    let mut reg = Registry::new();
+    let opts = reg.command(CMD);
+    opts.retry = Some(waymark::RetryPolicy::never());
+    opts.limits = Some(limits);
+    reg.workflow(CMD_WF, |ctx, c| ctx.step(CMD, &c));
+    reg
+}
+
+// Scenario: the command trampoline stays as the step's leader and supervises the program
+// (issue 9, defect 3), so the engine reads the program's end from it. A command step with a
+// 1 s timeout runs `sleep 600` in the background and waits; another, under a 1 s CPU cap,
+// spins in `sh`. Must hold: the first fails as timeout (the engine's SIGTERM reached the
+// program through the group; the leader waited for it) and its `sleep 600` is gone; the
+// second fails as cpu_limit, "CPU limit exceeded (1 s)": the program's SIGXCPU death is
+// re-raised by the leader, so the engine sees the same signal.
+#[test]
+fn command_leader_mirrors_timeout_and_cpu_cap_of_its_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("sleep-pid");
+    let engine = Engine::start(
+        limited_registry(StepLimits {
+            timeout: Some(Duration::from_secs(1)),
+            ..StepLimits::default()
+        }),
+        config(dir.path()),
+    )
+    .unwrap();
+    let script = format!(
+        "sleep 600 & echo $! > '{}'; wait",
+        pid_file.to_string_lossy()
+    );
+    let id = engine
+        .start_run(
+            CMD_WF,
+            &CommandSpec::new("sh", &["-c", &script]),
+            StartOptions::default(),
+        )
+        .unwrap();
+    let row = engine.wait(id, Duration::from_secs(60)).unwrap();
+    let a = engine.store().read(|c| queries::attempts(c, id)).unwrap();
+    assert_eq!(row.status, "failed");
+    assert_eq!(a[0].outcome.as_deref(), Some("timeout"), "{a:?}");
+    let sleep: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        poll(Duration::from_secs(5), || (!alive(sleep)).then_some(())).is_some(),
+        "sleep {sleep} outlived its timed-out step"
+    );
+    engine.shutdown().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(
+        limited_registry(StepLimits {
+            cpu_seconds: Some(1),
+            timeout: Some(Duration::from_secs(60)),
+            ..StepLimits::default()
+        }),
+        config(dir.path()),
+    )
+    .unwrap();
+    let id = engine
+        .start_run(
+            CMD_WF,
+            &CommandSpec::new("sh", &["-c", "while :; do :; done"]),
+            StartOptions::default(),
+        )
+        .unwrap();
+    let row = engine.wait(id, Duration::from_secs(90)).unwrap();
+    let err = row.error.unwrap_or_default();
+    let a = engine.store().read(|c| queries::attempts(c, id)).unwrap();
+    assert_eq!(a[0].outcome.as_deref(), Some("cpu_limit"), "{err} {a:?}");
+    assert!(err.contains("CPU limit exceeded (1 s)"), "{err}");
     engine.shutdown().unwrap();
 }
 

@@ -15,6 +15,8 @@ const HOG: Step<u64, u64> = Step::new("fixture.hog");
 const PANIC: Step<String, ()> = Step::new("fixture.panic");
 const LEAK: Step<u64, u64> = Step::new("fixture.leak");
 const BURN: Step<u64, u64> = Step::new("fixture.burn");
+const SLEEP: Step<u64, u64> = Step::new("fixture.sleep");
+const SLEEP_WF: Workflow<u64, u64> = Workflow::new("t.sleep");
 const BURN_WF: Workflow<u64, u64> = Workflow::new("t.burn");
 const QUICK_WF: Workflow<u64, u64> = Workflow::new("t.quick");
 const HOG_WF: Workflow<u64, u64> = Workflow::new("t.hog");
@@ -57,6 +59,8 @@ fn registry() -> Registry {
         ..StepLimits::default()
     });
     burn.retry = Some(RetryPolicy::never());
+    pooled(child_step(&mut reg, SLEEP));
+    reg.workflow(SLEEP_WF, |ctx, ms| ctx.step(SLEEP, &ms));
     reg.workflow(QUICK_WF, |ctx, n| ctx.step(QUICK, &n));
     reg.workflow(HOG_WF, |ctx, n| ctx.step(HOG, &n));
     reg.workflow(PANIC_WF, |ctx, m| ctx.step(PANIC, &m));
@@ -206,4 +210,68 @@ fn pooled_cpu_cap_applies_per_execution() {
         .contains("CPU limit exceeded (2 s)"));
     assert_eq!(attempt_pids(&engine, id)[0].2.as_deref(), Some("cpu_limit"));
     engine.shutdown().unwrap();
+}
+
+// Scenario (issue 9, suspect: the pool wrote `AttemptEnd` after the child went back to the
+// pool). Engine A (one worker) runs run R1's pooled sleep step (3 s) in child P; while it
+// runs, R1 is reclaimed behind A's back (the test commits what a reclaim commits: pending,
+// owner cleared, epoch + 1, plus a far `ready_at` so that the re-execution waits), so A's
+// writes for R1, its AttemptEnd included, are fenced off and attempt 1 stays open naming P.
+// Run R2 (a 6 s pooled sleep) is started right away; A's worker takes it once R1's step is
+// over. Once R2 runs, R1 is made due and engine B (same file) re-executes its step: its
+// survivor kill looks at attempt 1 of R1. Must hold: R2 completes with one successful
+// attempt (B never kills a pooled child that serves another run), and R1 completes.
+#[test]
+fn fenced_off_attempt_end_never_leaves_a_pooled_child_to_be_killed_later() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.workers = 1;
+    let db = dir.path().join("t.db");
+    let a = Engine::start(registry(), cfg.clone()).unwrap();
+    let r1 = a
+        .start_run(SLEEP_WF, &3000, StartOptions::default())
+        .unwrap();
+    let p = poll(Duration::from_secs(30), || {
+        attempt_pids(&a, r1).first().map(|x| x.1)
+    })
+    .expect("attempt 1 of R1 recorded");
+    let w = rusqlite::Connection::open(&db).unwrap();
+    w.busy_timeout(Duration::from_secs(30)).unwrap();
+    let far = i64::MAX / 2;
+    let n = w
+        .execute(
+            "UPDATE runs SET status = 'pending', owner = NULL, epoch = epoch + 1,
+                 lease_expires_at = NULL, interruptions = interruptions + 1, ready_at = ?2
+             WHERE id = ?1 AND status = 'running'",
+            rusqlite::params![r1, far],
+        )
+        .unwrap();
+    assert_eq!(n, 1, "R1 was not running");
+    let r2 = a
+        .start_run(SLEEP_WF, &6000, StartOptions::default())
+        .unwrap();
+    let q = poll(Duration::from_secs(30), || {
+        attempt_pids(&a, r2).first().map(|x| x.1)
+    })
+    .expect("R2 started");
+    let open = attempt_pids(&a, r1);
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].2, None, "A's AttemptEnd of R1 was not fenced off");
+    w.execute("UPDATE runs SET ready_at = 0 WHERE id = ?1", [r1])
+        .unwrap();
+    let b = Engine::start(registry(), cfg).unwrap();
+    let row = b.wait(r1, Duration::from_secs(60)).unwrap();
+    assert_eq!(row.status, "completed", "{:?}", row.error);
+    let row = a.wait(r2, Duration::from_secs(60)).unwrap();
+    let r2_attempts = attempt_pids(&a, r2);
+    assert_eq!(
+        row.status, "completed",
+        "R2 (child {q}, R1's first child {p}): {:?} {r2_attempts:?}",
+        row.error
+    );
+    assert_eq!(r2_attempts.len(), 1, "{r2_attempts:?}");
+    assert_eq!(r2_attempts[0].2.as_deref(), Some("success"));
+    b.shutdown().unwrap();
+    a.shutdown().unwrap();
 }

@@ -95,17 +95,32 @@ struct IncRow {
 enum Worker {
     Idle,
     /// Claimed at `epoch` as `inc`; `next` = the seq it will run next.
-    Holding { inc: Inc, epoch: u8, next: u8 },
+    Holding {
+        inc: Inc,
+        epoch: u8,
+        next: u8,
+    },
     /// Executing `seq`: a child step (its tree index, `None` once that tree is gone) or an
     /// in-process step.
-    Executing { inc: Inc, epoch: u8, seq: u8, child: bool, tree: Option<u8>, stalled_mid_step: bool },
+    Executing {
+        inc: Inc,
+        epoch: u8,
+        seq: u8,
+        child: bool,
+        tree: Option<u8>,
+        stalled_mid_step: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Reaper {
     Idle,
     /// Judged `owner` dead from one read; `stale` = its heartbeat committed since.
-    Judged { owner: Inc, epoch: u8, stale: bool },
+    Judged {
+        owner: Inc,
+        epoch: u8,
+        stale: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -147,7 +162,12 @@ impl State {
             epoch: 0,
             journal: 0,
             incs: (0..engines as u8)
-                .map(|e| IncRow { inc: (e, 0), quiet: 0, stopped: false, dead: false })
+                .map(|e| IncRow {
+                    inc: (e, 0),
+                    quiet: 0,
+                    stopped: false,
+                    dead: false,
+                })
                 .collect(),
             engines: (0..engines)
                 .map(|_| Engine {
@@ -232,7 +252,9 @@ impl State {
         let mut epochs = vec![self.epoch];
         for e in &self.engines {
             match &e.worker {
-                Worker::Holding { epoch, .. } | Worker::Executing { epoch, .. } => epochs.push(*epoch),
+                Worker::Holding { epoch, .. } | Worker::Executing { epoch, .. } => {
+                    epochs.push(*epoch)
+                }
                 Worker::Idle => {}
             }
             if let Reaper::Judged { epoch, .. } = e.reaper {
@@ -245,7 +267,9 @@ impl State {
         self.epoch = rank(self.epoch);
         for e in &mut self.engines {
             match &mut e.worker {
-                Worker::Holding { epoch, .. } | Worker::Executing { epoch, .. } => *epoch = rank(*epoch),
+                Worker::Holding { epoch, .. } | Worker::Executing { epoch, .. } => {
+                    *epoch = rank(*epoch)
+                }
                 Worker::Idle => {}
             }
             if let Reaper::Judged { epoch, .. } = &mut e.reaper {
@@ -285,25 +309,61 @@ const COUNTERPARTS: &[(&str, &str)] = &[
     ("Claim", "model: claim"),
     ("Heartbeat", "model: heartbeat"),
     ("Checkpoint", "model: finish_step"),
-    ("AttemptStart", "model: start_step (child: fenced commit, survivor kill first)"),
-    ("AttemptEnd", "model: grace_kill (outcome shutdown) / finish_step"),
+    (
+        "AttemptStart",
+        "model: start_step (child: fenced commit, survivor kill first)",
+    ),
+    (
+        "AttemptEnd",
+        "model: grace_kill (outcome shutdown) / finish_step",
+    ),
     ("Complete", "model: complete"),
-    ("Fail", "model: complete (a final state like Complete, same fence)"),
-    ("Suspend", "model: release (running -> not running, same fence; wake = claim)"),
+    (
+        "Fail",
+        "model: complete (a final state like Complete, same fence)",
+    ),
+    (
+        "Suspend",
+        "model: release (running -> not running, same fence; wake = claim)",
+    ),
     ("Release", "model: release"),
     ("Block", "model: release-to-final (same fence as Complete)"),
     ("Reclaim", "model: reclaim (single run form of ReclaimMany)"),
     ("ReclaimMany", "model: judge + reclaim"),
-    ("Resume", "abstracted: operator act on a parked run, no lease involved"),
-    ("NoteUnrunnable", "abstracted: writes only a note of pending runs"),
-    ("ForgetEngine", "model: heartbeat of a forgotten incarnation fails like a fenced one"),
+    (
+        "Resume",
+        "abstracted: operator act on a parked run, no lease involved",
+    ),
+    (
+        "NoteUnrunnable",
+        "abstracted: writes only a note of pending runs",
+    ),
+    (
+        "ForgetEngine",
+        "model: heartbeat of a forgotten incarnation fails like a fenced one",
+    ),
     ("Timer", "model: release (suspends under the same fence)"),
-    ("AwaitEvent", "model: release (suspends under the same fence)"),
-    ("SendEvent", "abstracted: no lease involved (wakes a suspended run = claimable)"),
+    (
+        "AwaitEvent",
+        "model: release (suspends under the same fence)",
+    ),
+    (
+        "SendEvent",
+        "abstracted: no lease involved (wakes a suspended run = claimable)",
+    ),
     ("Cancel", "abstracted: tests/feature_cancel_races.rs"),
-    ("FinishCancelled", "model: complete (a final state, same fence)"),
-    ("StartChild", "model: finish_step (a journal entry under the fence)"),
-    ("AwaitChild", "model: release (suspends under the same fence)"),
+    (
+        "FinishCancelled",
+        "model: complete (a final state, same fence)",
+    ),
+    (
+        "StartChild",
+        "model: finish_step (a journal entry under the fence)",
+    ),
+    (
+        "AwaitChild",
+        "model: release (suspends under the same fence)",
+    ),
     ("ExpireDeadlines", "abstracted: only non-running runs"),
     ("Purge", "abstracted: only final runs"),
     ("IncrementalVacuum", "abstracted: no run state"),
@@ -317,7 +377,12 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
     let g = p.guards;
     let mut out = Vec::new();
     let mut push = |op: &'static str, what: String, fault: bool, next: State| {
-        out.push(Move { op, what, fault, next: next.canon() });
+        out.push(Move {
+            op,
+            what,
+            fault,
+            next: next.canon(),
+        });
     };
     if s.status != Status::Done || s.trees.iter().any(|t| t.grand || t.leader) {
         // Time passes for everyone (paused or not): the clock.
@@ -332,7 +397,12 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
                 // A lease lapsing because the engine stopped renewing on purpose is not.
                 let renewing = !e.stopping || p.guards.shutdown_keeps_renewing;
                 if e.age == GUARD_TICKS && renewing {
-                    if let Worker::Executing { child: false, stalled_mid_step, .. } = &mut e.worker {
+                    if let Worker::Executing {
+                        child: false,
+                        stalled_mid_step,
+                        ..
+                    } = &mut e.worker
+                    {
                         *stalled_mid_step = true;
                     }
                 }
@@ -350,14 +420,22 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
     }
     // An orphan grandchild finishes its work on its own.
     for (i, t) in s.trees.iter().enumerate() {
-        let owned = s
-            .engines
-            .iter()
-            .any(|e| matches!(e.worker, Worker::Executing { tree: Some(x), .. } if x as usize == i));
+        let owned = s.engines.iter().any(
+            |e| matches!(e.worker, Worker::Executing { tree: Some(x), .. } if x as usize == i),
+        );
         if t.grand && !owned {
             let mut n = s.clone();
-            n.trees[i] = Tree { seq: t.seq, leader: false, grand: false };
-            push("env", format!("orphan tree of seq {} ends", t.seq), false, n);
+            n.trees[i] = Tree {
+                seq: t.seq,
+                leader: false,
+                grand: false,
+            };
+            push(
+                "env",
+                format!("orphan tree of seq {} ends", t.seq),
+                false,
+                n,
+            );
         }
     }
     for e in 0..s.engines.len() {
@@ -376,8 +454,18 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
                 worker: Worker::Idle,
                 reaper: Reaper::Idle,
             };
-            n.incs.push(IncRow { inc: (e as u8, gen), quiet: 0, stopped: false, dead: false });
-            push("RegisterEngine", format!("engine {e} restarts as gen {gen}"), false, n);
+            n.incs.push(IncRow {
+                inc: (e as u8, gen),
+                quiet: 0,
+                stopped: false,
+                dead: false,
+            });
+            push(
+                "RegisterEngine",
+                format!("engine {e} restarts as gen {gen}"),
+                false,
+                n,
+            );
             continue;
         }
         // Environment faults.
@@ -412,7 +500,10 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
             let mut n = s.clone();
             n.pauses += 1;
             n.engines[e].paused = true;
-            if let Worker::Executing { stalled_mid_step, .. } = &mut n.engines[e].worker {
+            if let Worker::Executing {
+                stalled_mid_step, ..
+            } = &mut n.engines[e].worker
+            {
                 *stalled_mid_step = true;
             }
             push("env", format!("SIGSTOP engine {e}"), true, n);
@@ -421,7 +512,12 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
             let mut n = s.clone();
             n.shutdowns += 1;
             n.engines[e].stopping = true;
-            push("Engine::shutdown", format!("engine {e} begins a clean shutdown"), true, n);
+            push(
+                "Engine::shutdown",
+                format!("engine {e} begins a clean shutdown"),
+                true,
+                n,
+            );
         }
         let renewing = !eng.stopping || g.shutdown_keeps_renewing;
         // Heartbeat (Op::Heartbeat): fails for a stopped (fenced) or forgotten incarnation.
@@ -439,7 +535,12 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
                             }
                         }
                     }
-                    push("Heartbeat", format!("engine {e} renews gen {}", me.1), false, n);
+                    push(
+                        "Heartbeat",
+                        format!("engine {e} renews gen {}", me.1),
+                        false,
+                        n,
+                    );
                 }
                 _ if g.reclaim_fences_incarnation => {
                     // LeaseLost: revoke for good and continue as a new incarnation.
@@ -447,8 +548,18 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
                     let eng2 = &mut n.engines[e];
                     eng2.gen = gen;
                     eng2.age = 0;
-                    n.incs.push(IncRow { inc: (e as u8, gen), quiet: 0, stopped: false, dead: false });
-                    push("RegisterEngine", format!("engine {e} fenced: reincarnates as gen {gen}"), false, n);
+                    n.incs.push(IncRow {
+                        inc: (e as u8, gen),
+                        quiet: 0,
+                        stopped: false,
+                        dead: false,
+                    });
+                    push(
+                        "RegisterEngine",
+                        format!("engine {e} fenced: reincarnates as gen {gen}"),
+                        false,
+                        n,
+                    );
                 }
                 _ => {}
             }
@@ -466,13 +577,26 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
                             };
                             if dead {
                                 let mut n = s.clone();
-                                n.engines[e].reaper = Reaper::Judged { owner, epoch: s.epoch, stale: false };
-                                push("reaper", format!("engine {e} judges {owner:?} dead"), false, n);
+                                n.engines[e].reaper = Reaper::Judged {
+                                    owner,
+                                    epoch: s.epoch,
+                                    stale: false,
+                                };
+                                push(
+                                    "reaper",
+                                    format!("engine {e} judges {owner:?} dead"),
+                                    false,
+                                    n,
+                                );
                             }
                         }
                     }
                 }
-                Reaper::Judged { owner, epoch, stale } => {
+                Reaper::Judged {
+                    owner,
+                    epoch,
+                    stale,
+                } => {
                     let mut n = s.clone();
                     n.engines[e].reaper = Reaper::Idle;
                     let fence_ok = !g.reclaim_fences_incarnation || !stale;
@@ -487,7 +611,12 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
                             n.epoch += 1;
                         }
                     }
-                    push("ReclaimMany", format!("engine {e} reclaims from {owner:?} (stale judgement: {stale})"), false, n);
+                    push(
+                        "ReclaimMany",
+                        format!("engine {e} reclaims from {owner:?} (stale judgement: {stale})"),
+                        false,
+                        n,
+                    );
                 }
             }
         }
@@ -507,8 +636,17 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
                     let mut n = s.clone();
                     n.epoch += 1;
                     n.status = Status::Running { owner: me };
-                    n.engines[e].worker = Worker::Holding { inc: me, epoch: n.epoch, next: s.journal };
-                    push("Claim", format!("engine {e} claims at epoch {}", n.epoch), false, n);
+                    n.engines[e].worker = Worker::Holding {
+                        inc: me,
+                        epoch: n.epoch,
+                        next: s.journal,
+                    };
+                    push(
+                        "Claim",
+                        format!("engine {e} claims at epoch {}", n.epoch),
+                        false,
+                        n,
+                    );
                 }
             }
             Worker::Holding { inc, epoch, next } => {
@@ -520,7 +658,15 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
                         n.status = Status::Pending;
                     }
                     n.engines[e].worker = Worker::Idle;
-                    push("Release", format!("engine {e} releases (guard {ok}, stopping {})", eng.stopping), false, n);
+                    push(
+                        "Release",
+                        format!(
+                            "engine {e} releases (guard {ok}, stopping {})",
+                            eng.stopping
+                        ),
+                        false,
+                        n,
+                    );
                 } else if next >= STEPS {
                     if n.fence_holds(inc, epoch) {
                         n.status = Status::Done;
@@ -533,7 +679,12 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
                     let fenced = p.child_steps || g.fence_read_before_step;
                     if fenced && !n.fence_holds(inc, epoch) {
                         n.engines[e].worker = Worker::Idle;
-                        push("AttemptStart", format!("engine {e}: fence lost before seq {next}"), false, n);
+                        push(
+                            "AttemptStart",
+                            format!("engine {e}: fence lost before seq {next}"),
+                            false,
+                            n,
+                        );
                     } else {
                         let tree = if p.child_steps {
                             for t in n.trees.iter_mut().filter(|t| t.seq == next) {
@@ -542,7 +693,11 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
                                     t.grand = false;
                                 }
                             }
-                            n.trees.push(Tree { seq: next, leader: true, grand: true });
+                            n.trees.push(Tree {
+                                seq: next,
+                                leader: true,
+                                grand: true,
+                            });
                             Some((n.trees.len() - 1) as u8)
                         } else {
                             None
@@ -555,11 +710,22 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
                             tree,
                             stalled_mid_step: false,
                         };
-                        push("AttemptStart", format!("engine {e} starts seq {next}"), false, n);
+                        push(
+                            "AttemptStart",
+                            format!("engine {e} starts seq {next}"),
+                            false,
+                            n,
+                        );
                     }
                 }
             }
-            Worker::Executing { inc, epoch, seq, tree, .. } => {
+            Worker::Executing {
+                inc,
+                epoch,
+                seq,
+                tree,
+                ..
+            } => {
                 // The step returns (its tree ends), then the result is checkpointed if the
                 // lease guard still holds, fenced by the run's owner + epoch.
                 let mut n = s.clone();
@@ -569,8 +735,17 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
                 }
                 if s.guard_valid(e, inc) && n.fence_holds(inc, epoch) && n.journal == seq {
                     n.journal = seq + 1;
-                    n.engines[e].worker = Worker::Holding { inc, epoch, next: seq + 1 };
-                    push("Checkpoint", format!("engine {e} records seq {seq}"), false, n);
+                    n.engines[e].worker = Worker::Holding {
+                        inc,
+                        epoch,
+                        next: seq + 1,
+                    };
+                    push(
+                        "Checkpoint",
+                        format!("engine {e} records seq {seq}"),
+                        false,
+                        n,
+                    );
                 } else {
                     if s.guard_valid(e, inc) || !n.fence_holds(inc, epoch) {
                         n.engines[e].worker = Worker::Idle; // LeaseLost: write nothing more
@@ -579,7 +754,12 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
                         n.status = Status::Pending;
                         n.engines[e].worker = Worker::Idle;
                     }
-                    push("Checkpoint", format!("engine {e}: seq {seq} result fenced off"), false, n);
+                    push(
+                        "Checkpoint",
+                        format!("engine {e}: seq {seq} result fenced off"),
+                        false,
+                        n,
+                    );
                 }
                 // End of the shutdown grace: a child step is killed (its group) and released.
                 if eng.stopping && g.shutdown_keeps_renewing {
@@ -591,7 +771,12 @@ fn moves(s: &State, p: &Params) -> Vec<Move> {
                             n.status = Status::Pending;
                         }
                         n.engines[e].worker = Worker::Idle;
-                        push("AttemptEnd", format!("engine {e}: grace ends, seq {seq} killed, run released"), false, n);
+                        push(
+                            "AttemptEnd",
+                            format!("engine {e}: grace ends, seq {seq} killed, run released"),
+                            false,
+                            n,
+                        );
                     }
                 }
             }
@@ -606,11 +791,21 @@ fn twins(s: &State) -> (bool, bool) {
     let mut twin = false;
     let mut pause_overlap = false;
     for seq in 0..STEPS {
-        let trees = s.trees.iter().filter(|t| t.seq == seq && (t.leader || t.grand)).count();
+        let trees = s
+            .trees
+            .iter()
+            .filter(|t| t.seq == seq && (t.leader || t.grand))
+            .count();
         let mut inproc = 0;
         let mut paused_inproc = 0;
         for e in &s.engines {
-            if let Worker::Executing { seq: x, child: false, stalled_mid_step, .. } = e.worker {
+            if let Worker::Executing {
+                seq: x,
+                child: false,
+                stalled_mid_step,
+                ..
+            } = e.worker
+            {
                 if x == seq && e.up {
                     inproc += 1;
                     if stalled_mid_step {
@@ -680,7 +875,10 @@ fn check(p: Params, engines: usize) -> Report {
                 edges.push((m.next.clone(), s.clone()));
             }
             if !parents.contains_key(&m.next) {
-                parents.insert(m.next.clone(), Some((s.clone(), format!("{}: {}", m.op, m.what))));
+                parents.insert(
+                    m.next.clone(),
+                    Some((s.clone(), format!("{}: {}", m.op, m.what))),
+                );
                 depth_of.insert(m.next.clone(), d + 1);
                 queue.push_back(m.next);
             }
@@ -692,7 +890,10 @@ fn check(p: Params, engines: usize) -> Report {
     for (to, from) in &edges {
         rev.entry(to).or_default().push(from);
     }
-    let mut good: HashSet<&State> = parents.keys().filter(|s| s.status == Status::Done).collect();
+    let mut good: HashSet<&State> = parents
+        .keys()
+        .filter(|s| s.status == Status::Done)
+        .collect();
     let mut work: Vec<&State> = good.iter().copied().collect();
     while let Some(s) = work.pop() {
         for &from in rev.get(s).map(Vec::as_slice).unwrap_or(&[]) {
@@ -701,14 +902,24 @@ fn check(p: Params, engines: usize) -> Report {
             }
         }
     }
-    if let Some(bad) = parents.keys().filter(|s| !good.contains(s)).min_by_key(|s| depth_of[*s]) {
+    if let Some(bad) = parents
+        .keys()
+        .filter(|s| !good.contains(s))
+        .min_by_key(|s| depth_of[*s])
+    {
         r.stuck = Some(trace(&parents, bad.clone()));
     }
     r
 }
 
 fn params(guards: Guards, child_steps: bool) -> Params {
-    Params { guards, child_steps, kills: 1, pauses: 1, shutdowns: 1 }
+    Params {
+        guards,
+        child_steps,
+        kills: 1,
+        pauses: 1,
+        shutdowns: 1,
+    }
 }
 
 fn report(name: &str, r: &Report) {
@@ -737,7 +948,13 @@ fn the_fixed_protocol_has_no_twin_no_reopening_and_no_stall() {
     for (kills, pauses, shutdowns) in ci_budgets() {
         for child_steps in [true, false] {
             let t0 = std::time::Instant::now();
-            let p = Params { guards: Guards::new(), child_steps, kills, pauses, shutdowns };
+            let p = Params {
+                guards: Guards::new(),
+                child_steps,
+                kills,
+                pauses,
+                shutdowns,
+            };
             let r = check(p, 2);
             report(
                 &format!("fixed, child_steps={child_steps} kills={kills} pauses={pauses} shutdowns={shutdowns} ({:?})", t0.elapsed()),
@@ -755,7 +972,11 @@ fn the_fixed_protocol_has_no_twin_no_reopening_and_no_stall() {
             if let Some(t) = &r.stuck {
                 panic!("no fault-free path to the end from:\n  {}", t.join("\n  "));
             }
-            assert!(r.states > 1000, "the search explored the space ({} states)", r.states);
+            assert!(
+                r.states > 1000,
+                "the search explored the space ({} states)",
+                r.states
+            );
         }
     }
 }
@@ -773,7 +994,10 @@ fn old_reclaim_guard_gives_a_twin() {
     report("old reclaim guard", &r);
     let t = r.twin.expect("the checker finds the stale-reclaim twin");
     eprintln!("counterexample:\n  {}", t.join("\n  "));
-    assert!(t.iter().any(|m| m.contains("SIGSTOP")) && t.iter().any(|m| m.contains("stale judgement: true")));
+    assert!(
+        t.iter().any(|m| m.contains("SIGSTOP"))
+            && t.iter().any(|m| m.contains("stale judgement: true"))
+    );
 }
 
 /// The counterexample of defect 1: a clean shutdown stops renewing while a step runs.
@@ -801,7 +1025,9 @@ fn old_step_trees_give_a_twin() {
     p.shutdowns = 0;
     let r = check(p, 2);
     report("old step trees", &r);
-    let t = r.twin.expect("the checker finds the surviving-grandchild twin");
+    let t = r
+        .twin
+        .expect("the checker finds the surviving-grandchild twin");
     eprintln!("counterexample:\n  {}", t.join("\n  "));
     assert!(t.iter().any(|m| m.contains("SIGKILL")));
 }
@@ -815,7 +1041,10 @@ fn liveness_catches_a_claim_release_loop() {
     // a model whose every engine is paused-and-fenced... simplest loop: steps can never
     // start because the fence read is demanded of a run this engine never owns.
     let r = check_loop();
-    assert!(r.stuck.is_some(), "a state from which no fault-free path finishes the run");
+    assert!(
+        r.stuck.is_some(),
+        "a state from which no fault-free path finishes the run"
+    );
 }
 
 /// A deliberately broken model: Claim is immediately followed by a Release (as the
@@ -849,7 +1078,10 @@ fn check_loop() -> Report {
         }
     }
     let good: HashSet<&State> = seen.iter().filter(|s| s.status == Status::Done).collect();
-    let mut r = Report { states: seen.len(), ..Default::default() };
+    let mut r = Report {
+        states: seen.len(),
+        ..Default::default()
+    };
     if seen.iter().any(|s| !good.contains(s)) {
         r.stuck = Some(vec!["claim/release loop never reaches the end".into()]);
     }
@@ -858,7 +1090,11 @@ fn check_loop() -> Report {
 
 #[test]
 fn every_write_path_operation_has_a_counterpart() {
-    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/transitions.rs")).unwrap();
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/store/transitions.rs"
+    ))
+    .unwrap();
     let start = src.find("pub enum Op {").expect("enum Op");
     let body = &src[start..];
     let end = body.find("\n}\n").unwrap();
@@ -866,11 +1102,21 @@ fn every_write_path_operation_has_a_counterpart() {
     for line in body[..end].lines().skip(1) {
         let t = line.trim_start();
         if line.starts_with("    ") && !line.starts_with("     ") {
-            let name: String = t.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
-            if !name.is_empty() && name.chars().next().unwrap().is_ascii_uppercase() && !COUNTERPARTS.iter().any(|(n, _)| *n == name) {
+            let name: String = t
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            if !name.is_empty()
+                && name.chars().next().unwrap().is_ascii_uppercase()
+                && !COUNTERPARTS.iter().any(|(n, _)| *n == name)
+            {
                 missing.push(name);
             }
         }
     }
-    assert_eq!(missing, Vec::<String>::new(), "write-path operations with no counterpart in the model");
+    assert_eq!(
+        missing,
+        Vec::<String>::new(),
+        "write-path operations with no counterpart in the model"
+    );
 }

@@ -157,6 +157,12 @@ fn classify_exit(f: &Finished, limits: &StepLimits) -> Outcome {
                 stderr_hint()
             ),
         ),
+        Exit::Lost => fail(
+            FailureClass::Signal,
+            "the step's process ended, but its exit status was lost: the kernel reaped it \
+             because SIGCHLD is ignored in the engine's process; treated as a failure"
+                .to_string(),
+        ),
         Exit::Code(c) if oom => fail(
             FailureClass::MemoryLimit,
             format!("{} (exit status {c})", memory_reason(limits)),

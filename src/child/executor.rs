@@ -1,14 +1,16 @@
 //! The engine side: [`ChildExecutor`] runs one step execution in a fresh child, and
-//! [`preflight`] checks at engine start that child steps can work at all.
+//! `preflight` checks at engine start that child steps can work at all.
 //!
 //! Invariants:
 //! - The attempt (pid and /proc start time, fenced) is recorded right after the spawn and
 //!   before the input is sent: an engine that reclaims the run knows the child.
-//! - Before a step is executed again (attempt > 1), every still-open attempt of it recorded
-//!   by another owner or epoch whose `(pid, start)` is still alive is killed, with its whole
-//!   group: never two copies of one step at once.
+//! - Before a step is executed again (attempt > 1), what is left of every still-open attempt
+//!   of it recorded by another owner or epoch is killed: its leader if `(pid, start)` is still
+//!   alive, and its whole process group even if the leader is dead (members started no
+//!   earlier than the leader; see [`super::group`]): never two copies of one step at once.
 
 use super::classify::classify;
+use super::group::{self, TreeKill};
 use super::limits::{ChildLimits, MemoryRlimit};
 use super::protocol::{self, Request, Response, FRAME_OVERHEAD_BYTES};
 use super::spawn::{self, Exchange, Finished, HeadTail, SpawnSpec, Stdout};
@@ -221,20 +223,43 @@ impl ChildExecutor {
             let (Some(pid), Some(start)) = (a.pid, a.pid_start) else {
                 continue;
             };
-            if pid <= 1 || !crate::host::process_alive(pid as u32, start as u64) {
+            let (Ok(pid), Ok(start)) = (u32::try_from(pid), u64::try_from(start)) else {
                 continue;
+            };
+            // A pid recorded by an engine in another PID namespace (another container on
+            // this host) names some other process here: never signal it. That engine's own
+            // death watch takes its step trees down with it.
+            let host = inner
+                .store
+                .read(|c| queries::engine_host(c, &a.owner))
+                .unwrap_or(None);
+            if let Some(host) = host {
+                if crate::host::place(&inner.boot_id, &host) != crate::host::Place::SameNamespace {
+                    log::warn!(
+                        "run {run_id}: attempt {} of step '{}' ran in another PID namespace or boot ({host}); its processes cannot be checked from here",
+                        a.attempt, a.name
+                    );
+                    continue;
+                }
             }
-            log::warn!(
-                "run {run_id}: step '{}' (seq {}) attempt {} of owner {} still runs as pid {pid}; killing its process group before running the step again",
-                a.name, a.seq, a.attempt, a.owner
-            );
-            if !spawn::kill_orphan(pid as u32, start as u64, Duration::from_secs(10))
-                && crate::host::process_alive(pid as u32, start as u64)
-            {
-                return Err(Failure::new(
-                    FailureClass::Spawn,
-                    format!("an earlier child (pid {pid}) of step '{}' of run {run_id} could not be killed", a.name),
-                ));
+            // The leader may be dead while its group lives on (its descendants): the
+            // tree is killed by process group either way.
+            match group::kill_tree(pid, start, Duration::from_secs(10)) {
+                TreeKill::Gone => {}
+                TreeKill::Killed(n) => log::warn!(
+                    "run {run_id}: step '{}' (seq {}) attempt {} of owner {} still had {n} process(es) in the group of pid {pid}; killed them before running the step again",
+                    a.name, a.seq, a.attempt, a.owner
+                ),
+                TreeKill::Foreign { pid: other } => log::warn!(
+                    "run {run_id}: process group {pid} (step '{}' attempt {}) holds pid {other}, older than the recorded leader: not that step's tree, left alone",
+                    a.name, a.attempt
+                ),
+                TreeKill::Survivors(left) => {
+                    return Err(Failure::new(
+                        FailureClass::Spawn,
+                        format!("processes {left:?} of an earlier execution (leader pid {pid}) of step '{}' of run {run_id} could not be killed", a.name),
+                    ));
+                }
             }
         }
         Ok(())
@@ -359,6 +384,9 @@ pub(crate) fn preflight(config: &Config, registry: &Registry) -> Result<ChildExe
             &program,
             "waymark::child::hook was not called in this process",
         ));
+    }
+    if let Some(what) = spawn::restore_sigchld() {
+        log::warn!("{what}: steps run in child processes, and their exit statuses must be read");
     }
     if let Some(dir) = super::limits::cgroup_v2_memory() {
         log::info!(

@@ -1,14 +1,29 @@
 //! The child side: the host's one-call main hook and the step server it runs.
 //!
 //! Order of a child's first acts (before any input is read):
-//! 1. `PR_SET_PDEATHSIG(SIGKILL)`, then compare `getppid()` with the engine pid the engine
+//! 1. The death watch: a thread blocked in `poll` on a pidfd of the engine process (or,
+//!    on kernels without pidfd_open, checking `getppid()` every 50 ms). When the engine
+//!    dies it sends SIGKILL to this child's whole process group (`kill(0, SIGKILL)`): the
+//!    child itself and every descendant that stayed in the group, so no grandchild of a
+//!    step outlives its engine. Then `getppid()` is compared with the engine pid the engine
 //!    passed: a parent that died during the spawn would otherwise go unnoticed.
-//! 2. Its rlimits (memory, CPU, no core dumps).
-//! 3. Move the protocol pipe off fd 1 and point fd 1 at stderr, so a step's `println!`
+//! 2. SIGCHLD back to its default (an ignored SIGCHLD is inherited from a host that set
+//!    it, and would make the child's own waits lose their children's exit statuses).
+//! 3. Its rlimits (memory, CPU, no core dumps).
+//! 4. Move the protocol pipe off fd 1 and point fd 1 at stderr, so a step's `println!`
 //!    lands in the captured stderr instead of corrupting the protocol.
 //!
+//! Why a watch thread and not `PR_SET_PDEATHSIG(SIGKILL)`: that signal kills only the
+//! direct child and leaves its descendants running (issue 9). A catchable death signal
+//! whose handler kills the group would work too, but step code can replace or block a
+//! handler, and the signal is tied to the engine *thread* that spawned the child; the
+//! watch thread blocks every signal, watches the engine *process*, and step code has no
+//! handle on it. `PR_SET_CHILD_SUBREAPER` is not needed: the kill is by process group,
+//! whoever the members' parents are (a descendant that left the group with `setsid` is
+//! out of reach either way; see [`super::group`]).
+//!
 //! A reader thread reads request frames from stdin; end of file means the engine is gone
-//! (only the engine holds the write end), and the child exits at once.
+//! (only the engine holds the write end) or done with this child: it kills the group too.
 
 use super::limits::{self, ChildLimits};
 use super::protocol::{self, Request, Response, FRAME_OVERHEAD_BYTES};
@@ -18,7 +33,9 @@ use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 pub(crate) static HOOKED: AtomicBool = AtomicBool::new(false);
-static IGNORE_PARENT_EOF: AtomicBool = AtomicBool::new(false);
+/// Test support: the engine's death and stdin EOF are ignored (see
+/// [`detach_from_parent_for_tests`]).
+static DETACHED: AtomicBool = AtomicBool::new(false);
 static PROTOCOL_FD: AtomicI32 = AtomicI32::new(-1);
 
 /// Exit codes of a child that gave up before running a step.
@@ -49,40 +66,114 @@ pub fn hook<F: FnOnce() -> Registry>(registry: F) {
     std::process::exit(code);
 }
 
-/// Death signal, parent check, limits. Exits the process if any of them fails.
+/// Death watch, parent check, SIGCHLD, limits. Exits the process if any of them fails.
 fn enter_child_mode(pooled: bool) {
     let parent: Option<i32> = std::env::var(super::ENV_PARENT)
         .ok()
         .and_then(|v| v.parse().ok());
-    // SAFETY: prctl/getppid have no memory-safety preconditions.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        if parent.is_some_and(|p| libc::getppid() != p) {
-            libc::_exit(EXIT_ORPHANED);
+    match parent {
+        Some(p) => {
+            if let Err(e) = start_death_watch(p) {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "waymark child: cannot watch the engine: {e}"
+                );
+                std::process::exit(EXIT_SETUP);
+            }
         }
+        // Started by something else than an engine: at least die with the parent.
+        // SAFETY: prctl has no memory-safety preconditions.
+        None => unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+        },
     }
+    super::spawn::restore_sigchld();
     if let Err(e) = limits::apply(&ChildLimits::from_env(), pooled) {
         let _ = writeln!(std::io::stderr(), "waymark child: cannot apply limits: {e}");
         std::process::exit(EXIT_SETUP);
     }
 }
 
-/// Test support: make this step child survive its engine's death (no parent-death
-/// signal, stdin EOF ignored). Used only by a test fixture that simulates a child the
-/// death signal missed; never call it in real steps.
+/// SIGKILL to this process's whole group: this process and every descendant still in it.
+fn kill_own_group() -> ! {
+    // SAFETY: kill(2) with pid 0 signals the caller's own process group; _exit is the
+    // fallback should the signal somehow not end us.
+    unsafe {
+        libc::kill(0, libc::SIGKILL);
+        libc::_exit(EXIT_ORPHANED)
+    }
+}
+
+/// Start the thread that kills this child's group once the engine process `parent` is
+/// gone. Exits at once if `parent` is already gone (not our parent any more).
+fn start_death_watch(parent: i32) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open returns a new descriptor (close-on-exec) or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, parent as libc::pid_t, 0) };
+    // SAFETY: a non-negative result is a descriptor we own.
+    let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    // The pidfd names the engine only if it is still our parent now (not a reused pid).
+    // SAFETY: getppid has no preconditions; _exit ends the process without running user code.
+    if unsafe { libc::getppid() } != parent {
+        unsafe { libc::_exit(EXIT_ORPHANED) };
+    }
+    std::thread::Builder::new()
+        .name("waymark-death-watch".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            // Never run a signal handler on this thread, never take a process signal.
+            // SAFETY: sigfillset/pthread_sigmask on a local set, for this thread only.
+            unsafe {
+                let mut all: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut all);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+            }
+            loop {
+                match &pidfd {
+                    Some(fd) => {
+                        let mut p = libc::pollfd {
+                            fd: fd.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd; readable once the engine process exits.
+                        let n = unsafe { libc::poll(&mut p, 1, -1) };
+                        if n > 0 {
+                            break;
+                        }
+                        if n < 0 {
+                            // No signal can interrupt this thread; a failing poll must not spin.
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                    }
+                    None => {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        // SAFETY: getppid has no preconditions.
+                        if unsafe { libc::getppid() } != parent {
+                            break;
+                        }
+                    }
+                }
+            }
+            if !DETACHED.load(Ordering::SeqCst) {
+                kill_own_group();
+            }
+        })
+        .map(|_| ())
+}
+
+/// Test support: make this step child survive its engine's death (death watch disarmed,
+/// stdin EOF ignored). Used only by a test fixture that simulates a child the death watch
+/// missed; never call it in real steps.
 #[doc(hidden)]
 pub fn detach_from_parent_for_tests() {
-    IGNORE_PARENT_EOF.store(true, Ordering::SeqCst);
-    // SAFETY: prctl has no memory-safety preconditions.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, 0 as libc::c_ulong, 0, 0, 0);
-    }
+    DETACHED.store(true, Ordering::SeqCst);
 }
 
 /// Test support: the raw protocol fd of this step child (-1 outside a child), so a
@@ -127,13 +218,13 @@ fn serve(registry: Registry, mode: &str) -> i32 {
                             return;
                         }
                     }
-                    // EOF: the engine is gone (or done with us). Leave now, whatever runs.
+                    // EOF: the engine is gone (or done with us). Leave now with everything
+                    // this child started, whatever runs.
                     Ok(None) | Err(_) => {
-                        if IGNORE_PARENT_EOF.load(Ordering::SeqCst) {
+                        if DETACHED.load(Ordering::SeqCst) {
                             return;
                         }
-                        // SAFETY: _exit ends the process without running user code.
-                        unsafe { libc::_exit(0) }
+                        kill_own_group();
                     }
                 }
             }

@@ -1,13 +1,15 @@
 //! Steps in child processes with resource limits: one step's blow-up never takes the
 //! engine or other runs down.
 //!
-//! - [`hook`]: the host's one-call main hook (`waymark::child::hook(build_registry);`).
+//! - [`hook`](mod@hook): the host's one-call main hook (`waymark::child::hook(build_registry);`).
 //! - [`protocol`]: length-prefixed, bounded frames over the child's stdin/stdout.
 //! - [`spawn`]: posix_spawn without pre_exec, own process group, concurrent bounded draining,
 //!   TERM/grace/KILL of the whole group, reaping on every path.
 //! - [`classify`]: success, step error, panic, memory/CPU limit, timeout, cancel, signal,
 //!   output over limit, protocol error.
-//! - [`command`]: external programs as steps, through the same trampoline.
+//! - [`command`]: external programs as steps, through the same trampoline (which stays as
+//!   the step's leader and supervises the program).
+//! - [`group`]: a step's process tree by process group; killing what a dead engine left.
 //! - [`limits`]: rlimits applied by the child itself; cgroup v2 detection.
 //! - [`executor`]: the engine's [`crate::engine::exec::Executor`] for child steps, and the
 //!   start-up handshake.
@@ -15,6 +17,7 @@
 pub mod classify;
 pub mod command;
 pub mod executor;
+pub mod group;
 pub mod hook;
 pub mod limits;
 pub mod pool;
@@ -40,7 +43,7 @@ pub(crate) const ENV_POOL_RUNS: &str = "WAYMARK_CHILD_POOL_RUNS";
 /// The line a host must add to its `main` (quoted in errors).
 pub const HOOK_LINE: &str = "waymark::child::hook(build_registry);";
 
-/// True if [`hook`] ran in this process.
+/// True if [`hook()`](fn@hook) ran in this process.
 pub fn hook_installed() -> bool {
     hook::HOOKED.load(std::sync::atomic::Ordering::SeqCst)
 }

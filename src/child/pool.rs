@@ -9,6 +9,10 @@
 //!   was running; the next execution gets a fresh child.
 //! - Each execution records its attempt with the pooled child's pid and start time before
 //!   the input is sent, exactly like a cold child; classification is the same.
+//! - A child goes back to the pool only after its attempt was closed (`AttemptEnd`
+//!   committed): an open attempt never names a pooled child, so no survivor kill of a
+//!   reclaiming engine can hit a child that serves another run. A child whose attempt could
+//!   not be closed (the run's lease was lost) is killed instead.
 //! - Dropping the pool kills and reaps every idle child.
 
 use super::classify::classify_response;
@@ -140,10 +144,35 @@ impl Executor for PoolExecutor {
         let mut stderr = HeadTail::new(req.limits.stderr_bytes_max);
         let talk = pooled.running.talk(&mut p.exchange, &mut stderr);
         pooled.served += 1;
-        let outcome = match (&talk.intent, &talk.response) {
+        match (&talk.intent, &talk.response) {
             (None, Some(resp)) => {
                 let outcome = classify_response(resp, req.limits);
-                let keep = outcome.is_ok()
+                // Close the attempt while the child is still checked out. An attempt left
+                // open names a live pid; a later reclaimer's survivor kill would hit that
+                // child while it serves another run. So a child whose attempt could not be
+                // closed (lease lost) is never returned to the pool.
+                let closed = outcome.is_ok()
+                    && inner
+                        .store
+                        .call(Op::AttemptEnd {
+                            fence: req.fence.clone(),
+                            seq: req.seq,
+                            attempt: req.attempt,
+                            outcome: "success",
+                            reason: format!(
+                                "completed in pooled pid {pid} after {} ms",
+                                started.elapsed().as_millis()
+                            ),
+                        })
+                        .map_err(|e| {
+                            log::warn!(
+                                "run {}: step '{step}' attempt {} in pooled child {pid} not closed ({e}); the child is not returned to the pool",
+                                req.fence.run_id,
+                                req.attempt
+                            )
+                        })
+                        .is_ok();
+                let keep = closed
                     && pooled.served < self.runs_max
                     && pooled.running.rss_bytes() <= self.rss_max
                     && pooled.running.usable();
@@ -162,19 +191,6 @@ impl Executor for PoolExecutor {
                 let finished = pooled.running.finish(p.exchange, talk, stderr, started);
                 outcome_of(&finished, req.limits, step, false, req.payload_limit)
             }
-        };
-        if outcome.is_ok() {
-            let _ = inner.store.call(Op::AttemptEnd {
-                fence: req.fence.clone(),
-                seq: req.seq,
-                attempt: req.attempt,
-                outcome: "success",
-                reason: format!(
-                    "completed in pooled pid {pid} after {} ms",
-                    started.elapsed().as_millis()
-                ),
-            });
         }
-        outcome
     }
 }

@@ -3,7 +3,7 @@
 //! Invariants:
 //! - No `pre_exec`: std spawns through posix_spawn (cost independent of the engine's
 //!   resident memory). `process_group(0)` puts the child and everything it starts in a
-//!   group of their own; the child applies its own limits (see [`super::hook`]).
+//!   group of their own; the child applies its own limits (see [`super::hook`](mod@super::hook)).
 //! - One thread (the worker that spawned the child, which outlives it: the parent-death
 //!   signal is tied to the spawning *thread*) writes the input, drains stdout and stderr
 //!   concurrently with `poll`, and enforces the deadline and cancellation, so a flooding
@@ -22,6 +22,10 @@ use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How long, after a child exited, the engine keeps reading what is still readable in its
+/// pipes (a descendant may hold them open and keep writing).
+pub const EXIT_DRAIN_MAX: Duration = Duration::from_millis(200);
 
 /// Head and tail of a stream, with the count of bytes dropped between them.
 #[derive(Debug, Clone, Default)]
@@ -110,7 +114,12 @@ pub struct Running {
     stderr: Option<ChildStderr>,
     /// pidfd of the child (readable once it exits), if the kernel has pidfd_open.
     pidfd: Option<std::os::fd::OwnedFd>,
+    /// Start time of the child (from /proc right after the spawn), if it could be read.
+    start: Option<u64>,
     reaped: bool,
+    /// The kernel reaped the child itself (SIGCHLD ignored in this process): its exit
+    /// status is lost, and its pid is no longer ours.
+    lost: std::cell::Cell<bool>,
 }
 
 fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
@@ -142,7 +151,9 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Running> {
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
         pidfd: pidfd_open(child.id()),
+        start: crate::host::pid_start_time(child.id()),
         reaped: false,
+        lost: std::cell::Cell::new(false),
     };
     // `child` is dropped without waiting: `Running` reaps the pid itself (wait4, for rusage).
     Ok(running)
@@ -162,6 +173,9 @@ pub enum Intent {
 pub enum Exit {
     Code(i32),
     Signal(i32),
+    /// No status could be read: the kernel reaped the child itself (SIGCHLD ignored or
+    /// SA_NOCLDWAIT in this process). Never a success.
+    Lost,
 }
 
 /// Where the child's stdout goes.
@@ -236,9 +250,10 @@ fn read_some(r: &mut impl Read, buf: &mut [u8]) -> ReadResult {
 }
 
 impl Running {
-    /// True once the leader has exited (left a zombie: not reaped yet).
+    /// True once the leader has exited (left a zombie: not reaped yet), or was reaped by
+    /// the kernel itself (then [`Running::lost`] is set).
     fn exited(&self) -> bool {
-        if self.reaped {
+        if self.reaped || self.lost.get() {
             return true;
         }
         // SAFETY: waitid with WNOWAIT only inspects our own child.
@@ -250,12 +265,38 @@ impl Running {
                 &mut info,
                 libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
             );
+            if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+                self.child_lost();
+                return true;
+            }
             r == 0 && info.si_pid() != 0
+        }
+    }
+
+    /// Our child is no longer ours to wait for (ECHILD): the kernel reaped it.
+    fn child_lost(&self) {
+        if !self.lost.get() {
+            self.lost.set(true);
+            log::error!(
+                "step child {} was reaped by the kernel, not by the engine: SIGCHLD is ignored \
+                 (or SA_NOCLDWAIT set) in this process; its exit status is lost",
+                self.pid
+            );
         }
     }
 
     /// Signal the child's whole group.
     pub fn kill_group(&self, sig: i32) {
+        if self.lost.get() {
+            // The pid is free for reuse: reach the group only through members checked
+            // against the leader's start time.
+            if sig == libc::SIGKILL {
+                if let Some(start) = self.start {
+                    super::group::kill_tree(self.pid, start, Duration::from_secs(1));
+                }
+            }
+            return;
+        }
         if !self.reaped {
             // SAFETY: the leader is unreaped, so its pid names our group and no other.
             unsafe {
@@ -302,13 +343,21 @@ impl Running {
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         // The leader is a zombie now (or about to be): the group id is still ours.
         self.kill_group(libc::SIGKILL);
-        loop {
+        while !self.lost.get() {
             // SAFETY: wait4 on our own child with valid out-pointers.
             let r = unsafe { libc::wait4(self.pid as i32, &mut status, 0, &mut usage) };
             if r == self.pid as i32 {
                 break;
             }
-            if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            let err = std::io::Error::last_os_error();
+            if r < 0 && err.kind() != std::io::ErrorKind::Interrupted {
+                if err.raw_os_error() == Some(libc::ECHILD) {
+                    self.child_lost();
+                    self.kill_group(libc::SIGKILL);
+                } else {
+                    log::error!("wait4 of step child {}: {err}", self.pid);
+                    self.lost.set(true);
+                }
                 break;
             }
         }
@@ -317,7 +366,9 @@ impl Running {
             Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) as u32) * 1000)
         };
         let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
-        let exit = if libc::WIFSIGNALED(status) {
+        let exit = if self.lost.get() {
+            Exit::Lost
+        } else if libc::WIFSIGNALED(status) {
             Exit::Signal(libc::WTERMSIG(status))
         } else {
             Exit::Code(libc::WEXITSTATUS(status))
@@ -352,8 +403,13 @@ impl Running {
         pages * page
     }
 
-    /// Write the input and read until a response, an intent to end the child, or the end of
-    /// its output. Sends no signal and does not reap: a pooled child may serve again.
+    /// Write the input and read until a response, an intent to end the child, or the exit
+    /// of the child. Sends no signal and does not reap: a pooled child may serve again.
+    ///
+    /// The exchange ends when the child *process* exits, never because its pipes closed
+    /// (a command may point its own output elsewhere and keep running). After the exit,
+    /// whatever is readable is drained, for at most [`EXIT_DRAIN_MAX`]: a descendant that
+    /// still holds a pipe (and may write to it forever) does not keep the exchange open.
     pub fn talk(&mut self, ex: &mut Exchange, stderr: &mut HeadTail) -> Talk {
         let mut response: Option<Response> = None;
         let mut intent: Option<Intent> = None;
@@ -372,12 +428,10 @@ impl Running {
         if ex.input.is_empty() && ex.close_stdin {
             self.stdin = None;
         }
-        let mut exited_seen = false;
+        // When the leader was seen gone; from then on only what is readable at once is read.
+        let mut exited_at: Option<Instant> = None;
         loop {
             if response.is_some() || intent.is_some() {
-                break;
-            }
-            if self.stdout.is_none() && self.stderr.is_none() {
                 break;
             }
             if ex.cancel.load(Ordering::Relaxed) {
@@ -391,62 +445,74 @@ impl Running {
                     break;
                 }
             }
-            if exited_seen {
-                // Leader gone and nothing readable right now: whatever still holds the
-                // pipes (a grandchild) is killed with the group when we reap.
-                break;
+            if let Some(at) = exited_at {
+                if (self.stdout.is_none() && self.stderr.is_none())
+                    || now.duration_since(at) >= EXIT_DRAIN_MAX
+                {
+                    // Leader gone: whatever still holds the pipes (a descendant) is killed
+                    // with the group when we reap.
+                    break;
+                }
             }
-            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(3);
-            let mut which = Vec::with_capacity(3);
+            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
+            let mut which = Vec::with_capacity(4);
+            let mut add = |fd: i32, events: libc::c_short, w: u8| {
+                fds.push(libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                });
+                which.push(w);
+            };
             if let Some(s) = &self.stdin {
-                if written < ex.input.len() {
-                    fds.push(libc::pollfd {
-                        fd: s.as_raw_fd(),
-                        events: libc::POLLOUT,
-                        revents: 0,
-                    });
-                    which.push(0);
+                if written < ex.input.len() && exited_at.is_none() {
+                    add(s.as_raw_fd(), libc::POLLOUT, 0);
                 }
             }
             if let Some(s) = &self.stdout {
-                fds.push(libc::pollfd {
-                    fd: s.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                which.push(1);
+                add(s.as_raw_fd(), libc::POLLIN, 1);
             }
             if let Some(s) = &self.stderr {
-                fds.push(libc::pollfd {
-                    fd: s.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                which.push(2);
+                add(s.as_raw_fd(), libc::POLLIN, 2);
             }
-            let mut wait = Duration::from_millis(50);
-            if let Some(d) = ex.deadline {
-                wait = wait.min(d.saturating_duration_since(now));
+            if exited_at.is_none() {
+                if let Some(fd) = &self.pidfd {
+                    // Readable once the child exits: its exit ends the wait at once.
+                    add(fd.as_raw_fd(), libc::POLLIN, 3);
+                }
             }
-            // SAFETY: `fds` is a valid array of pollfd for the call's duration.
+            let wait = if exited_at.is_some() {
+                // Drain only what is there now.
+                Duration::ZERO
+            } else {
+                let mut w = Duration::from_millis(50);
+                if let Some(d) = ex.deadline {
+                    w = w.min(d.saturating_duration_since(now));
+                }
+                w.max(Duration::from_millis(1))
+            };
+            // SAFETY: `fds` is a valid array of pollfd for the call's duration (poll with no
+            // descriptors just sleeps).
             let n = unsafe {
                 libc::poll(
                     fds.as_mut_ptr(),
                     fds.len() as libc::nfds_t,
-                    wait.as_millis().max(1) as i32,
+                    wait.as_millis() as i32,
                 )
             };
-            if n <= 0 {
-                // Nothing happened for a while: has the leader exited with the pipes held?
-                if self.exited() {
-                    exited_seen = true;
-                    // Drain once more below (data may still sit in the pipes).
-                } else {
-                    continue;
-                }
+            let pipes_ready = n > 0
+                && fds
+                    .iter()
+                    .zip(which.iter())
+                    .any(|(p, w)| *w != 3 && p.revents != 0);
+            if exited_at.is_some() && !pipes_ready {
+                break;
+            }
+            if exited_at.is_none() && self.exited() {
+                exited_at = Some(Instant::now());
             }
             for (pfd, w) in fds.iter().zip(which.iter()) {
-                if pfd.revents == 0 && !exited_seen {
+                if pfd.revents == 0 {
                     continue;
                 }
                 match w {
@@ -471,62 +537,41 @@ impl Running {
                         let Some(s) = self.stdout.as_mut() else {
                             continue;
                         };
-                        loop {
-                            match read_some(s, &mut buf) {
-                                ReadResult::Data(k) => match &mut ex.stdout {
-                                    Stdout::Capture(h) => h.push(&buf[..k]),
-                                    Stdout::Frames(r) => {
-                                        if let Err(e) = r.push(&buf[..k]) {
-                                            intent = Some(match e {
-                                                ProtocolError::TooLarge { size, limit } => {
-                                                    Intent::OutputLimit { size, limit }
-                                                }
-                                                e => Intent::Protocol(e),
-                                            });
-                                            break;
-                                        }
-                                        match r.take::<Response>() {
-                                            Ok(Some(resp)) => {
-                                                response = Some(resp);
-                                                break;
+                        match read_some(s, &mut buf) {
+                            ReadResult::Data(k) => match &mut ex.stdout {
+                                Stdout::Capture(h) => h.push(&buf[..k]),
+                                Stdout::Frames(r) => {
+                                    if let Err(e) = r.push(&buf[..k]) {
+                                        intent = Some(match e {
+                                            ProtocolError::TooLarge { size, limit } => {
+                                                Intent::OutputLimit { size, limit }
                                             }
-                                            Ok(None) => {}
-                                            Err(e) => {
-                                                intent = Some(Intent::Protocol(e));
-                                                break;
-                                            }
-                                        }
+                                            e => Intent::Protocol(e),
+                                        });
+                                        continue;
                                     }
-                                },
-                                ReadResult::Eof => {
-                                    self.stdout = None;
-                                    break;
+                                    match r.take::<Response>() {
+                                        Ok(Some(resp)) => response = Some(resp),
+                                        Ok(None) => {}
+                                        Err(e) => intent = Some(Intent::Protocol(e)),
+                                    }
                                 }
-                                ReadResult::WouldBlock => break,
-                            }
-                            if !exited_seen {
-                                break;
-                            }
+                            },
+                            ReadResult::Eof => self.stdout = None,
+                            ReadResult::WouldBlock => {}
                         }
                     }
-                    _ => {
+                    2 => {
                         let Some(s) = self.stderr.as_mut() else {
                             continue;
                         };
-                        loop {
-                            match read_some(s, &mut buf) {
-                                ReadResult::Data(k) => stderr.push(&buf[..k]),
-                                ReadResult::Eof => {
-                                    self.stderr = None;
-                                    break;
-                                }
-                                ReadResult::WouldBlock => break,
-                            }
-                            if !exited_seen {
-                                break;
-                            }
+                        match read_some(s, &mut buf) {
+                            ReadResult::Data(k) => stderr.push(&buf[..k]),
+                            ReadResult::Eof => self.stderr = None,
+                            ReadResult::WouldBlock => {}
                         }
                     }
+                    _ => {}
                 }
             }
         }
@@ -598,6 +643,34 @@ impl Running {
     }
 }
 
+/// Make sure this process gets its children's exit statuses: with SIGCHLD ignored
+/// (SIG_IGN) or SA_NOCLDWAIT set, the kernel reaps children itself and `wait4` finds no
+/// status (ECHILD). Restores the default (or clears the flag, keeping a handler) and says
+/// what it changed.
+pub(crate) fn restore_sigchld() -> Option<&'static str> {
+    // SAFETY: sigaction reads/writes plain structs for SIGCHLD only.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) != 0 {
+            return None;
+        }
+        if old.sa_sigaction == libc::SIG_IGN {
+            let mut new: libc::sigaction = std::mem::zeroed();
+            new.sa_sigaction = libc::SIG_DFL;
+            libc::sigemptyset(&mut new.sa_mask);
+            libc::sigaction(libc::SIGCHLD, &new, std::ptr::null_mut());
+            return Some("SIGCHLD was ignored (SIG_IGN); set back to its default");
+        }
+        if old.sa_flags & libc::SA_NOCLDWAIT != 0 {
+            let mut new = old;
+            new.sa_flags &= !libc::SA_NOCLDWAIT;
+            libc::sigaction(libc::SIGCHLD, &new, std::ptr::null_mut());
+            return Some("SIGCHLD had SA_NOCLDWAIT; the flag was cleared (the handler is kept)");
+        }
+    }
+    None
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if !self.reaped {
@@ -607,22 +680,15 @@ impl Drop for Running {
     }
 }
 
-/// Kill a process group left by a dead engine: `(pid, start)` must still name the same
-/// process (never a recycled pid). Returns true if it was alive and is gone now.
+/// Kill a step tree left by a dead engine: the leader `(pid, start)` if it is still that
+/// process (never a recycled pid), and every process of its group started no earlier than
+/// it, even when the leader itself is dead (see [`super::group::kill_tree`]). Returns true
+/// if something was alive and nothing is left now.
 pub fn kill_orphan(pid: u32, start: u64, wait: Duration) -> bool {
-    if pid <= 1 || !crate::host::process_alive(pid, start) {
-        return false;
-    }
-    // SAFETY: kill(2) with a pid we just identified by its start time.
-    unsafe {
-        libc::kill(-(pid as i32), libc::SIGKILL);
-        libc::kill(pid as i32, libc::SIGKILL);
-    }
-    let end = Instant::now() + wait;
-    while crate::host::process_alive(pid, start) && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    !crate::host::process_alive(pid, start)
+    matches!(
+        super::group::kill_tree(pid, start, wait),
+        super::group::TreeKill::Killed(_)
+    )
 }
 
 #[cfg(test)]

@@ -381,6 +381,10 @@ pub struct ServeArgs {
     /// and the feature poller looks for cancellations and deadlines.
     #[arg(long)]
     pub poll_interval_ms: Option<u64>,
+    /// Test support: set SIGCHLD to SIG_IGN in this host process `before` or `after` the
+    /// engine starts (a host that ignores SIGCHLD must not turn failed steps into successes).
+    #[arg(long, hide = true)]
+    pub ignore_sigchld: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -441,7 +445,17 @@ pub fn serve(args: ServeArgs) -> CliResult {
     if let Some(ms) = args.poll_interval_ms {
         config.poll_interval = Duration::from_millis(ms);
     }
+    let ignore_sigchld = || {
+        // SAFETY: setting a signal's disposition to SIG_IGN has no memory-safety preconditions.
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    };
+    if args.ignore_sigchld.as_deref() == Some("before") {
+        ignore_sigchld();
+    }
     let engine = Engine::start(registry(), config).map_err(|e| e.to_string())?;
+    if args.ignore_sigchld.as_deref() == Some("after") {
+        ignore_sigchld();
+    }
     let terminate = super::on_sigterm();
     loop {
         std::thread::sleep(Duration::from_millis(100));

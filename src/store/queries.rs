@@ -139,6 +139,14 @@ pub fn journal(conn: &Connection, run_id: i64) -> StoreResult<Vec<StepRow>> {
 }
 
 /// Every recorded attempt of a run's steps.
+/// The stored host id (boot id and PID namespace) of engine incarnation `id`, if its row
+/// still exists.
+pub fn engine_host(conn: &Connection, id: &str) -> StoreResult<Option<String>> {
+    conn.prepare_cached("SELECT boot_id FROM engines WHERE id = ?1")
+        .and_then(|mut s| s.query_row(params![id], |r| r.get(0)).optional())
+        .map_err(sql("reading an engine's host"))
+}
+
 /// Does `fence` still hold: is the run `running` under that owner and epoch?
 pub fn fence_holds(conn: &Connection, fence: &super::Fence) -> StoreResult<bool> {
     conn.prepare_cached(

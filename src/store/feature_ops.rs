@@ -14,7 +14,9 @@
 //! - Suspension notes name what a run waits for; wake-ups match on them exactly.
 
 use super::error::{StoreError, StoreResult};
-use super::transitions::{enqueue, fenced, sql, suspend, Claimed, Done, Fence, Op, FENCE};
+use super::transitions::{
+    claimed_row, enqueue, fenced, park_undecodable, sql, suspend, Claimed, Done, Fence, Op, FENCE,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// What an `AwaitEvent` or `AwaitChild` found.
@@ -184,20 +186,12 @@ pub fn claim_limited(
         let rows = stmt
             .query_map(
                 params![owner, now + lease_ms, now, workflows_json, want, queue],
-                |r| {
-                    Ok(Claimed {
-                        run_id: r.get(0)?,
-                        workflow: r.get(1)?,
-                        version: r.get(2)?,
-                        input: r.get(3)?,
-                        epoch: r.get(4)?,
-                        interruptions: r.get(5)?,
-                        deadline_at: r.get(6)?,
-                    })
-                },
+                claimed_row,
             )
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .map_err(sql("claiming from a limited queue"))?;
+        drop(stmt);
+        let rows = park_undecodable(conn, owner, rows, now)?;
         out.extend(rows);
         if out.len() as i64 >= limit {
             break;
@@ -340,8 +334,10 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             if status.is_none() {
                 return Err(StoreError::NotFound { run_id });
             }
+            // UNION, not UNION ALL: with a parent_id cycle (bad data) the walk ends once every
+            // run of the cycle was seen, instead of never (bounded by the number of runs).
             const TREE: &str = "WITH RECURSIVE tree(id) AS (
-                    SELECT ?1 UNION ALL SELECT r.id FROM runs r JOIN tree t ON r.parent_id = t.id)";
+                    SELECT ?1 UNION SELECT r.id FROM runs r JOIN tree t ON r.parent_id = t.id)";
             conn.prepare_cached(&format!(
                 "{TREE} UPDATE runs SET cancel_requested = 1, updated_at = ?2
                  WHERE id IN (SELECT id FROM tree) AND status NOT IN {FINAL}"

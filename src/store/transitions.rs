@@ -96,6 +96,11 @@ pub enum Op {
         owner: Arc<str>,
         lease_ms: i64,
     },
+    /// A small write that proves the storage accepts commits again (after a storage
+    /// failure); it renews no lease and moves no heartbeat counter.
+    Probe {
+        owner: Arc<str>,
+    },
     Checkpoint {
         fence: Fence,
         entry: Entry,
@@ -455,6 +460,12 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                 .and_then(|mut s| s.execute(params![&*owner, now + lease_ms]))
                 .map_err(sql("extending leases"))?;
             Ok(Done::Count(n))
+        }
+        Op::Probe { owner } => {
+            conn.prepare_cached("UPDATE engines SET beat_at = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![&*owner, now]))
+                .map_err(sql("probing the storage"))?;
+            Ok(Done::Unit)
         }
         Op::Checkpoint { fence, entry } => {
             let n = conn

@@ -1,7 +1,8 @@
 //! Issue 9, defect 5 and a suspect: bad data parks one run, never the engine.
 //!
 //! (1) Scenario: one pending run's column read by the claim has the wrong storage class
-//! (`deadline_at = 'soon'`, `interruptions = 'many'`), in the default queue and in a queue
+//! (`deadline_at = 'soon'`, `interruptions = 'many'`, `cancel_requested = 'no'`, read again
+//! right after the claim), in the default queue and in a queue
 //! with a concurrency limit; engines then start. What must survive: every other run
 //! completes; each bad run is `blocked` with a note naming the column, claimed once (its
 //! epoch does not climb).
@@ -108,6 +109,7 @@ fn a_wrongly_typed_claim_column_parks_only_its_run() {
     let out = cli(&["queue", "limited", "--limit", "2"], &db);
     assert!(out.status.success(), "setting the queue limit: {out:?}");
     let (bad_deadline, bad_interruptions, bad_limited) = (runs[2], runs[4], limited[1]);
+    let bad_cancel = runs[5];
     {
         let w = writer(&db);
         w.execute(
@@ -125,12 +127,17 @@ fn a_wrongly_typed_claim_column_parks_only_its_run() {
             [bad_limited],
         )
         .unwrap();
+        w.execute(
+            "UPDATE runs SET cancel_requested = 'no' WHERE id = ?1",
+            [bad_cancel],
+        )
+        .unwrap();
     }
     runs.extend(&limited);
     let good: Vec<i64> = runs
         .iter()
         .copied()
-        .filter(|r| ![bad_deadline, bad_interruptions, bad_limited].contains(r))
+        .filter(|r| ![bad_deadline, bad_interruptions, bad_limited, bad_cancel].contains(r))
         .collect();
     let _a = serve(dir.path(), "a", &db, 2, 3000, &[]);
     let _b = serve(dir.path(), "b", &db, 2, 3000, &[]);
@@ -140,9 +147,10 @@ fn a_wrongly_typed_claim_column_parks_only_its_run() {
             (bad_deadline, &["runs.deadline_at", "text"]),
             (bad_interruptions, &["runs.interruptions", "text"]),
             (bad_limited, &["runs.deadline_at", "blob"]),
+            (bad_cancel, &["runs.cancel_requested", "text"]),
         ],
         &good,
-        &[1, 1, 1],
+        &[1, 1, 1, 1],
     );
 }
 

@@ -180,7 +180,7 @@ pub fn claim_limited(
                               WHERE status = 'pending' AND queue = ?6 AND ready_at <= ?3
                                 AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
                               ORDER BY priority DESC, ready_at, id LIMIT ?5)
-                 RETURNING id, workflow, version, input, epoch, interruptions, deadline_at",
+                 RETURNING id, workflow, version, input, epoch, interruptions, deadline_at, cancel_requested",
             )
             .map_err(sql("preparing a queue claim"))?;
         let rows = stmt

@@ -314,10 +314,10 @@ pub const CLAIM_SQL: &str = "UPDATE runs SET status = 'running', owner = ?1, epo
                                     AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
                                     AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = runs.queue)
                                   ORDER BY priority DESC, ready_at, id LIMIT ?5)
-                     RETURNING id, workflow, version, input, epoch, interruptions, deadline_at";
+                     RETURNING id, workflow, version, input, epoch, interruptions, deadline_at, cancel_requested";
 
 /// Decode one row of a claim's `RETURNING id, workflow, version, input, epoch,
-/// interruptions, deadline_at`, leniently: a column of the wrong type makes this row
+/// interruptions, deadline_at, cancel_requested`, leniently: a column of the wrong type makes this row
 /// `Err((run_id, reason))` instead of failing the claim of every other run.
 pub(crate) fn claimed_row(
     r: &rusqlite::Row<'_>,
@@ -334,6 +334,9 @@ pub(crate) fn claimed_row(
             interruptions: int(r, 5, "runs.interruptions")?,
             deadline_at: opt_int(r, 6, "runs.deadline_at")?,
         })
+        // Read again right after the claim (Features::admit): checked here so a bad value
+        // parks the run instead of failing that read, releasing the run, claiming it again.
+        .and_then(|c| int(r, 7, "runs.cancel_requested").map(|_| c))
     })();
     Ok(decoded.map_err(|e: super::queries::decode::BadColumn| (run_id, e.to_string())))
 }

@@ -300,3 +300,27 @@ fn a_negative_user_version_with_our_application_id_is_refused_untouched() {
         .unwrap();
     assert_eq!((tables, version), (0, -1), "not migrated, not stamped");
 }
+
+#[test]
+fn a_wrongly_typed_lease_does_not_stop_recovery() {
+    // Scenario: an engine dies holding runs; one of them has lease_expires_at = 'later'.
+    // Must hold: another engine still reclaims and completes every one of them.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("lease.db");
+    let runs = start(&db, "fixture.slow", r#"{"steps":2,"ms":1500}"#, 4);
+    let mut a = serve(dir.path(), "a", &db, 4, 1500, &[]);
+    wait_for("the runs to be running", Duration::from_secs(30), || {
+        runs.iter().all(|r| status(&db, *r) == "running")
+    });
+    a.kill();
+    writer(&db)
+        .execute(
+            "UPDATE runs SET lease_expires_at = 'later' WHERE id = ?1",
+            [runs[0]],
+        )
+        .unwrap();
+    let _b = serve(dir.path(), "b", &db, 4, 1500, &[]);
+    wait_for("every run to complete", Duration::from_secs(60), || {
+        runs.iter().all(|r| status(&db, *r) == "completed")
+    });
+}

@@ -337,6 +337,29 @@ pub struct OwnerRow {
     pub lease_expires_at: Option<i64>,
 }
 
+/// A column of a liveness row that does not decode is read as unknown (`None`), logged: the
+/// reaper then judges that owner by what it can read, and one bad row never stops the
+/// recovery of every other owner.
+fn lenient<T>(v: Result<Option<T>, decode::BadColumn>) -> Option<T> {
+    v.unwrap_or_else(|e| {
+        log::warn!("{e}: read as unknown");
+        None
+    })
+}
+
+fn owner_row(r: &Row<'_>, lease: Option<usize>) -> OwnerRow {
+    use decode::{opt_int, opt_text};
+    OwnerRow {
+        id: lenient(opt_text(r, 0, "runs.owner")).unwrap_or_default(),
+        pid: lenient(opt_int(r, 1, "engines.pid")),
+        pid_start: lenient(opt_int(r, 2, "engines.pid_start")),
+        boot_id: lenient(opt_text(r, 3, "engines.boot_id")),
+        beat: lenient(opt_int(r, 4, "engines.beat")),
+        stopped: lenient(opt_int(r, 5, "engines.stopped_at")).is_some_and(|s| s != 0),
+        lease_expires_at: lease.and_then(|i| lenient(opt_int(r, i, "runs.lease_expires_at"))),
+    }
+}
+
 /// Every owner of a running run (with its engine row, if any).
 pub fn owners(conn: &Connection) -> StoreResult<Vec<OwnerRow>> {
     conn.prepare_cached(
@@ -344,20 +367,7 @@ pub fn owners(conn: &Connection) -> StoreResult<Vec<OwnerRow>> {
          FROM (SELECT owner, max(lease_expires_at) AS lease FROM runs INDEXED BY runs_owner WHERE status = 'running' GROUP BY owner) o
          LEFT JOIN engines e ON e.id = o.owner",
     )
-    .and_then(|mut s| {
-        s.query_map([], |r| {
-            Ok(OwnerRow {
-                id: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
-                pid: r.get(1)?,
-                pid_start: r.get(2)?,
-                boot_id: r.get(3)?,
-                beat: r.get(4)?,
-                stopped: r.get::<_, Option<bool>>(5)?.unwrap_or(false),
-                lease_expires_at: r.get(6)?,
-            })
-        })?
-        .collect()
-    })
+    .and_then(|mut s| s.query_map([], |r| Ok(owner_row(r, Some(6))))?.collect())
     .map_err(sql("reading lease owners"))
 }
 
@@ -367,20 +377,7 @@ pub fn idle_engines(conn: &Connection) -> StoreResult<Vec<OwnerRow>> {
         "SELECT id, pid, pid_start, boot_id, beat, stopped_at IS NOT NULL FROM engines e
          WHERE NOT EXISTS (SELECT 1 FROM runs WHERE owner = e.id AND status = 'running') LIMIT 256",
     )
-    .and_then(|mut s| {
-        s.query_map([], |r| {
-            Ok(OwnerRow {
-                id: r.get(0)?,
-                pid: r.get(1)?,
-                pid_start: r.get(2)?,
-                boot_id: r.get(3)?,
-                beat: r.get(4)?,
-                stopped: r.get(5)?,
-                lease_expires_at: None,
-            })
-        })?
-        .collect()
-    })
+    .and_then(|mut s| s.query_map([], |r| Ok(owner_row(r, None)))?.collect())
     .map_err(sql("reading engines"))
 }
 

@@ -153,6 +153,17 @@ pub struct Config {
     /// group) and their runs released; an in-process step cannot be killed, so shutdown keeps
     /// renewing its lease until it returns (and never releases a run whose step still runs).
     pub shutdown_grace: Duration,
+    /// Longest an API call (`start_run`, `start_many`, `cancel`, `send_event`, `resume`,
+    /// queue limits, purge) waits for the database's write lock while another process holds
+    /// it; then it fails with `StoreError::Locked` and writes nothing. The engine's own
+    /// threads (heartbeats, claims, checkpoints) keep waiting; their leases self-fence.
+    pub lock_wait_max: Duration,
+    /// Storage failures (disk full, read-only, I/O errors) are retried with backoff; the
+    /// failure is persistent, and the engine stops for good, only after at least this many
+    /// consecutive failed writes ...
+    pub storage_failures_max: u32,
+    /// ... spanning at least this long (see `engine::health`).
+    pub storage_failure_stop_after: Duration,
 }
 
 impl Config {
@@ -181,6 +192,9 @@ impl Config {
             pool_runs_max: 1000,
             pool_rss_max_bytes: 256 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            lock_wait_max: crate::store::LOCK_WAIT_MAX_DEFAULT,
+            storage_failures_max: 10,
+            storage_failure_stop_after: Duration::from_secs(300),
         }
     }
 

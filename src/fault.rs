@@ -6,6 +6,9 @@
 //! `after_step` (step finished, result not yet committed). Unset, a point costs one
 //! relaxed atomic load. `WAYMARK_FAULT_PAUSE=POINT:FILE` instead blocks at `POINT`
 //! until FILE exists (deterministic race tests), e.g. `reaper_before_reclaim:/tmp/go`.
+//! `WAYMARK_FAULT_FAIL=POINT=N` makes the N-th pass of a failure point ([`fails`]) report a
+//! failure instead: `commit_claim` = a batch that claimed runs behaves as if its COMMIT
+//! and then its ROLLBACK returned an error (the connection stays inside the transaction).
 
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -19,6 +22,8 @@ pub enum Point {
     InStep,
     AfterStep,
     ReaperBeforeReclaim,
+    /// A failure point (see [`fails`]): COMMIT and ROLLBACK of a batch that claimed runs.
+    CommitClaim,
 }
 
 impl Point {
@@ -30,37 +35,44 @@ impl Point {
             Point::InStep => "in_step",
             Point::AfterStep => "after_step",
             Point::ReaperBeforeReclaim => "reaper_before_reclaim",
+            Point::CommitClaim => "commit_claim",
         }
     }
 }
 
 struct Armed {
     kill: Option<(String, i64)>,
+    fail: Option<(String, i64)>,
     pause: Option<(String, std::path::PathBuf)>,
 }
 
 static STATE: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 disarmed, 2 armed
 static ARMED: OnceLock<Armed> = OnceLock::new();
 static COUNT: AtomicI64 = AtomicI64::new(0);
+static FAIL_COUNT: AtomicI64 = AtomicI64::new(0);
 
 fn armed() -> Option<&'static Armed> {
     match STATE.load(Ordering::Relaxed) {
         1 => None,
         2 => ARMED.get(),
         _ => {
-            let kill = std::env::var("WAYMARK_FAULT").ok().and_then(|v| {
-                let (p, n) = v.split_once('=')?;
-                Some((p.trim().to_string(), n.trim().parse().ok()?))
-            });
+            let counted = |var: &str| {
+                std::env::var(var).ok().and_then(|v| {
+                    let (p, n) = v.split_once('=')?;
+                    Some((p.trim().to_string(), n.trim().parse().ok()?))
+                })
+            };
+            let kill = counted("WAYMARK_FAULT");
+            let fail = counted("WAYMARK_FAULT_FAIL");
             let pause = std::env::var("WAYMARK_FAULT_PAUSE").ok().and_then(|v| {
                 let (p, f) = v.split_once(':')?;
                 Some((p.to_string(), f.into()))
             });
-            if kill.is_none() && pause.is_none() {
+            if kill.is_none() && pause.is_none() && fail.is_none() {
                 STATE.store(1, Ordering::Relaxed);
                 return None;
             }
-            let a = ARMED.get_or_init(|| Armed { kill, pause });
+            let a = ARMED.get_or_init(|| Armed { kill, pause, fail });
             STATE.store(2, Ordering::Relaxed);
             Some(a)
         }
@@ -89,5 +101,21 @@ pub fn point(point: Point) {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
         }
+    }
+}
+
+/// Pass a failure point: true if armed (`WAYMARK_FAULT_FAIL=POINT=N`) and this is the N-th
+/// pass of `point`; the caller then behaves as if the operation had failed.
+pub fn fails(point: Point) -> bool {
+    let Some(a) = armed() else { return false };
+    match &a.fail {
+        Some((name, n)) if name == point.name() => {
+            let hit = FAIL_COUNT.fetch_add(1, Ordering::SeqCst) + 1 == *n;
+            if hit {
+                log::warn!("fault injection: {name} #{n} fails");
+            }
+            hit
+        }
+        _ => false,
     }
 }

@@ -364,7 +364,7 @@ impl Engine {
             ))
         })?;
         send_event_bytes(
-            &self.inner.store,
+            &self.inner.api,
             run_id,
             name,
             payload,
@@ -378,7 +378,7 @@ impl Engine {
     /// is killed) and ends `cancelled` at its next step boundary. Nothing of it runs again.
     /// Returns the run's status after the request.
     pub fn cancel(&self, run_id: i64) -> Result<String, Error> {
-        let status = match self.inner.store.call(Op::Cancel { run_id })? {
+        let status = match self.inner.api.call(Op::Cancel { run_id })? {
             Done::Cancel { status } => status,
             other => return Err(Error::Config(format!("unexpected writer answer {other:?}"))),
         };
@@ -391,7 +391,7 @@ impl Engine {
     /// sharing the file (`None` removes the limit). Runs choose a queue with
     /// [`crate::StartOptions::queue`].
     pub fn set_queue_limit(&self, queue: &str, concurrency: Option<u32>) -> Result<(), Error> {
-        self.inner.store.call(Op::SetQueueLimit {
+        self.inner.api.call(Op::SetQueueLimit {
             queue: queue.to_string(),
             concurrency: concurrency.map(i64::from),
         })?;
@@ -405,7 +405,7 @@ impl Engine {
     pub fn purge(&self, older_than: Duration) -> Result<u64, Error> {
         let before = self.inner.clock.now_ms()
             - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX / 2);
-        Ok(purge(&self.inner.store, before)?)
+        Ok(purge(&self.inner.api, before)?)
     }
 }
 

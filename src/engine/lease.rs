@@ -85,10 +85,11 @@ pub fn heartbeat_loop(inner: &Inner, stop: crossbeam_channel::Receiver<()>) {
         {
             return;
         }
-        if inner.storage_failed.load(Ordering::SeqCst) {
+        if inner.storage_failed.load(Ordering::SeqCst) && !inner.health.try_recover(inner) {
             // After a storage failure this engine neither claims nor renews: its runs pass to
             // other engines after one TTL instead of staying held by an engine that cannot
-            // write. The guard lapses too, so its workers stop acting on them.
+            // write. The guard lapses too, so its workers stop acting on them. It probes with
+            // backoff and resumes once a write commits again (engine::health).
             continue;
         }
         let sent = Instant::now();

@@ -7,6 +7,7 @@
 pub mod dispatch;
 pub mod exec;
 pub mod features;
+pub mod health;
 pub mod lease;
 pub mod reaper;
 pub mod schedule;
@@ -59,6 +60,8 @@ pub(crate) type Work = (Arc<str>, crate::store::Claimed);
 /// Shared state of the engine's threads: handles and flags only.
 pub struct Inner {
     pub(crate) store: Store,
+    /// The same store for API calls: bounded wait for the write lock (`Config::lock_wait_max`).
+    pub(crate) api: Store,
     pub(crate) registry: Arc<Registry>,
     pub(crate) config: Config,
     pub(crate) clock: Arc<dyn Clock>,
@@ -71,6 +74,7 @@ pub struct Inner {
     pub(crate) abort_steps: AtomicBool,
     workers_live: AtomicUsize,
     pub(crate) storage_failed: AtomicBool,
+    pub(crate) health: health::Health,
     pub(crate) in_flight: AtomicI64,
     wake_tx: Sender<()>,
     finished: (Mutex<u64>, Condvar),
@@ -113,11 +117,10 @@ impl Inner {
         self.finished.1.notify_all();
     }
 
-    /// Remember a storage failure: after disk-full or I/O errors the engine stops claiming.
+    /// Remember a storage failure: after disk-full or I/O errors the engine stops claiming
+    /// and renewing until a probe write succeeds (see [`health`]).
     pub(crate) fn note_store_error(&self, e: &StoreError) {
-        if e.is_storage_failure() && !self.storage_failed.swap(true, Ordering::SeqCst) {
-            log::error!("storage failure, this engine stops claiming new runs: {e}");
-        }
+        self.health.failed(self, e);
     }
 
     pub(crate) fn executor(&self, isolation: Isolation) -> &dyn exec::Executor {
@@ -178,8 +181,12 @@ impl Engine {
             busy_timeout: config.busy_timeout,
             quick_check: config.quick_check_on_open && !config.quick_check_always,
             readers_max: 4,
+            lock_wait_max: Some(config.lock_wait_max),
         };
-        let store = Store::open(&config.db_path, &opts, clock.clone())?;
+        // `api` bounds its wait for the write lock (API calls); the engine's own threads
+        // use `store`, which waits as long as another process holds the lock.
+        let api = Store::open(&config.db_path, &opts, clock.clone())?;
+        let store = api.with_lock_wait(None);
         if config.quick_check_always {
             // Opt-in: check every open whatever the size (Store::open skipped it).
             let path = config.db_path.clone();
@@ -204,6 +211,7 @@ impl Engine {
         );
         let inner = Arc::new(Inner {
             store,
+            api,
             registry: Arc::new(registry),
             lease: lease::LeaseGuard::new(config.lease_ttl, owner),
             config,
@@ -214,6 +222,7 @@ impl Engine {
             abort_steps: AtomicBool::new(false),
             workers_live: AtomicUsize::new(0),
             storage_failed: AtomicBool::new(false),
+            health: health::Health::default(),
             in_flight: AtomicI64::new(0),
             wake_tx,
             finished: (Mutex::new(0), Condvar::new()),
@@ -313,7 +322,7 @@ impl Engine {
         opts: StartOptions,
     ) -> Result<i64, Error> {
         let run = self.new_run(wf, input, opts)?;
-        match self.inner.store.call(Op::Enqueue(run))? {
+        match self.inner.api.call(Op::Enqueue(run))? {
             Done::Run { id, .. } => {
                 self.inner.wake_dispatcher();
                 Ok(id)
@@ -332,7 +341,7 @@ impl Engine {
             .iter()
             .map(|(i, o)| self.new_run(wf, i, o.clone()))
             .collect::<Result<Vec<_>, _>>()?;
-        match self.inner.store.call(Op::EnqueueMany(runs))? {
+        match self.inner.api.call(Op::EnqueueMany(runs))? {
             Done::Runs(ids) => {
                 self.inner.wake_dispatcher();
                 Ok(ids.into_iter().map(|(id, _)| id).collect())
@@ -411,7 +420,7 @@ impl Engine {
 
     /// Move a `blocked` run back to pending (after deploying a build that can read it).
     pub fn resume(&self, run_id: i64) -> Result<(), Error> {
-        self.inner.store.call(Op::Resume { run_id })?;
+        self.inner.api.call(Op::Resume { run_id })?;
         self.inner.wake_dispatcher();
         Ok(())
     }

@@ -61,6 +61,21 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
     });
     let (journal, last_attempts) = match loaded {
         Ok(x) => x,
+        // Bad data, not bad storage: park the run once (releasing it would claim it again
+        // in a loop); the note names the entry and column.
+        Err(e @ StoreError::Undecodable { .. }) => {
+            let note = format!("{e}; fix the row, then `waymark resume {run_id}`");
+            log::error!("{note}");
+            finish_op(
+                inner,
+                Op::Block {
+                    fence,
+                    status: "blocked",
+                    note,
+                },
+            );
+            return;
+        }
         Err(e) => {
             log::error!("run {run_id}: cannot read its journal ({e}); releasing it");
             inner.note_store_error(&e);

@@ -16,6 +16,9 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    /// Our application_id with a schema version waymark never writes (negative): damaged
+    /// or forged. Left untouched.
+    InvalidSchemaVersion { path: PathBuf, found: i64 },
     /// `PRAGMA quick_check` found damage. Left untouched.
     Corrupt { path: PathBuf, detail: String },
     /// No database at this path and creation was not requested.
@@ -41,6 +44,12 @@ pub enum StoreError {
     WriterStopped,
     /// The run already ended (`completed`, `failed` or `cancelled`); it takes no more events.
     RunFinished { run_id: i64, status: String },
+    /// A row of this run holds a value of the wrong type (damaged or foreign data): the run
+    /// is parked `blocked` with `detail` (naming the row and column); the storage is fine.
+    Undecodable { run_id: i64, detail: String },
+    /// Another process held the database's write lock for all of `waited`: the call was
+    /// not applied. Retry later, or find the process holding the lock.
+    Locked { waited: std::time::Duration },
     /// Any other SQLite error, with what we were doing.
     Sqlite {
         context: &'static str,
@@ -102,6 +111,11 @@ impl std::fmt::Display for StoreError {
                 "{} has waymark schema version {found}, newer than this build supports ({supported}); upgrade waymark to open it",
                 path.display()
             ),
+            InvalidSchemaVersion { path, found } => write!(
+                f,
+                "{} is marked as a waymark database but has schema version {found}, which waymark never writes; refusing to touch it, restore from a backup",
+                path.display()
+            ),
             Corrupt { path, detail } => write!(
                 f,
                 "{} failed its integrity check ({detail}); refusing to open it, restore from a backup",
@@ -127,6 +141,13 @@ impl std::fmt::Display for StoreError {
             NotFound { run_id } => write!(f, "no run with id {run_id}"),
             WriterStopped => write!(f, "the database writer has stopped"),
             RunFinished { run_id, status } => write!(f, "run {run_id} already ended ({status})"),
+            Undecodable { run_id, detail } => {
+                write!(f, "run {run_id} has data this build cannot read: {detail}")
+            }
+            Locked { waited } => write!(
+                f,
+                "the database is locked by another process: no write lock after waiting {waited:?}; nothing was written (retry later, or stop the process holding the lock)"
+            ),
             Sqlite { context, source } => write!(f, "sqlite error while {context}: {source}"),
         }
     }

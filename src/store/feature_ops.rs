@@ -14,7 +14,9 @@
 //! - Suspension notes name what a run waits for; wake-ups match on them exactly.
 
 use super::error::{StoreError, StoreResult};
-use super::transitions::{enqueue, fenced, sql, suspend, Claimed, Done, Fence, Op, FENCE};
+use super::transitions::{
+    claimed_row, enqueue, fenced, park_undecodable, sql, suspend, Claimed, Done, Fence, Op, FENCE,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// What an `AwaitEvent` or `AwaitChild` found.
@@ -257,26 +259,18 @@ pub fn claim_limited(
                               WHERE status = 'pending' AND queue = ?6 AND ready_at <= ?3
                                 AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
                               ORDER BY priority DESC, ready_at, id LIMIT ?5)
-                 RETURNING id, workflow, version, input, epoch, interruptions, deadline_at",
+                 RETURNING id, workflow, version, input, epoch, interruptions, deadline_at, cancel_requested",
             )
             .map_err(sql("preparing a queue claim"))?;
         let rows = stmt
             .query_map(
                 params![owner, now + lease_ms, now, workflows_json, want, queue],
-                |r| {
-                    Ok(Claimed {
-                        run_id: r.get(0)?,
-                        workflow: r.get(1)?,
-                        version: r.get(2)?,
-                        input: r.get(3)?,
-                        epoch: r.get(4)?,
-                        interruptions: r.get(5)?,
-                        deadline_at: r.get(6)?,
-                    })
-                },
+                claimed_row,
             )
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
             .map_err(sql("claiming from a limited queue"))?;
+        drop(stmt);
+        let rows = park_undecodable(conn, owner, rows, now)?;
         out.extend(rows);
         if out.len() as i64 >= limit {
             break;

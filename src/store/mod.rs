@@ -20,6 +20,11 @@ pub use pragmas::{ConnSettings, Synchronous};
 pub use transitions::{Claimed, Done, EngineRow, Entry, Fence, NewRun, Op};
 pub use writer::{Writer, WriterStats};
 
+/// Default of [`StoreOptions::lock_wait_max`] and `Config::lock_wait_max`: how long an API
+/// call waits for the write lock held by another process before failing with
+/// [`StoreError::Locked`].
+pub const LOCK_WAIT_MAX_DEFAULT: Duration = Duration::from_secs(10);
+
 use crate::clock::Clock;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
@@ -39,6 +44,10 @@ pub struct StoreOptions {
     pub quick_check: bool,
     /// Reader connections in the pool.
     pub readers_max: u32,
+    /// How long [`Store::call`] waits for the write lock while another process holds it,
+    /// then fails with [`StoreError::Locked`] (nothing written). `None`: wait as long as it
+    /// takes (the engine's own threads).
+    pub lock_wait_max: Option<Duration>,
 }
 
 impl Default for StoreOptions {
@@ -49,6 +58,7 @@ impl Default for StoreOptions {
             busy_timeout: Duration::from_secs(5),
             quick_check: true,
             readers_max: 4,
+            lock_wait_max: Some(LOCK_WAIT_MAX_DEFAULT),
         }
     }
 }
@@ -61,6 +71,7 @@ pub struct Store {
     // Readers drop first so the writer's connection is the last to close (it checkpoints).
     readers: r2d2::Pool<ReadManager>,
     writer: Arc<WriterOwner>,
+    lock_wait_max: Option<Duration>,
 }
 
 struct WriterOwner {
@@ -277,7 +288,9 @@ impl Store {
         migrate_when_needed(&mut conn, path)?;
         pragmas::install_busy_handler(&conn)?;
         conn.set_prepared_statement_cache_capacity(64);
-        let (writer, thread) = Writer::start(conn, clock)?;
+        let reopen_path = path.to_path_buf();
+        let reopen: writer::Reopen = Box::new(move || writer_connection(&reopen_path, settings));
+        let (writer, thread) = Writer::start(conn, clock, reopen)?;
         let writer = Arc::new(WriterOwner {
             writer,
             thread: parking_lot::Mutex::new(Some(thread)),
@@ -298,7 +311,17 @@ impl Store {
             path: Arc::new(path.into()),
             writer,
             readers,
+            lock_wait_max: opts.lock_wait_max,
         })
+    }
+
+    /// A handle on the same store whose [`Store::call`] waits at most `wait` for the write
+    /// lock (`None`: without bound).
+    pub fn with_lock_wait(&self, wait: Option<Duration>) -> Store {
+        Store {
+            lock_wait_max: wait,
+            ..self.clone()
+        }
     }
 
     /// The database path.
@@ -306,9 +329,14 @@ impl Store {
         &self.path
     }
 
-    /// Apply a write command and wait for its commit.
+    /// Apply a write command and wait for its commit; with a `lock_wait_max`, give up with
+    /// [`StoreError::Locked`] (nothing written) if another process holds the write lock
+    /// that long.
     pub fn call(&self, op: Op) -> StoreResult<Done> {
-        self.writer.writer.call(op)
+        match self.lock_wait_max {
+            Some(wait) => self.writer.writer.call_within(op, wait),
+            None => self.writer.writer.call(op),
+        }
     }
 
     /// The writer's `(batches, commands)` counters: `commands / batches` is the mean
@@ -325,6 +353,20 @@ impl Store {
         })?;
         f(&conn)
     }
+}
+
+/// A fresh writing connection on an existing, already checked and migrated file (the
+/// writer's replacement for a connection it can no longer trust).
+fn writer_connection(path: &Path, settings: ConnSettings) -> StoreResult<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| classify_open(path, e))?;
+    pragmas::apply(&conn, settings)?;
+    pragmas::install_busy_handler(&conn)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
 }
 
 /// r2d2 manager for read connections (query_only, same pragmas).

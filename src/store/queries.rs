@@ -115,30 +115,43 @@ pub fn runs_page(
     .map_err(sql("listing runs"))
 }
 
-/// The journal of a run, in sequence order.
+/// The journal of a run, in sequence order. A row whose columns do not have the types we
+/// write is [`StoreError::Undecodable`] naming the entry and the column (the run's data is
+/// bad, the storage is fine): the caller parks the run instead of retrying it.
 pub fn journal(conn: &Connection, run_id: i64) -> StoreResult<Vec<StepRow>> {
-    conn.prepare_cached(
-        "SELECT seq, name, kind, status, attempts, error, recorded_at, output FROM steps WHERE run_id = ?1 ORDER BY seq",
-    )
-    .and_then(|mut s| {
-        s.query_map(params![run_id], |r| {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, name, kind, status, attempts, error, recorded_at, output FROM steps WHERE run_id = ?1 ORDER BY seq",
+        )
+        .map_err(sql("reading a journal"))?;
+    let mut rows = stmt
+        .query(params![run_id])
+        .map_err(sql("reading a journal"))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(sql("reading a journal"))? {
+        let row = (|| {
+            let seq = decode::int(r, 0, "steps.seq")?;
+            let at = |e: decode::BadColumn| e.at(format!("journal entry seq {seq}"));
             Ok(StepRow {
-                seq: r.get(0)?,
-                name: r.get(1)?,
-                kind: r.get(2)?,
-                status: r.get(3)?,
-                attempts: r.get(4)?,
-                error: r.get(5)?,
-                recorded_at: r.get(6)?,
-                output: r.get(7)?,
+                seq,
+                name: decode::text(r, 1, "steps.name").map_err(at)?,
+                kind: decode::text(r, 2, "steps.kind").map_err(at)?,
+                status: decode::text(r, 3, "steps.status").map_err(at)?,
+                attempts: decode::int(r, 4, "steps.attempts").map_err(at)?,
+                error: decode::opt_text(r, 5, "steps.error").map_err(at)?,
+                recorded_at: decode::int(r, 6, "steps.recorded_at").map_err(at)?,
+                output: decode::opt_blob(r, 7, "steps.output").map_err(at)?,
             })
-        })?
-        .collect()
-    })
-    .map_err(sql("reading a journal"))
+        })()
+        .map_err(|e: decode::BadColumn| StoreError::Undecodable {
+            run_id,
+            detail: e.at(format!("journal entry #{}", out.len())).to_string(),
+        })?;
+        out.push(row);
+    }
+    Ok(out)
 }
 
-/// Every recorded attempt of a run's steps.
 /// The stored host id (boot id and PID namespace) of engine incarnation `id`, if its row
 /// still exists.
 pub fn engine_host(conn: &Connection, id: &str) -> StoreResult<Option<String>> {
@@ -156,30 +169,169 @@ pub fn fence_holds(conn: &Connection, fence: &super::Fence) -> StoreResult<bool>
     .map_err(sql("reading a run's fence"))
 }
 
+/// Every recorded attempt of a run's steps. Like [`journal`], a row of the wrong types is
+/// [`StoreError::Undecodable`].
 pub fn attempts(conn: &Connection, run_id: i64) -> StoreResult<Vec<AttemptRow>> {
-    conn.prepare_cached(
-        "SELECT seq, attempt, name, owner, epoch, pid, pid_start, started_at, ended_at, outcome, reason
-         FROM attempts WHERE run_id = ?1 ORDER BY seq, attempt",
-    )
-    .and_then(|mut s| {
-        s.query_map(params![run_id], |r| {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, attempt, name, owner, epoch, pid, pid_start, started_at, ended_at, outcome, reason
+             FROM attempts WHERE run_id = ?1 ORDER BY seq, attempt",
+        )
+        .map_err(sql("reading attempts"))?;
+    let mut rows = stmt
+        .query(params![run_id])
+        .map_err(sql("reading attempts"))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(sql("reading attempts"))? {
+        use decode::{int, opt_int, opt_text, text};
+        let row = (|| {
             Ok(AttemptRow {
-                seq: r.get(0)?,
-                attempt: r.get(1)?,
-                name: r.get(2)?,
-                owner: r.get(3)?,
-                epoch: r.get(4)?,
-                pid: r.get(5)?,
-                pid_start: r.get(6)?,
-                started_at: r.get(7)?,
-                ended_at: r.get(8)?,
-                outcome: r.get(9)?,
-                reason: r.get(10)?,
+                seq: int(r, 0, "attempts.seq")?,
+                attempt: int(r, 1, "attempts.attempt")?,
+                name: text(r, 2, "attempts.name")?,
+                owner: text(r, 3, "attempts.owner")?,
+                epoch: int(r, 4, "attempts.epoch")?,
+                pid: opt_int(r, 5, "attempts.pid")?,
+                pid_start: opt_int(r, 6, "attempts.pid_start")?,
+                started_at: int(r, 7, "attempts.started_at")?,
+                ended_at: opt_int(r, 8, "attempts.ended_at")?,
+                outcome: opt_text(r, 9, "attempts.outcome")?,
+                reason: opt_text(r, 10, "attempts.reason")?,
             })
-        })?
-        .collect()
-    })
-    .map_err(sql("reading attempts"))
+        })()
+        .map_err(|e: decode::BadColumn| StoreError::Undecodable {
+            run_id,
+            detail: e.at(format!("attempt row #{}", out.len())).to_string(),
+        })?;
+        out.push(row);
+    }
+    Ok(out)
+}
+
+/// Lenient, per-column decoding of rows whose data may be damaged: a value of the wrong
+/// storage class is a [`BadColumn`] naming the column and what was found (never a panic,
+/// never an error that fails a whole statement for one row).
+pub(crate) mod decode {
+    use rusqlite::types::ValueRef;
+    use rusqlite::Row;
+
+    /// Longest text or blob excerpt quoted in a [`BadColumn`].
+    const EXCERPT_CHARS_MAX: usize = 32;
+
+    /// A column whose stored value does not have the type waymark writes there.
+    #[derive(Debug, Clone)]
+    pub struct BadColumn {
+        pub column: &'static str,
+        pub expected: &'static str,
+        pub found: String,
+        pub place: Option<String>,
+    }
+
+    impl BadColumn {
+        /// Name where the row is (kept if already set).
+        pub fn at(mut self, place: String) -> Self {
+            self.place.get_or_insert(place);
+            self
+        }
+    }
+
+    impl std::fmt::Display for BadColumn {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            if let Some(p) = &self.place {
+                write!(f, "{p}: ")?;
+            }
+            write!(
+                f,
+                "column {} holds {} where {} is expected",
+                self.column, self.found, self.expected
+            )
+        }
+    }
+
+    /// What a stored value is, for messages: `text 'soon'`, `blob of 3 bytes`, `real 1.5`.
+    pub fn describe(v: ValueRef<'_>) -> String {
+        match v {
+            ValueRef::Null => "NULL".into(),
+            ValueRef::Integer(i) => format!("integer {i}"),
+            ValueRef::Real(x) => format!("real {x}"),
+            ValueRef::Text(t) => {
+                let t = String::from_utf8_lossy(t);
+                let excerpt: String = t.chars().take(EXCERPT_CHARS_MAX).collect();
+                let more = if excerpt.len() < t.len() { "..." } else { "" };
+                format!("text {excerpt:?}{more}")
+            }
+            ValueRef::Blob(b) => format!("blob of {} bytes", b.len()),
+        }
+    }
+
+    fn value<'a>(r: &'a Row<'_>, i: usize) -> ValueRef<'a> {
+        // An index outside the statement is a bug of the caller's SQL, not bad data: read
+        // it as NULL, which every decoder below reports or accepts without panicking.
+        r.get_ref(i).unwrap_or(ValueRef::Null)
+    }
+
+    fn bad(column: &'static str, expected: &'static str, v: ValueRef<'_>) -> BadColumn {
+        BadColumn {
+            column,
+            expected,
+            found: describe(v),
+            place: None,
+        }
+    }
+
+    pub fn int(r: &Row<'_>, i: usize, column: &'static str) -> Result<i64, BadColumn> {
+        match value(r, i) {
+            ValueRef::Integer(n) => Ok(n),
+            v => Err(bad(column, "an integer", v)),
+        }
+    }
+
+    pub fn opt_int(r: &Row<'_>, i: usize, column: &'static str) -> Result<Option<i64>, BadColumn> {
+        match value(r, i) {
+            ValueRef::Null => Ok(None),
+            ValueRef::Integer(n) => Ok(Some(n)),
+            v => Err(bad(column, "an integer or NULL", v)),
+        }
+    }
+
+    pub fn text(r: &Row<'_>, i: usize, column: &'static str) -> Result<String, BadColumn> {
+        match value(r, i) {
+            ValueRef::Text(t) => std::str::from_utf8(t)
+                .map(str::to_owned)
+                .map_err(|_| bad(column, "UTF-8 text", ValueRef::Text(t))),
+            v => Err(bad(column, "text", v)),
+        }
+    }
+
+    pub fn opt_text(
+        r: &Row<'_>,
+        i: usize,
+        column: &'static str,
+    ) -> Result<Option<String>, BadColumn> {
+        match value(r, i) {
+            ValueRef::Null => Ok(None),
+            _ => text(r, i, column).map(Some),
+        }
+    }
+
+    pub fn blob(r: &Row<'_>, i: usize, column: &'static str) -> Result<Vec<u8>, BadColumn> {
+        match value(r, i) {
+            ValueRef::Blob(b) => Ok(b.to_vec()),
+            v => Err(bad(column, "a blob", v)),
+        }
+    }
+
+    pub fn opt_blob(
+        r: &Row<'_>,
+        i: usize,
+        column: &'static str,
+    ) -> Result<Option<Vec<u8>>, BadColumn> {
+        match value(r, i) {
+            ValueRef::Null => Ok(None),
+            ValueRef::Blob(b) => Ok(Some(b.to_vec())),
+            v => Err(bad(column, "a blob or NULL", v)),
+        }
+    }
 }
 
 /// Counts of runs by status.
@@ -202,6 +354,29 @@ pub struct OwnerRow {
     pub lease_expires_at: Option<i64>,
 }
 
+/// A column of a liveness row that does not decode is read as unknown (`None`), logged: the
+/// reaper then judges that owner by what it can read, and one bad row never stops the
+/// recovery of every other owner.
+fn lenient<T>(v: Result<Option<T>, decode::BadColumn>) -> Option<T> {
+    v.unwrap_or_else(|e| {
+        log::warn!("{e}: read as unknown");
+        None
+    })
+}
+
+fn owner_row(r: &Row<'_>, lease: Option<usize>) -> OwnerRow {
+    use decode::{opt_int, opt_text};
+    OwnerRow {
+        id: lenient(opt_text(r, 0, "runs.owner")).unwrap_or_default(),
+        pid: lenient(opt_int(r, 1, "engines.pid")),
+        pid_start: lenient(opt_int(r, 2, "engines.pid_start")),
+        boot_id: lenient(opt_text(r, 3, "engines.boot_id")),
+        beat: lenient(opt_int(r, 4, "engines.beat")),
+        stopped: lenient(opt_int(r, 5, "engines.stopped_at")).is_some_and(|s| s != 0),
+        lease_expires_at: lease.and_then(|i| lenient(opt_int(r, i, "runs.lease_expires_at"))),
+    }
+}
+
 /// Every owner of a running run (with its engine row, if any).
 pub fn owners(conn: &Connection) -> StoreResult<Vec<OwnerRow>> {
     conn.prepare_cached(
@@ -209,20 +384,7 @@ pub fn owners(conn: &Connection) -> StoreResult<Vec<OwnerRow>> {
          FROM (SELECT owner, max(lease_expires_at) AS lease FROM runs INDEXED BY runs_owner WHERE status = 'running' GROUP BY owner) o
          LEFT JOIN engines e ON e.id = o.owner",
     )
-    .and_then(|mut s| {
-        s.query_map([], |r| {
-            Ok(OwnerRow {
-                id: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
-                pid: r.get(1)?,
-                pid_start: r.get(2)?,
-                boot_id: r.get(3)?,
-                beat: r.get(4)?,
-                stopped: r.get::<_, Option<bool>>(5)?.unwrap_or(false),
-                lease_expires_at: r.get(6)?,
-            })
-        })?
-        .collect()
-    })
+    .and_then(|mut s| s.query_map([], |r| Ok(owner_row(r, Some(6))))?.collect())
     .map_err(sql("reading lease owners"))
 }
 
@@ -232,20 +394,7 @@ pub fn idle_engines(conn: &Connection) -> StoreResult<Vec<OwnerRow>> {
         "SELECT id, pid, pid_start, boot_id, beat, stopped_at IS NOT NULL FROM engines e
          WHERE NOT EXISTS (SELECT 1 FROM runs WHERE owner = e.id AND status = 'running') LIMIT 256",
     )
-    .and_then(|mut s| {
-        s.query_map([], |r| {
-            Ok(OwnerRow {
-                id: r.get(0)?,
-                pid: r.get(1)?,
-                pid_start: r.get(2)?,
-                boot_id: r.get(3)?,
-                beat: r.get(4)?,
-                stopped: r.get(5)?,
-                lease_expires_at: None,
-            })
-        })?
-        .collect()
-    })
+    .and_then(|mut s| s.query_map([], |r| Ok(owner_row(r, None)))?.collect())
     .map_err(sql("reading engines"))
 }
 

@@ -165,6 +165,14 @@ pub fn check_identity(conn: &Connection, path: &std::path::Path) -> StoreResult<
             application_id: app,
         });
     }
+    if version < 0 {
+        // Our application_id with a version we never write: damaged or forged. Migrating
+        // from it would skip every migration and stamp an empty file current.
+        return Err(StoreError::InvalidSchemaVersion {
+            path: path.into(),
+            found: version,
+        });
+    }
     if version > SCHEMA_VERSION {
         return Err(StoreError::NewerSchema {
             path: path.into(),
@@ -209,7 +217,11 @@ pub fn migrate(conn: &mut Connection, path: &std::path::Path) -> StoreResult<()>
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(|e| StoreError::sqlite("beginning the migration", e))?;
     let found = check_identity(&tx, path)?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    let done = usize::try_from(found).map_err(|_| StoreError::InvalidSchemaVersion {
+        path: path.into(),
+        found,
+    })?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
         tx.execute_batch(sql)
             .map_err(|e| StoreError::sqlite("migrating the schema", e))?;
         log::info!("migrated {} to schema version {}", path.display(), i + 1);

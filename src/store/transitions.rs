@@ -96,6 +96,11 @@ pub enum Op {
         owner: Arc<str>,
         lease_ms: i64,
     },
+    /// A small write that proves the storage accepts commits again (after a storage
+    /// failure); it renews no lease and moves no heartbeat counter.
+    Probe {
+        owner: Arc<str>,
+    },
     Checkpoint {
         fence: Fence,
         entry: Entry,
@@ -318,7 +323,64 @@ pub const CLAIM_SQL: &str = "UPDATE runs SET status = 'running', owner = ?1, epo
                                     AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
                                     AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = runs.queue)
                                   ORDER BY priority DESC, ready_at, id LIMIT ?5)
-                     RETURNING id, workflow, version, input, epoch, interruptions, deadline_at";
+                     RETURNING id, workflow, version, input, epoch, interruptions, deadline_at, cancel_requested";
+
+/// Decode one row of a claim's `RETURNING id, workflow, version, input, epoch,
+/// interruptions, deadline_at, cancel_requested`, leniently: a column of the wrong type makes this row
+/// `Err((run_id, reason))` instead of failing the claim of every other run.
+pub(crate) fn claimed_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<Result<Claimed, (i64, String)>> {
+    use super::queries::decode::{blob, int, opt_int, text};
+    let run_id: i64 = r.get(0)?; // the rowid: always an integer
+    let decoded = (|| {
+        Ok(Claimed {
+            run_id,
+            workflow: text(r, 1, "runs.workflow")?,
+            version: int(r, 2, "runs.version")?,
+            input: blob(r, 3, "runs.input")?,
+            epoch: int(r, 4, "runs.epoch")?,
+            interruptions: int(r, 5, "runs.interruptions")?,
+            deadline_at: opt_int(r, 6, "runs.deadline_at")?,
+        })
+        // Read again right after the claim (Features::admit): checked here so a bad value
+        // parks the run instead of failing that read, releasing the run, claiming it again.
+        .and_then(|c| int(r, 7, "runs.cancel_requested").map(|_| c))
+    })();
+    Ok(decoded.map_err(|e: super::queries::decode::BadColumn| (run_id, e.to_string())))
+}
+
+/// Part of a claim: runs just claimed (in this transaction) whose row could not be decoded
+/// are parked `blocked` with the reason, once, in the same transaction; the others are
+/// returned. So bad data stops only its own run, and it is not claimed again in a loop.
+pub(crate) fn park_undecodable(
+    conn: &Connection,
+    owner: &str,
+    rows: Vec<Result<Claimed, (i64, String)>>,
+    now: i64,
+) -> StoreResult<Vec<Claimed>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row {
+            Ok(c) => out.push(c),
+            Err((run_id, reason)) => {
+                let note = format!(
+                    "run {run_id} cannot be claimed: its row has data this build cannot read ({reason}); \
+                     fix the row, then `waymark resume {run_id}`"
+                );
+                log::error!("{note}");
+                conn.prepare_cached(
+                    "UPDATE runs SET status = 'blocked', note = ?3, owner = NULL, lease_expires_at = NULL,
+                            updated_at = ?4
+                     WHERE id = ?1 AND owner = ?2 AND status = 'running'",
+                )
+                .and_then(|mut s| s.execute(params![run_id, owner, note, now]))
+                .map_err(sql("parking an undecodable run"))?;
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// Extend the leases of every run an engine holds (partial index `runs_owner`).
 pub const HEARTBEAT_SQL: &str =
@@ -384,20 +446,12 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             let rows = stmt
                 .query_map(
                     params![&*owner, now + lease_ms, now, &*workflows_json, limit],
-                    |r| {
-                        Ok(Claimed {
-                            run_id: r.get(0)?,
-                            workflow: r.get(1)?,
-                            version: r.get(2)?,
-                            input: r.get(3)?,
-                            epoch: r.get(4)?,
-                            interruptions: r.get(5)?,
-                            deadline_at: r.get(6)?,
-                        })
-                    },
+                    claimed_row,
                 )
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
                 .map_err(sql("claiming runs"))?;
+            drop(stmt);
+            let rows = park_undecodable(conn, &owner, rows, now)?;
             limited.extend(rows);
             Ok(Done::Claimed(limited))
         }
@@ -418,6 +472,12 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                 .and_then(|mut s| s.execute(params![&*owner, now + lease_ms]))
                 .map_err(sql("extending leases"))?;
             Ok(Done::Count(n))
+        }
+        Op::Probe { owner } => {
+            conn.prepare_cached("UPDATE engines SET beat_at = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![&*owner, now]))
+                .map_err(sql("probing the storage"))?;
+            Ok(Done::Unit)
         }
         Op::Checkpoint { fence, entry } => {
             let n = conn

@@ -10,7 +10,13 @@
 //! - A caller is answered only after COMMIT returned; if COMMIT fails, every command of the
 //!   batch is answered with that error (nothing is acknowledged that did not commit).
 //! - SQLITE_BUSY never reaches a caller: BEGIN is retried with backoff while another
-//!   process holds the write lock.
+//!   process holds the write lock. A bounded caller ([`Writer::call_within`]) gives up after
+//!   its wait with [`StoreError::Locked`], and its command is then never applied (a command
+//!   is either taken by the writer inside its transaction or abandoned by its caller, never
+//!   both: one atomic state per command).
+//! - The connection is never used for a new batch while it is inside a transaction: if COMMIT
+//!   and then ROLLBACK both fail, it is closed (SQLite rolls the transaction back) and a
+//!   fresh one is opened, so a later COMMIT cannot commit what was reported failed.
 
 use super::error::{StoreError, StoreResult};
 use super::transitions::{apply, Done, Op};
@@ -18,7 +24,7 @@ use crate::clock::Clock;
 use crate::fault;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use rusqlite::Connection;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +37,39 @@ pub const QUEUE_COMMANDS_MAX: usize = 4096;
 
 type Reply = Sender<StoreResult<Done>>;
 
+/// Opens a fresh writing connection (same file, same pragmas) when the current one cannot
+/// be trusted any more.
+pub type Reopen = Box<dyn Fn() -> StoreResult<Connection> + Send>;
+
+/// States of a bounded command: queued, taken by the writer, abandoned by its caller.
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// One queued command. `claim` is set for bounded callers (see [`Writer::call_within`]).
+#[derive(Debug)]
+struct Cmd {
+    op: Op,
+    reply: Reply,
+    claim: Option<Arc<AtomicU8>>,
+}
+
+impl Cmd {
+    /// The writer takes the command: false if its caller already gave up on it.
+    fn take(&self) -> bool {
+        self.claim.as_ref().is_none_or(|c| {
+            c.compare_exchange(QUEUED, TAKEN, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        })
+    }
+
+    fn abandoned(&self) -> bool {
+        self.claim
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst) == ABANDONED)
+    }
+}
+
 /// Counters of the writer thread (for benches and diagnostics): transactions committed
 /// (or attempted) and commands applied. `commands / batches` is the mean group size.
 #[derive(Debug, Default)]
@@ -42,7 +81,7 @@ pub struct WriterStats {
 /// A handle to the writer thread. Cloning shares the thread.
 #[derive(Clone, Debug)]
 pub struct Writer {
-    tx: Sender<(Op, Reply)>,
+    tx: Sender<Cmd>,
     stats: Arc<WriterStats>,
 }
 
@@ -51,13 +90,14 @@ impl Writer {
     pub fn start(
         conn: Connection,
         clock: Arc<dyn Clock>,
+        reopen: Reopen,
     ) -> StoreResult<(Writer, std::thread::JoinHandle<()>)> {
-        let (tx, rx) = bounded::<(Op, Reply)>(QUEUE_COMMANDS_MAX);
+        let (tx, rx) = bounded::<Cmd>(QUEUE_COMMANDS_MAX);
         let stats = Arc::new(WriterStats::default());
         let thread_stats = stats.clone();
         let handle = std::thread::Builder::new()
             .name("waymark-writer".into())
-            .spawn(move || run(conn, rx, clock, &thread_stats))
+            .spawn(move || run(conn, rx, clock, &thread_stats, reopen))
             .map_err(|_| StoreError::WriterStopped)?;
         Ok((Writer { tx, stats }, handle))
     }
@@ -79,13 +119,62 @@ impl Writer {
         }
     }
 
-    /// Apply `op` and wait until it committed (or failed).
+    /// Apply `op` and wait until it committed (or failed), however long another process
+    /// holds the write lock (the engine's own threads; their leases self-fence).
     pub fn call(&self, op: Op) -> StoreResult<Done> {
         let (reply_tx, reply_rx) = bounded(1);
         self.tx
-            .send((op, reply_tx))
+            .send(Cmd {
+                op,
+                reply: reply_tx,
+                claim: None,
+            })
             .map_err(|_| StoreError::WriterStopped)?;
         reply_rx.recv().map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// [`Writer::call`] for API callers: if the writer has not taken `op` into a
+    /// transaction within `wait` (another process holds the write lock), give up with
+    /// [`StoreError::Locked`]; the command is then never applied. Once taken, the answer
+    /// (after COMMIT) is awaited: the lock is ours by then.
+    pub fn call_within(&self, op: Op, wait: Duration) -> StoreResult<Done> {
+        let started = Instant::now();
+        let (reply_tx, reply_rx) = bounded(1);
+        let claim = Arc::new(AtomicU8::new(QUEUED));
+        self.tx
+            .send_timeout(
+                Cmd {
+                    op,
+                    reply: reply_tx,
+                    claim: Some(claim.clone()),
+                },
+                wait,
+            )
+            .map_err(|e| match e {
+                crossbeam_channel::SendTimeoutError::Timeout(_) => {
+                    StoreError::Locked { waited: wait }
+                }
+                crossbeam_channel::SendTimeoutError::Disconnected(_) => StoreError::WriterStopped,
+            })?;
+        let left = wait.saturating_sub(started.elapsed());
+        match reply_rx.recv_timeout(left) {
+            Ok(answer) => answer,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                Err(StoreError::WriterStopped)
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if claim
+                    .compare_exchange(QUEUED, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    return Err(StoreError::Locked {
+                        waited: started.elapsed(),
+                    });
+                }
+                // Taken: the writer holds the lock and answers after its COMMIT.
+                reply_rx.recv().map_err(|_| StoreError::WriterStopped)?
+            }
+        }
     }
 }
 
@@ -120,11 +209,12 @@ fn bound_wal(conn: &Connection) {
 
 fn run(
     mut conn: Connection,
-    rx: Receiver<(Op, Reply)>,
+    rx: Receiver<Cmd>,
     clock: Arc<dyn Clock>,
     stats: &WriterStats,
+    reopen: Reopen,
 ) {
-    let mut batch: Vec<(Op, Reply)> = Vec::with_capacity(BATCH_COMMANDS_MAX);
+    let mut batch: Vec<Cmd> = Vec::with_capacity(BATCH_COMMANDS_MAX);
     // Size of the previous batch: the load signal. A lone caller (previous batch of one)
     // is never delayed; under load the writer waits up to GATHER_MAX for as many commands
     // as the previous batch had, since callers answered by the last COMMIT need a moment
@@ -157,6 +247,30 @@ fn run(
             .commands
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let started = Instant::now();
+        if !conn.is_autocommit() {
+            // Left inside a transaction (COMMIT and ROLLBACK both failed): never reuse it.
+            match fresh_connection(conn, &reopen) {
+                Ok(c) => conn = c,
+                Err(failed) => {
+                    let (old, e) = *failed;
+                    conn = old;
+                    log::error!("cannot reopen the database after a failed rollback: {e}");
+                    for cmd in batch.drain(..) {
+                        if cmd.take() {
+                            let _ = cmd.reply.send(Err(StoreError::sqlite(
+                                "reopening the database after a failed rollback",
+                                rusqlite::Error::SqliteFailure(
+                                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                                    Some(e.to_string()),
+                                ),
+                            )));
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            }
+        }
         commit_batch(&mut conn, &mut batch, &*clock);
         commit_ewma = (commit_ewma * 7 + started.elapsed()) / 8;
         batches += 1;
@@ -167,17 +281,50 @@ fn run(
     log::debug!("writer thread stopping: all handles dropped");
 }
 
-fn begin_immediate(conn: &Connection) {
+/// Close `old` (SQLite rolls back its open transaction) and open a fresh connection.
+/// On failure the old connection is handed back, still not to be used for a batch.
+fn fresh_connection(
+    old: Connection,
+    reopen: &Reopen,
+) -> Result<Connection, Box<(Connection, StoreError)>> {
+    log::error!("the writing connection is stuck inside a failed transaction: reopening it");
+    match old.close() {
+        Ok(()) => {}
+        Err((old, e)) => {
+            return Err(Box::new((
+                old,
+                StoreError::sqlite("closing a stuck connection", e),
+            )));
+        }
+    }
+    loop {
+        match reopen() {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                // No connection at all: keep trying (callers wait; nothing is acknowledged).
+                log::error!("reopening the database failed ({e}); retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Begin the batch's transaction, waiting out other processes' write locks. Returns false
+/// (nothing to do) once every command of the batch was abandoned by its bounded caller.
+fn begin_immediate(conn: &Connection, batch: &[Cmd]) -> bool {
     let mut backoff = Duration::from_millis(5);
     loop {
         match conn.execute_batch("BEGIN IMMEDIATE") {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if matches!(
                     e.code,
                     rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
                 ) =>
             {
+                if batch.iter().all(Cmd::abandoned) {
+                    return false;
+                }
                 log::warn!("database is busy (another process holds the write lock); retrying in {backoff:?}");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_millis(200));
@@ -186,18 +333,25 @@ fn begin_immediate(conn: &Connection) {
                 // Not a lock conflict: the transaction could not start. Let the
                 // statements report it (they run in autocommit and fail the same way).
                 log::error!("BEGIN IMMEDIATE failed: {e}");
-                return;
+                return true;
             }
         }
     }
 }
 
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<(Op, Reply)>, clock: &dyn Clock) {
-    begin_immediate(conn);
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<Cmd>, clock: &dyn Clock) {
+    if !begin_immediate(conn, batch) {
+        batch.clear();
+        return;
+    }
     let in_tx = !conn.is_autocommit();
     let now = clock.now_ms();
     let mut results: Vec<(StoreResult<Done>, Reply)> = Vec::with_capacity(batch.len());
-    for (op, reply) in batch.drain(..) {
+    for cmd in batch.drain(..) {
+        if !cmd.take() {
+            continue; // its caller gave up waiting (StoreError::Locked): never applied
+        }
+        let Cmd { op, reply, .. } = cmd;
         let result = if in_tx {
             apply_in_savepoint(conn, op, now)
         } else {
@@ -213,9 +367,23 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<(Op, Reply)>, clock: &dyn
     }
     if in_tx {
         fault::point(fault::Point::BeforeCommit);
-        if let Err(e) = conn.execute_batch("COMMIT") {
+        let claimed = results
+            .iter()
+            .any(|(r, _)| matches!(r, Ok(Done::Claimed(c)) if !c.is_empty()));
+        let simulated = claimed && fault::fails(fault::Point::CommitClaim);
+        let committed = if simulated {
+            Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                Some("fault injection: COMMIT failed".into()),
+            ))
+        } else {
+            conn.execute_batch("COMMIT")
+        };
+        if let Err(e) = committed {
             let err_text = e.to_string();
-            let _ = conn.execute_batch("ROLLBACK");
+            if !simulated {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
             log::error!("COMMIT failed, nothing of this batch is acknowledged: {err_text}");
             let classified = StoreError::sqlite("committing a batch", e);
             for (result, _) in results.iter_mut() {

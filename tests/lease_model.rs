@@ -364,6 +364,7 @@ const COUNTERPARTS: &[(&str, &str)] = &[
     ("ParkUnknownVersions", "abstracted: only pending runs"),
     ("PutSchedule", "abstracted: no run state"),
     ("FireSchedule", "model: initial state (an enqueue)"),
+    ("Probe", "abstracted: touches only engines.beat_at (no beat, no lease): a heartbeat that renews nothing"),
 ];
 
 fn moves(s: &State, p: &Params) -> Vec<Move> {
@@ -987,10 +988,9 @@ fn old_reclaim_guard_gives_a_twin() {
     report("old reclaim guard", &r);
     let t = r.twin.expect("the checker finds the stale-reclaim twin");
     eprintln!("counterexample:\n  {}", t.join("\n  "));
-    assert!(
-        t.iter().any(|m| m.contains("SIGSTOP"))
-            && t.iter().any(|m| m.contains("stale judgement: true"))
-    );
+    // Found without any fault: a heartbeat late by one TTL (a slow or starved renewal) is
+    // judged dead, renews, and the reclaim judged before it still commits.
+    assert!(t.iter().any(|m| m.contains("stale judgement: true")));
 }
 
 /// The counterexample of defect 1: a clean shutdown stops renewing while a step runs.

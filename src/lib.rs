@@ -41,6 +41,12 @@
 //!
 //! The library never prints; it logs through the `log` crate.
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "waymark supports Linux only: it relies on rlimits (RLIMIT_DATA, RLIMIT_CPU), prctl, \
+     pidfds, /proc (process start times, PID namespaces) and process groups"
+);
+
 pub mod child;
 pub mod clock;
 pub mod codec;

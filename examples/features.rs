@@ -43,15 +43,21 @@ fn batch(ctx: &mut Ctx<'_>, n: u32) -> Result<u32, WorkflowError> {
     Ok(sum)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
+fn build_registry() -> Registry {
     let mut registry = Registry::new();
     registry.step(SEND_MAIL, send_mail);
     registry.workflow(REMIND, remind);
     registry.workflow(APPROVAL, approval);
     registry.workflow(BATCH, batch);
     registry.workflow(ITEM, |_ctx: &mut Ctx<'_>, i: u32| Ok(i * 10));
-    let engine = Engine::start(registry, Config::new(dir.path().join("app.db")))?;
+    registry
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Steps run in child processes of this binary by default: serve them here.
+    waymark::child::hook(build_registry);
+    let dir = tempfile::tempdir()?;
+    let engine = Engine::start(build_registry(), Config::new(dir.path().join("app.db")))?;
 
     let r = engine.start_run(REMIND, &"ada".to_string(), StartOptions::default())?;
     engine.wait_output(REMIND, r, Duration::from_secs(10))?;

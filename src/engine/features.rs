@@ -6,7 +6,7 @@
 //!   executors). It is set when the database says `cancel_requested` (polled every
 //!   `poll_interval`, and at once for a local `Engine::cancel`) or the run's deadline passed.
 //! - A claimed run that is already cancelled or past its deadline is ended before any of its
-//!   user code runs ([`Features::admit`]); a flagged run ends at its next step boundary.
+//!   user code runs (`Features::admit`); a flagged run ends at its next step boundary.
 //!   Either way the ending write is fenced: a run reclaimed by another engine is left alone.
 //! - Nothing is held only in memory: the flag mirrors `cancel_requested` / `deadline_at`.
 //!   The flag is only the fast path: the store's parking transitions read

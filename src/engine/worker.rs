@@ -66,14 +66,7 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
         Err(e @ StoreError::Undecodable { .. }) => {
             let note = format!("{e}; fix the row, then `waymark resume {run_id}`");
             log::error!("{note}");
-            finish_op(
-                inner,
-                Op::Block {
-                    fence,
-                    status: "blocked",
-                    note,
-                },
-            );
+            block(inner, fence, note);
             return;
         }
         Err(e) => {
@@ -88,14 +81,7 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
             "run {run_id}: journal has seq {} where {i} was expected",
             e.seq
         );
-        finish_op(
-            inner,
-            Op::Block {
-                fence,
-                status: "blocked",
-                note,
-            },
-        );
+        block(inner, fence, note);
         return;
     }
     let mut ctx = Ctx {
@@ -186,6 +172,18 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
     if let Some(op) = op {
         finish_op(inner, op);
     }
+}
+
+/// Park the run as `blocked` (bad data: an operator fixes it and resumes it).
+fn block(inner: &Inner, fence: Fence, note: String) {
+    finish_op(
+        inner,
+        Op::Block {
+            fence,
+            status: "blocked",
+            note,
+        },
+    );
 }
 
 fn finish_op(inner: &Inner, op: Op) {

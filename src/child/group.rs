@@ -119,6 +119,37 @@ pub fn kill_tree(leader: u32, leader_start: u64, wait: Duration) -> TreeKill {
     }
 }
 
+/// Kill every process of the group of the live leader `(leader, leader_start)` except the
+/// leader itself: what a step left running in a pooled child's group when it returned.
+/// Waits up to `wait` for them to be gone; true if nothing but the leader is left.
+/// The caller holds the leader unreaped, so the group number names this group only.
+pub fn kill_group_except_leader(leader: u32, leader_start: u64, wait: Duration) -> bool {
+    if leader <= 1 {
+        return false;
+    }
+    let end = Instant::now() + wait;
+    loop {
+        let others: Vec<Proc> = members(leader)
+            .into_iter()
+            .filter(|p| p.pid != leader && p.start >= leader_start)
+            .collect();
+        if others.is_empty() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        for p in &others {
+            // SAFETY: kill(2) of a member of our unreaped leader's group, started no
+            // earlier than the leader: it belongs to the step's tree.
+            unsafe {
+                libc::kill(p.pid as i32, libc::SIGKILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

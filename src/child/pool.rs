@@ -13,6 +13,9 @@
 //!   committed): an open attempt never names a pooled child, so no survivor kill of a
 //!   reclaiming engine can hit a child that serves another run. A child whose attempt could
 //!   not be closed (the run's lease was lost) is killed instead.
+//! - A child goes back to the pool alone: whatever the step left running in its process
+//!   group (a background process) is killed when the step returns, as it is when a cold
+//!   child exits.
 //! - Dropping the pool kills and reaps every idle child.
 
 use super::classify::classify_response;
@@ -147,11 +150,22 @@ impl Executor for PoolExecutor {
         match (&talk.intent, &talk.response) {
             (None, Some(resp)) => {
                 let outcome = classify_response(resp, req.limits);
+                // The step returned, but what it started in its group (a background
+                // process) is still running: it ends with the step, as it does when a cold
+                // child exits. A child whose group cannot be emptied is not reused.
+                let emptied = outcome.is_ok()
+                    && pooled.running.start_time().is_some_and(|start| {
+                        super::group::kill_group_except_leader(
+                            pid,
+                            start,
+                            std::time::Duration::from_secs(1),
+                        )
+                    });
                 // Close the attempt while the child is still checked out. An attempt left
                 // open names a live pid; a later reclaimer's survivor kill would hit that
                 // child while it serves another run. So a child whose attempt could not be
                 // closed (lease lost) is never returned to the pool.
-                let closed = outcome.is_ok()
+                let closed = emptied
                     && inner
                         .store
                         .call(Op::AttemptEnd {

@@ -389,6 +389,11 @@ impl Running {
         self.stdout.is_some() && self.stdin.is_some() && !self.exited()
     }
 
+    /// Start time of the child (from /proc right after the spawn), if it could be read.
+    pub fn start_time(&self) -> Option<u64> {
+        self.start
+    }
+
     /// Resident memory of the child in bytes (0 if unknown).
     pub fn rss_bytes(&self) -> u64 {
         let statm =

@@ -41,6 +41,9 @@ pub const QUICK: Step<u64, u64> = Step::new("fixture.quick");
 pub const LEAK: Step<u64, u64> = Step::new("fixture.leak");
 pub const BURN: Step<u64, u64> = Step::new("fixture.burn");
 pub const CMD: Step<CommandSpec, CommandOutput> = Step::new("fixture.cmd");
+/// Starts a background grandchild (`sleep 600`, in the step's process group), writes its
+/// pid to the file named by the input, and returns at once, leaving it running.
+pub const BG: Step<String, u32> = Step::new("fixture.bg");
 pub const PROBE: Workflow<Probe, String> = Workflow::new("fixture.probe");
 pub const SLOW: Workflow<SlowIn, u64> = Workflow::new("fixture.slow");
 pub const CRASHER: Workflow<(), ()> = Workflow::new("fixture.crash");
@@ -123,6 +126,7 @@ pub enum Probe {
     Quick(u64),
     Sleep(u64),
     Cmd(CommandSpec),
+    Bg(String),
 }
 
 fn hog_step(ctx: &StepCtx, bytes: u64) -> Result<u64, StepError> {
@@ -258,6 +262,7 @@ fn probe(ctx: &mut Ctx<'_>, p: Probe) -> Result<String, WorkflowError> {
         Probe::Orphan(o) => ctx.step(ORPHAN, &o)?,
         Probe::Quick(n) => format!("{}", ctx.step(QUICK, &n)?),
         Probe::Sleep(ms) => format!("{}", ctx.step(SLEEP, &ms)?),
+        Probe::Bg(pid_file) => format!("{}", ctx.step(BG, &pid_file)?),
         Probe::Cmd(c) => {
             let out = ctx.step(CMD, &c)?;
             format!(
@@ -334,6 +339,19 @@ pub fn register(reg: &mut Registry) {
         Ok(Vec::leak(v).len() as u64)
     });
     reg.command(CMD).retry = Some(RetryPolicy::never());
+    reg.step(BG, |_, pid_file: String| {
+        let child = std::process::Command::new("sleep")
+            .arg("600")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        std::fs::write(&pid_file, child.id().to_string())?;
+        let pid = child.id();
+        std::mem::forget(child);
+        Ok(pid)
+    })
+    .retry = Some(RetryPolicy::never());
     reg.workflow(PROBE, probe);
     reg.step(A, |_, ()| Ok(1));
     reg.step(B, |_, ()| Ok(2));
@@ -374,6 +392,9 @@ pub struct ServeArgs {
     /// Run every step on the engine's worker threads (no child processes).
     #[arg(long)]
     pub in_process: bool,
+    /// Run Rust steps on warm pooled children (`Isolation::Pool`).
+    #[arg(long)]
+    pub pool: bool,
     /// Shutdown grace in milliseconds (SIGTERM shuts the engine down cleanly).
     #[arg(long)]
     pub shutdown_grace_ms: Option<u64>,
@@ -438,6 +459,9 @@ pub fn serve(args: ServeArgs) -> CliResult {
     }
     if args.in_process {
         config.isolation = waymark::Isolation::InProcess;
+    }
+    if args.pool {
+        config.isolation = waymark::Isolation::Pool;
     }
     if let Some(ms) = args.shutdown_grace_ms {
         config.shutdown_grace = Duration::from_millis(ms);

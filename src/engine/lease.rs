@@ -11,6 +11,9 @@
 //!   renewal fails; the guard then revokes it for good: [`LeaseGuard::valid_for`] is false
 //!   for every run claimed under it, forever, even after the engine re-registers under a new
 //!   incarnation id to take new work. A guard never becomes valid again for a run it lost.
+//! - A guard that lapsed and is renewed again records when ([`LeaseGuard::resumed_at`]): the
+//!   reaper counts another engine's heartbeat silence only from then, since a stall that
+//!   kept us from writing (another process holding the write lock) kept it from writing too.
 
 use crate::engine::Inner;
 use crate::host;
@@ -25,6 +28,9 @@ use std::time::{Duration, Instant};
 pub struct LeaseGuard {
     origin: Instant,
     valid_until_ns: AtomicU64,
+    /// When our lease last became valid again after it had lapsed (a renewal committed
+    /// after a stall): other engines' heartbeats may have been stalled by the same cause.
+    resumed_ns: AtomicU64,
     window: Duration,
     owner: RwLock<Arc<str>>,
 }
@@ -34,6 +40,7 @@ impl LeaseGuard {
         let g = LeaseGuard {
             origin: Instant::now(),
             valid_until_ns: AtomicU64::new(0),
+            resumed_ns: AtomicU64::new(0),
             window: ttl * 2 / 3,
             owner: RwLock::new(owner),
         };
@@ -48,6 +55,14 @@ impl LeaseGuard {
 
     /// A renewal sent at `sent` committed.
     pub fn renewed(&self, sent: Instant) {
+        let now = self.since_origin(Instant::now());
+        if now >= self.valid_until_ns.load(Ordering::SeqCst) {
+            // We could not write for the whole window: whatever stalled us (a write lock
+            // held by another process, a stalled disk) may have stalled everyone. Recorded
+            // before the lease becomes valid again, so the reaper never sees one without
+            // the other.
+            self.resumed_ns.fetch_max(now, Ordering::SeqCst);
+        }
         let until = sent.saturating_duration_since(self.origin) + self.window;
         self.valid_until_ns
             .fetch_max(until.as_nanos() as u64, Ordering::SeqCst);
@@ -59,6 +74,17 @@ impl LeaseGuard {
         let mut owner = self.owner.write();
         self.valid_until_ns.store(0, Ordering::SeqCst);
         *owner = next;
+    }
+
+    fn since_origin(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.origin).as_nanos() as u64
+    }
+
+    /// The instant our lease last became valid again after lapsing (or was first renewed).
+    /// Another engine's heartbeat standing still counts as silence only after this: while
+    /// we could not write ourselves, its silence proves nothing.
+    pub fn resumed_at(&self) -> Instant {
+        self.origin + Duration::from_nanos(self.resumed_ns.load(Ordering::SeqCst))
     }
 
     /// May the current incarnation act on its leases (claim new runs)?

@@ -7,7 +7,10 @@
 //!   holding runs. A pid from another PID namespace (another container on this host) is never
 //!   looked up here.
 //! - Otherwise it is dead once *we* have seen its heartbeat counter not move for a full
-//!   `lease_ttl` on our own monotonic clock (a wall-clock jump cannot fake liveness or death).
+//!   `lease_ttl` on our own monotonic clock (a wall-clock jump cannot fake liveness or death),
+//!   counted only while our own lease is valid and from the moment it last became valid
+//!   again: a stall that kept us from writing (a write lock held by another process) kept the
+//!   owner from renewing too, so its silence then proves nothing.
 //! - An owner with no engine row falls back to the wall-clock lease expiry.
 //!
 //! Each reclaim is guarded by the `(status, epoch)` read here, so a run that completed or was
@@ -64,8 +67,12 @@ impl Reaper {
                             *entry = (beat, now_mono);
                         }
                         live.insert(o.id.clone(), *entry);
-                        let quiet = now_mono.duration_since(entry.1);
-                        (quiet >= inner.config.lease_ttl).then(|| {
+                        // Silence counts only while we could write ourselves: a write lock
+                        // held by another process stalls every engine's heartbeat at once,
+                        // and proves nothing about the owner (it may be mid-step).
+                        let since = entry.1.max(inner.lease.resumed_at());
+                        let quiet = now_mono.saturating_duration_since(since);
+                        (inner.lease.valid() && quiet >= inner.config.lease_ttl).then(|| {
                             format!(
                                 "owner engine {} (pid {pid}) sent no heartbeat for {quiet:?}",
                                 o.id

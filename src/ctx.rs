@@ -47,12 +47,14 @@ pub(crate) enum Interrupt {
 
 /// Outcome of an attempt killed at the end of an engine's shutdown grace.
 pub(crate) const ATTEMPT_SHUTDOWN: &str = "shutdown";
+/// Outcome of an attempt stopped because its engine's lease lapsed while it ran.
+pub(crate) const ATTEMPT_LEASE_LAPSED: &str = "lease_lapsed";
 
 /// Does an attempt with this outcome spend one of the step's retries? Only an attempt that
 /// ended with a failure of its own does: one cut by its engine's death (no outcome) or by a
 /// clean shutdown does not.
 pub(crate) fn counts_as_failure(outcome: Option<&str>) -> bool {
-    matches!(outcome, Some(o) if o != ATTEMPT_SHUTDOWN && o != "success")
+    matches!(outcome, Some(o) if o != ATTEMPT_SHUTDOWN && o != ATTEMPT_LEASE_LAPSED && o != "success")
 }
 
 /// Handed to a workflow function; every durable operation goes through it.
@@ -114,6 +116,9 @@ impl<'a> Ctx<'a> {
             return Err(self.interrupt(Interrupt::Shutdown));
         }
         if self.cancel.load(std::sync::atomic::Ordering::SeqCst) {
+            if self.lapsed() {
+                return Err(self.interrupt(Interrupt::LeaseExpired));
+            }
             return Err(self.interrupt(Interrupt::Cancelled));
         }
         Ok(())
@@ -129,6 +134,13 @@ impl<'a> Ctx<'a> {
             return Err(self.interrupt(Interrupt::LeaseExpired));
         }
         Ok(())
+    }
+
+    /// Was this execution stopped because the lease of its incarnation lapsed?
+    fn lapsed(&self) -> bool {
+        self.inner
+            .features
+            .lapsed(self.fence.run_id, self.fence.epoch)
     }
 
     /// Read (no commit) whether the run is still ours at the claim's epoch; if not, the run
@@ -316,6 +328,18 @@ impl<'a> Ctx<'a> {
                 reason: "killed at the end of the engine's shutdown grace".into(),
             })?;
             return Err(self.interrupt(Interrupt::Shutdown));
+        }
+        if outcome.is_err() && self.lapsed() {
+            // Stopped because our lease lapsed while it ran: not a failure of the step and
+            // no spent retry; the run goes back (fenced release) or is already another's.
+            let _ = self.inner.store.call(Op::AttemptEnd {
+                fence: self.fence.clone(),
+                seq,
+                attempt,
+                outcome: ATTEMPT_LEASE_LAPSED,
+                reason: "stopped: the engine's lease lapsed while the step ran".into(),
+            });
+            return Err(self.interrupt(Interrupt::LeaseExpired));
         }
         // Only the lease decides whether a finished step's result may be recorded: a shutdown
         // or a cancel takes effect at the next boundary, after the result is kept.

@@ -110,6 +110,60 @@ fn kill_own_group() -> ! {
     }
 }
 
+/// Watches whether the engine process is stopped (SIGSTOP, state `T`/`t` in /proc): a
+/// stopped engine renews no lease, so another engine will reclaim the run after one TTL and
+/// run the step again, possibly unable to signal us (another PID namespace). The engine's
+/// bound (`ENV_STOPPED_KILL_MS`, half its lease TTL) ends this step first.
+struct StoppedEngine {
+    parent: i32,
+    bound: Option<std::time::Duration>,
+    since: Option<std::time::Instant>,
+}
+
+impl StoppedEngine {
+    fn new(parent: i32) -> Self {
+        let bound = std::env::var(super::ENV_STOPPED_KILL_MS)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+            .map(std::time::Duration::from_millis);
+        StoppedEngine {
+            parent,
+            bound,
+            since: None,
+        }
+    }
+
+    /// Poll timeout: wake up to look at the engine's state when a bound is set.
+    fn poll_ms(&self) -> i32 {
+        if self.bound.is_some() {
+            50
+        } else {
+            -1
+        }
+    }
+
+    /// True once the engine has been seen stopped for longer than the bound.
+    fn too_long(&mut self) -> bool {
+        let Some(bound) = self.bound else {
+            return false;
+        };
+        let state = std::fs::read_to_string(format!("/proc/{}/stat", self.parent))
+            .ok()
+            .and_then(|s| {
+                s.rfind(')')
+                    .and_then(|i| s[i + 1..].split_whitespace().next().map(str::to_string))
+            });
+        if matches!(state.as_deref(), Some("T" | "t")) {
+            let since = *self.since.get_or_insert_with(std::time::Instant::now);
+            since.elapsed() >= bound
+        } else {
+            self.since = None;
+            false
+        }
+    }
+}
+
 /// Start the thread that kills this child's group once the engine process `parent` is
 /// gone. Exits at once if `parent` is already gone (not our parent any more).
 fn start_death_watch(parent: i32) -> std::io::Result<()> {
@@ -134,6 +188,7 @@ fn start_death_watch(parent: i32) -> std::io::Result<()> {
                 libc::sigfillset(&mut all);
                 libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
             }
+            let mut stopped = StoppedEngine::new(parent);
             loop {
                 match &pidfd {
                     Some(fd) => {
@@ -143,7 +198,7 @@ fn start_death_watch(parent: i32) -> std::io::Result<()> {
                             revents: 0,
                         };
                         // SAFETY: one valid pollfd; readable once the engine process exits.
-                        let n = unsafe { libc::poll(&mut p, 1, -1) };
+                        let n = unsafe { libc::poll(&mut p, 1, stopped.poll_ms()) };
                         if n > 0 {
                             break;
                         }
@@ -159,6 +214,9 @@ fn start_death_watch(parent: i32) -> std::io::Result<()> {
                             break;
                         }
                     }
+                }
+                if stopped.too_long() {
+                    break;
                 }
             }
             if !DETACHED.load(Ordering::SeqCst) {

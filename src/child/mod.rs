@@ -34,6 +34,28 @@ pub use pool::PoolExecutor;
 /// An engine refuses to start in a process that has it (the host's main lacks the hook).
 pub const ENV_MODE: &str = "WAYMARK_CHILD";
 pub(crate) const ENV_PARENT: &str = "WAYMARK_CHILD_PARENT";
+/// How long (ms) a step child lets its engine stay stopped (SIGSTOP: state `T` in /proc)
+/// before it kills its own group (see `hook`'s death watch).
+pub(crate) const ENV_STOPPED_KILL_MS: &str = "WAYMARK_CHILD_STOPPED_KILL_MS";
+
+static STOPPED_KILL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Set by the engine at start: half its lease TTL. A step child whose engine stays stopped
+/// that long kills its own process group, before another engine (which may be unable to
+/// signal it, e.g. from another PID namespace) can reclaim the run and run the step again.
+/// The smallest value of the engines in this process wins.
+pub(crate) fn set_stopped_kill(after: std::time::Duration) {
+    let ms = after.as_millis().max(1) as u64;
+    let _ = STOPPED_KILL_MS.fetch_update(
+        std::sync::atomic::Ordering::SeqCst,
+        std::sync::atomic::Ordering::SeqCst,
+        |cur| Some(if cur == 0 { ms } else { cur.min(ms) }),
+    );
+}
+
+pub(crate) fn stopped_kill_ms() -> u64 {
+    STOPPED_KILL_MS.load(std::sync::atomic::Ordering::SeqCst)
+}
 pub(crate) const ENV_MEMORY: &str = "WAYMARK_CHILD_MEMORY";
 pub(crate) const ENV_RLIMIT: &str = "WAYMARK_CHILD_RLIMIT";
 pub(crate) const ENV_CPU: &str = "WAYMARK_CHILD_CPU";

@@ -136,6 +136,10 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Running> {
     cmd.args(&spec.args)
         .env(super::ENV_MODE, spec.mode)
         .env(super::ENV_PARENT, std::process::id().to_string())
+        .env(
+            super::ENV_STOPPED_KILL_MS,
+            super::stopped_kill_ms().to_string(),
+        )
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 const WHY_NONE: u8 = 0;
 const WHY_CANCEL: u8 = 1;
 const WHY_DEADLINE: u8 = 2;
+/// Stopped because the lease of the claiming incarnation lapsed: not a cancel.
+const WHY_LAPSE: u8 = 3;
 
 /// Runs deleted per purge command (bounded so the writer is never held long).
 pub const PURGE_BATCH_RUNS: i64 = 256;
@@ -44,6 +46,8 @@ struct RunFlags {
     stop: Arc<AtomicBool>,
     why: AtomicU8,
     deadline_at: Option<i64>,
+    /// The incarnation that claimed the run (its fence owner).
+    owner: Arc<str>,
 }
 
 /// Stop flags of the runs this engine executes, keyed by `(run id, epoch)`: one engine can
@@ -101,6 +105,32 @@ impl Features {
         }
     }
 
+    /// Raise the stop flag, without a reason, of every execution whose claiming incarnation
+    /// may no longer act (`lease.valid_for` is false: its lease lapsed or was revoked).
+    /// Executors then kill child steps at once instead of letting them run on while another
+    /// engine may reclaim the run; `Ctx` sees the lapsed lease first and writes nothing but
+    /// a fenced release. An in-process step cannot be stopped this way (it returns when it
+    /// returns), which is the documented in-process exception.
+    pub(crate) fn stop_lapsed(&self, lease: &crate::engine::lease::LeaseGuard) -> usize {
+        let mut n = 0;
+        for f in self.runs.lock().values() {
+            if !lease.valid_for(&f.owner) && !f.stop.load(Ordering::SeqCst) {
+                f.raise(WHY_LAPSE);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Was the execution of `run_id` at `epoch` stopped because its lease lapsed (rather
+    /// than cancelled or past its deadline)?
+    pub(crate) fn lapsed(&self, run_id: i64, epoch: i64) -> bool {
+        self.runs
+            .lock()
+            .get(&(run_id, epoch))
+            .is_some_and(|f| f.why.load(Ordering::SeqCst) == WHY_LAPSE)
+    }
+
     /// Raise the stop flag of the execution of `run_id` at `epoch`.
     fn flag(&self, run_id: i64, epoch: i64, why: u8) {
         if let Some(f) = self.runs.lock().get(&(run_id, epoch)) {
@@ -153,6 +183,7 @@ impl Features {
             stop: Arc::new(AtomicBool::new(false)),
             why: AtomicU8::new(WHY_NONE),
             deadline_at: claimed.deadline_at,
+            owner: fence.owner.clone(),
         });
         let key = (claimed.run_id, claimed.epoch);
         self.runs.lock().insert(key, flags.clone());

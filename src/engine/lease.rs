@@ -111,6 +111,12 @@ pub fn heartbeat_loop(inner: &Inner, stop: crossbeam_channel::Receiver<()>) {
         {
             return;
         }
+        // Executions whose lease lapsed (or was revoked) stop their child steps now: another
+        // engine may reclaim them after one TTL.
+        let stopped = inner.features.stop_lapsed(&inner.lease);
+        if stopped > 0 {
+            log::warn!("lease lapsed: stopping the steps of {stopped} run(s) this engine can no longer act on");
+        }
         if inner.storage_failed.load(Ordering::SeqCst) && !inner.health.try_recover(inner) {
             // After a storage failure this engine neither claims nor renews: its runs pass to
             // other engines after one TTL instead of staying held by an engine that cannot

@@ -175,6 +175,9 @@ impl Engine {
     ) -> Result<Engine, Error> {
         config.validate()?;
         let child = crate::child::executor::preflight(&config, &registry)?;
+        // A step child whose engine stays stopped (SIGSTOP) for half a TTL ends its own tree:
+        // another engine may reclaim the run after one TTL without being able to signal it.
+        crate::child::set_stopped_kill(config.lease_ttl / 2);
         let opts = StoreOptions {
             create: true,
             synchronous: config.synchronous,

@@ -272,6 +272,19 @@ fn run(
             }
         }
         commit_batch(&mut conn, &mut batch, &*clock);
+        if !conn.is_autocommit() {
+            // COMMIT and ROLLBACK both failed: the connection still holds the write lock.
+            // Close it now, not at the next command, so other processes are not locked out
+            // while this engine is idle (the check above retries if this fails).
+            conn = match fresh_connection(conn, &reopen) {
+                Ok(c) => c,
+                Err(failed) => {
+                    let (old, e) = *failed;
+                    log::error!("cannot reopen the database after a failed rollback: {e}");
+                    old
+                }
+            };
+        }
         commit_ewma = (commit_ewma * 7 + started.elapsed()) / 8;
         batches += 1;
         if batches.is_multiple_of(WAL_CHECK_BATCHES) {

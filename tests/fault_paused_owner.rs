@@ -10,7 +10,7 @@ mod proc_util;
 use proc_util::*;
 use std::time::Duration;
 
-const TTL: u64 = 800;
+const TTL: u64 = 1500;
 
 fn steps_by_epoch(db: &std::path::Path, run: i64) -> (i64, i64) {
     let c = reader(db);
@@ -51,7 +51,7 @@ fn paused_owner(after_step: bool) {
     a.signal(libc::SIGSTOP);
     let a_pid = a.pid() as u32;
     let b = serve(dir.path(), "b", &db, 1, TTL, &[]);
-    wait_for("B to finish the run", Duration::from_secs(60), || {
+    wait_for("B to finish the run", Duration::from_secs(180), || {
         status(&db, run) == "completed"
     });
     let (steps, epoch) = steps_by_epoch(&db, run);

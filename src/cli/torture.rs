@@ -13,9 +13,10 @@
 //!   step, after checkpoint, in the reaper between judging an owner dead and reclaiming);
 //! - SIGKILL every engine at once;
 //! - with `--pauses`: SIGSTOP an engine for longer than the lease TTL while the others
-//!   reclaim its runs, then SIGCONT it; in half of them another engine is first restarted
-//!   with its reaper held between judgement and commit (`WAYMARK_FAULT_PAUSE`), which is
-//!   released only after the paused owner resumed and renewed: a reclaim committing late;
+//!   reclaim its runs, then SIGCONT it; in half of them every other engine is first
+//!   replaced by one whose reaper is held between judgement and commit
+//!   (`WAYMARK_FAULT_PAUSE`), released only after the paused owner resumed and renewed:
+//!   reclaims committing late;
 //! - with `--shutdowns`: a clean shutdown, by SIGTERM or by the API (`Engine::shutdown`,
 //!   which the engine calls when its shutdown flag file appears).
 //!
@@ -41,9 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use waymark::clock::SystemClock;
 use waymark::store::{Done, NewRun, Op, Store, StoreOptions};
-use workload::{
-    mix, step_name, RunIn, KIND_CHILD, KIND_COMMAND, KIND_COMMAND_LONG, KIND_IN_PROCESS,
-};
+use workload::{mix, step_name, RunIn, KIND_CHILD, KIND_COMMAND, KIND_IN_PROCESS};
 
 /// Where the workload's steps run.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -219,6 +218,17 @@ impl Harness {
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.exe.display()))?;
+        // Which pid each label had (engine logs name owners by pid).
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("engines"))
+        {
+            let _ = std::io::Write::write_all(
+                &mut f,
+                format!("{} {}\n", s.label, child.id()).as_bytes(),
+            );
+        }
         self.logs.push((s.label.clone(), log));
         s.child = Some(child);
         Ok(())
@@ -285,16 +295,21 @@ impl Harness {
         dead
     }
 
-    /// A clean shutdown of the engine in `slot` (SIGTERM or the API's), replaced at once;
-    /// the stopping engine is reaped when it exits.
-    fn shut_down(&mut self, slot: usize, by_signal: bool) -> Result<(), String> {
+    /// A clean shutdown of the engine in `slot` (SIGTERM or the API's), replaced at once
+    /// by one armed with `then`; the stopping engine is reaped when it exits.
+    fn shut_down(
+        &mut self,
+        slot: usize,
+        by_signal: bool,
+        then: Option<Fault>,
+    ) -> Result<(), String> {
         let label = self.slots[slot].label.clone();
         let Some(mut child) = self.slots[slot].child.take() else {
-            return self.spawn(slot, None);
+            return self.spawn(slot, then);
         };
         if let Ok(Some(status)) = child.try_wait() {
             self.note_exit(&label, child.id(), status);
-            return self.spawn(slot, None);
+            return self.spawn(slot, then);
         }
         if by_signal {
             // SAFETY: kill(2) of our own child, not yet reaped.
@@ -306,13 +321,17 @@ impl Harness {
         self.shutdowns += 1;
         self.shut_down.insert(label.clone());
         self.stopping.push((label, child));
-        self.spawn(slot, None)
+        self.spawn(slot, then)
     }
 
-    /// SIGSTOP the engine in `slot` for longer than the lease TTL, then SIGCONT it. With
-    /// `hold_reaper`, another engine is first restarted with its reaper held between
-    /// judgement and commit, and let go only after the paused engine resumed and renewed.
-    fn pause(&mut self, slot: usize, hold_reaper: bool) -> Result<(), String> {
+    /// SIGSTOP the engine in `slot` for longer than the lease TTL, then SIGCONT it.
+    ///
+    /// With `hold_reapers`, every other engine is first shut down cleanly (so it leaves no
+    /// run to reclaim) and replaced by one whose reaper stops between judgement and commit;
+    /// the paused engine is resumed once they have judged it dead (or after a bound), and
+    /// their reclaims are let go only after it has renewed: each reclaim then commits, if the
+    /// write path lets it, after its owner came back.
+    fn pause(&mut self, slot: usize, hold_reapers: bool) -> Result<(), String> {
         let engines = self.slots.len();
         let pid = match self.slots[slot].child.as_mut() {
             Some(c) => match c.try_wait() {
@@ -321,17 +340,17 @@ impl Harness {
             },
             None => return Ok(()),
         };
-        let mut held = None;
-        if hold_reaper && engines > 1 {
-            let other = (slot + 1 + self.rng.below(engines as u64 - 1) as usize) % engines;
-            self.kill(other);
-            let go = self.dir.join(format!(
-                "reaper-go-{other}.{}",
-                self.slots[other].generation + 1
-            ));
-            self.spawn(other, Some(Fault::HoldReaper(go.clone())))?;
+        let mut held = Vec::new();
+        if hold_reapers && engines > 1 {
+            for other in (0..engines).filter(|o| *o != slot) {
+                let go = self.dir.join(format!(
+                    "reaper-go-{other}.{}",
+                    self.slots[other].generation + 1
+                ));
+                self.shut_down(other, false, Some(Fault::HoldReaper(go.clone())))?;
+                held.push((self.slots[other].label.clone(), go));
+            }
             self.reaper_holds += 1;
-            held = Some((other, go));
         }
         let label = self.slots[slot].label.clone();
         // SAFETY: kill(2) of our own child, not yet reaped.
@@ -340,24 +359,26 @@ impl Harness {
         self.pauses += 1;
         let ttl = Duration::from_millis(self.lease_ttl_ms);
         std::thread::sleep(ttl + Duration::from_millis(300 + self.rng.below(700)));
-        if let Some((other, go)) = held {
-            // Wait for the held reaper to have judged and stopped before its commit.
-            let log = self
-                .dir
-                .join(format!("engine-{}.log", self.slots[other].label));
+        if !held.is_empty() {
+            // Wait for the held reapers to have judged and stopped before their commits.
             let until = Instant::now() + ttl * 2 + Duration::from_secs(2);
-            while Instant::now() < until {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.contains("paused at reaper_before_reclaim") {
-                    break;
+            for (label, _) in &held {
+                let log = self.dir.join(format!("engine-{label}.log"));
+                while Instant::now() < until {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    if text.contains("paused at reaper_before_reclaim") {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                std::thread::sleep(Duration::from_millis(20));
             }
             // SAFETY: as above.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
-            // Let the resumed owner renew (heartbeat: TTL / 5) before the reclaim commits.
+            // Let the resumed owner renew (heartbeat: TTL / 5) before the reclaims commit.
             std::thread::sleep(ttl / 2);
-            std::fs::write(&go, b"").map_err(|e| format!("cannot release the reaper: {e}"))?;
+            for (_, go) in &held {
+                std::fs::write(go, b"").map_err(|e| format!("cannot release a reaper: {e}"))?;
+            }
         } else {
             // SAFETY: as above.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
@@ -388,8 +409,15 @@ fn active_runs(db: &Path) -> Result<i64, String> {
 }
 
 /// The workload: run `i` has 3..=7 steps, every 16th fails at a middle step; where each step
-/// runs follows `isolation` (a failing step is never a command step).
-fn workload(runs: u64, seed: u64, step_ms: u64, isolation: IsolationMix) -> Vec<RunIn> {
+/// runs follows `isolation` (a failing step is never a command step). One child or command
+/// step in twelve lasts `long_ms` longer.
+fn workload(
+    runs: u64,
+    seed: u64,
+    step_ms: u64,
+    long_ms: u64,
+    isolation: IsolationMix,
+) -> Vec<RunIn> {
     (1..=runs)
         .map(|i| {
             let h = mix(seed ^ mix(i));
@@ -397,7 +425,7 @@ fn workload(runs: u64, seed: u64, step_ms: u64, isolation: IsolationMix) -> Vec<
             let fail_at = (h >> 8)
                 .is_multiple_of(16)
                 .then_some(1 + ((h >> 16) as u32 % (steps - 1)));
-            let kinds = (0..steps)
+            let (kinds, extra_ms) = (0..steps)
                 .map(|seq| {
                     let k = mix(h ^ u64::from(seq));
                     let kind = match isolation {
@@ -407,24 +435,22 @@ fn workload(runs: u64, seed: u64, step_ms: u64, isolation: IsolationMix) -> Vec<
                             [KIND_IN_PROCESS, KIND_CHILD, KIND_COMMAND][(k % 3) as usize]
                         }
                     };
-                    match (fail_at == Some(seq), kind, isolation) {
+                    let kind = match (fail_at == Some(seq), kind, isolation) {
                         (true, KIND_COMMAND, IsolationMix::Mixed) => KIND_IN_PROCESS,
                         (true, KIND_COMMAND, _) => KIND_CHILD,
-                        // One command step in twelve outlives a second: an orphan if it
-                        // survives its engine.
-                        (false, KIND_COMMAND, _) if (k >> 8).is_multiple_of(12) => {
-                            KIND_COMMAND_LONG
-                        }
                         _ => kind,
-                    }
+                    };
+                    let long = kind != KIND_IN_PROCESS && (k >> 8).is_multiple_of(12);
+                    (kind, if long { long_ms } else { 0 })
                 })
-                .collect();
+                .unzip();
             RunIn {
                 index: i,
                 steps,
                 fail_at,
                 step_ms: step_ms + (h >> 24) % (step_ms + 1),
                 kinds,
+                extra_ms,
             }
         })
         .collect()
@@ -500,7 +526,13 @@ pub fn run(args: TortureArgs) -> CliResult {
     let parallel = (engines * args.workers.max(1)) as u64;
     let work_ms = args.cycles.max(1) * 200 * parallel;
     let step_ms = (work_ms / (args.runs.max(1) * 5)).clamp(2, 60);
-    let runs = workload(args.runs, args.seed, step_ms, args.isolation);
+    // Long steps outlive the lease TTL (and the orphan delay): a paused owner's long child
+    // step is still running when another engine re-runs it.
+    let long_ms = args
+        .lease_ttl_ms
+        .max(orphans::ORPHAN_AFTER.as_millis() as u64)
+        + 1000;
+    let runs = workload(args.runs, args.seed, step_ms, long_ms, args.isolation);
     // Corruption targets: spread over the workload, parked until corrupted.
     let targets: Vec<&RunIn> = (0..args.corrupt.min(args.runs))
         .map(|k| &runs[(mix(args.seed ^ 0xc0ff ^ k) % args.runs) as usize])
@@ -573,7 +605,7 @@ pub fn run(args: TortureArgs) -> CliResult {
         if args.pauses && roll < 12 {
             h.pause(slot, roll < 6)?;
         } else if args.shutdowns && (12..24).contains(&roll) {
-            h.shut_down(slot, roll < 18)?;
+            h.shut_down(slot, roll < 18, None)?;
         } else if roll.is_multiple_of(7) {
             // Every engine at once.
             for slot in 0..engines {

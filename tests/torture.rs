@@ -1,5 +1,6 @@
-//! CI-sized torture run: three engine processes on one database, 200 runs of the torture
-//! workload, at least 30 SIGKILLs (random moments, fault points mid-commit and mid-step,
+//! CI-sized torture runs: three engine processes on one database, 200 runs of the torture
+//! workload (steps in-process, in child processes, and command steps: `--isolation mixed`,
+//! the default), at least 30 SIGKILLs (random moments, fault points mid-commit and mid-step,
 //! all engines at once). What must survive: every run final with its fault-free output,
 //! one result per journal seq that is the output of one of its executions, no step executed
 //! by two processes at once, and re-executions only of interrupted executions.
@@ -57,6 +58,57 @@ fn torture_ci_sized_run_finds_no_violation() {
     );
 }
 
+/// CI-sized run of the grown harness (issue 10): child steps, command steps whose shell
+/// starts the grandchild that holds the step's lock, in-process steps; engines SIGKILLed,
+/// armed with fault points (the reaper's between judgement and commit among them),
+/// SIGSTOPped past the lease TTL while a reaper is held between judgement and commit, and
+/// shut down cleanly by SIGTERM and by the API. What must survive: no run lost, one result
+/// per journal seq, no two executions of a child or command step at once (counting
+/// grandchildren), and no step process alive one second after its engine died (found from
+/// /proc by the tag the harness gives every engine, never from the engine's records).
+#[test]
+fn torture_mixed_isolation_pauses_and_shutdowns_ci_sized() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("torture.db");
+    let out = Command::new(env!("CARGO_BIN_EXE_waymark"))
+        .args(["torture", "--isolation", "mixed", "--pauses", "--shutdowns"])
+        .args(["--cycles", "40", "--engines", "3", "--runs", "200"])
+        .args(["--seed", "20261123", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "torture failed\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    let line = stdout.lines().next().unwrap_or_default();
+    for zero in [
+        "lost",
+        "duplicate_results",
+        "concurrent_executions",
+        "orphans",
+    ] {
+        assert_eq!(field(line, zero), 0, "{line}");
+    }
+    assert_eq!(
+        field(line, "completed") + field(line, "failed_expected"),
+        200,
+        "{line}"
+    );
+    assert!(field(line, "kills") >= 20, "{line}");
+    assert!(field(line, "pauses") >= 1, "{line}");
+    assert!(field(line, "shutdowns") >= 1, "{line}");
+    assert_eq!(field(line, "blocked_expected"), 0, "{line}");
+    // Counted apart, never a violation: an in-process step of a paused engine.
+    let _ = field(line, "inprocess_pause_overlaps");
+    assert!(
+        field(line, "reexecutions") <= field(line, "max_reexecutions_bound"),
+        "{line}"
+    );
+}
+
 #[test]
 fn torture_json_summary_and_refuses_existing_db() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,6 +123,10 @@ fn torture_json_summary_and_refuses_existing_db() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["runs"], 10);
     assert_eq!(v["lost"], 0);
+    for extra in ["pauses", "shutdowns", "orphans", "blocked_expected"] {
+        assert_eq!(v[extra], 0, "{v}");
+    }
+    assert_eq!(v["isolation"], "mixed");
     assert_eq!(v["violations"].as_array().map(Vec::len), Some(0));
     // The same path again is refused: torture never reuses a database.
     let again = Command::new(env!("CARGO_BIN_EXE_waymark"))

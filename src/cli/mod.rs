@@ -80,6 +80,9 @@ enum Command {
     /// An engine process of `waymark torture` (started by the harness).
     #[command(hide = true)]
     TortureEngine(torture::EngineArgs),
+    /// A command step's work in `waymark torture` (the grandchild that holds the step's lock).
+    #[command(hide = true)]
+    TortureStep(torture::StepArgs),
     /// Send an event to a run (kept until the run waits for it).
     Send(features::SendArgs),
     /// Cancel a run and its descendants.
@@ -132,6 +135,7 @@ pub fn main() -> i32 {
         Command::ProbeThreads { rlimit, mib, max } => fixtures::probe_threads(&rlimit, mib, max),
         Command::Torture(args) => torture::run(args),
         Command::TortureEngine(args) => torture::engine(args),
+        Command::TortureStep(args) => torture::step_helper(args),
         Command::Send(args) => features::send(args),
         Command::Cancel(args) => features::cancel(args),
         Command::Gc(args) => features::gc(args),

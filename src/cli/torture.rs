@@ -1,36 +1,68 @@
-//! `waymark torture`: kill engines at random (seeded) moments and check that nothing was
-//! lost, recorded twice, run twice at once, or re-executed without cause.
+//! `waymark torture`: kill, pause and shut down engines at random (seeded) moments and check
+//! that nothing was lost, recorded twice, run twice at once, re-executed without cause, or
+//! left running after its engine died.
 //!
 //! The harness owns a work directory (`DB.torture/`, or a temporary one): the effects file
 //! every step execution appends to, the per-(run, seq) lock files, and one stderr log per
-//! engine process. For `--cycles` cycles it picks (with an RNG seeded by `--seed`) one of:
-//! SIGKILL a random engine after a random delay (mostly mid-step), restart an engine armed
-//! with a `WAYMARK_FAULT` point (before/after commit, in/after step, after checkpoint) so it
-//! kills itself mid-commit, or SIGKILL every engine at once; killed engines are restarted.
-//! One cycle in ten also jumps the engines' shared injected wall clock to +1 h, -1 h or 0.
-//! Then it lets everything finish and checks the invariants (see [`check`]).
+//! engine process. Steps run in-process, in child processes, or as command steps whose
+//! shell starts its own child (`--isolation`); the (run, seq) lock is taken by the deepest
+//! process doing the work (see [`workload`]). For `--cycles` cycles it picks (with an RNG
+//! seeded by `--seed`) one of:
+//! - SIGKILL a random engine after a random delay (mostly mid-step);
+//! - restart an engine armed with a `WAYMARK_FAULT` kill point (before/after commit, in/after
+//!   step, after checkpoint, in the reaper between judging an owner dead and reclaiming);
+//! - SIGKILL every engine at once;
+//! - with `--pauses`: SIGSTOP an engine for longer than the lease TTL while the others
+//!   reclaim its runs, then SIGCONT it; in half of them every other engine is first
+//!   replaced by one whose reaper is held between judgement and commit
+//!   (`WAYMARK_FAULT_PAUSE`), released only after the paused owner resumed and renewed:
+//!   reclaims committing late;
+//! - with `--shutdowns`: a clean shutdown, by SIGTERM or by the API (`Engine::shutdown`,
+//!   which the engine calls when its shutdown flag file appears).
+//!
+//! Killed and shut-down engines are restarted. One cycle in ten also jumps the engines'
+//! shared injected wall clock to +1 h, -1 h or 0. With `--corrupt N`, a third of the way in,
+//! the harness corrupts a row of N runs itself (see [`corrupt`]). Orphans are counted from
+//! `/proc` (see [`orphans`]). Then it lets everything finish and checks the invariants
+//! (see [`check`]).
 
+mod check;
+mod corrupt;
+mod orphans;
 mod workload;
 
-pub use workload::{engine, EngineArgs};
+pub use workload::{engine, register, step_helper, EngineArgs, StepArgs};
 
 use super::CliResult;
 use rusqlite::{Connection, OpenFlags};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use waymark::clock::SystemClock;
 use waymark::store::{Done, NewRun, Op, Store, StoreOptions};
-use workload::{expected, expected_values, mix, RunIn, StepOut};
+use workload::{mix, step_name, RunIn, KIND_CHILD, KIND_COMMAND, KIND_IN_PROCESS};
+
+/// Where the workload's steps run.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IsolationMix {
+    /// Every step on the engine's worker threads.
+    InProcess,
+    /// Child steps and command steps (a shell that starts its own child), no in-process step.
+    Child,
+    /// All three.
+    Mixed,
+}
 
 #[derive(clap::Args, Debug)]
 pub struct TortureArgs {
     /// Database file (must not exist yet); default: a fresh temporary directory.
     #[arg(long)]
     pub db: Option<PathBuf>,
-    /// Fault cycles (each kills one engine, arms a fault point, or kills all).
+    /// Fault cycles (each kills one engine, arms a fault point, kills all, pauses one or
+    /// shuts one down).
     #[arg(long, default_value_t = 40)]
     pub cycles: u64,
     /// Engine processes.
@@ -48,6 +80,19 @@ pub struct TortureArgs {
     /// Lease TTL of the engines, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub lease_ttl_ms: u64,
+    /// Where steps run: in-process, child (child and command steps) or mixed (all three).
+    #[arg(long, value_enum, default_value_t = IsolationMix::Mixed)]
+    pub isolation: IsolationMix,
+    /// Also SIGSTOP engines for longer than the lease TTL (and hold reapers between
+    /// judgement and commit), then SIGCONT them.
+    #[arg(long)]
+    pub pauses: bool,
+    /// Also shut engines down cleanly (SIGTERM, and the API's shutdown).
+    #[arg(long)]
+    pub shutdowns: bool,
+    /// Corrupt a row of this many runs while engines run; exactly those must end `blocked`.
+    #[arg(long, default_value_t = 0)]
+    pub corrupt: u64,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -66,40 +111,74 @@ impl Rng {
     }
 }
 
-const FAULT_POINTS: [&str; 5] = [
+const FAULT_POINTS: [&str; 6] = [
     "before_commit",
     "after_commit",
     "after_checkpoint",
     "in_step",
     "after_step",
+    "reaper_before_reclaim",
 ];
+
+/// How an engine is armed when it starts.
+enum Fault {
+    /// `WAYMARK_FAULT=POINT=N`: SIGKILL itself the N-th time it passes POINT.
+    Kill(String),
+    /// `WAYMARK_FAULT_PAUSE=reaper_before_reclaim:FILE`: hold the reaper until FILE exists.
+    HoldReaper(PathBuf),
+}
 
 struct Slot {
     child: Option<Child>,
+    label: String,
     generation: u32,
 }
 
-struct Harness {
+pub(super) struct Harness {
     exe: PathBuf,
     db: PathBuf,
     dir: PathBuf,
     workers: usize,
     lease_ttl_ms: u64,
+    /// Names this harness run in the tag of every process it starts.
+    unique: String,
+    rng: Rng,
     slots: Vec<Slot>,
-    /// Pids that died by SIGKILL (ours or their own fault point).
-    killed: HashSet<u32>,
-    /// Every engine pid and its log file.
-    logs: Vec<(u32, PathBuf)>,
+    /// Engines shutting down cleanly (label, process), reaped as they exit.
+    stopping: Vec<(String, Child)>,
+    /// Engine labels that died by SIGKILL (ours or their own fault point).
+    killed: HashSet<String>,
+    /// Engine labels that were SIGSTOPped at some point.
+    paused: HashSet<String>,
+    /// Engine labels that were shut down cleanly by the harness.
+    shut_down: HashSet<String>,
+    /// Every engine's label and log file.
+    logs: Vec<(String, PathBuf)>,
+    /// Workload indexes of the runs whose rows the harness corrupted.
+    corrupted: HashSet<u64>,
     kills: u64,
+    pauses: u64,
+    reaper_holds: u64,
+    shutdowns: u64,
     clock_jumps: u64,
     violations: Vec<String>,
+    orphans: Option<orphans::OrphanWatch>,
 }
 
 impl Harness {
-    fn spawn(&mut self, slot: usize, fault: Option<String>) -> Result<(), String> {
+    /// Engine `label` died now: its step trees must be gone a second later.
+    fn died(&self, label: &str) {
+        if let Some(w) = &self.orphans {
+            w.died(label);
+        }
+    }
+
+    fn spawn(&mut self, slot: usize, fault: Option<Fault>) -> Result<(), String> {
+        let grace_ms = self.rng.below(400);
         let s = &mut self.slots[slot];
         s.generation += 1;
-        let log = self.dir.join(format!("engine-{slot}-{}.log", s.generation));
+        s.label = format!("{slot}.{}", s.generation);
+        let log = self.dir.join(format!("engine-{}.log", s.label));
         let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let mut cmd = Command::new(&self.exe);
         cmd.arg("torture-engine")
@@ -111,58 +190,84 @@ impl Harness {
             .arg(self.workers.to_string())
             .arg("--lease-ttl-ms")
             .arg(self.lease_ttl_ms.to_string())
+            .arg("--shutdown-grace-ms")
+            .arg(grace_ms.to_string())
             .env("RUST_LOG", "warn")
             .env(
                 "WAYMARK_TEST_CLOCK_OFFSET_FILE",
                 self.dir.join("clock-offset"),
             )
+            .env(workload::ENV_TAG, format!("{}/{}", self.unique, s.label))
+            .env(workload::ENV_DIR, &self.dir)
             .env_remove("WAYMARK_FAULT")
             .env_remove("WAYMARK_FAULT_PAUSE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file);
-        if let Some(f) = fault {
-            cmd.env("WAYMARK_FAULT", f);
+        match fault {
+            Some(Fault::Kill(f)) => {
+                cmd.env("WAYMARK_FAULT", f);
+            }
+            Some(Fault::HoldReaper(file)) => {
+                let mut v = std::ffi::OsString::from("reaper_before_reclaim:");
+                v.push(file);
+                cmd.env("WAYMARK_FAULT_PAUSE", v);
+            }
+            None => {}
         }
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.exe.display()))?;
-        self.logs.push((child.id(), log));
+        // Which pid each label had (engine logs name owners by pid).
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("engines"))
+        {
+            let _ = std::io::Write::write_all(
+                &mut f,
+                format!("{} {}\n", s.label, child.id()).as_bytes(),
+            );
+        }
+        self.logs.push((s.label.clone(), log));
         s.child = Some(child);
         Ok(())
     }
 
     /// SIGKILL the engine in `slot` (if alive) and reap it.
     fn kill(&mut self, slot: usize) {
+        let label = self.slots[slot].label.clone();
         if let Some(mut child) = self.slots[slot].child.take() {
-            let pid = child.id();
             match child.try_wait() {
-                Ok(Some(status)) => self.note_exit(slot, pid, status),
+                Ok(Some(status)) => self.note_exit(&label, child.id(), status),
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    self.killed.insert(pid);
+                    self.died(&label);
+                    self.killed.insert(label);
                     self.kills += 1;
                 }
             }
         }
     }
 
-    fn note_exit(&mut self, slot: usize, pid: u32, status: std::process::ExitStatus) {
+    fn note_exit(&mut self, label: &str, pid: u32, status: std::process::ExitStatus) {
         use std::os::unix::process::ExitStatusExt;
+        self.died(label);
         if status.signal() == Some(libc::SIGKILL) {
             // A fault point fired: the engine killed itself.
-            self.killed.insert(pid);
+            self.killed.insert(label.to_string());
             self.kills += 1;
         } else if !status.success() {
             self.violations.push(format!(
-                "engine {slot} (pid {pid}) exited with {status}; see its log in {}",
+                "engine {label} (pid {pid}) exited with {status}; see its log in {}",
                 self.dir.display()
             ));
         }
     }
 
-    /// Reap engines that died on their own (fault points); returns their slots.
+    /// Reap engines that died on their own (fault points) and engines whose clean shutdown
+    /// ended; returns the slots to refill.
     fn reap(&mut self) -> Vec<usize> {
         let mut dead = Vec::new();
         for slot in 0..self.slots.len() {
@@ -172,12 +277,125 @@ impl Harness {
             };
             if let Some((pid, status)) = exited {
                 self.slots[slot].child = None;
-                self.note_exit(slot, pid, status);
+                let label = self.slots[slot].label.clone();
+                self.note_exit(&label, pid, status);
                 dead.push(slot);
+            }
+        }
+        let mut i = 0;
+        while i < self.stopping.len() {
+            let exited = self.stopping[i].1.try_wait().ok().flatten();
+            if let Some(status) = exited {
+                let (label, child) = self.stopping.swap_remove(i);
+                self.note_exit(&label, child.id(), status);
+            } else {
+                i += 1;
             }
         }
         dead
     }
+
+    /// A clean shutdown of the engine in `slot` (SIGTERM or the API's), replaced at once
+    /// by one armed with `then`; the stopping engine is reaped when it exits.
+    fn shut_down(
+        &mut self,
+        slot: usize,
+        by_signal: bool,
+        then: Option<Fault>,
+    ) -> Result<(), String> {
+        let label = self.slots[slot].label.clone();
+        let Some(mut child) = self.slots[slot].child.take() else {
+            return self.spawn(slot, then);
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            self.note_exit(&label, child.id(), status);
+            return self.spawn(slot, then);
+        }
+        if by_signal {
+            // SAFETY: kill(2) of our own child, not yet reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        } else {
+            std::fs::write(self.dir.join(format!("shutdown-{label}")), b"")
+                .map_err(|e| format!("cannot write the shutdown flag: {e}"))?;
+        }
+        self.shutdowns += 1;
+        self.shut_down.insert(label.clone());
+        self.stopping.push((label, child));
+        self.spawn(slot, then)
+    }
+
+    /// SIGSTOP the engine in `slot` for longer than the lease TTL, then SIGCONT it.
+    ///
+    /// With `hold_reapers`, every other engine is first shut down cleanly (so it leaves no
+    /// run to reclaim) and replaced by one whose reaper stops between judgement and commit;
+    /// the paused engine is resumed once they have judged it dead (or after a bound), and
+    /// their reclaims are let go only after it has renewed: each reclaim then commits, if the
+    /// write path lets it, after its owner came back.
+    fn pause(&mut self, slot: usize, hold_reapers: bool) -> Result<(), String> {
+        let engines = self.slots.len();
+        let pid = match self.slots[slot].child.as_mut() {
+            Some(c) => match c.try_wait() {
+                Ok(None) => c.id(),
+                _ => return Ok(()),
+            },
+            None => return Ok(()),
+        };
+        let mut held = Vec::new();
+        if hold_reapers && engines > 1 {
+            for other in (0..engines).filter(|o| *o != slot) {
+                let go = self.dir.join(format!(
+                    "reaper-go-{other}.{}",
+                    self.slots[other].generation + 1
+                ));
+                self.shut_down(other, false, Some(Fault::HoldReaper(go.clone())))?;
+                held.push((self.slots[other].label.clone(), go));
+            }
+            self.reaper_holds += 1;
+        }
+        let label = self.slots[slot].label.clone();
+        // SAFETY: kill(2) of our own child, not yet reaped.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        self.paused.insert(label);
+        self.pauses += 1;
+        let ttl = Duration::from_millis(self.lease_ttl_ms);
+        std::thread::sleep(ttl + Duration::from_millis(300 + self.rng.below(700)));
+        if !held.is_empty() {
+            // Wait for the held reapers to have judged and stopped before their commits.
+            let until = Instant::now() + ttl * 2 + Duration::from_secs(2);
+            for (label, _) in &held {
+                let log = self.dir.join(format!("engine-{label}.log"));
+                while Instant::now() < until {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    if text.contains("paused at reaper_before_reclaim") {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+            // Let the resumed owner renew (heartbeat: TTL / 5) before the reclaims commit.
+            std::thread::sleep(ttl / 2);
+            for (_, go) in &held {
+                std::fs::write(go, b"").map_err(|e| format!("cannot release a reaper: {e}"))?;
+            }
+        } else {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn read_conn(db: &Path) -> Result<Connection, String> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("opening {}: {e}", db.display()))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
 }
 
 fn active_runs(db: &Path) -> Result<i64, String> {
@@ -190,36 +408,55 @@ fn active_runs(db: &Path) -> Result<i64, String> {
     .map_err(|e| format!("reading {}: {e}", db.display()))
 }
 
-fn read_conn(db: &Path) -> Result<Connection, String> {
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| format!("opening {}: {e}", db.display()))?;
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
-    Ok(conn)
-}
-
-/// The workload: run `i` has 3..=7 steps, every 16th fails at a middle step.
-fn workload(runs: u64, seed: u64, step_ms: u64) -> Vec<RunIn> {
+/// The workload: run `i` has 3..=7 steps, every 16th fails at a middle step; where each step
+/// runs follows `isolation` (a failing step is never a command step). One child or command
+/// step in twelve lasts `long_ms` longer.
+fn workload(
+    runs: u64,
+    seed: u64,
+    step_ms: u64,
+    long_ms: u64,
+    isolation: IsolationMix,
+) -> Vec<RunIn> {
     (1..=runs)
         .map(|i| {
             let h = mix(seed ^ mix(i));
             let steps = 3 + (h % 5) as u32;
+            let fail_at = (h >> 8)
+                .is_multiple_of(16)
+                .then_some(1 + ((h >> 16) as u32 % (steps - 1)));
+            let (kinds, extra_ms) = (0..steps)
+                .map(|seq| {
+                    let k = mix(h ^ u64::from(seq));
+                    let kind = match isolation {
+                        IsolationMix::InProcess => KIND_IN_PROCESS,
+                        IsolationMix::Child => [KIND_CHILD, KIND_COMMAND][(k % 2) as usize],
+                        IsolationMix::Mixed => {
+                            [KIND_IN_PROCESS, KIND_CHILD, KIND_COMMAND][(k % 3) as usize]
+                        }
+                    };
+                    let kind = match (fail_at == Some(seq), kind, isolation) {
+                        (true, KIND_COMMAND, IsolationMix::Mixed) => KIND_IN_PROCESS,
+                        (true, KIND_COMMAND, _) => KIND_CHILD,
+                        _ => kind,
+                    };
+                    let long = kind != KIND_IN_PROCESS && (k >> 8).is_multiple_of(12);
+                    (kind, if long { long_ms } else { 0 })
+                })
+                .unzip();
             RunIn {
                 index: i,
                 steps,
-                fail_at: (h >> 8)
-                    .is_multiple_of(16)
-                    .then_some(1 + ((h >> 16) as u32 % (steps - 1))),
+                fail_at,
                 step_ms: step_ms + (h >> 24) % (step_ms + 1),
+                kinds,
+                extra_ms,
             }
         })
         .collect()
 }
 
-/// Parse error of the summary-line numbers.
+/// The summary: the line's fields, then the JSON's extras.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Summary {
     pub cycles: u64,
@@ -232,6 +469,13 @@ pub struct Summary {
     pub concurrent_executions: u64,
     pub reexecutions: u64,
     pub max_reexecutions_bound: u64,
+    pub pauses: u64,
+    pub shutdowns: u64,
+    pub orphans: u64,
+    pub blocked_expected: u64,
+    pub inprocess_pause_overlaps: u64,
+    pub reaper_holds: u64,
+    pub isolation: Option<IsolationMix>,
     pub seed: u64,
     pub clock_jumps: u64,
     pub elapsed_ms: u64,
@@ -241,9 +485,10 @@ pub struct Summary {
 impl Summary {
     fn line(&self) -> String {
         format!(
-            "cycles={} kills={} runs={} completed={} failed_expected={} lost={} duplicate_results={} concurrent_executions={} reexecutions={} max_reexecutions_bound={}",
+            "cycles={} kills={} runs={} completed={} failed_expected={} lost={} duplicate_results={} concurrent_executions={} reexecutions={} max_reexecutions_bound={} pauses={} shutdowns={} orphans={} blocked_expected={} inprocess_pause_overlaps={}",
             self.cycles, self.kills, self.runs, self.completed, self.failed_expected, self.lost,
-            self.duplicate_results, self.concurrent_executions, self.reexecutions, self.max_reexecutions_bound
+            self.duplicate_results, self.concurrent_executions, self.reexecutions, self.max_reexecutions_bound,
+            self.pauses, self.shutdowns, self.orphans, self.blocked_expected, self.inprocess_pause_overlaps
         )
     }
 }
@@ -281,45 +526,87 @@ pub fn run(args: TortureArgs) -> CliResult {
     let parallel = (engines * args.workers.max(1)) as u64;
     let work_ms = args.cycles.max(1) * 200 * parallel;
     let step_ms = (work_ms / (args.runs.max(1) * 5)).clamp(2, 60);
-    let runs = workload(args.runs, args.seed, step_ms);
-    enqueue(&db, &runs)?;
+    // Long steps outlive the lease TTL (and the orphan delay): a paused owner's long child
+    // step is still running when another engine re-runs it.
+    let long_ms = args
+        .lease_ttl_ms
+        .max(orphans::ORPHAN_AFTER.as_millis() as u64)
+        + 1000;
+    let runs = workload(args.runs, args.seed, step_ms, long_ms, args.isolation);
+    // Corruption targets: spread over the workload, parked until corrupted.
+    let targets: Vec<&RunIn> = (0..args.corrupt.min(args.runs))
+        .map(|k| &runs[(mix(args.seed ^ 0xc0ff ^ k) % args.runs) as usize])
+        .collect::<Vec<_>>();
+    let parked: HashSet<u64> = targets.iter().map(|r| r.index).collect();
+    enqueue(&db, &runs, &parked)?;
 
+    let unique = format!("{}-{:x}", std::process::id(), waymark::host::random_u64());
     let mut h = Harness {
         exe,
         db: db.clone(),
         dir: dir.clone(),
         workers: args.workers.max(1),
         lease_ttl_ms: args.lease_ttl_ms,
+        orphans: Some(orphans::OrphanWatch::start(unique.clone())),
+        unique,
+        rng: Rng(args.seed),
         slots: (0..engines)
             .map(|_| Slot {
                 child: None,
+                label: String::new(),
                 generation: 0,
             })
             .collect(),
+        stopping: Vec::new(),
         killed: HashSet::new(),
+        paused: HashSet::new(),
+        shut_down: HashSet::new(),
         logs: Vec::new(),
+        corrupted: HashSet::new(),
         kills: 0,
+        pauses: 0,
+        reaper_holds: 0,
+        shutdowns: 0,
         clock_jumps: 0,
         violations: Vec::new(),
     };
-    let mut rng = Rng(args.seed);
+    let mut corrupt_targets: Vec<(u64, &str)> = parked
+        .iter()
+        .map(|i| {
+            let r = &runs[*i as usize - 1];
+            (*i, step_name(r.kinds[0]))
+        })
+        .collect();
+    corrupt_targets.sort();
+    let corrupt_at = args.cycles / 3;
+    let mut sched = Rng(args.seed ^ 0x5eed);
     for slot in 0..engines {
         h.spawn(slot, None)?;
     }
-    for _ in 0..args.cycles {
+    for cycle in 0..args.cycles {
+        if cycle == corrupt_at && !corrupt_targets.is_empty() {
+            corrupt::corrupt(&db, &corrupt_targets)?;
+            h.corrupted
+                .extend(corrupt_targets.drain(..).map(|(i, _)| i));
+        }
         for slot in h.reap() {
             h.spawn(slot, None)?;
         }
-        std::thread::sleep(Duration::from_millis(20 + rng.below(300)));
-        if rng.below(10) == 0 {
+        std::thread::sleep(Duration::from_millis(20 + sched.below(300)));
+        if sched.below(10) == 0 {
             // The host's wall clock jumps (every engine reads the same offset file).
-            let offset = [3_600_000i64, -3_600_000, 0][rng.below(3) as usize];
+            let offset = [3_600_000i64, -3_600_000, 0][sched.below(3) as usize];
             std::fs::write(dir.join("clock-offset"), offset.to_string())
                 .map_err(|e| format!("cannot move the injected clock: {e}"))?;
             h.clock_jumps += 1;
         }
-        let roll = rng.below(100);
-        if roll < 15 {
+        let roll = sched.below(100);
+        let slot = sched.below(engines as u64) as usize;
+        if args.pauses && roll < 12 {
+            h.pause(slot, roll < 6)?;
+        } else if args.shutdowns && (12..24).contains(&roll) {
+            h.shut_down(slot, roll < 18, None)?;
+        } else if roll.is_multiple_of(7) {
             // Every engine at once.
             for slot in 0..engines {
                 h.kill(slot);
@@ -327,18 +614,22 @@ pub fn run(args: TortureArgs) -> CliResult {
             for slot in 0..engines {
                 h.spawn(slot, None)?;
             }
-        } else if roll < 40 {
-            // Restart one engine armed with a fault point: it dies mid-commit or mid-step.
-            let slot = rng.below(engines as u64) as usize;
+        } else if roll % 7 < 3 {
+            // Restart one engine armed with a fault point: it dies mid-commit, mid-step, or
+            // in its reaper between judging an owner dead and reclaiming.
             h.kill(slot);
-            let point = FAULT_POINTS[rng.below(FAULT_POINTS.len() as u64) as usize];
-            let n = 1 + rng.below(30);
-            h.spawn(slot, Some(format!("{point}={n}")))?;
+            let point = FAULT_POINTS[sched.below(FAULT_POINTS.len() as u64) as usize];
+            let n = 1 + sched.below(30);
+            h.spawn(slot, Some(Fault::Kill(format!("{point}={n}"))))?;
         } else {
-            let slot = rng.below(engines as u64) as usize;
             h.kill(slot);
             h.spawn(slot, None)?;
         }
+    }
+    if !corrupt_targets.is_empty() {
+        corrupt::corrupt(&db, &corrupt_targets)?;
+        h.corrupted
+            .extend(corrupt_targets.drain(..).map(|(i, _)| i));
     }
     // Finish: no more faults. Replace armed engines, let everything complete.
     for slot in h.reap() {
@@ -354,28 +645,42 @@ pub fn run(args: TortureArgs) -> CliResult {
                 h.spawn(slot, None)?;
             }
         }
-        if h.slots.iter().all(|s| s.child.is_none()) {
+        if h.slots.iter().all(|s| s.child.is_none()) && h.stopping.is_empty() {
             break;
         }
         if Instant::now() > deadline {
-            h.violations
-                .push("engines did not finish the workload before the deadline".into());
+            h.violations.push(format!(
+                "engines did not finish the workload before the deadline ({} runs still active)",
+                active_runs(&db).unwrap_or(-1)
+            ));
             for slot in 0..engines {
                 h.kill(slot);
+            }
+            for (label, mut child) in std::mem::take(&mut h.stopping) {
+                let _ = child.kill();
+                let _ = child.wait();
+                h.died(&label);
             }
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut summary = check(&h, &runs)?;
+    let orphans = h.orphans.take().map(|w| w.finish()).unwrap_or_default();
+    let mut summary = check::check(&h, &runs)?;
+    summary.orphans = orphans.len() as u64;
     summary.cycles = args.cycles;
     summary.kills = h.kills;
+    summary.pauses = h.pauses;
+    summary.reaper_holds = h.reaper_holds;
+    summary.shutdowns = h.shutdowns;
+    summary.isolation = Some(args.isolation);
     summary.seed = args.seed;
     summary.clock_jumps = h.clock_jumps;
     summary.elapsed_ms = started.elapsed().as_millis() as u64;
-    summary
-        .violations
-        .splice(0..0, h.violations.iter().cloned());
+    summary.violations.splice(
+        0..0,
+        h.violations.iter().cloned().chain(orphans.iter().cloned()),
+    );
     let ok = summary.violations.is_empty();
     for v in &summary.violations {
         eprintln!("violation: {v}");
@@ -402,7 +707,7 @@ pub fn run(args: TortureArgs) -> CliResult {
     }
 }
 
-fn enqueue(db: &Path, runs: &[RunIn]) -> Result<(), String> {
+fn enqueue(db: &Path, runs: &[RunIn], parked: &HashSet<u64>) -> Result<(), String> {
     let store = Store::open(
         db,
         &StoreOptions::default(),
@@ -419,7 +724,9 @@ fn enqueue(db: &Path, runs: &[RunIn]) -> Result<(), String> {
             idempotency_key: Some(format!("torture-{}", r.index)),
             queue: "default".into(),
             priority: 0,
-            ready_at: None,
+            ready_at: parked
+                .contains(&r.index)
+                .then_some(corrupt::PARKED_UNTIL_MS),
             parent_id: None,
             deadline_at: None,
         });
@@ -431,261 +738,4 @@ fn enqueue(db: &Path, runs: &[RunIn]) -> Result<(), String> {
         Done::Runs(ids) if ids.len() == runs.len() => Ok(()),
         other => Err(format!("unexpected answer to the enqueue: {other:?}")),
     }
-}
-
-/// A run as the harness reads it: id, status, output, error.
-type RunRecord = (i64, String, Option<Vec<u8>>, Option<String>);
-
-/// One step execution seen in the effects file.
-#[derive(Debug, Default)]
-struct Exec {
-    pid: u32,
-    ended: bool,
-}
-
-/// Check every invariant against the database, the effects file and the engine logs.
-fn check(h: &Harness, runs: &[RunIn]) -> Result<Summary, String> {
-    let mut s = Summary {
-        runs: runs.len() as u64,
-        ..Default::default()
-    };
-    let v = &mut s.violations;
-    // Effects: executions per (run, seq), keyed by nonce.
-    let text = std::fs::read_to_string(h.dir.join("effects")).unwrap_or_default();
-    let mut execs: HashMap<(i64, i64), HashMap<u64, Exec>> = HashMap::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let parsed = (|| -> Option<(char, i64, i64, u32, u64)> {
-            Some((
-                f.first()?.chars().next()?,
-                f.get(1)?.parse().ok()?,
-                f.get(2)?.parse().ok()?,
-                f.get(3)?.parse().ok()?,
-                f.get(4)?.parse().ok()?,
-            ))
-        })();
-        let Some((kind, run, seq, pid, nonce)) = parsed else {
-            v.push(format!("unparsable effects record: {line:?}"));
-            continue;
-        };
-        let e = execs
-            .entry((run, seq))
-            .or_default()
-            .entry(nonce)
-            .or_default();
-        e.pid = pid;
-        match kind {
-            'C' => {
-                s.concurrent_executions += 1;
-                v.push(format!(
-                    "run {run} seq {seq}: executed by pid {pid} while another execution held its lock"
-                ));
-            }
-            'E' | 'F' => e.ended = true,
-            _ => {}
-        }
-    }
-    // Lease losses logged by each engine: (pid, run) pairs whose abandonment explains a
-    // re-execution without a kill.
-    let mut lease_lost: HashSet<(u32, i64)> = HashSet::new();
-    for (pid, log) in &h.logs {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        for line in text.lines() {
-            if let Some(rest) = line.split("run ").nth(1) {
-                if line.contains("lease lost") || line.contains("lease guard expired") {
-                    if let Some(run) = rest.split(':').next().and_then(|r| r.parse().ok()) {
-                        lease_lost.insert((*pid, run));
-                    }
-                }
-            }
-        }
-    }
-    let conn = read_conn(&h.db)?;
-    let db_err = |e: rusqlite::Error| format!("reading {}: {e}", h.db.display());
-    let dups: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM (SELECT run_id, seq FROM steps GROUP BY run_id, seq HAVING count(*) > 1)",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(db_err)?;
-    s.duplicate_results = dups as u64;
-    let mut by_key: HashMap<String, RunRecord> = HashMap::new();
-    {
-        let mut stmt = conn
-            .prepare("SELECT id, idempotency_key, status, output, error FROM runs")
-            .map_err(db_err)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<Vec<u8>>>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                ))
-            })
-            .map_err(db_err)?;
-        for row in rows {
-            let (id, key, status, output, error) = row.map_err(db_err)?;
-            if let Some(key) = key {
-                by_key.insert(key, (id, status, output, error));
-            }
-        }
-    }
-    let mut journal_stmt = conn
-        .prepare("SELECT seq, status, output FROM steps WHERE run_id = ?1 ORDER BY seq")
-        .map_err(db_err)?;
-    for input in runs {
-        let key = format!("torture-{}", input.index);
-        let Some((id, status, output, error)) = by_key.get(&key) else {
-            s.lost += 1;
-            v.push(format!("run {key} is missing from the database"));
-            continue;
-        };
-        let id = *id;
-        let journal: Vec<(i64, String, Option<Vec<u8>>)> = journal_stmt
-            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .and_then(|it| it.collect())
-            .map_err(db_err)?;
-        let want = expected(input);
-        let values = expected_values(input);
-        let mut run_ok = true;
-        match (&want, status.as_str()) {
-            (Ok(out), "completed") => {
-                let got = output
-                    .as_deref()
-                    .and_then(|b| waymark::codec::decode::<u64>(b, 1024).ok());
-                if got != Some(*out) {
-                    run_ok = false;
-                    v.push(format!(
-                        "run {id} ({key}): output {got:?} differs from the fault-free {out}"
-                    ));
-                }
-            }
-            (Err(seq), "failed") => {
-                let last = journal.last();
-                if !matches!(last, Some((s, st, _)) if *s == *seq as i64 && st == "failed") {
-                    run_ok = false;
-                    v.push(format!(
-                        "run {id} ({key}): failed ({error:?}) but not at its failing seq {seq}"
-                    ));
-                }
-            }
-            (_, st) => {
-                run_ok = false;
-                v.push(format!(
-                    "run {id} ({key}): status {st} ({error:?}), expected {}",
-                    if want.is_ok() { "completed" } else { "failed" }
-                ));
-            }
-        }
-        let expected_len = values.len() + usize::from(want.is_err());
-        if journal.len() != expected_len {
-            run_ok = false;
-            v.push(format!(
-                "run {id}: journal has {} entries, the fault-free run records {expected_len}",
-                journal.len()
-            ));
-        }
-        for (i, (seq, st, out)) in journal.iter().enumerate() {
-            if *seq != i as i64 {
-                run_ok = false;
-                v.push(format!("run {id}: journal seq {seq} at position {i}"));
-                continue;
-            }
-            let runs_of_step = execs.get(&(id, *seq));
-            let committed_nonce = if st == "completed" {
-                let decoded = out
-                    .as_deref()
-                    .and_then(|b| waymark::codec::decode::<StepOut>(b, 1024).ok());
-                match decoded {
-                    Some(o) => {
-                        if values.get(i) != Some(&o.value) {
-                            run_ok = false;
-                            v.push(format!("run {id} seq {seq}: recorded value differs from the fault-free one"));
-                        }
-                        let ended = runs_of_step
-                            .and_then(|m| m.get(&o.nonce))
-                            .is_some_and(|e| e.ended);
-                        if !ended {
-                            run_ok = false;
-                            v.push(format!("run {id} seq {seq}: recorded result is not the output of any execution"));
-                        }
-                        Some(o.nonce)
-                    }
-                    None => {
-                        run_ok = false;
-                        v.push(format!(
-                            "run {id} seq {seq}: recorded output does not decode"
-                        ));
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            // Every execution whose result was not recorded must have been interrupted.
-            let Some(all) = runs_of_step else {
-                run_ok = false;
-                v.push(format!(
-                    "run {id} seq {seq}: recorded without any execution"
-                ));
-                continue;
-            };
-            let mut uncommitted = 0u64;
-            for (nonce, e) in all {
-                let is_committed = match committed_nonce {
-                    Some(n) => n == *nonce,
-                    // A failed entry records the one execution that failed for good.
-                    None => failed_recorded(all, &h.killed) == Some(*nonce),
-                };
-                if is_committed {
-                    continue;
-                }
-                uncommitted += 1;
-                if h.killed.contains(&e.pid) || lease_lost.contains(&(e.pid, id)) {
-                    s.max_reexecutions_bound += 1;
-                } else {
-                    v.push(format!(
-                        "run {id} seq {seq}: re-executed although execution {nonce:x} (pid {}) was neither killed nor lost its lease",
-                        e.pid
-                    ));
-                }
-            }
-            s.reexecutions += uncommitted;
-        }
-        if run_ok {
-            match want {
-                Ok(_) => s.completed += 1,
-                Err(_) => s.failed_expected += 1,
-            }
-        } else {
-            s.lost += 1;
-        }
-    }
-    if s.reexecutions > s.max_reexecutions_bound {
-        v.push(format!(
-            "{} re-executions exceed the {} interrupted executions",
-            s.reexecutions, s.max_reexecutions_bound
-        ));
-    }
-    if s.duplicate_results > 0 {
-        v.push(format!(
-            "{} journal sequence numbers hold more than one result",
-            s.duplicate_results
-        ));
-    }
-    Ok(s)
-}
-
-/// For a step recorded as failed (no nonce in the journal), the recorded execution is an
-/// ended one, preferably from a process that was not killed (a stable choice: smallest nonce).
-fn failed_recorded(all: &HashMap<u64, Exec>, killed: &HashSet<u32>) -> Option<u64> {
-    let ended = || all.iter().filter(|(_, e)| e.ended);
-    ended()
-        .filter(|(_, e)| !killed.contains(&e.pid))
-        .map(|(n, _)| *n)
-        .min()
-        .or_else(|| ended().map(|(n, _)| *n).min())
 }

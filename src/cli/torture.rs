@@ -10,6 +10,7 @@
 //! One cycle in ten also jumps the engines' shared injected wall clock to +1 h, -1 h or 0.
 //! Then it lets everything finish and checks the invariants (see [`check`]).
 
+mod power;
 mod workload;
 
 pub use workload::{engine, EngineArgs};
@@ -51,6 +52,8 @@ pub struct TortureArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub power: power::PowerArgs,
 }
 
 /// Seeded RNG (splitmix64 stream).
@@ -249,6 +252,9 @@ impl Summary {
 }
 
 pub fn run(args: TortureArgs) -> CliResult {
+    if args.power.power_loss {
+        return power::run(&args.power, args.cycles, args.seed, args.json, args.db);
+    }
     let started = Instant::now();
     let (dir, db, _tmp) = match &args.db {
         Some(db) => {

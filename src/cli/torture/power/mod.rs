@@ -201,6 +201,13 @@ impl Harness {
                 };
                 let report = self.segment(&spec)?;
                 self.counts.cuts += 1;
+                if self.counts.cuts % 250 == 0 {
+                    let c = &self.counts;
+                    eprintln!(
+                        "progress: cuts={} acknowledged_lost={} corrupt={} lost={} duplicate_results={} foreign={}",
+                        c.cuts, c.acknowledged_lost, c.corrupt, c.lost, c.duplicate_results, c.foreign
+                    );
+                }
                 self.counts.torn_writes += report.files.iter().filter(|f| f.3).count() as u64;
                 if report.files.iter().any(|f| f.2 > 0) {
                     self.counts.unsynced_at_cut += 1;

@@ -159,6 +159,9 @@ pub fn config(db: PathBuf, sync: Synchronous, vfs: Option<&str>) -> Config {
     c.interruptions_max = i64::MAX / 2;
     c.synchronous = sync;
     c.poll_interval = Duration::from_millis(10);
+    // Segments die with their engines: the next process reclaims their runs as soon as the
+    // reaper looks (the owner's pid is gone), so it looks often.
+    c.reap_interval = Duration::from_millis(50);
     c.shutdown_grace = Duration::from_secs(5);
     c.vfs = vfs.map(str::to_string);
     c

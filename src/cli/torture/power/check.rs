@@ -8,7 +8,10 @@
 //!   submitted, with its input; every journal entry holds its run's fault-free value and the
 //!   nonce of an execution some process made; every completed run holds its fault-free output.
 
-use super::segment::{expected_values, input, Ack, PStepOut, Report, DB_NAME};
+use super::segment::{
+    event_payload, expected_output, expected_values, input, waits_event, Ack, PStepOut, Report,
+    DB_NAME,
+};
 use rusqlite::{Connection, OpenFlags};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -24,6 +27,8 @@ pub struct Acked {
     pub steps: HashMap<(i64, i64), (u64, u64)>,
     /// run id -> output
     pub completed: HashMap<i64, u64>,
+    /// event id -> run id
+    pub events: HashMap<i64, i64>,
     pub nonces: HashSet<u64>,
 }
 
@@ -40,6 +45,9 @@ pub struct Counts {
     pub acks_started: u64,
     pub acks_steps: u64,
     pub acks_completed: u64,
+    pub acks_events: u64,
+    /// Cuts after which at least one acknowledged fact was missing.
+    pub cuts_losing_acks: u64,
     pub empty_images: u64,
     pub torn_writes: u64,
     /// Cuts with unsynced operations pending on some file.
@@ -85,6 +93,14 @@ impl Acked {
                     Some(_) => {}
                     None => c.acks_completed += 1,
                 },
+                Ack::Event { id, event_id } => match self.events.insert(event_id, id) {
+                    Some(was) if was != id => dup(
+                        c,
+                        format!("event {event_id} acknowledged for run {was}, then for run {id}"),
+                    ),
+                    Some(_) => {}
+                    None => c.acks_events += 1,
+                },
             }
         }
     }
@@ -103,10 +119,23 @@ struct RunRow {
     output: Option<Vec<u8>>,
 }
 
-type Tables = (
-    HashMap<i64, RunRow>,
-    HashMap<(i64, i64), (String, Option<Vec<u8>>)>,
-);
+type StepMap = HashMap<(i64, i64), (String, String, Option<Vec<u8>>)>;
+
+struct Tables {
+    runs: HashMap<i64, RunRow>,
+    /// (run id, seq) -> (kind, status, output)
+    steps: StepMap,
+    /// event id -> (run id, name, payload)
+    events: HashMap<i64, (i64, String, Vec<u8>)>,
+}
+
+fn empty() -> Tables {
+    Tables {
+        runs: HashMap::new(),
+        steps: HashMap::new(),
+        events: HashMap::new(),
+    }
+}
 
 fn read_tables(conn: &Connection) -> rusqlite::Result<Tables> {
     let has_runs: i64 = conn.query_row(
@@ -114,9 +143,9 @@ fn read_tables(conn: &Connection) -> rusqlite::Result<Tables> {
         [],
         |r| r.get(0),
     )?;
-    let (mut runs, mut steps) = (HashMap::new(), HashMap::new());
+    let mut t = empty();
     if has_runs < 2 {
-        return Ok((runs, steps));
+        return Ok(t);
     }
     let mut s =
         conn.prepare("SELECT id, workflow, idempotency_key, input, status, output FROM runs")?;
@@ -134,28 +163,40 @@ fn read_tables(conn: &Connection) -> rusqlite::Result<Tables> {
     })?;
     for row in rows {
         let (id, row) = row?;
-        runs.insert(id, row);
+        t.runs.insert(id, row);
     }
-    let mut s = conn.prepare("SELECT run_id, seq, status, output FROM steps")?;
+    let mut s = conn.prepare("SELECT run_id, seq, kind, status, output FROM steps")?;
     let rows = s.query_map([], |r| {
         Ok((
             (r.get::<_, i64>(0)?, r.get::<_, i64>(1)?),
-            (r.get(2)?, r.get(3)?),
+            (r.get(2)?, r.get(3)?, r.get(4)?),
         ))
     })?;
     for row in rows {
         let (k, v) = row?;
-        steps.insert(k, v);
+        t.steps.insert(k, v);
     }
-    Ok((runs, steps))
+    let mut s = conn.prepare("SELECT id, run_id, name, payload FROM events")?;
+    let rows = s.query_map([], |r| {
+        Ok((r.get::<_, i64>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?)))
+    })?;
+    for row in rows {
+        let (k, v) = row?;
+        t.events.insert(k, v);
+    }
+    Ok(t)
 }
 
 /// Check the image in `dir` (a copy: opening it may recover and checkpoint the WAL).
 pub fn check_image(dir: &Path, acked: &mut Acked, c: &mut Counts, at: &str) {
     let db = dir.join(DB_NAME);
-    let (runs, steps) = if !db.exists() {
+    let Tables {
+        runs,
+        steps,
+        events,
+    } = if !db.exists() {
         c.empty_images += 1;
-        (HashMap::new(), HashMap::new())
+        empty()
     } else {
         let opened = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_WRITE);
         let result = opened.and_then(|conn| {
@@ -213,18 +254,40 @@ pub fn check_image(dir: &Path, acked: &mut Acked, c: &mut Counts, at: &str) {
                 .output
                 .as_deref()
                 .and_then(|b| decode::<u64>(b, PAYLOAD_BYTES_MAX).ok());
-            if out != expected_values(&want).last().copied() {
+            if out != Some(expected_output(index)) {
                 foreign(format!(
                     "run {id} completed with {out:?}, not its fault-free output"
                 ));
             }
         }
     }
-    for ((id, seq), (status, output)) in &steps {
+    for ((id, seq), (kind, status, output)) in &steps {
         let Some(&index) = index_of.get(id) else {
             foreign(format!("journal entry ({id}, {seq}) of no run"));
             continue;
         };
+        let steps_n = i64::from(input(index).steps);
+        if *seq >= steps_n {
+            // The event wait: its timer entry, then the event's JSON payload.
+            let payload = output
+                .as_deref()
+                .and_then(|b| serde_json::from_slice::<u64>(b).ok());
+            let ok = waits_event(index)
+                && match seq - steps_n {
+                    0 => kind == "sleep",
+                    1 => {
+                        kind == "event"
+                            && (status != "completed" || payload == Some(event_payload(index)))
+                    }
+                    _ => false,
+                };
+            if !ok {
+                foreign(format!(
+                    "journal entry ({id}, {seq}) {kind} {status} {output:?} of run p-{index}"
+                ));
+            }
+            continue;
+        }
         let out = output
             .as_deref()
             .and_then(|b| decode::<PStepOut>(b, PAYLOAD_BYTES_MAX).ok());
@@ -232,6 +295,15 @@ pub fn check_image(dir: &Path, acked: &mut Acked, c: &mut Counts, at: &str) {
         match out {
             Some(o) if status == "completed" && Some(o.value) == want && acked.nonces.contains(&o.nonce) => {}
             other => foreign(format!("journal entry ({id}, {seq}) holds {status} {other:?}, expected value {want:?} from a known execution")),
+        }
+    }
+    for (eid, (run, name, payload)) in &events {
+        let want = index_of
+            .get(run)
+            .filter(|&&i| waits_event(i))
+            .map(|&i| event_payload(i));
+        if name != "go" || want.is_none() || serde_json::from_slice::<u64>(payload).ok() != want {
+            foreign(format!("event {eid} ({name}) for run {run}"));
         }
     }
     // Every acknowledged fact present.
@@ -251,7 +323,7 @@ pub fn check_image(dir: &Path, acked: &mut Acked, c: &mut Counts, at: &str) {
     acked.steps.retain(|&(id, seq), &mut (value, nonce)| {
         let got = steps
             .get(&(id, seq))
-            .and_then(|(_, o)| o.as_deref())
+            .and_then(|(_, _, o)| o.as_deref())
             .and_then(|b| decode::<PStepOut>(b, PAYLOAD_BYTES_MAX).ok());
         match got {
             Some(o) if o.value == value && o.nonce == nonce => true,
@@ -287,6 +359,15 @@ pub fn check_image(dir: &Path, acked: &mut Acked, c: &mut Counts, at: &str) {
             }
         }
     });
+    acked
+        .events
+        .retain(|&eid, &mut run| match events.get(&eid) {
+            Some((r, _, _)) if *r == run => true,
+            _ => {
+                lost(format!("event {eid} sent to run {run}"));
+                false
+            }
+        });
     for r in replaced {
         dup(c, format!("{at}: {r}"));
     }

@@ -19,7 +19,7 @@ mod segment;
 mod vfs;
 
 use check::{Acked, Counts};
-use segment::{expected_values, input, key, Spec, DB_NAME, WORKFLOW};
+use segment::{event_payload, expected_output, input, key, waits_event, Spec, DB_NAME, WORKFLOW};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -94,9 +94,9 @@ pub fn run(
     let result = h.cycles(cycles, seed);
     let c = &h.counts;
     let line = format!(
-        "cycles={} cuts={} acknowledged_lost={} corrupt={} lost={} duplicate_results={} foreign={} runs={} acks_started={} acks_steps={} acks_completed={} empty_images={} unsynced_at_cut={} torn_writes={} sync={} secs={:.1}",
+        "cycles={} cuts={} acknowledged_lost={} corrupt={} lost={} duplicate_results={} foreign={} runs={} acks_started={} acks_steps={} acks_completed={} acks_events={} cuts_losing_acks={} empty_images={} unsynced_at_cut={} torn_writes={} sync={} secs={:.1}",
         c.cycles, c.cuts, c.acknowledged_lost, c.corrupt, c.lost, c.duplicate_results, c.foreign,
-        c.runs, c.acks_started, c.acks_steps, c.acks_completed, c.empty_images, c.unsynced_at_cut, c.torn_writes,
+        c.runs, c.acks_started, c.acks_steps, c.acks_completed, c.acks_events, c.cuts_losing_acks, c.empty_images, c.unsynced_at_cut, c.torn_writes,
         if normal { "normal" } else { "full" }, started.elapsed().as_secs_f64()
     );
     for v in c.violations.iter().take(20) {
@@ -110,6 +110,7 @@ pub fn run(
                 "corrupt": c.corrupt, "lost": c.lost, "duplicate_results": c.duplicate_results,
                 "foreign": c.foreign, "runs": c.runs, "acks_started": c.acks_started,
                 "acks_steps": c.acks_steps, "acks_completed": c.acks_completed,
+                "acks_events": c.acks_events, "cuts_losing_acks": c.cuts_losing_acks,
                 "empty_images": c.empty_images, "unsynced_at_cut": c.unsynced_at_cut, "torn_writes": c.torn_writes,
                 "sync": if normal { "normal" } else { "full" },
                 "violations": c.violations.iter().take(20).collect::<Vec<_>>(),
@@ -201,7 +202,7 @@ impl Harness {
                 };
                 let report = self.segment(&spec)?;
                 self.counts.cuts += 1;
-                if self.counts.cuts % 250 == 0 {
+                if self.counts.cuts.is_multiple_of(250) {
                     let c = &self.counts;
                     eprintln!(
                         "progress: cuts={} acknowledged_lost={} corrupt={} lost={} duplicate_results={} foreign={}",
@@ -225,12 +226,16 @@ impl Harness {
                 self.acked.merge(&report, &mut self.counts);
                 let check_dir = self.fresh_dir("check")?;
                 copy_db_files(&out, &check_dir)?;
+                let lost_before = self.counts.acknowledged_lost;
                 check::check_image(
                     &check_dir,
                     &mut self.acked,
                     &mut self.counts,
                     &format!("cycle {cycle} cut {c}"),
                 );
+                if self.counts.acknowledged_lost > lost_before {
+                    self.counts.cuts_losing_acks += 1;
+                }
                 let _ = std::fs::remove_dir_all(&check_dir);
                 if dir != base {
                     let _ = std::fs::remove_dir_all(&dir);
@@ -328,7 +333,19 @@ impl Harness {
             }
             self.acked.started.insert(index, id);
             self.counts.runs += 1;
-            let want = *expected_values(&input(index)).last().unwrap_or(&index);
+            // The event, unless one sent to this run was acknowledged (and is still there).
+            if waits_event(index) && !self.acked.events.values().any(|&r| r == id) {
+                match engine.send_event(id, "go", &event_payload(index)) {
+                    Ok(event_id) => {
+                        self.acked.events.insert(event_id, id);
+                    }
+                    Err(e) => self
+                        .counts
+                        .violations
+                        .push(format!("cycle {cycle}: event to run {id} refused: {e}")),
+                }
+            }
+            let want = expected_output(index);
             match engine.wait_output(WORKFLOW, id, RUN_WAIT_MAX) {
                 Ok(out) if out == want => {
                     self.acked.completed.insert(id, out);

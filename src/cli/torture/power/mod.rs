@@ -226,7 +226,8 @@ impl Harness {
                 self.acked.merge(&report, &mut self.counts);
                 let check_dir = self.fresh_dir("check")?;
                 copy_db_files(&out, &check_dir)?;
-                let lost_before = self.counts.acknowledged_lost;
+                let (lost_before, corrupt_before) =
+                    (self.counts.acknowledged_lost, self.counts.corrupt);
                 check::check_image(
                     &check_dir,
                     &mut self.acked,
@@ -235,6 +236,29 @@ impl Harness {
                 );
                 if self.counts.acknowledged_lost > lost_before {
                     self.counts.cuts_losing_acks += 1;
+                }
+                if self.counts.corrupt > corrupt_before {
+                    // Keep the first few corrupt images (and the state they were cut from)
+                    // for a post-mortem, and say so at once.
+                    if self.counts.corrupt <= 3 {
+                        let keep = self.work.join(format!("corrupt-{}", self.counts.cuts));
+                        let _ = std::fs::create_dir_all(keep.join("from"));
+                        let _ = copy_db_files(&out, &keep);
+                        let _ = copy_db_files(&dir, &keep.join("from"));
+                        let _ = std::fs::write(
+                            keep.join("report.txt"),
+                            format!("{spec:#?}\n{:#?}\n", report.files),
+                        );
+                        eprintln!(
+                            "corrupt image kept in {}: {}",
+                            keep.display(),
+                            self.counts
+                                .violations
+                                .last()
+                                .map(String::as_str)
+                                .unwrap_or("")
+                        );
+                    }
                 }
                 let _ = std::fs::remove_dir_all(&check_dir);
                 if dir != base {

@@ -200,6 +200,11 @@ impl Harness {
                     cut_after_ms,
                     engines: 1 + rng.below(2) as usize,
                 };
+                // The state the segment starts from, kept until the next cut (post-mortems).
+                let pre = self.work.join("pre");
+                let _ = std::fs::remove_dir_all(&pre);
+                std::fs::create_dir_all(&pre).map_err(|e| format!("{}: {e}", pre.display()))?;
+                copy_db_files(&dir, &pre)?;
                 let report = self.segment(&spec)?;
                 self.counts.cuts += 1;
                 if self.counts.cuts.is_multiple_of(250) {
@@ -244,7 +249,7 @@ impl Harness {
                         let keep = self.work.join(format!("corrupt-{}", self.counts.cuts));
                         let _ = std::fs::create_dir_all(keep.join("from"));
                         let _ = copy_db_files(&out, &keep);
-                        let _ = copy_db_files(&dir, &keep.join("from"));
+                        let _ = copy_db_files(&pre, &keep.join("from"));
                         let _ = std::fs::write(
                             keep.join("report.txt"),
                             format!("{spec:#?}\n{:#?}\n", report.files),

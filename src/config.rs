@@ -164,6 +164,10 @@ pub struct Config {
     pub storage_failures_max: u32,
     /// ... spanning at least this long (see `engine::health`).
     pub storage_failure_stop_after: Duration,
+    /// Name of a registered SQLite VFS for the database files (`None`: SQLite's default).
+    /// Only for the power-loss simulator of `waymark torture --power-loss`.
+    #[doc(hidden)]
+    pub vfs: Option<String>,
 }
 
 impl Config {
@@ -195,6 +199,7 @@ impl Config {
             lock_wait_max: crate::store::LOCK_WAIT_MAX_DEFAULT,
             storage_failures_max: 10,
             storage_failure_stop_after: Duration::from_secs(300),
+            vfs: None,
         }
     }
 

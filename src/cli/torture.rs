@@ -29,6 +29,7 @@
 mod check;
 mod corrupt;
 mod orphans;
+mod power;
 mod workload;
 
 pub use workload::{engine, register, step_helper, EngineArgs, StepArgs};
@@ -96,6 +97,8 @@ pub struct TortureArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub power: power::PowerArgs,
 }
 
 /// Seeded RNG (splitmix64 stream).
@@ -494,6 +497,9 @@ impl Summary {
 }
 
 pub fn run(args: TortureArgs) -> CliResult {
+    if args.power.power_loss {
+        return power::run(&args.power, args.cycles, args.seed, args.json, args.db);
+    }
     let started = Instant::now();
     let (dir, db, _tmp) = match &args.db {
         Some(db) => {

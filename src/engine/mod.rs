@@ -185,6 +185,7 @@ impl Engine {
             quick_check: config.quick_check_on_open && !config.quick_check_always,
             readers_max: 4,
             lock_wait_max: Some(config.lock_wait_max),
+            vfs: config.vfs.clone(),
         };
         // `api` bounds its wait for the write lock (API calls); the engine's own threads
         // use `store`, which waits as long as another process holds the lock.

@@ -48,6 +48,10 @@ pub struct StoreOptions {
     /// then fails with [`StoreError::Locked`] (nothing written). `None`: wait as long as it
     /// takes (the engine's own threads).
     pub lock_wait_max: Option<Duration>,
+    /// Name of a registered SQLite VFS to open the files with (`None`: SQLite's default).
+    /// Only for the power-loss simulator of `waymark torture --power-loss`.
+    #[doc(hidden)]
+    pub vfs: Option<String>,
 }
 
 impl Default for StoreOptions {
@@ -59,6 +63,7 @@ impl Default for StoreOptions {
             quick_check: true,
             readers_max: 4,
             lock_wait_max: Some(LOCK_WAIT_MAX_DEFAULT),
+            vfs: None,
         }
     }
 }
@@ -210,7 +215,8 @@ fn open_checked(path: &Path, opts: &StoreOptions) -> StoreResult<Connection> {
     if !existed {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| classify_open(path, e))?;
+    let conn =
+        open_with_vfs(path, flags, opts.vfs.as_deref()).map_err(|e| classify_open(path, e))?;
     if conn
         .is_readonly(rusqlite::DatabaseName::Main)
         .unwrap_or(false)
@@ -281,6 +287,7 @@ impl Store {
             synchronous: opts.synchronous,
             busy_timeout: opts.busy_timeout,
         };
+        let vfs = opts.vfs.clone();
         pragmas::apply(&conn, settings).map_err(|e| match e {
             StoreError::Sqlite { source, .. } => classify_open(path, source),
             other => other,
@@ -289,7 +296,9 @@ impl Store {
         pragmas::install_busy_handler(&conn)?;
         conn.set_prepared_statement_cache_capacity(64);
         let reopen_path = path.to_path_buf();
-        let reopen: writer::Reopen = Box::new(move || writer_connection(&reopen_path, settings));
+        let reopen_vfs = vfs.clone();
+        let reopen: writer::Reopen =
+            Box::new(move || writer_connection(&reopen_path, settings, reopen_vfs.as_deref()));
         let (writer, thread) = Writer::start(conn, clock, reopen)?;
         let writer = Arc::new(WriterOwner {
             writer,
@@ -302,6 +311,7 @@ impl Store {
             .build(ReadManager {
                 path: path.into(),
                 settings,
+                vfs,
             })
             .map_err(|e| StoreError::ReadOnly {
                 path: path.into(),
@@ -357,10 +367,15 @@ impl Store {
 
 /// A fresh writing connection on an existing, already checked and migrated file (the
 /// writer's replacement for a connection it can no longer trust).
-fn writer_connection(path: &Path, settings: ConnSettings) -> StoreResult<Connection> {
-    let conn = Connection::open_with_flags(
+fn writer_connection(
+    path: &Path,
+    settings: ConnSettings,
+    vfs: Option<&str>,
+) -> StoreResult<Connection> {
+    let conn = open_with_vfs(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        vfs,
     )
     .map_err(|e| classify_open(path, e))?;
     pragmas::apply(&conn, settings)?;
@@ -374,6 +389,15 @@ fn writer_connection(path: &Path, settings: ConnSettings) -> StoreResult<Connect
 pub struct ReadManager {
     path: PathBuf,
     settings: ConnSettings,
+    vfs: Option<String>,
+}
+
+/// Open a connection with SQLite's default VFS, or the named one.
+fn open_with_vfs(path: &Path, flags: OpenFlags, vfs: Option<&str>) -> rusqlite::Result<Connection> {
+    match vfs {
+        Some(name) => Connection::open_with_flags_and_vfs(path, flags, name),
+        None => Connection::open_with_flags(path, flags),
+    }
 }
 
 impl r2d2::ManageConnection for ReadManager {
@@ -381,9 +405,10 @@ impl r2d2::ManageConnection for ReadManager {
     type Error = rusqlite::Error;
 
     fn connect(&self) -> Result<Connection, rusqlite::Error> {
-        let conn = Connection::open_with_flags(
+        let conn = open_with_vfs(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            self.vfs.as_deref(),
         )?;
         conn.busy_timeout(self.settings.busy_timeout)?;
         conn.execute_batch(

@@ -32,7 +32,8 @@ fn read_stat(pid: u32) -> Option<Proc> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state): pgrp is field 5, starttime field 22.
     let state = *fields.first()?;
-    if state == "Z" || state == "X" {
+    // A `Z` main thread with live threads is a live process (see `host::all_threads_dead`).
+    if (state == "Z" || state == "X") && crate::host::all_threads_dead(pid) {
         return None;
     }
     Some(Proc {

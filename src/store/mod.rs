@@ -288,10 +288,26 @@ impl Store {
             busy_timeout: opts.busy_timeout,
         };
         let vfs = opts.vfs.clone();
-        pragmas::apply(&conn, settings).map_err(|e| match e {
-            StoreError::Sqlite { source, .. } => classify_open(path, source),
-            other => other,
-        })?;
+        // Setting WAL mode (and auto_vacuum on a fresh file) can meet SQLITE_BUSY without the
+        // busy handler being called, while another process creates or migrates the same new
+        // file: retry with backoff, like a migration, instead of failing the open.
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match pragmas::apply(&conn, settings) {
+                Err(e) if is_busy(&e) && started.elapsed() < MIGRATE_BUSY_WAIT_MAX => {
+                    log::warn!(
+                        "{}: database is busy while setting pragmas (another process is creating or migrating it); retrying in {backoff:?}",
+                        path.display()
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(StoreError::Sqlite { source, .. }) => return Err(classify_open(path, source)),
+                Err(other) => return Err(other),
+                Ok(()) => break,
+            }
+        }
         migrate_when_needed(&mut conn, path)?;
         pragmas::install_busy_handler(&conn)?;
         conn.set_prepared_statement_cache_capacity(64);

@@ -49,6 +49,8 @@ pub struct Counts {
     /// Cuts after which at least one acknowledged fact was missing.
     pub cuts_losing_acks: u64,
     pub empty_images: u64,
+    /// Final engines that refused a zero-length database file (created, no data durable).
+    pub refused_zero_length: u64,
     pub torn_writes: u64,
     /// Cuts with unsynced operations pending on some file.
     pub unsynced_at_cut: u64,

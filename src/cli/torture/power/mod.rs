@@ -94,9 +94,9 @@ pub fn run(
     let result = h.cycles(cycles, seed);
     let c = &h.counts;
     let line = format!(
-        "cycles={} cuts={} acknowledged_lost={} corrupt={} lost={} duplicate_results={} foreign={} runs={} acks_started={} acks_steps={} acks_completed={} acks_events={} cuts_losing_acks={} empty_images={} unsynced_at_cut={} torn_writes={} sync={} secs={:.1}",
+        "cycles={} cuts={} acknowledged_lost={} corrupt={} lost={} duplicate_results={} foreign={} runs={} acks_started={} acks_steps={} acks_completed={} acks_events={} cuts_losing_acks={} empty_images={} refused_zero_length={} unsynced_at_cut={} torn_writes={} sync={} secs={:.1}",
         c.cycles, c.cuts, c.acknowledged_lost, c.corrupt, c.lost, c.duplicate_results, c.foreign,
-        c.runs, c.acks_started, c.acks_steps, c.acks_completed, c.acks_events, c.cuts_losing_acks, c.empty_images, c.unsynced_at_cut, c.torn_writes,
+        c.runs, c.acks_started, c.acks_steps, c.acks_completed, c.acks_events, c.cuts_losing_acks, c.empty_images, c.refused_zero_length, c.unsynced_at_cut, c.torn_writes,
         if normal { "normal" } else { "full" }, started.elapsed().as_secs_f64()
     );
     for v in c.violations.iter().take(20) {
@@ -111,7 +111,7 @@ pub fn run(
                 "foreign": c.foreign, "runs": c.runs, "acks_started": c.acks_started,
                 "acks_steps": c.acks_steps, "acks_completed": c.acks_completed,
                 "acks_events": c.acks_events, "cuts_losing_acks": c.cuts_losing_acks,
-                "empty_images": c.empty_images, "unsynced_at_cut": c.unsynced_at_cut, "torn_writes": c.torn_writes,
+                "empty_images": c.empty_images, "refused_zero_length": c.refused_zero_length, "unsynced_at_cut": c.unsynced_at_cut, "torn_writes": c.torn_writes,
                 "sync": if normal { "normal" } else { "full" },
                 "violations": c.violations.iter().take(20).collect::<Vec<_>>(),
             })
@@ -333,11 +333,27 @@ impl Harness {
         } else {
             Synchronous::Full
         };
-        let engine = Engine::start(
-            segment::registry(),
-            segment::config(dir.join(DB_NAME), sync, None),
-        )
-        .map_err(|e| format!("cycle {cycle}: the engine cannot open the image: {e}"))?;
+        let db = dir.join(DB_NAME);
+        let config = || segment::config(db.clone(), sync, None);
+        let engine = match Engine::start(segment::registry(), config()) {
+            Ok(e) => e,
+            // A cut while the file was being created can leave it zero-length (its directory
+            // entry reached the disk, no data did). Waymark refuses such a file (it may be
+            // another process's file being created); no acknowledgement can have been given
+            // on it, so do what the operator must: delete it, and count the refusal.
+            Err(e) if std::fs::metadata(&db).is_ok_and(|m| m.len() == 0) => {
+                self.counts.refused_zero_length += 1;
+                log::warn!("cycle {cycle}: {e}; deleting the zero-length file");
+                std::fs::remove_file(&db).map_err(|e| format!("{}: {e}", db.display()))?;
+                Engine::start(segment::registry(), config())
+                    .map_err(|e| format!("cycle {cycle}: the engine cannot open the image: {e}"))?
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cycle {cycle}: the engine cannot open the image: {e}"
+                ))
+            }
+        };
         for &index in indices {
             let id = match engine.start_run(WORKFLOW, &input(index), StartOptions::key(key(index)))
             {

@@ -10,38 +10,22 @@
 
 mod proc_util;
 use proc_util::*;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[test]
 fn a_paused_owner_in_another_pid_namespace_leaves_no_twin_child_step() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ns-pause.db");
-    let ok = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .status()
-        .expect("unshare(1) must be installed");
-    assert!(ok.success(), "unshare --pid needs root (CI runs as root)");
     let ttl = 1500u64;
     let run = start(&db, "fixture.slow", r#"{"steps":1,"ms":12000}"#, 1)[0];
-    let mut unshare = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-        .arg(BIN)
-        .args([
-            "serve",
-            "--workers",
-            "1",
-            "--lease-ttl-ms",
-            &ttl.to_string(),
-            "--db",
-        ])
-        .arg(&db)
-        .env("RUST_LOG", "info")
-        .env("WAYMARK_DEMO_EFFECTS", dir.path().join("effects"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("a.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut unshare = serve_in_pid_namespace(
+        dir.path(),
+        &db,
+        1,
+        ttl,
+        &[],
+        Some(&dir.path().join("a.log")),
+    );
     wait_for("A to start the step", Duration::from_secs(30), || {
         effect_count(dir.path(), run, 0, "sleep") == 1
     });

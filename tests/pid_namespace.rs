@@ -9,44 +9,17 @@
 
 mod proc_util;
 use proc_util::*;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[test]
 fn engines_in_different_pid_namespaces_never_reclaim_each_other_early() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ns.db");
-    let probe = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .status()
-        .expect("unshare(1) from util-linux must be installed");
-    assert!(
-        probe.success(),
-        "unshare --pid needs root (CI runs as root)"
-    );
     // A long lease, so that only a wrong pid judgement could reclaim within the test.
     let ttl = 60_000u64;
     let runs = start(&db, "fixture.slow", r#"{"steps":4,"ms":1000}"#, 2);
     let log = dir.path().join("a.log");
-    let mut a = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-        .arg(BIN)
-        .args([
-            "serve",
-            "--in-process",
-            "--workers",
-            "2",
-            "--lease-ttl-ms",
-            &ttl.to_string(),
-            "--db",
-        ])
-        .arg(&db)
-        .env("RUST_LOG", "info")
-        .env("WAYMARK_DEMO_EFFECTS", dir.path().join("effects"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut a = serve_in_pid_namespace(dir.path(), &db, 2, ttl, &["--in-process"], Some(&log));
     wait_for(
         "A (namespaced) to claim both runs",
         Duration::from_secs(30),
@@ -84,25 +57,7 @@ fn a_dead_engine_in_another_namespace_is_recovered_by_heartbeat() {
     let db = dir.path().join("ns-dead.db");
     let ttl = 1500u64;
     let run = start(&db, "fixture.slow", r#"{"steps":2,"ms":3000}"#, 1)[0];
-    let mut a = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-        .arg(BIN)
-        .args([
-            "serve",
-            "--in-process",
-            "--workers",
-            "1",
-            "--lease-ttl-ms",
-            &ttl.to_string(),
-            "--db",
-        ])
-        .arg(&db)
-        .env("RUST_LOG", "info")
-        .env("WAYMARK_DEMO_EFFECTS", dir.path().join("effects"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut a = serve_in_pid_namespace(dir.path(), &db, 1, ttl, &["--in-process"], None);
     wait_for("A to start the run", Duration::from_secs(30), || {
         effect_count(dir.path(), run, 0, "sleep") == 1
     });

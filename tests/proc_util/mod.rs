@@ -199,3 +199,44 @@ pub fn overlaps(dir: &Path) -> Vec<(i64, i64, String, u32)> {
         .filter(|e| e.2 == "overlap")
         .collect()
 }
+
+/// `unshare --pid --fork --mount-proc --kill-child waymark serve --workers W --lease-ttl-ms
+/// TTL EXTRA... --db DB`: an engine in its own PID namespace (as in another container on this
+/// host), stderr to `log` (or discarded). Killing the returned `unshare` takes the engine
+/// down with it. Needs root.
+pub fn serve_in_pid_namespace(
+    dir: &Path,
+    db: &Path,
+    workers: usize,
+    ttl_ms: u64,
+    extra: &[&str],
+    log: Option<&Path>,
+) -> Child {
+    let ok = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status()
+        .expect("unshare(1) from util-linux must be installed");
+    assert!(ok.success(), "unshare --pid needs root (CI runs as root)");
+    Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(BIN)
+        .arg("serve")
+        .args(extra)
+        .args([
+            "--workers",
+            &workers.to_string(),
+            "--lease-ttl-ms",
+            &ttl_ms.to_string(),
+            "--db",
+        ])
+        .arg(db)
+        .env("RUST_LOG", "info")
+        .env("WAYMARK_DEMO_EFFECTS", dir.join("effects"))
+        .stdout(Stdio::null())
+        .stderr(match log {
+            Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+            None => Stdio::null(),
+        })
+        .spawn()
+        .unwrap()
+}

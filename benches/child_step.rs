@@ -15,7 +15,7 @@ const QUICK: Step<u64, u64> = Step::new("fixture.quick");
 
 fn bench(c: &mut Criterion) {
     let bin = Path::new(env!("CARGO_BIN_EXE_waymark"));
-    let input = waymark::codec::encode(&41u64, 1024).unwrap();
+    let input = waymark::internal::codec::encode(&41u64, 1024).unwrap();
     let limits = StepLimits::default();
     let mut reg = Registry::new();
     reg.step(QUICK, |_, n: u64| Ok(n + 1));
@@ -26,8 +26,9 @@ fn bench(c: &mut Criterion) {
     g.sample_size(30).measurement_time(Duration::from_secs(6));
     g.bench_function("child_process_step", |b| {
         b.iter(|| {
-            let out = waymark::child::run_step_once(bin, QUICK.name(), &input, &limits).unwrap();
-            assert_eq!(out, waymark::codec::encode(&42u64, 1024).unwrap());
+            let out = waymark::internal::child::run_step_once(bin, QUICK.name(), &input, &limits)
+                .unwrap();
+            assert_eq!(out, waymark::internal::codec::encode(&42u64, 1024).unwrap());
         })
     });
     g.bench_function("bare_spawn_and_wait", |b| {
@@ -53,7 +54,7 @@ fn bench(c: &mut Criterion) {
     }
     g.bench_function("child_process_step_1GiB_resident", |b| {
         b.iter(|| {
-            waymark::child::run_step_once(bin, QUICK.name(), &input, &limits).unwrap();
+            waymark::internal::child::run_step_once(bin, QUICK.name(), &input, &limits).unwrap();
         })
     });
     std::hint::black_box(&ballast);

@@ -2,7 +2,7 @@
 //! queues, schedules, retention. Run: `cargo run --release --example features`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use waymark::engine::schedule::Missed;
+use waymark::Missed;
 use waymark::{
     Config, Ctx, Engine, Registry, StartOptions, Step, StepCtx, StepError, Workflow, WorkflowError,
 };
@@ -55,7 +55,7 @@ fn build_registry() -> Registry {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Steps run in child processes of this binary by default: serve them here.
-    waymark::child::hook(build_registry);
+    waymark::hook(build_registry);
     let dir = tempfile::tempdir()?;
     let engine = Engine::start(build_registry(), Config::new(dir.path().join("app.db")))?;
 

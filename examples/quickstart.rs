@@ -26,7 +26,7 @@ fn registry() -> Registry {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    waymark::child::hook(registry); // first line: steps run in child processes of this binary
+    waymark::hook(registry); // first line: steps run in child processes of this binary
     let dir = tempfile::tempdir()?;
     let engine = Engine::start(registry(), Config::new(dir.path().join("quickstart.db")))?;
     let run = engine.start_run(GREET, &7, StartOptions::key("greet-7"))?;

@@ -15,10 +15,17 @@ pub const PAYLOAD_BYTES_MAX: u64 = 16 * 1024 * 1024;
 #[non_exhaustive]
 pub enum CodecError {
     /// The payload is larger than the limit.
-    TooLarge { size: u64, limit: u64 },
+    TooLarge {
+        /// Its encoded size.
+        size: u64,
+        /// The limit in force.
+        limit: u64,
+    },
     /// The bytes are not a valid encoding of the expected type.
     Invalid {
+        /// The Rust type expected.
         type_name: &'static str,
+        /// What the decoder said.
         detail: String,
     },
 }

@@ -54,8 +54,11 @@ impl Default for StepLimits {
 pub struct RetryPolicy {
     /// Executions in all, including the first (1 = no retry).
     pub attempts_max: u32,
+    /// Delay before the first retry.
     pub backoff_initial: Duration,
+    /// Longest delay between two attempts.
     pub backoff_max: Duration,
+    /// Each delay is the previous one times this.
     pub backoff_multiplier: f64,
     /// Fraction of the delay randomised (0.0 to 1.0).
     pub jitter: f64,
@@ -108,6 +111,7 @@ impl RetryPolicy {
 /// Engine configuration. Start from [`Config::new`] and adjust fields.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The SQLite file (created if missing).
     pub db_path: PathBuf,
     /// Worker threads executing runs.
     pub workers: usize,
@@ -121,7 +125,9 @@ pub struct Config {
     pub poll_interval: Duration,
     /// A run interrupted more than this many times ends failed.
     pub interruptions_max: i64,
+    /// SQLite's `synchronous` (FULL by default: a committed run survives power loss).
     pub synchronous: Synchronous,
+    /// How long one SQLite call waits for a lock held by another process before it retries.
     pub busy_timeout: Duration,
     /// Largest encoded input, output or event payload.
     pub payload_bytes_max: u64,
@@ -129,7 +135,9 @@ pub struct Config {
     pub steps_per_run_max: i64,
     /// Default isolation of steps that do not choose one.
     pub isolation: Isolation,
+    /// Default limits of child steps (memory, CPU time, wall time).
     pub limits: StepLimits,
+    /// Default retry policy of steps that do not choose one.
     pub retry: RetryPolicy,
     /// Run `PRAGMA quick_check` when opening an existing file: always for small files, for
     /// large ones only after an engine did not stop cleanly (see

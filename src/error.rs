@@ -10,25 +10,47 @@ pub enum Error {
     /// The storage layer failed (see [`StoreError`]; `DiskFull`, `ReadOnly`, ... are actionable).
     Store(StoreError),
     /// No workflow of this name and version is registered in this engine.
-    UnknownWorkflow { name: String, version: u32 },
+    UnknownWorkflow {
+        /// The workflow name.
+        name: String,
+        /// Its version.
+        version: u32,
+    },
     /// A payload could not be encoded or decoded. Names the run and step where known.
     Payload {
+        /// The run, where known.
         run_id: Option<i64>,
+        /// The step, where known.
         step: Option<String>,
+        /// What was wrong with the bytes.
         source: CodecError,
     },
     /// The run ended failed; `error` is its recorded reason.
-    RunFailed { run_id: i64, error: String },
+    RunFailed {
+        /// The run.
+        run_id: i64,
+        /// Its recorded error.
+        error: String,
+    },
     /// The run was cancelled.
-    RunCancelled { run_id: i64 },
+    RunCancelled {
+        /// The run.
+        run_id: i64,
+    },
     /// The run is parked (`blocked` or `blocked_version`) and needs an operator.
     RunBlocked {
+        /// The run.
         run_id: i64,
+        /// `blocked` or `blocked_version`.
         status: String,
+        /// Why it is parked.
         note: String,
     },
     /// Waiting for the run timed out; it is still going.
-    WaitTimeout { run_id: i64 },
+    WaitTimeout {
+        /// The run.
+        run_id: i64,
+    },
     /// The configuration is invalid.
     Config(String),
     /// The engine is shutting down.
@@ -88,7 +110,9 @@ impl From<StoreError> for Error {
 /// Any `std::error::Error` converts into a retryable `StepError` with `?`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StepError {
+    /// What went wrong, for people.
     pub message: String,
+    /// Retrying is pointless: the retry policy does not retry it.
     pub permanent: bool,
 }
 
@@ -127,8 +151,11 @@ impl<E: std::error::Error> From<E> for StepError {
 pub enum WorkflowError {
     /// A step failed for good (after its retries). The workflow may handle it or return it.
     Step {
+        /// The step's journal sequence number.
         seq: i64,
+        /// The step's name.
         name: String,
+        /// Its last failure.
         reason: String,
     },
     /// The workflow decided to fail.

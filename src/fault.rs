@@ -16,11 +16,17 @@ use std::sync::OnceLock;
 /// A place in the engine where a fault can be injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Point {
+    /// Before the writer commits a batch.
     BeforeCommit,
+    /// After the writer committed a batch.
     AfterCommit,
+    /// After a step's checkpoint was recorded.
     AfterCheckpoint,
+    /// While a step runs.
     InStep,
+    /// After a step returned, before its result is recorded.
     AfterStep,
+    /// In the reaper, between judging an owner dead and reclaiming its runs.
     ReaperBeforeReclaim,
     /// A failure point (see [`fails`]): COMMIT and ROLLBACK of a batch that claimed runs.
     CommitClaim,

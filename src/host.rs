@@ -64,6 +64,7 @@ pub fn place(mine: &str, theirs: &str) -> Place {
 /// What /proc says of a process `(pid, start)` in our PID namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
+    /// Running (or a zombie whose threads still run).
     Alive,
     /// Provably gone: no such pid (while /proc is readable), a zombie, or a reused pid.
     Dead,

@@ -33,7 +33,7 @@
 //! }
 //!
 //! // First line of main: steps run in child processes of this binary (the default).
-//! waymark::child::hook(build_registry);
+//! waymark::hook(build_registry);
 //! let engine = Engine::start(build_registry(), Config::new("app.db")).unwrap();
 //! let id = engine.start_run(PIPELINE, &21, StartOptions::key("job-21")).unwrap();
 //! assert_eq!(engine.wait_output(PIPELINE, id, Duration::from_secs(10)).unwrap(), 84);
@@ -41,31 +41,67 @@
 //!
 //! The library never prints; it logs through the `log` crate.
 
+#![deny(missing_docs)]
+#![warn(unnameable_types)]
+
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "waymark supports Linux only: it relies on rlimits (RLIMIT_DATA, RLIMIT_CPU), prctl, \
      pidfds, /proc (process start times, PID namespaces) and process groups"
 );
 
-pub mod child;
-pub mod clock;
-pub mod codec;
-pub mod config;
-pub mod ctx;
+mod child;
+mod clock;
+mod codec;
+mod config;
+mod ctx;
 mod ctx_durable;
-pub mod engine;
-pub mod error;
-pub mod fault;
-pub mod host;
-pub mod outcome;
-pub mod registry;
-pub mod store;
+mod engine;
+mod error;
+mod fault;
+mod host;
+mod outcome;
+mod registry;
+mod store;
 
+pub use child::hook;
+pub use child::{CommandOutput, CommandSpec, MemoryRlimit};
 pub use config::{Config, Isolation, RetryPolicy, StepLimits};
 pub use ctx::Ctx;
 pub use ctx_durable::Child;
-pub use engine::{Engine, RunRow, StartOptions, StepRow};
+pub use engine::schedule::{Missed, ScheduleSpec};
+pub use engine::{AttemptRow, Engine, RunRow, StartOptions, StepRow};
 pub use error::{Error, StepError, WorkflowError};
 pub use outcome::{Failure, FailureClass};
-pub use registry::{Registry, Step, StepCtx, Workflow};
+pub use registry::{Registry, Step, StepCtx, StepOptions, Workflow};
 pub use store::{StoreError, Synchronous};
+
+/// Internals for the `waymark` binary, its tests and benches. Not part of the API: no
+/// stability promise, no documentation beyond the code.
+#[doc(hidden)]
+pub mod internal {
+    pub mod child {
+        pub use crate::child::*;
+    }
+    pub mod clock {
+        pub use crate::clock::*;
+    }
+    pub mod codec {
+        pub use crate::codec::*;
+    }
+    pub mod engine {
+        pub use crate::engine::*;
+    }
+    pub mod fault {
+        pub use crate::fault::*;
+    }
+    pub mod host {
+        pub use crate::host::*;
+    }
+    pub mod registry {
+        pub use crate::registry::*;
+    }
+    pub mod store {
+        pub use crate::store::*;
+    }
+}

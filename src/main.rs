@@ -4,6 +4,6 @@ mod cli;
 
 fn main() {
     // Step children of this binary serve steps here and never return.
-    waymark::child::hook(cli::registry);
+    waymark::hook(cli::registry);
     std::process::exit(cli::main());
 }

@@ -48,8 +48,11 @@ impl FailureClass {
 /// retrying is pointless.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
+    /// What kind of failure.
     pub class: FailureClass,
+    /// For people.
     pub reason: String,
+    /// The step said retrying is pointless.
     pub permanent: bool,
 }
 

@@ -66,9 +66,11 @@ impl<I, O> Workflow<I, O> {
             _types: PhantomData,
         }
     }
+    /// The workflow's registered name.
     pub fn name(&self) -> &'static str {
         self.name
     }
+    /// The workflow's version (1 unless set with [`Workflow::version`]).
     pub fn get_version(&self) -> u32 {
         self.version
     }
@@ -106,9 +108,11 @@ impl StepCtx {
     pub fn idempotency_key(&self) -> String {
         format!("{}-{}", self.run_id, self.seq)
     }
+    /// The run this step belongs to.
     pub fn run_id(&self) -> i64 {
         self.run_id
     }
+    /// The step's journal sequence number in its run.
     pub fn seq(&self) -> i64 {
         self.seq
     }
@@ -136,7 +140,9 @@ impl StepCtx {
 /// A failure of a type-erased step call: the step's own error, or its bytes were bad.
 #[derive(Debug)]
 pub enum ErasedStepError {
+    /// The step returned an error.
     Step(StepError),
+    /// Its input or output bytes were bad.
     Codec(CodecError),
 }
 
@@ -159,8 +165,11 @@ pub enum WorkflowFailure {
 /// Per-step options; unset fields take the engine's defaults.
 #[derive(Debug, Clone, Default)]
 pub struct StepOptions {
+    /// Where the step runs.
     pub isolation: Option<Isolation>,
+    /// Its limits when it runs in a child process.
     pub limits: Option<StepLimits>,
+    /// Its retry policy.
     pub retry: Option<RetryPolicy>,
 }
 
@@ -192,9 +201,11 @@ impl StepDef {
     ) -> Result<Vec<u8>, ErasedStepError> {
         (self.run)(ctx, input, limit)
     }
+    /// The step's registered name.
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// The options it was registered with.
     pub fn options(&self) -> &StepOptions {
         &self.options
     }
@@ -228,6 +239,7 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
+    /// An empty registry.
     pub fn new() -> Self {
         Registry::default()
     }

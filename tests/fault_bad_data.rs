@@ -29,10 +29,10 @@ fn undecodable_checkpoint_parks_the_run_and_resume_retries_it() {
     }
     // Make the runs replay: back to pending with their journal, then damage seq 0.
     let w = rusqlite::Connection::open(&db).unwrap();
-    let good = waymark::codec::encode(&10u64, 1024).unwrap();
+    let good = waymark::internal::codec::encode(&10u64, 1024).unwrap();
     let garbage = vec![0xffu8; 3];
     let truncated = good[..5].to_vec();
-    let other_type = waymark::codec::encode(&String::from("ten"), 1024).unwrap();
+    let other_type = waymark::internal::codec::encode(&String::from("ten"), 1024).unwrap();
     for (run, blob) in bad.iter().zip([&garbage, &truncated, &other_type]) {
         w.execute(
             "UPDATE steps SET output = ?2 WHERE run_id = ?1 AND seq = 0",

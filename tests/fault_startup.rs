@@ -29,7 +29,7 @@ fn three_engines_on_a_fresh_file_migrate_once_and_all_run() {
         .iter()
         .map(|e| e.log_text().matches("to schema version").count())
         .collect();
-    let version = waymark::store::schema::SCHEMA_VERSION;
+    let version = waymark::internal::store::schema::SCHEMA_VERSION;
     assert_eq!(
         per_engine.iter().filter(|&&n| n > 0).count(),
         1,

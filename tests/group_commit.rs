@@ -2,8 +2,8 @@
 //! holds exactly its one command), and concurrent callers share transactions.
 
 use std::sync::Arc;
-use waymark::clock::SystemClock;
-use waymark::store::{Done, NewRun, Op, Store, StoreOptions};
+use waymark::internal::clock::SystemClock;
+use waymark::internal::store::{Done, NewRun, Op, Store, StoreOptions};
 
 fn run(i: u64) -> NewRun {
     NewRun {

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use waymark::store::queries;
+use waymark::internal::store::queries;
 use waymark::{Engine, Registry, RetryPolicy, StartOptions, Step, Workflow};
 
 const PANIC: Step<String, ()> = Step::new("fixture.panic");

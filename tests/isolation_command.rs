@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use waymark::child::{CommandOutput, CommandSpec};
-use waymark::store::queries;
+use waymark::internal::store::queries;
+use waymark::{CommandOutput, CommandSpec};
 use waymark::{Engine, Registry, StartOptions, Step, Workflow};
 
 const CMD: Step<CommandSpec, CommandOutput> = Step::new("fixture.cmd");

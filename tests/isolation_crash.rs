@@ -180,7 +180,7 @@ fn surviving_old_child_is_killed_before_the_step_runs_again() {
     assert!(!alive(old), "old child {old} still alive");
     let (st, out) = run_status(&db, id);
     assert_eq!(st, "completed");
-    let out: String = waymark::codec::decode(&out.unwrap(), 1 << 20).unwrap();
+    let out: String = waymark::internal::codec::decode(&out.unwrap(), 1 << 20).unwrap();
     assert_eq!(out, "old-alive=false");
     assert_eq!(effects(&fx, "orphan-again old-alive=false").len(), 1);
     let a = attempts(&db, id);

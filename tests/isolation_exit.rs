@@ -7,8 +7,8 @@ use common::*;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use waymark::child::{CommandOutput, CommandSpec};
-use waymark::store::queries;
+use waymark::internal::store::queries;
+use waymark::{CommandOutput, CommandSpec};
 use waymark::{Engine, Registry, StartOptions, Step, StepLimits, Workflow};
 
 const CMD: Step<CommandSpec, CommandOutput> = Step::new("fixture.cmd");
@@ -82,7 +82,8 @@ fn command_step_ends_when_its_process_exits_even_if_a_grandchild_floods_the_pipe
         }
     };
     assert_eq!(row.status, "completed", "{:?}", row.error);
-    let out: CommandOutput = waymark::codec::decode(&row.output.unwrap(), 1 << 30).unwrap();
+    let out: CommandOutput =
+        waymark::internal::codec::decode(&row.output.unwrap(), 1 << 30).unwrap();
     assert_eq!(out.exit_code, 0);
     assert!(out.stdout.starts_with(b"hi\n"), "{:?}", &out.stdout[..8]);
     let yes_pid = yes_pid.expect("the script wrote the grandchild's pid");

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use waymark::store::queries;
+use waymark::internal::store::queries;
 use waymark::{Engine, Registry, RetryPolicy, StartOptions, Step, StepLimits, Workflow};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use waymark::store::queries;
+use waymark::internal::store::queries;
 use waymark::{Ctx, Engine, Registry, StartOptions, Step, StepLimits, Workflow, WorkflowError};
 
 const HOG: Step<u64, u64> = Step::new("fixture.hog");

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use waymark::child::{CommandOutput, CommandSpec};
+use waymark::{CommandOutput, CommandSpec};
 use waymark::{Engine, Registry, StartOptions, Step, StepLimits, Workflow};
 
 const CMD: Step<CommandSpec, CommandOutput> = Step::new("fixture.cmd");

@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use std::collections::HashMap;
 use std::time::Duration;
-use waymark::registry::StepOptions;
-use waymark::store::queries;
+use waymark::internal::store::queries;
+use waymark::StepOptions;
 use waymark::{Engine, Isolation, Registry, RetryPolicy, StartOptions, Step, StepLimits, Workflow};
 
 const QUICK: Step<u64, u64> = Step::new("fixture.quick");

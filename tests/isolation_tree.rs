@@ -50,7 +50,7 @@ fn unique_tag(name: &str) -> String {
     format!(
         "{name}-{}-{}",
         std::process::id(),
-        waymark::host::random_id()
+        waymark::internal::host::random_id()
     )
 }
 

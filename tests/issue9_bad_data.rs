@@ -262,7 +262,7 @@ fn a_negative_user_version_with_our_application_id_is_refused_untouched() {
         let c = rusqlite::Connection::open(&db).unwrap();
         c.execute_batch(&format!(
             "PRAGMA application_id = {}; PRAGMA user_version = -1;",
-            waymark::store::pragmas::APPLICATION_ID
+            waymark::internal::store::pragmas::APPLICATION_ID
         ))
         .unwrap();
     }

@@ -9,8 +9,8 @@ mod util;
 use std::sync::Arc;
 use std::time::Duration;
 use util::*;
-use waymark::clock::SystemClock;
-use waymark::store::{Done, Entry, Fence, NewRun, Op, Store, StoreError, StoreOptions};
+use waymark::internal::clock::SystemClock;
+use waymark::internal::store::{Done, Entry, Fence, NewRun, Op, Store, StoreError, StoreOptions};
 
 #[test]
 fn paused_owner_is_fenced_and_the_journal_stays_the_new_owners() {

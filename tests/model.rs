@@ -13,8 +13,8 @@
 //! thousands of sequences fit in CI.
 
 use std::collections::{BTreeMap, HashMap};
-use waymark::clock::ManualClock;
-use waymark::store::{
+use waymark::internal::clock::ManualClock;
+use waymark::internal::store::{
     Done, EngineRow, Entry, Fence, NewRun, Op, Store, StoreError, StoreOptions, Synchronous,
 };
 

@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
-use waymark::codec::{decode, encode, CodecError};
+use waymark::internal::codec::{decode, encode, CodecError};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 enum Shape {

@@ -5,9 +5,9 @@
 
 use rusqlite::Connection;
 use std::sync::Arc;
-use waymark::clock::SystemClock;
-use waymark::store::transitions::{CLAIM_SQL, HEARTBEAT_SQL, WAKE_SQL};
-use waymark::store::{NewRun, Op, Store, StoreOptions};
+use waymark::internal::clock::SystemClock;
+use waymark::internal::store::transitions::{CLAIM_SQL, HEARTBEAT_SQL, WAKE_SQL};
+use waymark::internal::store::{NewRun, Op, Store, StoreOptions};
 
 fn plan(conn: &Connection, sql: &str) -> Vec<String> {
     let mut stmt = conn

@@ -3,8 +3,8 @@
 
 use rusqlite::{params, Connection};
 use std::sync::Arc;
-use waymark::clock::SystemClock;
-use waymark::store::{quick_check_needed, Store, StoreOptions, QUICK_CHECK_ALWAYS_BYTES};
+use waymark::internal::clock::SystemClock;
+use waymark::internal::store::{quick_check_needed, Store, StoreOptions, QUICK_CHECK_ALWAYS_BYTES};
 
 #[test]
 fn large_files_are_checked_only_after_an_unclean_stop() {
@@ -49,11 +49,11 @@ fn large_files_are_checked_only_after_an_unclean_stop() {
     assert!(!quick_check_needed(&conn, &db));
 
     // A live engine on this host (this process) vouches for the file.
-    let (pid, start) = waymark::host::this_process();
+    let (pid, start) = waymark::internal::host::this_process();
     conn.execute(
         "INSERT INTO engines(id, pid, pid_start, boot_id, started_at, beat_at)
          VALUES ('live', ?1, ?2, ?3, 0, 0)",
-        params![pid, start as i64, waymark::host::host_id()],
+        params![pid, start as i64, waymark::internal::host::host_id()],
     )
     .expect("live engine row");
     assert!(!quick_check_needed(&conn, &db));
@@ -62,7 +62,7 @@ fn large_files_are_checked_only_after_an_unclean_stop() {
     conn.execute(
         "INSERT INTO engines(id, pid, pid_start, boot_id, started_at, beat_at)
          VALUES ('crashed', ?1, ?2, ?3, 0, 0)",
-        params![pid, start as i64 + 1, waymark::host::host_id()],
+        params![pid, start as i64 + 1, waymark::internal::host::host_id()],
     )
     .expect("crashed engine row");
     assert!(quick_check_needed(&conn, &db));

@@ -7,8 +7,8 @@ mod util;
 use std::sync::Arc;
 use std::time::Duration;
 use util::*;
-use waymark::clock::SystemClock;
-use waymark::store::{NewRun, Op, Store, StoreOptions};
+use waymark::internal::clock::SystemClock;
+use waymark::internal::store::{NewRun, Op, Store, StoreOptions};
 use waymark::{Engine, Registry, StartOptions, Step, Workflow};
 
 const NAP: Step<u64, u64> = Step::new("nap");

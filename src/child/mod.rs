@@ -14,14 +14,23 @@
 //! - [`executor`]: the engine's [`crate::engine::exec::Executor`] for child steps, and the
 //!   start-up handshake.
 
+#[doc(hidden)]
 pub mod classify;
+#[doc(hidden)]
 pub mod command;
+#[doc(hidden)]
 pub mod executor;
+#[doc(hidden)]
 pub mod group;
+#[doc(hidden)]
 pub mod hook;
+#[doc(hidden)]
 pub mod limits;
+#[doc(hidden)]
 pub mod pool;
+#[doc(hidden)]
 pub mod protocol;
+#[doc(hidden)]
 pub mod spawn;
 
 pub use command::{CommandOutput, CommandSpec};

@@ -5,9 +5,9 @@ use super::{parse_run_id, CliResult};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use waymark::clock::{Clock, SystemClock};
-use waymark::engine::features;
-use waymark::store::{Done, Op, Store, StoreOptions};
+use waymark::internal::clock::{Clock, SystemClock};
+use waymark::internal::engine::features;
+use waymark::internal::store::{Done, Op, Store, StoreOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {
@@ -92,19 +92,19 @@ pub struct ScheduleArgs {
 pub fn schedule(args: ScheduleArgs) -> CliResult {
     let input = super::fixtures_features::encode_any(&args.workflow, &args.json)?;
     let (store, clock) = open_with(&args.db, true)?;
-    waymark::engine::schedule::put_schedule(
+    waymark::internal::engine::schedule::put_schedule(
         &store,
         clock.now_ms(),
-        waymark::engine::schedule::ScheduleSpec {
+        waymark::ScheduleSpec {
             name: &args.name,
             cron: &args.cron,
             workflow: &args.workflow,
             version: 1,
             input,
             missed: if args.catch_up {
-                waymark::engine::schedule::Missed::CatchUp
+                waymark::Missed::CatchUp
             } else {
-                waymark::engine::schedule::Missed::Skip
+                waymark::Missed::Skip
             },
         },
     )
@@ -138,7 +138,7 @@ pub fn send(args: SendArgs) -> CliResult {
         id,
         &args.name,
         payload,
-        waymark::codec::PAYLOAD_BYTES_MAX,
+        waymark::internal::codec::PAYLOAD_BYTES_MAX,
     )
     .map_err(|e| e.to_string())?;
     println!("{event}");

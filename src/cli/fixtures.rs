@@ -9,9 +9,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use waymark::child::{CommandOutput, CommandSpec};
-use waymark::clock::SystemClock;
-use waymark::store::{Done, NewRun, Op, Store, StoreOptions};
+use waymark::internal::clock::SystemClock;
+use waymark::internal::store::{Done, NewRun, Op, Store, StoreOptions};
+use waymark::{CommandOutput, CommandSpec};
 use waymark::{
     Config, Ctx, Engine, Isolation, Registry, RetryPolicy, Step, StepCtx, StepError, Workflow,
     WorkflowError,
@@ -200,7 +200,7 @@ fn flood_step(_: &StepCtx, (out, err): (u64, u64)) -> Result<u64, StepError> {
 }
 
 fn garbage_step(_: &StepCtx, _: ()) -> Result<(), StepError> {
-    let fd = waymark::child::hook::protocol_fd_for_tests();
+    let fd = waymark::internal::child::hook::protocol_fd_for_tests();
     let junk = b"this is not a frame at all\n";
     // SAFETY: write(2) of a valid buffer to the protocol descriptor of this child.
     unsafe {
@@ -233,7 +233,7 @@ fn threads_step(_: &StepCtx, n: u32) -> Result<u32, StepError> {
 fn orphan_step(ctx: &StepCtx, input: OrphanIn) -> Result<String, StepError> {
     if ctx.attempt() == 1 {
         if std::env::var_os("WAYMARK_TEST_BLOCK_PDEATHSIG").is_some() {
-            waymark::child::hook::detach_from_parent_for_tests();
+            waymark::internal::child::hook::detach_from_parent_for_tests();
         }
         std::fs::write(&input.pid_file, std::process::id().to_string())?;
         record_effect(ctx, "orphan-first");
@@ -244,7 +244,7 @@ fn orphan_step(ctx: &StepCtx, input: OrphanIn) -> Result<String, StepError> {
         .trim()
         .parse()
         .map_err(StepError::permanent)?;
-    let alive = waymark::host::pid_start_time(old).is_some();
+    let alive = waymark::internal::host::pid_start_time(old).is_some();
     record_effect(ctx, &format!("orphan-again old-alive={alive}"));
     Ok(format!("old-alive={alive}"))
 }
@@ -324,9 +324,11 @@ pub fn register(reg: &mut Registry) {
     reg.step(QUICK, |_, n: u64| Ok(n + 1));
     // Burns `ms` milliseconds of CPU time, then returns.
     reg.step(BURN, |_, ms: u64| {
-        let start = waymark::child::limits::process_cpu_time();
+        let start = waymark::internal::child::limits::process_cpu_time();
         let mut x = 0u64;
-        while (waymark::child::limits::process_cpu_time() - start).as_millis() < ms as u128 {
+        while (waymark::internal::child::limits::process_cpu_time() - start).as_millis()
+            < ms as u128
+        {
             for _ in 0..10_000 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
             }
@@ -493,7 +495,7 @@ pub fn serve(args: ServeArgs) -> CliResult {
         if args.exit_when_idle {
             let counts = engine
                 .store()
-                .read(waymark::store::queries::stats)
+                .read(waymark::internal::store::queries::stats)
                 .map_err(|e| e.to_string())?;
             let active = counts
                 .iter()
@@ -510,7 +512,8 @@ pub fn serve(args: ServeArgs) -> CliResult {
 
 fn encode<T: DeserializeOwned + Serialize>(json: &str) -> Result<Vec<u8>, String> {
     let value: T = serde_json::from_str(json).map_err(|e| format!("bad --json input: {e}"))?;
-    waymark::codec::encode(&value, waymark::codec::PAYLOAD_BYTES_MAX).map_err(|e| e.to_string())
+    waymark::internal::codec::encode(&value, waymark::internal::codec::PAYLOAD_BYTES_MAX)
+        .map_err(|e| e.to_string())
 }
 
 pub fn start(args: StartArgs) -> CliResult {
@@ -568,11 +571,11 @@ pub fn start(args: StartArgs) -> CliResult {
 /// with std's default stack) until `max` or the first failure; print how many started.
 pub fn probe_threads(rlimit: &str, mib: u64, max: u32) -> CliResult {
     let which = match rlimit {
-        "data" => waymark::child::MemoryRlimit::Data,
-        "as" => waymark::child::MemoryRlimit::AddressSpace,
+        "data" => waymark::MemoryRlimit::Data,
+        "as" => waymark::MemoryRlimit::AddressSpace,
         other => return Err(format!("bad --rlimit '{other}': expected data or as")),
     };
-    waymark::child::limits::apply_memory_rlimit(which, mib * 1024 * 1024)
+    waymark::internal::child::limits::apply_memory_rlimit(which, mib * 1024 * 1024)
         .map_err(|e| format!("setrlimit: {e}"))?;
     let (tx, rx) = crossbeam_channel::bounded::<()>(0);
     let mut started = 0u32;

@@ -60,7 +60,8 @@ pub fn is_fixture(name: &str) -> bool {
 pub fn encode_any(name: &str, json: &str) -> Result<Vec<u8>, String> {
     fn enc<T: serde::de::DeserializeOwned + Serialize>(json: &str) -> Result<Vec<u8>, String> {
         let v: T = serde_json::from_str(json).map_err(|e| format!("bad --json input: {e}"))?;
-        waymark::codec::encode(&v, waymark::codec::PAYLOAD_BYTES_MAX).map_err(|e| e.to_string())
+        waymark::internal::codec::encode(&v, waymark::internal::codec::PAYLOAD_BYTES_MAX)
+            .map_err(|e| e.to_string())
     }
     match name {
         "demo" => enc::<super::demo::DemoInput>(json),
@@ -73,7 +74,8 @@ pub fn encode_any(name: &str, json: &str) -> Result<Vec<u8>, String> {
 pub fn encode_input(name: &str, json: &str) -> Result<Vec<u8>, String> {
     fn enc<T: serde::de::DeserializeOwned + Serialize>(json: &str) -> Result<Vec<u8>, String> {
         let v: T = serde_json::from_str(json).map_err(|e| format!("bad --json input: {e}"))?;
-        waymark::codec::encode(&v, waymark::codec::PAYLOAD_BYTES_MAX).map_err(|e| e.to_string())
+        waymark::internal::codec::encode(&v, waymark::internal::codec::PAYLOAD_BYTES_MAX)
+            .map_err(|e| e.to_string())
     }
     match name {
         "fixture.sleeper" => enc::<SleeperIn>(json),

@@ -4,8 +4,8 @@ use super::{parse_run_id, CliResult};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use waymark::clock::SystemClock;
-use waymark::store::{queries, Op, Store, StoreOptions};
+use waymark::internal::clock::SystemClock;
+use waymark::internal::store::{queries, Op, Store, StoreOptions};
 
 fn open(db: &Path) -> Result<Store, String> {
     let opts = StoreOptions {

@@ -41,8 +41,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use waymark::clock::SystemClock;
-use waymark::store::{Done, NewRun, Op, Store, StoreOptions};
+use waymark::internal::clock::SystemClock;
+use waymark::internal::store::{Done, NewRun, Op, Store, StoreOptions};
 use workload::{mix, step_name, RunIn, KIND_CHILD, KIND_COMMAND, KIND_IN_PROCESS};
 
 /// Where the workload's steps run.
@@ -546,7 +546,11 @@ pub fn run(args: TortureArgs) -> CliResult {
     let parked: HashSet<u64> = targets.iter().map(|r| r.index).collect();
     enqueue(&db, &runs, &parked)?;
 
-    let unique = format!("{}-{:x}", std::process::id(), waymark::host::random_u64());
+    let unique = format!(
+        "{}-{:x}",
+        std::process::id(),
+        waymark::internal::host::random_u64()
+    );
     let mut h = Harness {
         exe,
         db: db.clone(),
@@ -725,7 +729,7 @@ fn enqueue(db: &Path, runs: &[RunIn], parked: &HashSet<u64>) -> Result<(), Strin
         batch.push(NewRun {
             workflow: workload::WORKFLOW.name().into(),
             version: 1,
-            input: waymark::codec::encode(r, waymark::codec::PAYLOAD_BYTES_MAX)
+            input: waymark::internal::codec::encode(r, waymark::internal::codec::PAYLOAD_BYTES_MAX)
                 .map_err(|e| e.to_string())?,
             idempotency_key: Some(format!("torture-{}", r.index)),
             queue: "default".into(),

@@ -4,13 +4,20 @@
 //! Threads: one writer (in the store), one dispatcher, `workers` workers, one heartbeat,
 //! one reaper. No async runtime.
 
+#[doc(hidden)]
 pub mod dispatch;
+#[doc(hidden)]
 pub mod exec;
+#[doc(hidden)]
 pub mod features;
+#[doc(hidden)]
 pub mod health;
+#[doc(hidden)]
 pub mod lease;
+#[doc(hidden)]
 pub mod reaper;
 pub mod schedule;
+#[doc(hidden)]
 pub mod worker;
 
 use crate::clock::{Clock, SystemClock};

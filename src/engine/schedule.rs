@@ -174,11 +174,17 @@ impl Engine {
 /// A schedule to save (engine API and CLI).
 #[derive(Debug)]
 pub struct ScheduleSpec<'a> {
+    /// Unique name of the schedule.
     pub name: &'a str,
+    /// Cron expression (with seconds), evaluated in UTC.
     pub cron: &'a str,
+    /// Workflow started at each due time.
     pub workflow: &'a str,
+    /// Its version.
     pub version: i64,
+    /// Encoded input of each run.
     pub input: Vec<u8>,
+    /// What to do with due times missed while no engine ran.
     pub missed: Missed,
 }
 

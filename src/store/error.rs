@@ -7,52 +7,117 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum StoreError {
     /// The file exists but is not an SQLite database (or is zero-length). Left untouched.
-    NotADatabase { path: PathBuf, detail: String },
+    NotADatabase {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite said.
+        detail: String,
+    },
     /// An SQLite database that belongs to another application. Left untouched.
-    ForeignFile { path: PathBuf, application_id: i64 },
+    ForeignFile {
+        /// The file.
+        path: PathBuf,
+        /// Its `PRAGMA application_id`.
+        application_id: i64,
+    },
     /// Written by a newer waymark: refuse rather than misread it. Left untouched.
     NewerSchema {
+        /// The file.
         path: PathBuf,
+        /// The file's schema version.
         found: i64,
+        /// The newest version this build reads.
         supported: i64,
     },
     /// Our application_id with a schema version waymark never writes (negative): damaged
     /// or forged. Left untouched.
-    InvalidSchemaVersion { path: PathBuf, found: i64 },
+    InvalidSchemaVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        found: i64,
+    },
     /// `PRAGMA quick_check` found damage. Left untouched.
-    Corrupt { path: PathBuf, detail: String },
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The first lines of `quick_check`'s report.
+        detail: String,
+    },
     /// No database at this path and creation was not requested.
-    Missing { path: PathBuf },
+    Missing {
+        /// The path asked for.
+        path: PathBuf,
+    },
     /// The file or its directory is not writable (read-only mount, permissions).
-    ReadOnly { path: PathBuf, detail: String },
+    ReadOnly {
+        /// The file.
+        path: PathBuf,
+        /// What the OS or SQLite said.
+        detail: String,
+    },
     /// The disk (or a file size limit) is full: the write did not commit.
-    DiskFull { detail: String },
+    DiskFull {
+        /// What SQLite said.
+        detail: String,
+    },
     /// A pragma did not take the value we set (read back differs).
     Pragma {
+        /// The pragma.
         name: &'static str,
+        /// The value set.
         wanted: String,
+        /// The value read back.
         got: String,
     },
     /// The write was fenced off: this owner no longer holds the run at this epoch.
     /// The worker must abandon the run and write nothing more for it.
-    LeaseLost { run_id: i64, epoch: i64 },
+    LeaseLost {
+        /// The run.
+        run_id: i64,
+        /// The epoch the writer held.
+        epoch: i64,
+    },
     /// A journal entry for `(run_id, seq)` already exists; journal entries are write-once.
-    JournalConflict { run_id: i64, seq: i64 },
+    JournalConflict {
+        /// The run.
+        run_id: i64,
+        /// The journal sequence number.
+        seq: i64,
+    },
     /// No run with this id.
-    NotFound { run_id: i64 },
+    NotFound {
+        /// The id asked for.
+        run_id: i64,
+    },
     /// The writer thread has stopped (engine shut down or storage failed).
     WriterStopped,
     /// The run already ended (`completed`, `failed` or `cancelled`); it takes no more events.
-    RunFinished { run_id: i64, status: String },
+    RunFinished {
+        /// The run.
+        run_id: i64,
+        /// How it ended.
+        status: String,
+    },
     /// A row of this run holds a value of the wrong type (damaged or foreign data): the run
     /// is parked `blocked` with `detail` (naming the row and column); the storage is fine.
-    Undecodable { run_id: i64, detail: String },
+    Undecodable {
+        /// The run parked.
+        run_id: i64,
+        /// The row and column, and what was wrong.
+        detail: String,
+    },
     /// Another process held the database's write lock for all of `waited`: the call was
     /// not applied. Retry later, or find the process holding the lock.
-    Locked { waited: std::time::Duration },
+    Locked {
+        /// How long the call waited.
+        waited: std::time::Duration,
+    },
     /// Any other SQLite error, with what we were doing.
     Sqlite {
+        /// What we were doing.
         context: &'static str,
+        /// SQLite's error.
         source: rusqlite::Error,
     },
 }

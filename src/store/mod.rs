@@ -8,11 +8,16 @@
 //! - Only [`transitions`] writes; only the writer thread runs it.
 
 pub mod error;
+#[doc(hidden)]
 pub mod feature_ops;
 pub mod pragmas;
+#[doc(hidden)]
 pub mod queries;
+#[doc(hidden)]
 pub mod schema;
+#[doc(hidden)]
 pub mod transitions;
+#[doc(hidden)]
 pub mod writer;
 
 pub use error::{StoreError, StoreResult};
@@ -36,7 +41,9 @@ use std::time::Duration;
 pub struct StoreOptions {
     /// Create the file if it does not exist.
     pub create: bool,
+    /// SQLite's `synchronous`.
     pub synchronous: Synchronous,
+    /// SQLite's busy timeout per call.
     pub busy_timeout: Duration,
     /// Run `PRAGMA quick_check` before using an existing file, under the policy of
     /// [`quick_check_needed`]: always for files up to [`QUICK_CHECK_ALWAYS_BYTES`], and for

@@ -31,7 +31,9 @@ impl Synchronous {
 /// Connection settings shared by the writer and readers.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnSettings {
+    /// SQLite's `synchronous`.
     pub synchronous: Synchronous,
+    /// SQLite's busy timeout per call.
     pub busy_timeout: Duration,
 }
 

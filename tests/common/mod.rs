@@ -6,7 +6,7 @@
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use waymark::registry::StepOptions;
+use waymark::StepOptions;
 use waymark::{Config, Registry, Step, StepError};
 
 pub fn bin() -> PathBuf {
@@ -50,7 +50,7 @@ pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
 
 /// True if `pid` exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
-    waymark::host::pid_start_time(pid).is_some()
+    waymark::internal::host::pid_start_time(pid).is_some()
 }
 
 /// Children of this process: (pid, state letter).

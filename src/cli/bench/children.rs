@@ -15,8 +15,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use waymark::clock::SystemClock;
-use waymark::store::{Done, EngineRow, NewRun, Op, Store, StoreOptions};
+use waymark::internal::clock::SystemClock;
+use waymark::internal::store::{Done, EngineRow, NewRun, Op, Store, StoreOptions};
 use waymark::{Config, Engine};
 
 pub fn run(mode: &str, db: Option<&Path>, n: u64) -> CliResult {
@@ -73,17 +73,17 @@ pub fn new_run(workflow: &str, input: Vec<u8>) -> NewRun {
 
 fn hold(db: &Path, n: u64) -> CliResult {
     let store = open_store(db)?;
-    let owner: Arc<str> = waymark::host::random_id().into();
-    let (pid, pid_start) = waymark::host::this_process();
+    let owner: Arc<str> = waymark::internal::host::random_id().into();
+    let (pid, pid_start) = waymark::internal::host::this_process();
     store
         .call(Op::RegisterEngine(EngineRow {
             id: owner.clone(),
             pid,
             pid_start,
-            boot_id: waymark::host::host_id(),
+            boot_id: waymark::internal::host::host_id(),
         }))
         .map_err(|e| e.to_string())?;
-    let input = waymark::codec::encode(&1u64, 1024).map_err(|e| e.to_string())?;
+    let input = waymark::internal::codec::encode(&1u64, 1024).map_err(|e| e.to_string())?;
     let mut left = n;
     while left > 0 {
         let k = left.min(500);
@@ -148,7 +148,7 @@ fn open(db: &Path, quick_check_always: bool) -> CliResult {
 
 fn fair(db: &Path, ms: u64) -> CliResult {
     let store = open_store(db)?;
-    let input = waymark::codec::encode(&1u64, 1024).map_err(|e| e.to_string())?;
+    let input = waymark::internal::codec::encode(&1u64, 1024).map_err(|e| e.to_string())?;
     let end = Instant::now() + Duration::from_millis(ms);
     let mut waits: Vec<f64> = Vec::new();
     while Instant::now() < end {

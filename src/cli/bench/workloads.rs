@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use waymark::clock::SystemClock;
-use waymark::store::{Store, StoreOptions};
+use waymark::internal::clock::SystemClock;
+use waymark::internal::store::{Store, StoreOptions};
 use waymark::{
     Config, Ctx, Engine, Isolation, Registry, StartOptions, Step, Workflow, WorkflowError,
 };
@@ -508,7 +508,7 @@ pub fn build_finished(db: &Path, n: u64) -> Result<(), String> {
                  VALUES (?1, 0, 'bench.noop', 'completed', 1, ?2, ?3)",
             )
             .map_err(err)?;
-        let blob = waymark::codec::encode(&12345u64, 1024).map_err(err)?;
+        let blob = waymark::internal::codec::encode(&12345u64, 1024).map_err(err)?;
         let t0 = 1_700_000_000_000i64;
         for i in 1..=n as i64 {
             run.execute(params![i, blob, format!("bench-{i}"), t0 + i])

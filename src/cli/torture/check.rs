@@ -198,7 +198,7 @@ pub(super) fn check(h: &Harness, runs: &[RunIn]) -> Result<Summary, String> {
             (Ok(out), "completed") => {
                 let got = output
                     .as_deref()
-                    .and_then(|b| waymark::codec::decode::<u64>(b, 1024).ok());
+                    .and_then(|b| waymark::internal::codec::decode::<u64>(b, 1024).ok());
                 if got != Some(*out) {
                     run_ok = false;
                     v.push(format!(
@@ -335,10 +335,10 @@ fn place_name(place: &str) -> &'static str {
 fn decode_output(name: &str, out: Option<&[u8]>) -> Option<StepOut> {
     let bytes = out?;
     if name == CMD.name() {
-        let o = waymark::codec::decode::<waymark::child::CommandOutput>(bytes, 1 << 20).ok()?;
+        let o = waymark::internal::codec::decode::<waymark::CommandOutput>(bytes, 1 << 20).ok()?;
         parse_command_stdout(&o.stdout)
     } else {
-        waymark::codec::decode::<StepOut>(bytes, 1024).ok()
+        waymark::internal::codec::decode::<StepOut>(bytes, 1024).ok()
     }
 }
 

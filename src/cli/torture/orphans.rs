@@ -138,7 +138,7 @@ pub fn tagged(unique: &str) -> Vec<(u32, u64, String)> {
             .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
             .map(|l| String::from_utf8_lossy(l).into_owned());
         if let Some(label) = label {
-            let start = waymark::host::pid_start_time(pid).unwrap_or(0);
+            let start = waymark::internal::host::pid_start_time(pid).unwrap_or(0);
             out.push((pid, start, label));
         }
     }

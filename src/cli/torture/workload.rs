@@ -23,7 +23,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
-use waymark::child::{CommandOutput, CommandSpec};
+use waymark::{CommandOutput, CommandSpec};
 use waymark::{
     Config, Ctx, Engine, Isolation, Registry, RetryPolicy, Step, StepCtx, StepError, Workflow,
     WorkflowError,
@@ -192,7 +192,7 @@ impl Execution {
     /// it), then record `S`.
     fn start(run: i64, seq: i64, kind: char) -> Execution {
         let pid = std::process::id();
-        let nonce = waymark::host::random_u64();
+        let nonce = waymark::internal::host::random_u64();
         let label = paths().map_or("?", |p| p.label.as_str());
         let lock = paths().and_then(|p| {
             std::fs::OpenOptions::new()
@@ -412,7 +412,7 @@ pub fn engine(args: EngineArgs) -> super::super::CliResult {
         }
         let counts = engine
             .store()
-            .read(waymark::store::queries::stats)
+            .read(waymark::internal::store::queries::stats)
             .map_err(|e| e.to_string())?;
         let active: i64 = counts
             .iter()

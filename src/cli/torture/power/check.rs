@@ -15,7 +15,7 @@ use super::segment::{
 use rusqlite::{Connection, OpenFlags};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
-use waymark::codec::{decode, PAYLOAD_BYTES_MAX};
+use waymark::internal::codec::{decode, PAYLOAD_BYTES_MAX};
 
 /// Every acknowledgement given so far (and still believed), and what processes wrote.
 #[derive(Debug, Default)]

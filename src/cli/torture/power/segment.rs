@@ -148,7 +148,7 @@ fn power_step(ctx: &StepCtx, input: PStepIn) -> Result<PStepOut, StepError> {
             nonce,
         });
     }
-    let nonce = waymark::host::random_u64();
+    let nonce = waymark::internal::host::random_u64();
     NONCES.lock().push(nonce);
     std::thread::sleep(Duration::from_millis(mix(input.index ^ seq as u64) % 4));
     let value = mix(input.prev ^ mix(input.index.wrapping_mul(1_000_003) + seq as u64));
@@ -326,7 +326,11 @@ fn submit_and_watch(engines: &[Arc<Engine>], submit: &[u64], mut watch: Vec<i64>
         watch.retain(|&id| match engines[0].run(id) {
             Ok(row) if row.status == "completed" => {
                 let out = row.output.as_deref().and_then(|b| {
-                    waymark::codec::decode::<u64>(b, waymark::codec::PAYLOAD_BYTES_MAX).ok()
+                    waymark::internal::codec::decode::<u64>(
+                        b,
+                        waymark::internal::codec::PAYLOAD_BYTES_MAX,
+                    )
+                    .ok()
                 });
                 if let Some(output) = out {
                     ack(Ack::Completed { id, output });

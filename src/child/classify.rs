@@ -1,4 +1,4 @@
-//! How a child's end becomes a classified [`Outcome`] with a human reason.
+//! How a child's end becomes a classified `Outcome` with a human reason.
 //!
 //! Order of evidence: the engine's own recorded intent first (it may have killed the child),
 //! then a complete response frame, then the exit status read together with stderr. A Rust

@@ -1,7 +1,7 @@
 //! Errors of the engine layer, and the error types user code sees.
 
 use crate::codec::CodecError;
-use crate::store::StoreError;
+use crate::store::{RunStatus, StoreError};
 
 /// What went wrong in an engine call. Each variant says what the caller can do next.
 #[derive(Debug)]
@@ -41,11 +41,23 @@ pub enum Error {
     RunBlocked {
         /// The run.
         run_id: i64,
-        /// `blocked` or `blocked_version`.
-        status: String,
+        /// [`RunStatus::Blocked`] or [`RunStatus::BlockedVersion`].
+        status: RunStatus,
         /// Why it is parked.
         note: String,
     },
+    /// The run id belongs to another workflow than the handle the caller passed.
+    WrongWorkflow {
+        /// The run.
+        run_id: i64,
+        /// The workflow of the handle passed.
+        asked: String,
+        /// The run's workflow.
+        actual: String,
+    },
+    /// An invariant of waymark itself broke (a bug, not bad input): please report it with
+    /// the text.
+    Internal(String),
     /// Waiting for the run timed out; it is still going.
     WaitTimeout {
         /// The run.
@@ -57,6 +69,12 @@ pub enum Error {
     ShuttingDown,
     /// Child-process isolation is not usable (for example the host's `main` lacks the hook).
     Isolation(String),
+}
+
+impl Error {
+    pub(crate) fn internal(what: impl Into<String>) -> Self {
+        Error::Internal(what.into())
+    }
 }
 
 impl std::fmt::Display for Error {
@@ -80,6 +98,11 @@ impl std::fmt::Display for Error {
             Error::RunFailed { run_id, error } => write!(f, "run {run_id} failed: {error}"),
             Error::RunCancelled { run_id } => write!(f, "run {run_id} was cancelled"),
             Error::RunBlocked { run_id, status, note } => write!(f, "run {run_id} is {status}: {note}"),
+            Error::WrongWorkflow { run_id, asked, actual } => write!(
+                f,
+                "run {run_id} is a run of workflow '{actual}', not of '{asked}' (the handle passed)"
+            ),
+            Error::Internal(what) => write!(f, "internal error (a waymark bug, please report): {what}"),
             Error::WaitTimeout { run_id } => write!(f, "timed out waiting for run {run_id}"),
             Error::Config(m) => write!(f, "invalid configuration: {m}"),
             Error::ShuttingDown => write!(f, "the engine is shutting down"),

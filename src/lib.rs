@@ -74,7 +74,7 @@ pub use engine::{AttemptRow, Engine, RunRow, StartOptions, StepRow};
 pub use error::{Error, StepError, WorkflowError};
 pub use outcome::{Failure, FailureClass};
 pub use registry::{Registry, Step, StepCtx, StepOptions, Workflow};
-pub use store::{StoreError, Synchronous};
+pub use store::{RunStatus, StoreError, Synchronous, UnknownStatus};
 
 /// Internals for the `waymark` binary, its tests and benches. Not part of the API: no
 /// stability promise, no documentation beyond the code.

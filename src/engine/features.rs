@@ -15,7 +15,7 @@
 
 use crate::engine::{Engine, Inner};
 use crate::error::Error;
-use crate::store::{Claimed, Done, Fence, Op, StoreError};
+use crate::store::{Claimed, Done, Fence, Op, RunStatus, StoreError};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use rusqlite::params;
@@ -408,10 +408,16 @@ impl Engine {
     /// `cancelled` at once; a running one is told (its steps see the flag, a child process
     /// is killed) and ends `cancelled` at its next step boundary. Nothing of it runs again.
     /// Returns the run's status after the request.
-    pub fn cancel(&self, run_id: i64) -> Result<String, Error> {
+    pub fn cancel(&self, run_id: i64) -> Result<RunStatus, Error> {
         let status = match self.inner.api.call(Op::Cancel { run_id })? {
-            Done::Cancel { status } => status,
-            other => return Err(Error::Config(format!("unexpected writer answer {other:?}"))),
+            Done::Cancel { status } => status
+                .parse::<RunStatus>()
+                .map_err(|e| Error::internal(format!("cancel of run {run_id} answered {e}")))?,
+            other => {
+                return Err(Error::internal(format!(
+                    "unexpected writer answer {other:?}"
+                )))
+            }
         };
         self.inner.features.flag_all(run_id, WHY_CANCEL);
         self.inner.notify_finished();
@@ -449,10 +455,14 @@ pub fn send_event_bytes(
     payload_max: u64,
 ) -> Result<i64, Error> {
     if payload.len() as u64 > payload_max {
-        return Err(Error::Config(format!(
-            "event '{name}' payload is {} bytes, over the limit of {payload_max}",
-            payload.len()
-        )));
+        return Err(Error::Payload {
+            run_id: Some(run_id),
+            step: Some(format!("event '{name}'")),
+            source: crate::codec::CodecError::TooLarge {
+                size: payload.len() as u64,
+                limit: payload_max,
+            },
+        });
     }
     match store.call(Op::SendEvent {
         run_id,
@@ -460,7 +470,9 @@ pub fn send_event_bytes(
         payload,
     })? {
         Done::Sent { event_id, .. } => Ok(event_id),
-        other => Err(Error::Config(format!("unexpected writer answer {other:?}"))),
+        other => Err(Error::internal(format!(
+            "unexpected writer answer {other:?}"
+        ))),
     }
 }
 

@@ -26,7 +26,9 @@ use crate::config::{Config, Isolation};
 use crate::error::Error;
 use crate::host;
 use crate::registry::{Registry, Workflow};
-use crate::store::{queries, Done, EngineRow, NewRun, Op, Store, StoreError, StoreOptions};
+use crate::store::{
+    queries, Done, EngineRow, NewRun, Op, RunStatus, Store, StoreError, StoreOptions,
+};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 use serde::{de::DeserializeOwned, Serialize};
@@ -338,7 +340,9 @@ impl Engine {
                 self.inner.wake_dispatcher();
                 Ok(id)
             }
-            other => Err(Error::Config(format!("unexpected writer answer {other:?}"))),
+            other => Err(Error::internal(format!(
+                "unexpected writer answer {other:?}"
+            ))),
         }
     }
 
@@ -357,7 +361,9 @@ impl Engine {
                 self.inner.wake_dispatcher();
                 Ok(ids.into_iter().map(|(id, _)| id).collect())
             }
-            other => Err(Error::Config(format!("unexpected writer answer {other:?}"))),
+            other => Err(Error::internal(format!(
+                "unexpected writer answer {other:?}"
+            ))),
         }
     }
 
@@ -380,10 +386,7 @@ impl Engine {
         loop {
             let seen = *self.inner.finished.0.lock();
             let row = self.run(run_id)?;
-            if matches!(
-                row.status.as_str(),
-                "completed" | "failed" | "cancelled" | "blocked" | "blocked_version"
-            ) {
+            if row.status.is_final() || row.status.is_parked() {
                 return Ok(row);
             }
             let now = Instant::now();
@@ -401,13 +404,21 @@ impl Engine {
     /// Wait for the run and decode its output.
     pub fn wait_output<I, O: DeserializeOwned>(
         &self,
-        _wf: Workflow<I, O>,
+        wf: Workflow<I, O>,
         run_id: i64,
         timeout: Duration,
     ) -> Result<O, Error> {
+        let row = self.run(run_id)?;
+        if row.workflow != wf.name() {
+            return Err(Error::WrongWorkflow {
+                run_id,
+                asked: wf.name().to_string(),
+                actual: row.workflow,
+            });
+        }
         let row = self.wait(run_id, timeout)?;
-        match row.status.as_str() {
-            "completed" => codec::decode(
+        match row.status {
+            RunStatus::Completed => codec::decode(
                 row.output.as_deref().unwrap_or_default(),
                 self.inner.config.payload_bytes_max,
             )
@@ -416,14 +427,14 @@ impl Engine {
                 step: None,
                 source,
             }),
-            "cancelled" => Err(Error::RunCancelled { run_id }),
-            "failed" => Err(Error::RunFailed {
+            RunStatus::Cancelled => Err(Error::RunCancelled { run_id }),
+            RunStatus::Failed => Err(Error::RunFailed {
                 run_id,
                 error: row.error.unwrap_or_default(),
             }),
             status => Err(Error::RunBlocked {
                 run_id,
-                status: status.into(),
+                status,
                 note: row.note.unwrap_or_default(),
             }),
         }

@@ -17,12 +17,14 @@ pub mod queries;
 pub mod schema;
 #[doc(hidden)]
 pub mod transitions;
+pub mod views;
 #[doc(hidden)]
 pub mod writer;
 
 pub use error::{StoreError, StoreResult};
 pub use pragmas::{ConnSettings, Synchronous};
 pub use transitions::{Claimed, Done, EngineRow, Entry, Fence, NewRun, Op};
+pub use views::{RunStatus, UnknownStatus};
 pub use writer::{Writer, WriterStats};
 
 /// Default of [`StoreOptions::lock_wait_max`] and `Config::lock_wait_max`: how long an API

@@ -1,34 +1,8 @@
 //! Read-only queries (reader pool). Nothing here writes.
 
 use super::error::{StoreError, StoreResult};
+pub use super::views::{AttemptRow, RunRow, StepRow};
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
-
-/// A run as stored (without its input).
-#[derive(Debug, Clone, Serialize)]
-pub struct RunRow {
-    pub id: i64,
-    pub workflow: String,
-    pub version: i64,
-    pub status: String,
-    pub idempotency_key: Option<String>,
-    pub queue: String,
-    pub priority: i64,
-    pub steps_completed: i64,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub finished_at: Option<i64>,
-    pub ready_at: i64,
-    pub owner: Option<String>,
-    pub epoch: i64,
-    pub interruptions: i64,
-    pub last_interruption: Option<String>,
-    pub error: Option<String>,
-    pub note: Option<String>,
-    pub parent_id: Option<i64>,
-    #[serde(skip)]
-    pub output: Option<Vec<u8>>,
-}
 
 const RUN_COLS: &str = "id, workflow, version, status, idempotency_key, queue, priority,
     (SELECT count(*) FROM steps s WHERE s.run_id = runs.id AND s.status = 'completed'),
@@ -58,36 +32,6 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         parent_id: r.get(18)?,
         output: r.get(19)?,
     })
-}
-
-/// One journal entry as stored.
-#[derive(Debug, Clone, Serialize)]
-pub struct StepRow {
-    pub seq: i64,
-    pub name: String,
-    pub kind: String,
-    pub status: String,
-    pub attempts: i64,
-    pub error: Option<String>,
-    pub recorded_at: i64,
-    #[serde(skip)]
-    pub output: Option<Vec<u8>>,
-}
-
-/// One execution attempt of a step.
-#[derive(Debug, Clone, Serialize)]
-pub struct AttemptRow {
-    pub seq: i64,
-    pub attempt: i64,
-    pub name: String,
-    pub owner: String,
-    pub epoch: i64,
-    pub pid: Option<i64>,
-    pub pid_start: Option<i64>,
-    pub started_at: i64,
-    pub ended_at: Option<i64>,
-    pub outcome: Option<String>,
-    pub reason: Option<String>,
 }
 
 fn sql(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {

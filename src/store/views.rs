@@ -1,0 +1,241 @@
+//! What a run looks like to an application: its status, its row, its journal entries and
+//! its execution attempts, as read from the store. Plain data: reading one never changes
+//! anything.
+
+use serde::{Serialize, Serializer};
+
+/// Where a run is in its life. Final: [`Completed`](RunStatus::Completed),
+/// [`Failed`](RunStatus::Failed), [`Cancelled`](RunStatus::Cancelled). Parked (waiting
+/// for an operator): [`Blocked`](RunStatus::Blocked), [`BlockedVersion`](RunStatus::BlockedVersion).
+///
+/// ```
+/// use waymark::RunStatus;
+/// let s: RunStatus = "suspended".parse().unwrap();
+/// assert_eq!(s, RunStatus::Suspended);
+/// assert!(!s.is_final());
+/// assert_eq!(s.as_str(), "suspended");
+/// assert!("bogus".parse::<RunStatus>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RunStatus {
+    /// Ready to be claimed (or waiting for its `ready_at`).
+    Pending,
+    /// Claimed by an engine, under a lease.
+    Running,
+    /// Waiting durably: a sleep, an event, a child run or a retry's backoff.
+    Suspended,
+    /// Finished with an output.
+    Completed,
+    /// Finished with an error.
+    Failed,
+    /// Finished by a cancel.
+    Cancelled,
+    /// Parked: bad data, a non-determinism error or too many interruptions; `resume` sends
+    /// it back to `pending`.
+    Blocked,
+    /// Parked: no engine on the file registers its workflow at its version.
+    BlockedVersion,
+}
+
+impl RunStatus {
+    /// Every status, in the order of a run's life.
+    pub const ALL: [RunStatus; 8] = [
+        RunStatus::Pending,
+        RunStatus::Running,
+        RunStatus::Suspended,
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+        RunStatus::Blocked,
+        RunStatus::BlockedVersion,
+    ];
+
+    /// The name stored in the database and printed by the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Running => "running",
+            RunStatus::Suspended => "suspended",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Blocked => "blocked",
+            RunStatus::BlockedVersion => "blocked_version",
+        }
+    }
+
+    /// Completed, failed or cancelled: the run never changes again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+        )
+    }
+
+    /// Blocked or blocked for its version: it waits for an operator.
+    pub fn is_parked(self) -> bool {
+        matches!(self, RunStatus::Blocked | RunStatus::BlockedVersion)
+    }
+}
+
+/// A status name that is not one of [`RunStatus::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownStatus(pub String);
+
+impl std::fmt::Display for UnknownStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let valid: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+        write!(
+            f,
+            "unknown run status '{}' (valid: {})",
+            self.0,
+            valid.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownStatus {}
+
+impl std::str::FromStr for RunStatus {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunStatus::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for RunStatus {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for RunStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<RunStatus> for &str {
+    fn eq(&self, other: &RunStatus) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl Serialize for RunStatus {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl rusqlite::types::FromSql for RunStatus {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let text = v.as_str()?;
+        text.parse()
+            .map_err(|e: UnknownStatus| rusqlite::types::FromSqlError::Other(Box::new(e)))
+    }
+}
+
+/// A run as stored (without its input). Times are milliseconds since the Unix epoch (UTC).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRow {
+    /// The run's id.
+    pub id: i64,
+    /// Its workflow's registered name.
+    pub workflow: String,
+    /// Its workflow's version.
+    pub version: i64,
+    /// Where it is in its life.
+    pub status: RunStatus,
+    /// The idempotency key it was started with, if any.
+    pub idempotency_key: Option<String>,
+    /// Its queue (`"default"` unless chosen).
+    pub queue: String,
+    /// Higher runs first within a queue.
+    pub priority: i64,
+    /// Journal entries completed.
+    pub steps_completed: i64,
+    /// When it was started.
+    pub created_at: i64,
+    /// Its last change.
+    pub updated_at: i64,
+    /// When it finished, if it did.
+    pub finished_at: Option<i64>,
+    /// Not claimed before this time (start delay, sleep, retry backoff).
+    pub ready_at: i64,
+    /// The engine incarnation holding its lease, while running.
+    pub owner: Option<String>,
+    /// Lease epoch: incremented by every claim and reclaim; fences stale owners.
+    pub epoch: i64,
+    /// How many times an owner died or stalled while holding it.
+    pub interruptions: i64,
+    /// Why it was last interrupted.
+    pub last_interruption: Option<String>,
+    /// Its error, when failed.
+    pub error: Option<String>,
+    /// Why it waits or is parked, for people.
+    pub note: Option<String>,
+    /// The run that started it as a child run.
+    pub parent_id: Option<i64>,
+    /// Its encoded output, when completed.
+    #[serde(skip)]
+    pub output: Option<Vec<u8>>,
+}
+
+/// One journal entry: a step's (or a durable wait's) recorded result. Write-once.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRow {
+    /// Sequence number in its run, from 1.
+    pub seq: i64,
+    /// The step's name (or the wait's description).
+    pub name: String,
+    /// `step`, `sleep`, `event`, `child`, ...
+    pub kind: String,
+    /// `completed` or `failed`.
+    pub status: String,
+    /// Executions it took.
+    pub attempts: i64,
+    /// Its error, when failed.
+    pub error: Option<String>,
+    /// When it was recorded.
+    pub recorded_at: i64,
+    /// Its encoded output, when completed.
+    #[serde(skip)]
+    pub output: Option<Vec<u8>>,
+}
+
+/// One execution attempt of a step, with where it ran and how it ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRow {
+    /// The step's sequence number.
+    pub seq: i64,
+    /// 1 for the first execution.
+    pub attempt: i64,
+    /// The step's name.
+    pub name: String,
+    /// The engine incarnation that ran it.
+    pub owner: String,
+    /// The lease epoch it ran under.
+    pub epoch: i64,
+    /// The process that ran it (a child step's process), if recorded.
+    pub pid: Option<i64>,
+    /// That process's start time (clock ticks since boot), to tell a reused pid.
+    pub pid_start: Option<i64>,
+    /// When it started.
+    pub started_at: i64,
+    /// When it ended, if recorded.
+    pub ended_at: Option<i64>,
+    /// Its outcome class (`ok`, `error`, `memory_limit`, ...); none while running or if
+    /// its owner died.
+    pub outcome: Option<String>,
+    /// Why, for people.
+    pub reason: Option<String>,
+}

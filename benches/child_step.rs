@@ -26,8 +26,9 @@ fn bench(c: &mut Criterion) {
     g.sample_size(30).measurement_time(Duration::from_secs(6));
     g.bench_function("child_process_step", |b| {
         b.iter(|| {
-            let out = waymark::internal::child::run_step_once(bin, QUICK.name(), &input, &limits)
-                .unwrap();
+            let out =
+                waymark::internal::isolation::run_step_once(bin, QUICK.name(), &input, &limits)
+                    .unwrap();
             assert_eq!(out, waymark::internal::codec::encode(&42u64, 1024).unwrap());
         })
     });
@@ -54,7 +55,8 @@ fn bench(c: &mut Criterion) {
     }
     g.bench_function("child_process_step_1GiB_resident", |b| {
         b.iter(|| {
-            waymark::internal::child::run_step_once(bin, QUICK.name(), &input, &limits).unwrap();
+            waymark::internal::isolation::run_step_once(bin, QUICK.name(), &input, &limits)
+                .unwrap();
         })
     });
     std::hint::black_box(&ballast);

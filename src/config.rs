@@ -149,7 +149,7 @@ pub struct Config {
     /// Program started for child steps (default: this process's own executable).
     pub child_program: Option<PathBuf>,
     /// Which rlimit carries the memory cap of child steps (default RLIMIT_DATA).
-    pub memory_rlimit: crate::child::MemoryRlimit,
+    pub memory_rlimit: MemoryRlimit,
     /// Time between SIGTERM and SIGKILL when a child step is timed out or cancelled.
     pub kill_grace: Duration,
     /// A pooled child serves at most this many executions, then is replaced.
@@ -199,7 +199,7 @@ impl Config {
             quick_check_on_open: true,
             quick_check_always: false,
             child_program: None,
-            memory_rlimit: crate::child::MemoryRlimit::Data,
+            memory_rlimit: MemoryRlimit::Data,
             kill_grace: Duration::from_secs(2),
             pool_runs_max: 1000,
             pool_rss_max_bytes: 256 * 1024 * 1024,
@@ -232,4 +232,14 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Which rlimit carries a child's memory cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemoryRlimit {
+    /// RLIMIT_DATA: private writable mappings (the default; see module docs).
+    #[default]
+    Data,
+    /// RLIMIT_AS: the whole address space, reservations included.
+    AddressSpace,
 }

@@ -50,39 +50,34 @@ compile_error!(
      pidfds, /proc (process start times, PID namespaces) and process groups"
 );
 
-mod child;
 mod clock;
 mod codec;
 mod config;
-mod ctx;
-mod ctx_durable;
 mod engine;
 mod error;
+mod exec;
 mod fault;
 mod host;
+mod isolation;
 mod outcome;
-mod registry;
+mod step;
 mod store;
+mod workflow;
 
-pub use child::hook;
-pub use child::{CommandOutput, CommandSpec, MemoryRlimit};
 pub use config::{Config, Isolation, RetryPolicy, StepLimits};
-pub use ctx::Ctx;
-pub use ctx_durable::Child;
 pub use engine::schedule::{Missed, ScheduleSpec};
 pub use engine::{AttemptRow, Engine, RunRow, StartOptions, StepRow};
 pub use error::{Error, StepError, WorkflowError};
+pub use isolation::hook;
+pub use isolation::{CommandOutput, CommandSpec, MemoryRlimit};
 pub use outcome::{Failure, FailureClass};
-pub use registry::{Registry, Step, StepCtx, StepOptions, Workflow};
 pub use store::{RunStatus, StoreError, Synchronous, UnknownStatus};
+pub use workflow::{Child, Ctx, Registry, Step, StepCtx, StepOptions, Workflow};
 
 /// Internals for the `waymark` binary, its tests and benches. Not part of the API: no
 /// stability promise, no documentation beyond the code.
 #[doc(hidden)]
 pub mod internal {
-    pub mod child {
-        pub use crate::child::*;
-    }
     pub mod clock {
         pub use crate::clock::*;
     }
@@ -92,16 +87,22 @@ pub mod internal {
     pub mod engine {
         pub use crate::engine::*;
     }
+    pub mod exec {
+        pub use crate::exec::*;
+    }
     pub mod fault {
         pub use crate::fault::*;
     }
     pub mod host {
         pub use crate::host::*;
     }
-    pub mod registry {
-        pub use crate::registry::*;
+    pub mod isolation {
+        pub use crate::isolation::*;
     }
     pub mod store {
         pub use crate::store::*;
+    }
+    pub mod workflow {
+        pub use crate::workflow::registry::*;
     }
 }

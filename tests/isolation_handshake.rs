@@ -25,7 +25,7 @@ fn registry() -> Registry {
 #[test]
 fn missing_hook_is_detected_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let line = waymark::internal::child::HOOK_LINE;
+    let line = waymark::internal::isolation::HOOK_LINE;
     assert_eq!(line, "waymark::hook(build_registry);");
 
     let mut c1 = Config::new(dir.path().join("a.db"));
@@ -50,7 +50,7 @@ fn missing_hook_is_detected_at_start() {
     reg.step(QUICK, |_, n| Ok(n + 1));
     Engine::start(reg, c4.clone()).unwrap().shutdown().unwrap();
 
-    std::env::set_var(waymark::internal::child::ENV_MODE, "step");
+    std::env::set_var(waymark::internal::isolation::ENV_MODE, "step");
     let mut reg = Registry::new();
     reg.step(QUICK, |_, n| Ok(n + 1));
     let e = Engine::start(reg, c4).unwrap_err();

@@ -4,7 +4,7 @@
 //! they are not a frame, and valid frames round-trip whatever the chunking.
 
 use proptest::prelude::*;
-use waymark::internal::child::protocol::{
+use waymark::internal::isolation::protocol::{
     encode_frame, read_frame, FrameReader, ProtocolError, Response, HEADER_BYTES,
 };
 

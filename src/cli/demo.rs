@@ -84,7 +84,7 @@ pub fn record_effect(ctx: &StepCtx, step: &str) {
             .append(true)
             .open(path)
         {
-            let engine_pid = if std::env::var_os(waymark::internal::child::ENV_MODE).is_some() {
+            let engine_pid = if std::env::var_os(waymark::internal::isolation::ENV_MODE).is_some() {
                 // SAFETY: getppid(2) has no preconditions.
                 unsafe { libc::getppid() as u32 }
             } else {

@@ -200,7 +200,7 @@ fn flood_step(_: &StepCtx, (out, err): (u64, u64)) -> Result<u64, StepError> {
 }
 
 fn garbage_step(_: &StepCtx, _: ()) -> Result<(), StepError> {
-    let fd = waymark::internal::child::hook::protocol_fd_for_tests();
+    let fd = waymark::internal::isolation::hook::protocol_fd_for_tests();
     let junk = b"this is not a frame at all\n";
     // SAFETY: write(2) of a valid buffer to the protocol descriptor of this child.
     unsafe {
@@ -233,7 +233,7 @@ fn threads_step(_: &StepCtx, n: u32) -> Result<u32, StepError> {
 fn orphan_step(ctx: &StepCtx, input: OrphanIn) -> Result<String, StepError> {
     if ctx.attempt() == 1 {
         if std::env::var_os("WAYMARK_TEST_BLOCK_PDEATHSIG").is_some() {
-            waymark::internal::child::hook::detach_from_parent_for_tests();
+            waymark::internal::isolation::hook::detach_from_parent_for_tests();
         }
         std::fs::write(&input.pid_file, std::process::id().to_string())?;
         record_effect(ctx, "orphan-first");
@@ -324,9 +324,9 @@ pub fn register(reg: &mut Registry) {
     reg.step(QUICK, |_, n: u64| Ok(n + 1));
     // Burns `ms` milliseconds of CPU time, then returns.
     reg.step(BURN, |_, ms: u64| {
-        let start = waymark::internal::child::limits::process_cpu_time();
+        let start = waymark::internal::isolation::limits::process_cpu_time();
         let mut x = 0u64;
-        while (waymark::internal::child::limits::process_cpu_time() - start).as_millis()
+        while (waymark::internal::isolation::limits::process_cpu_time() - start).as_millis()
             < ms as u128
         {
             for _ in 0..10_000 {
@@ -575,7 +575,7 @@ pub fn probe_threads(rlimit: &str, mib: u64, max: u32) -> CliResult {
         "as" => waymark::MemoryRlimit::AddressSpace,
         other => return Err(format!("bad --rlimit '{other}': expected data or as")),
     };
-    waymark::internal::child::limits::apply_memory_rlimit(which, mib * 1024 * 1024)
+    waymark::internal::isolation::limits::apply_memory_rlimit(which, mib * 1024 * 1024)
         .map_err(|e| format!("setrlimit: {e}"))?;
     let (tx, rx) = crossbeam_channel::bounded::<()>(0);
     let mut started = 0u32;

@@ -7,7 +7,7 @@
 #[doc(hidden)]
 pub mod dispatch;
 #[doc(hidden)]
-pub mod exec;
+mod env;
 #[doc(hidden)]
 pub mod features;
 #[doc(hidden)]
@@ -25,10 +25,10 @@ use crate::codec;
 use crate::config::{Config, Isolation};
 use crate::error::Error;
 use crate::host;
-use crate::registry::{Registry, Workflow};
 use crate::store::{
     queries, Done, EngineRow, NewRun, Op, RunStatus, Store, StoreError, StoreOptions,
 };
+use crate::workflow::registry::{Registry, Workflow};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 use serde::{de::DeserializeOwned, Serialize};
@@ -87,9 +87,9 @@ pub struct Inner {
     pub(crate) in_flight: AtomicI64,
     wake_tx: Sender<()>,
     finished: (Mutex<u64>, Condvar),
-    in_process: exec::InProcess,
-    child: crate::child::ChildExecutor,
-    pool: crate::child::PoolExecutor,
+    in_process: crate::exec::InProcess,
+    child: crate::isolation::ChildExecutor,
+    pool: crate::isolation::PoolExecutor,
     pub(crate) features: features::Features,
 }
 
@@ -132,7 +132,7 @@ impl Inner {
         self.health.failed(self, e);
     }
 
-    pub(crate) fn executor(&self, isolation: Isolation) -> &dyn exec::Executor {
+    pub(crate) fn executor(&self, isolation: Isolation) -> &dyn crate::exec::Executor {
         match isolation {
             Isolation::InProcess => &self.in_process,
             Isolation::Child => &self.child,
@@ -183,10 +183,10 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, Error> {
         config.validate()?;
-        let child = crate::child::executor::preflight(&config, &registry)?;
+        let child = crate::isolation::executor::preflight(&config, &registry)?;
         // A step child whose engine stays stopped (SIGSTOP) for half a TTL ends its own tree:
         // another engine may reclaim the run after one TTL without being able to signal it.
-        crate::child::set_stopped_kill(config.lease_ttl / 2);
+        crate::isolation::set_stopped_kill(config.lease_ttl / 2);
         let opts = StoreOptions {
             create: true,
             synchronous: config.synchronous,
@@ -216,7 +216,7 @@ impl Engine {
         }))?;
         let (wake_tx, wake_rx) = bounded(1);
         let workflows_json: Arc<str> = registry.workflow_keys_json().into();
-        let pool = crate::child::PoolExecutor::new(
+        let pool = crate::isolation::PoolExecutor::new(
             child.clone(),
             config.pool_runs_max,
             config.pool_rss_max_bytes,
@@ -239,7 +239,7 @@ impl Engine {
             in_flight: AtomicI64::new(0),
             wake_tx,
             finished: (Mutex::new(0), Condvar::new()),
-            in_process: exec::InProcess,
+            in_process: crate::exec::InProcess,
             pool,
             child,
             features: features::Features::default(),

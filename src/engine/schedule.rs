@@ -13,9 +13,9 @@
 
 use crate::engine::{Engine, Inner};
 use crate::error::Error;
-use crate::registry::Workflow;
 use crate::store::feature_ops::{due_schedules, ScheduleRow};
 use crate::store::{Done, NewRun, Op, StoreError};
+use crate::workflow::registry::Workflow;
 use chrono::{TimeZone, Utc};
 use serde::Serialize;
 use std::str::FromStr;

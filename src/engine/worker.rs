@@ -4,11 +4,11 @@
 //! writer, fenced by the claim's `(owner, epoch)`. A `LeaseLost` answer means: stop, write
 //! nothing more for this run.
 
-use crate::ctx::{Ctx, Interrupt};
-use crate::engine::exec::panic_message;
 use crate::engine::Inner;
-use crate::registry::WorkflowFailure;
+use crate::exec::panic_message;
 use crate::store::{queries, Claimed, Fence, Op, StoreError};
+use crate::workflow::ctx::{Ctx, Interrupt};
+use crate::workflow::registry::WorkflowFailure;
 use std::collections::HashMap;
 
 /// Run `claimed` to its next stop (completion, failure, suspension, or loss of lease).
@@ -52,7 +52,7 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
                 .fold(HashMap::new(), |mut m, a| {
                     let e = m.entry(a.seq).or_insert((0, 0));
                     e.0 = e.0.max(a.attempt);
-                    if crate::ctx::counts_as_failure(a.outcome.as_deref()) {
+                    if crate::workflow::ctx::counts_as_failure(a.outcome.as_deref()) {
                         e.1 += 1;
                     }
                     m
@@ -85,7 +85,7 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
         return;
     }
     let mut ctx = Ctx {
-        inner,
+        env: inner,
         fence: fence.clone(),
         workflow: claimed.workflow.clone(),
         journal,

@@ -24,7 +24,7 @@ pub mod writer;
 pub use error::{StoreError, StoreResult};
 pub use pragmas::{ConnSettings, Synchronous};
 pub use transitions::{Claimed, Done, EngineRow, Entry, Fence, NewRun, Op};
-pub use views::{RunStatus, UnknownStatus};
+pub use views::{AttemptRow, RunRow, RunStatus, StepRow, UnknownStatus};
 pub use writer::{Writer, WriterStats};
 
 /// Default of [`StoreOptions::lock_wait_max`] and `Config::lock_wait_max`: how long an API

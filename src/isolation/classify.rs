@@ -8,8 +8,8 @@
 
 use super::protocol::Response;
 use super::spawn::{Exit, Finished, Intent, Stdout};
-use crate::child::limits::human_bytes;
 use crate::config::StepLimits;
+use crate::isolation::limits::human_bytes;
 use crate::outcome::{Failure, FailureClass, Outcome};
 
 /// Name of a signal number, for reasons.

@@ -14,11 +14,11 @@
 //!   has seen the request yet.
 
 use crate::codec;
-use crate::ctx::{Ctx, Interrupt};
 use crate::error::WorkflowError;
-use crate::registry::Workflow;
 use crate::store::feature_ops::Awaited;
 use crate::store::{Done, NewRun, Op, StoreError};
+use crate::workflow::ctx::{Ctx, Interrupt};
+use crate::workflow::registry::Workflow;
 use serde::{de::DeserializeOwned, Serialize};
 use std::marker::PhantomData;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,7 +44,7 @@ fn duration_ms(d: Duration) -> i64 {
 impl Ctx<'_> {
     /// Write a feature command; fencing and storage errors become interrupts.
     fn feature(&mut self, op: Op) -> Result<Done, WorkflowError> {
-        match self.inner.store.call(op) {
+        match self.env.store().call(op) {
             Ok(done) => Ok(done),
             Err(StoreError::LeaseLost { .. }) => Err(self.interrupt(Interrupt::LeaseLost)),
             Err(e) => Err(self.interrupt(Interrupt::Storage(e))),
@@ -60,7 +60,7 @@ impl Ctx<'_> {
         wake: impl FnOnce(i64) -> i64,
     ) -> Result<i64, WorkflowError> {
         let (seq, recorded) = self.next_entry(name, "sleep")?;
-        let now = self.inner.clock.now_ms();
+        let now = self.env.now_ms();
         let wake = match recorded {
             Some(entry) => {
                 let bytes = entry.output.as_deref().unwrap_or_default();
@@ -215,7 +215,7 @@ impl Ctx<'_> {
             name,
             run,
         })?;
-        self.inner.wake_dispatcher();
+        self.env.wake_dispatcher();
         match done {
             Done::Run { id, .. } => Ok(Child {
                 id,

@@ -17,12 +17,10 @@ use super::spawn::{self, Exchange, Finished, HeadTail, SpawnSpec, Stdout};
 use super::{CommandOutput, CommandSpec};
 use crate::codec;
 use crate::config::{Config, Isolation, StepLimits};
-use crate::engine::exec::{ExecRequest, Executor};
-use crate::engine::Inner;
 use crate::error::Error;
+use crate::exec::{record_start, Attempts, EarlierAttempt, ExecRequest, Executor};
 use crate::outcome::{Failure, FailureClass, Outcome};
-use crate::registry::Registry;
-use crate::store::{queries, Op};
+use crate::step::StepSource;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -203,23 +201,17 @@ impl ChildExecutor {
 
     pub(crate) fn kill_survivors(
         &self,
-        inner: &Inner,
+        attempts: &dyn Attempts,
         req: &ExecRequest<'_>,
     ) -> Result<(), Failure> {
         let run_id = req.fence.run_id;
-        let open = inner
-            .store
-            .read(|c| queries::open_attempts(c, run_id))
-            .map_err(|e| {
-                Failure::new(
-                    FailureClass::Spawn,
-                    format!("reading attempts of run {run_id}: {e}"),
-                )
-            })?;
-        for a in open.iter().filter(|a| a.seq == req.seq) {
-            if *a.owner == *req.fence.owner && a.epoch == req.fence.epoch {
-                continue;
-            }
+        let earlier = attempts.earlier(req).map_err(|e| {
+            Failure::new(
+                FailureClass::Spawn,
+                format!("reading attempts of run {run_id}: {e}"),
+            )
+        })?;
+        for EarlierAttempt { row: a, elsewhere } in &earlier {
             let (Some(pid), Some(start)) = (a.pid, a.pid_start) else {
                 continue;
             };
@@ -229,18 +221,12 @@ impl ChildExecutor {
             // A pid recorded by an engine in another PID namespace (another container on
             // this host) names some other process here: never signal it. That engine's own
             // death watch takes its step trees down with it.
-            let host = inner
-                .store
-                .read(|c| queries::engine_host(c, &a.owner))
-                .unwrap_or(None);
-            if let Some(host) = host {
-                if crate::host::place(&inner.boot_id, &host) != crate::host::Place::SameNamespace {
-                    log::warn!(
-                        "run {run_id}: attempt {} of step '{}' ran in another PID namespace or boot ({host}); its processes cannot be checked from here",
-                        a.attempt, a.name
-                    );
-                    continue;
-                }
+            if let Some(host) = elsewhere {
+                log::warn!(
+                    "run {run_id}: attempt {} of step '{}' ran in another PID namespace or boot ({host}); its processes cannot be checked from here",
+                    a.attempt, a.name
+                );
+                continue;
             }
             // The leader may be dead while its group lives on (its descendants): the
             // tree is killed by process group either way.
@@ -267,10 +253,10 @@ impl ChildExecutor {
 }
 
 impl Executor for ChildExecutor {
-    fn execute(&self, inner: &Inner, req: &ExecRequest<'_>) -> Outcome {
+    fn execute(&self, attempts: &dyn Attempts, req: &ExecRequest<'_>) -> Outcome {
         let step = req.step.name();
         if req.attempt > 1 {
-            self.kill_survivors(inner, req)?;
+            self.kill_survivors(attempts, req)?;
         }
         let mut cwd = None;
         let p = prepare(
@@ -288,25 +274,10 @@ impl Executor for ChildExecutor {
         )?;
         let running = spawn::spawn(&p.spec).map_err(|e| spawn_failure(&self.program, e))?;
         let pid = running.pid;
-        let pid_start = crate::host::pid_start_time(pid);
         // Record the child before it can have any effect (it has no input yet).
-        let recorded = inner.store.call(Op::AttemptStart {
-            fence: req.fence.clone(),
-            seq: req.seq,
-            attempt: req.attempt,
-            name: step.to_string(),
-            pid: Some(pid),
-            pid_start,
-        });
-        if let Err(e) = recorded {
+        if let Err(f) = record_start(attempts, req, pid) {
             drop(running); // kills the group and reaps
-            return Err(Failure::new(
-                FailureClass::Spawn,
-                format!(
-                    "step '{step}' of run {}: attempt not recorded: {e}",
-                    req.fence.run_id
-                ),
-            ));
+            return Err(f);
         }
         crate::fault::point(crate::fault::Point::InStep);
         let finished = running.exchange(p.exchange);
@@ -320,16 +291,13 @@ impl Executor for ChildExecutor {
             finished.wall
         );
         if outcome.is_ok() {
-            let _ = inner.store.call(Op::AttemptEnd {
-                fence: req.fence.clone(),
-                seq: req.seq,
-                attempt: req.attempt,
-                outcome: "success",
-                reason: format!(
+            let _ = attempts.succeeded(
+                req,
+                format!(
                     "completed in pid {pid} after {} ms",
                     finished.wall.as_millis()
                 ),
-            });
+            );
         }
         outcome
     }
@@ -346,9 +314,10 @@ fn hook_missing(program: &Path, detail: &str) -> Error {
 }
 
 /// Names of the steps `registry` would run in a child under `config`.
-pub(crate) fn child_steps(config: &Config, registry: &Registry) -> Vec<String> {
+pub(crate) fn child_steps(config: &Config, registry: &dyn StepSource) -> Vec<String> {
     registry
-        .step_defs()
+        .all_steps()
+        .into_iter()
         .filter(|d| {
             d.is_command() || d.options().isolation.unwrap_or(config.isolation) == Isolation::Child
         })
@@ -362,7 +331,10 @@ pub(crate) fn child_steps(config: &Config, registry: &Registry) -> Vec<String> {
 ///   the hook, and starting an engine there would run the host's main again in a loop.
 /// - If any step runs in a child, the hook must be installed (when children are this very
 ///   binary), and a handshake child must answer with every such step registered.
-pub(crate) fn preflight(config: &Config, registry: &Registry) -> Result<ChildExecutor, Error> {
+pub(crate) fn preflight(
+    config: &Config,
+    registry: &dyn StepSource,
+) -> Result<ChildExecutor, Error> {
     let program = match &config.child_program {
         Some(p) => p.clone(),
         None => std::env::current_exe()

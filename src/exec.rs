@@ -2,26 +2,37 @@
 //!
 //! Invariant: the caller ([`crate::Ctx`]) journals whatever an [`Executor`] returns; an
 //! executor never writes the journal itself, except to record where an attempt runs
-//! (pid and start time) before the step can have any effect.
+//! (pid and start time) before the step can have any effect, through [`Attempts`].
+//!
+//! Dependency direction: imports the step layer, config, outcome and the store's plain
+//! types; never the engine, never the process code ([`crate::isolation`] implements
+//! [`Executor`] on top of this module, the engine implements [`Attempts`]).
 
 use crate::config::StepLimits;
-use crate::engine::Inner;
 use crate::outcome::{Failure, FailureClass, Outcome};
-use crate::registry::{ErasedStepError, StepCtx, StepDef};
-use crate::store::Fence;
+use crate::step::{ErasedStepError, StepCtx, StepDef};
+use crate::store::{AttemptRow, Fence, StoreError};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// One execution of one step.
 #[derive(Debug)]
 pub struct ExecRequest<'a> {
+    /// The run and the lease (owner, epoch) the step runs under.
     pub fence: &'a Fence,
+    /// The step's journal sequence number.
     pub seq: i64,
+    /// 1 for the first execution.
     pub attempt: i64,
+    /// The step to run.
     pub step: &'a StepDef,
+    /// Its encoded input.
     pub input: &'a [u8],
+    /// Its limits.
     pub limits: &'a StepLimits,
+    /// Largest encoded output accepted.
     pub payload_limit: u64,
+    /// Set when the run is cancelled or past its deadline.
     pub cancel: Arc<AtomicBool>,
 }
 
@@ -40,7 +51,54 @@ impl ExecRequest<'_> {
 
 /// Runs a step somewhere and classifies how it ended.
 pub trait Executor: Send + Sync + std::fmt::Debug {
-    fn execute(&self, inner: &Inner, req: &ExecRequest<'_>) -> Outcome;
+    /// Run `req` and say how it ended. `attempts` records where it ran.
+    fn execute(&self, attempts: &dyn Attempts, req: &ExecRequest<'_>) -> Outcome;
+}
+
+/// An earlier, unfinished attempt of the same step (its owner died or was fenced).
+#[derive(Debug, Clone)]
+pub struct EarlierAttempt {
+    /// The attempt as recorded.
+    pub row: AttemptRow,
+    /// `Some(host)` when its owner ran in another PID namespace or boot: its pid names
+    /// some other process here and must never be signalled.
+    pub elsewhere: Option<String>,
+}
+
+/// Where executors record attempts (the engine implements it over its store).
+pub trait Attempts: Send + Sync {
+    /// Record that `req` runs in process `(pid, pid_start)`, before it gets its input.
+    fn started(
+        &self,
+        req: &ExecRequest<'_>,
+        pid: Option<u32>,
+        pid_start: Option<u64>,
+    ) -> Result<(), StoreError>;
+    /// Record that `req` ended well (`reason` for people). The journal entry that follows
+    /// is what counts; an error here means the lease was lost or storage failed.
+    fn succeeded(&self, req: &ExecRequest<'_>, reason: String) -> Result<(), StoreError>;
+    /// Unfinished attempts of the same step by other owners or epochs.
+    fn earlier(&self, req: &ExecRequest<'_>) -> Result<Vec<EarlierAttempt>, StoreError>;
+}
+
+/// Record the start of `req` in process `pid`; the one path for "attempt not recorded".
+pub fn record_start(
+    attempts: &dyn Attempts,
+    req: &ExecRequest<'_>,
+    pid: u32,
+) -> Result<(), Failure> {
+    attempts
+        .started(req, Some(pid), crate::host::pid_start_time(pid))
+        .map_err(|e| {
+            Failure::new(
+                FailureClass::Spawn,
+                format!(
+                    "step '{}' of run {}: attempt not recorded: {e}",
+                    req.step.name(),
+                    req.fence.run_id
+                ),
+            )
+        })
 }
 
 /// Runs steps on the calling worker thread. A panic is caught and classified; there is no
@@ -96,7 +154,7 @@ pub fn classify_call(
 }
 
 impl Executor for InProcess {
-    fn execute(&self, _inner: &Inner, req: &ExecRequest<'_>) -> Outcome {
+    fn execute(&self, _attempts: &dyn Attempts, req: &ExecRequest<'_>) -> Outcome {
         crate::fault::point(crate::fault::Point::InStep);
         let ctx = req.step_ctx();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -12,15 +12,7 @@
 
 use std::path::PathBuf;
 
-/// Which rlimit carries a child's memory cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MemoryRlimit {
-    /// RLIMIT_DATA: private writable mappings (the default; see module docs).
-    #[default]
-    Data,
-    /// RLIMIT_AS: the whole address space, reservations included.
-    AddressSpace,
-}
+pub use crate::config::MemoryRlimit;
 
 impl MemoryRlimit {
     pub(crate) fn env_value(self) -> &'static str {

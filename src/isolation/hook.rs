@@ -27,7 +27,7 @@
 
 use super::limits::{self, ChildLimits};
 use super::protocol::{self, Request, Response, FRAME_OVERHEAD_BYTES};
-use crate::registry::{ErasedStepError, Registry, StepCtx};
+use crate::step::{ErasedStepError, StepCtx, StepSource};
 use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -48,7 +48,7 @@ pub(crate) const EXIT_EXEC: i32 = 127;
 /// In the engine's process it only notes that the hook is installed and returns at once
 /// (without calling `registry`). In a step child started by the engine it builds the
 /// registry, serves step executions, and exits: it never returns there.
-pub fn hook<F: FnOnce() -> Registry>(registry: F) {
+pub fn hook<R: StepSource, F: FnOnce() -> R>(registry: F) {
     HOOKED.store(true, Ordering::SeqCst);
     let Some(mode) = std::env::var_os(super::ENV_MODE) else {
         return;
@@ -241,7 +241,7 @@ pub fn protocol_fd_for_tests() -> i32 {
     PROTOCOL_FD.load(Ordering::SeqCst)
 }
 
-fn serve(registry: Registry, mode: &str) -> i32 {
+fn serve<R: StepSource>(registry: R, mode: &str) -> i32 {
     // SAFETY: fcntl/dup2 on the standard descriptors this process was started with.
     let proto = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
     if proto < 0 || unsafe { libc::dup2(2, 1) } < 0 {
@@ -345,7 +345,7 @@ fn serve(registry: Registry, mode: &str) -> i32 {
 
 #[allow(clippy::too_many_arguments)]
 fn run_step(
-    registry: &Registry,
+    registry: &dyn StepSource,
     step: &str,
     run_id: i64,
     seq: i64,
@@ -373,6 +373,6 @@ fn run_step(
             Response::OutputTooLarge { size, limit }
         }
         Ok(Err(ErasedStepError::Codec(e))) => Response::Codec(e.to_string()),
-        Err(payload) => Response::Panic(crate::engine::exec::panic_message(&*payload)),
+        Err(payload) => Response::Panic(crate::exec::panic_message(&*payload)),
     }
 }

@@ -11,7 +11,7 @@
 //!   the step's leader and supervises the program).
 //! - [`group`]: a step's process tree by process group; killing what a dead engine left.
 //! - [`limits`]: rlimits applied by the child itself; cgroup v2 detection.
-//! - [`executor`]: the engine's [`crate::engine::exec::Executor`] for child steps, and the
+//! - [`executor`]: the engine's [`crate::exec::Executor`] for child steps, and the
 //!   start-up handshake.
 
 #[doc(hidden)]

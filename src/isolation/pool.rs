@@ -21,10 +21,8 @@
 use super::classify::classify_response;
 use super::executor::{outcome_of, prepare, spawn_failure, ChildExecutor};
 use super::spawn::{self, HeadTail, Running};
-use crate::engine::exec::{ExecRequest, Executor};
-use crate::engine::Inner;
-use crate::outcome::{Failure, FailureClass, Outcome};
-use crate::store::Op;
+use crate::exec::{record_start, Attempts, ExecRequest, Executor};
+use crate::outcome::Outcome;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -88,13 +86,13 @@ impl PoolExecutor {
 }
 
 impl Executor for PoolExecutor {
-    fn execute(&self, inner: &Inner, req: &ExecRequest<'_>) -> Outcome {
+    fn execute(&self, attempts: &dyn Attempts, req: &ExecRequest<'_>) -> Outcome {
         if req.step.is_command() {
-            return self.cold.execute(inner, req);
+            return self.cold.execute(attempts, req);
         }
         let step = req.step.name();
         if req.attempt > 1 {
-            self.cold.kill_survivors(inner, req)?;
+            self.cold.kill_survivors(attempts, req)?;
         }
         let mut cwd = None;
         let program = self.cold.program().to_path_buf();
@@ -123,24 +121,10 @@ impl Executor for PoolExecutor {
             }
         };
         let pid = pooled.running.pid;
-        let recorded = inner.store.call(Op::AttemptStart {
-            fence: req.fence.clone(),
-            seq: req.seq,
-            attempt: req.attempt,
-            name: step.to_string(),
-            pid: Some(pid),
-            pid_start: crate::host::pid_start_time(pid),
-        });
-        if let Err(e) = recorded {
+        if let Err(f) = record_start(attempts, req, pid) {
             // The child may be fine, but it has no input yet: put it back.
             self.checkin(step, pooled);
-            return Err(Failure::new(
-                FailureClass::Spawn,
-                format!(
-                    "step '{step}' of run {}: attempt not recorded: {e}",
-                    req.fence.run_id
-                ),
-            ));
+            return Err(f);
         }
         crate::fault::point(crate::fault::Point::InStep);
         let started = Instant::now();
@@ -166,18 +150,14 @@ impl Executor for PoolExecutor {
                 // child while it serves another run. So a child whose attempt could not be
                 // closed (lease lost) is never returned to the pool.
                 let closed = emptied
-                    && inner
-                        .store
-                        .call(Op::AttemptEnd {
-                            fence: req.fence.clone(),
-                            seq: req.seq,
-                            attempt: req.attempt,
-                            outcome: "success",
-                            reason: format!(
+                    && attempts
+                        .succeeded(
+                            req,
+                            format!(
                                 "completed in pooled pid {pid} after {} ms",
                                 started.elapsed().as_millis()
                             ),
-                        })
+                        )
                         .map_err(|e| {
                             log::warn!(
                                 "run {}: step '{step}' attempt {} in pooled child {pid} not closed ({e}); the child is not returned to the pool",

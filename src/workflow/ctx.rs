@@ -9,17 +9,41 @@
 //!   call returns [`WorkflowError::Interrupted`] and the workflow's return value is ignored.
 
 use crate::codec;
-use crate::engine::exec::ExecRequest;
-use crate::engine::Inner;
 use crate::error::WorkflowError;
+use crate::exec::ExecRequest;
 use crate::fault;
 use crate::outcome::Failure;
-use crate::registry::{Step, StepDef};
 use crate::store::{queries::StepRow, Entry, Fence, Op, StoreError};
+use crate::workflow::registry::{Step, StepDef};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+
+/// What a workflow's context needs from the engine running it. The engine implements it;
+/// the workflow code never names engine internals.
+pub(crate) trait RunEnv: crate::exec::Attempts {
+    /// The engine's configuration.
+    fn config(&self) -> &crate::config::Config;
+    /// The store the run lives in.
+    fn store(&self) -> &crate::store::Store;
+    /// What can run.
+    fn registry(&self) -> &std::sync::Arc<crate::workflow::registry::Registry>;
+    /// Where steps of this isolation run.
+    fn executor(&self, isolation: crate::config::Isolation) -> &dyn crate::exec::Executor;
+    /// Is the lease of incarnation `owner` still valid on our monotonic clock?
+    fn lease_valid_for(&self, owner: &str) -> bool;
+    /// Was the run at this epoch stopped because its owner's lease lapsed?
+    fn lapsed(&self, run_id: i64, epoch: i64) -> bool;
+    /// The engine is shutting down.
+    fn shutting_down(&self) -> bool;
+    /// The engine killed in-flight child steps (shutdown grace over).
+    fn steps_aborted(&self) -> bool;
+    /// Wall time, ms since the epoch.
+    fn now_ms(&self) -> i64;
+    /// A run became ready: wake the dispatcher.
+    fn wake_dispatcher(&self);
+}
 
 /// Why the engine took a run away from its workflow function.
 #[derive(Debug)]
@@ -59,7 +83,7 @@ pub(crate) fn counts_as_failure(outcome: Option<&str>) -> bool {
 
 /// Handed to a workflow function; every durable operation goes through it.
 pub struct Ctx<'a> {
-    pub(crate) inner: &'a Inner,
+    pub(crate) env: &'a dyn RunEnv,
     pub(crate) fence: Fence,
     pub(crate) workflow: String,
     pub(crate) journal: Vec<StepRow>,
@@ -96,7 +120,7 @@ impl<'a> Ctx<'a> {
     }
 
     pub(crate) fn payload_limit(&self) -> u64 {
-        self.inner.config.payload_bytes_max
+        self.env.config().payload_bytes_max
     }
 
     pub(crate) fn interrupt(&mut self, why: Interrupt) -> WorkflowError {
@@ -112,7 +136,7 @@ impl<'a> Ctx<'a> {
             return Err(WorkflowError::Interrupted);
         }
         self.check_lease()?;
-        if self.inner.shutting_down() {
+        if self.env.shutting_down() {
             return Err(self.interrupt(Interrupt::Shutdown));
         }
         if self.cancel.load(std::sync::atomic::Ordering::SeqCst) {
@@ -130,7 +154,7 @@ impl<'a> Ctx<'a> {
         if self.interrupt.is_some() {
             return Err(WorkflowError::Interrupted);
         }
-        if !self.inner.lease.valid_for(&self.fence.owner) {
+        if !self.env.lease_valid_for(&self.fence.owner) {
             return Err(self.interrupt(Interrupt::LeaseExpired));
         }
         Ok(())
@@ -138,9 +162,7 @@ impl<'a> Ctx<'a> {
 
     /// Was this execution stopped because the lease of its incarnation lapsed?
     fn lapsed(&self) -> bool {
-        self.inner
-            .features
-            .lapsed(self.fence.run_id, self.fence.epoch)
+        self.env.lapsed(self.fence.run_id, self.fence.epoch)
     }
 
     /// Read (no commit) whether the run is still ours at the claim's epoch; if not, the run
@@ -148,8 +170,8 @@ impl<'a> Ctx<'a> {
     pub(crate) fn check_fence(&mut self) -> Result<(), WorkflowError> {
         let fence = self.fence.clone();
         match self
-            .inner
-            .store
+            .env
+            .store()
             .read(|c| crate::store::queries::fence_holds(c, &fence))
         {
             Ok(true) => Ok(()),
@@ -160,7 +182,7 @@ impl<'a> Ctx<'a> {
 
     /// Write through the writer, turning fencing and storage errors into interrupts.
     pub(crate) fn write(&mut self, op: Op) -> Result<(), WorkflowError> {
-        match self.inner.store.call(op) {
+        match self.env.store().call(op) {
             Ok(_) => Ok(()),
             Err(StoreError::LeaseLost { .. }) => Err(self.interrupt(Interrupt::LeaseLost)),
             Err(e) => Err(self.interrupt(Interrupt::Storage(e))),
@@ -186,10 +208,11 @@ impl<'a> Ctx<'a> {
                 Err(self.interrupt(Interrupt::NonDeterminism(msg)))
             }
             Some(entry) => Ok((seq, Some(entry.clone()))),
-            None if seq >= self.inner.config.steps_per_run_max => {
+            None if seq >= self.env.config().steps_per_run_max => {
                 let msg = format!(
                     "run {} has more than {} journal entries (steps_per_run_max)",
-                    self.fence.run_id, self.inner.config.steps_per_run_max
+                    self.fence.run_id,
+                    self.env.config().steps_per_run_max
                 );
                 Err(self.interrupt(Interrupt::Fail(msg)))
             }
@@ -243,7 +266,7 @@ impl<'a> Ctx<'a> {
                 })
             };
         }
-        let registry = self.inner.registry.clone();
+        let registry = self.env.registry().clone();
         let Some(def) = registry.get_step(name) else {
             let msg = format!(
                 "run {} calls step '{name}' (seq {seq}), which is not registered",
@@ -286,18 +309,18 @@ impl<'a> Ctx<'a> {
             .options()
             .retry
             .clone()
-            .unwrap_or_else(|| self.inner.config.retry.clone());
+            .unwrap_or_else(|| self.env.config().retry.clone());
         let limits = def
             .options()
             .limits
             .clone()
-            .unwrap_or_else(|| self.inner.config.limits.clone());
+            .unwrap_or_else(|| self.env.config().limits.clone());
         let isolation = if def.is_command() {
             crate::config::Isolation::Child
         } else {
             def.options()
                 .isolation
-                .unwrap_or(self.inner.config.isolation)
+                .unwrap_or(self.env.config().isolation)
         };
         if isolation == crate::config::Isolation::InProcess {
             // A child step's fenced AttemptStart commit proves the run is still ours before
@@ -315,9 +338,9 @@ impl<'a> Ctx<'a> {
             payload_limit: self.payload_limit(),
             cancel: self.cancel.clone(),
         };
-        let outcome = self.inner.executor(isolation).execute(self.inner, &request);
+        let outcome = self.env.executor(isolation).execute(self.env, &request);
         fault::point(fault::Point::AfterStep);
-        if outcome.is_err() && self.inner.steps_aborted() {
+        if outcome.is_err() && self.env.steps_aborted() {
             // Killed at the end of the shutdown grace: not a failure of the step and no
             // spent retry; the run is released for another engine.
             self.write(Op::AttemptEnd {
@@ -332,7 +355,7 @@ impl<'a> Ctx<'a> {
         if outcome.is_err() && self.lapsed() {
             // Stopped because our lease lapsed while it ran: not a failure of the step and
             // no spent retry; the run goes back (fenced release) or is already another's.
-            let _ = self.inner.store.call(Op::AttemptEnd {
+            let _ = self.env.store().call(Op::AttemptEnd {
                 fence: self.fence.clone(),
                 seq,
                 attempt,
@@ -386,7 +409,7 @@ impl<'a> Ctx<'a> {
             && !self.cancel.load(std::sync::atomic::Ordering::Relaxed);
         if retry {
             let delay = policy.delay(failures as u32 + 1, crate::host::random_u64());
-            let until = self.inner.clock.now_ms() + delay.as_millis() as i64;
+            let until = self.env.now_ms() + delay.as_millis() as i64;
             log::info!("run {run_id}: step '{name}' (seq {seq}) attempt {attempt} failed ({}); retrying in {delay:?}", failure.reason);
             let note = format!(
                 "retrying step '{name}' (seq {seq}) after attempt {attempt}: {}",

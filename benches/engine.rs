@@ -49,15 +49,12 @@ fn wait_finished(engine: &Engine, n: i64) {
     loop {
         let done: i64 = engine
             .store()
-            .read(|c| {
-                c.query_row(
-                    "SELECT count(*) FROM runs WHERE status IN ('completed', 'failed')",
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(|e| waymark::StoreError::sqlite("counting finished runs", e))
-            })
-            .expect("count");
+            .stats()
+            .expect("count")
+            .iter()
+            .filter(|(s, _)| s == "completed" || s == "failed")
+            .map(|(_, n)| n)
+            .sum();
         if done >= n {
             return;
         }

@@ -174,3 +174,36 @@ fn the_checker_sees_an_upward_import() {
     let seen = imports("use crate::engine::Inner;\n// crate::workflow in a comment\n");
     assert_eq!(seen, BTreeSet::from(["engine".to_string()]));
 }
+
+#[test]
+fn above_the_store_everything_goes_through_the_storage_seam() {
+    // The engine, the workflow code and the executors name no SQLite type, no query
+    // function and no writer command: only the `Storage` trait (store/seam.rs), so another
+    // store can implement it.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    for dir in ["engine", "workflow", "isolation"] {
+        rust_files(&src.join(dir), &mut files);
+    }
+    files.push(src.join("exec.rs"));
+    files.push(src.join("step.rs"));
+    let mut wrong = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for banned in [
+                "rusqlite",
+                "queries::",
+                "transitions::",
+                "Op::",
+                "store::Store",
+            ] {
+                if code.contains(banned) {
+                    wrong.push(format!("{}:{}: {banned}", f.display(), i + 1));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "past the storage seam: {wrong:#?}");
+}

@@ -4,7 +4,6 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use waymark::internal::store::queries;
 use waymark::{Engine, Registry, RetryPolicy, StartOptions, Step, Workflow};
 
 const PANIC: Step<String, ()> = Step::new("fixture.panic");
@@ -46,7 +45,7 @@ fn panic_message_is_reported_and_retried() {
         err.contains("panicked: the flux capacitor broke (attempt 2)"),
         "{err}"
     );
-    let attempts = engine.store().read(|c| queries::attempts(c, id)).unwrap();
+    let attempts = engine.attempts(id).unwrap();
     assert_eq!(attempts.len(), 2);
     for (i, a) in attempts.iter().enumerate() {
         assert_eq!(a.attempt, i as i64 + 1);
@@ -73,7 +72,7 @@ fn garbage_on_the_pipe_is_a_protocol_error() {
     assert_eq!(row.status, "failed");
     let err = row.error.unwrap_or_default();
     assert!(err.contains("protocol error: not a waymark frame"), "{err}");
-    let attempts = engine.store().read(|c| queries::attempts(c, id)).unwrap();
+    let attempts = engine.attempts(id).unwrap();
     assert_eq!(attempts[0].outcome.as_deref(), Some("protocol"));
     let pid = attempts[0].pid.unwrap() as u32;
     assert!(!alive(pid), "child {pid} still alive");

@@ -4,7 +4,6 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use waymark::internal::store::queries;
 use waymark::{CommandOutput, CommandSpec};
 use waymark::{Engine, Registry, StartOptions, Step, Workflow};
 
@@ -63,7 +62,7 @@ fn command_steps_get_stdin_env_cwd_and_classified_exits() {
         err.contains("command exited with status 3: disk on fire"),
         "{err}"
     );
-    let a = engine.store().read(|c| queries::attempts(c, id)).unwrap();
+    let a = engine.attempts(id).unwrap();
     assert_eq!(a[0].outcome.as_deref(), Some("error"));
 
     let missing = CommandSpec::new("/no/such/program", &[]);
@@ -76,7 +75,7 @@ fn command_steps_get_stdin_env_cwd_and_classified_exits() {
         err.contains("cannot start the program") && err.contains("/no/such/program"),
         "{err}"
     );
-    let a = engine.store().read(|c| queries::attempts(c, id)).unwrap();
+    let a = engine.attempts(id).unwrap();
     assert_eq!(a[0].outcome.as_deref(), Some("spawn"));
     engine.shutdown().unwrap();
 }

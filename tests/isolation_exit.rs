@@ -7,7 +7,6 @@ use common::*;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use waymark::internal::store::queries;
 use waymark::{CommandOutput, CommandSpec};
 use waymark::{Engine, Registry, StartOptions, Step, StepLimits, Workflow};
 
@@ -40,7 +39,7 @@ fn command_step_that_redirects_its_own_output_runs_to_its_end() {
         .start_run(CMD_WF, &spec, StartOptions::default())
         .unwrap();
     let row = engine.wait(id, Duration::from_secs(60)).unwrap();
-    let a = engine.store().read(|c| queries::attempts(c, id)).unwrap();
+    let a = engine.attempts(id).unwrap();
     assert_eq!(row.status, "completed", "{:?} {a:?}", row.error);
     assert_eq!(
         std::fs::read_to_string(&out_file).unwrap_or_default(),
@@ -134,7 +133,7 @@ fn command_leader_mirrors_timeout_and_cpu_cap_of_its_program() {
         )
         .unwrap();
     let row = engine.wait(id, Duration::from_secs(60)).unwrap();
-    let a = engine.store().read(|c| queries::attempts(c, id)).unwrap();
+    let a = engine.attempts(id).unwrap();
     assert_eq!(row.status, "failed");
     assert_eq!(a[0].outcome.as_deref(), Some("timeout"), "{a:?}");
     let sleep: u32 = std::fs::read_to_string(&pid_file)
@@ -167,7 +166,7 @@ fn command_leader_mirrors_timeout_and_cpu_cap_of_its_program() {
         .unwrap();
     let row = engine.wait(id, Duration::from_secs(90)).unwrap();
     let err = row.error.unwrap_or_default();
-    let a = engine.store().read(|c| queries::attempts(c, id)).unwrap();
+    let a = engine.attempts(id).unwrap();
     assert_eq!(a[0].outcome.as_deref(), Some("cpu_limit"), "{err} {a:?}");
     assert!(err.contains("CPU limit exceeded (1 s)"), "{err}");
     engine.shutdown().unwrap();

@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use waymark::internal::store::queries;
 use waymark::{Engine, Registry, RetryPolicy, StartOptions, Step, StepLimits, Workflow};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,7 +52,7 @@ fn cpu_cap_and_timeout_kill_the_whole_group() {
         let row = engine.wait(id, Duration::from_secs(60)).unwrap();
         assert_eq!(row.status, "failed");
         let err = row.error.unwrap_or_default();
-        let attempts = engine.store().read(|c| queries::attempts(c, id)).unwrap();
+        let attempts = engine.attempts(id).unwrap();
         assert_eq!(attempts.len(), 1);
         assert_eq!(attempts[0].outcome.as_deref(), Some(class), "{err}");
         if class == "cpu_limit" {

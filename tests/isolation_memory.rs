@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use waymark::internal::store::queries;
 use waymark::{Ctx, Engine, Registry, StartOptions, Step, StepLimits, Workflow, WorkflowError};
 
 const HOG: Step<u64, u64> = Step::new("fixture.hog");
@@ -74,7 +73,7 @@ fn oom_step_fails_alone_with_the_memory_reason() {
     assert_eq!(row.status, "failed");
     let err = row.error.unwrap_or_default();
     assert!(err.contains("memory limit exceeded (128 MiB)"), "{err}");
-    let attempts = engine.store().read(|c| queries::attempts(c, hog)).unwrap();
+    let attempts = engine.attempts(hog).unwrap();
     assert!(err.ends_with("(attempt 3)"), "{err}");
     assert_eq!(attempts.len(), 3, "{attempts:?}");
     for (i, a) in attempts.iter().enumerate() {
@@ -131,7 +130,7 @@ fn aborts_are_not_out_of_memory() {
         assert_eq!(row.status, "failed");
         let err = row.error.unwrap_or_default();
         assert!(!err.contains("memory"), "{err}");
-        let attempts = engine.store().read(|c| queries::attempts(c, id)).unwrap();
+        let attempts = engine.attempts(id).unwrap();
         assert_eq!(
             attempts.last().unwrap().outcome.as_deref(),
             Some(class),

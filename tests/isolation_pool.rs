@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use std::collections::HashMap;
 use std::time::Duration;
-use waymark::internal::store::queries;
 use waymark::StepOptions;
 use waymark::{Engine, Isolation, Registry, RetryPolicy, StartOptions, Step, StepLimits, Workflow};
 
@@ -71,8 +70,7 @@ fn registry() -> Registry {
 
 fn attempt_pids(engine: &Engine, id: i64) -> Vec<(i64, i64, Option<String>)> {
     engine
-        .store()
-        .read(|c| queries::attempts(c, id))
+        .attempts(id)
         .unwrap()
         .into_iter()
         .map(|a| (a.attempt, a.pid.unwrap(), a.outcome))

@@ -493,10 +493,7 @@ pub fn serve(args: ServeArgs) -> CliResult {
             return Ok(0);
         }
         if args.exit_when_idle {
-            let counts = engine
-                .store()
-                .read(waymark::internal::store::queries::stats)
-                .map_err(|e| e.to_string())?;
+            let counts = engine.store().stats().map_err(|e| e.to_string())?;
             let active = counts
                 .iter()
                 .filter(|(s, _)| matches!(s.as_str(), "pending" | "running" | "suspended"))

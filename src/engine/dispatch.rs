@@ -5,7 +5,7 @@
 //! only when a read shows something claimable.
 
 use crate::engine::Inner;
-use crate::store::{queries, Done, Op};
+
 use std::sync::atomic::Ordering;
 
 /// Claim and dispatch until shutdown.
@@ -25,19 +25,18 @@ pub fn dispatch_loop(
         let can_claim = can_claim
             && inner
                 .store
-                .read(|c| queries::claimable(c, inner.clock.now_ms(), &inner.workflows_json))
+                .claimable(inner.clock.now_ms(), &inner.workflows_json)
                 .unwrap_or(true);
         let mut claimed_all = false;
         if can_claim {
             let owner = inner.owner();
-            let op = Op::Claim {
-                owner: owner.clone(),
-                limit: free,
-                workflows_json: inner.workflows_json.clone(),
-                lease_ms: inner.config.lease_ttl.as_millis() as i64,
-            };
-            match inner.store.call(op) {
-                Ok(Done::Claimed(runs)) => {
+            match inner.store.claim(
+                &owner,
+                free,
+                &inner.workflows_json,
+                inner.config.lease_ttl.as_millis() as i64,
+            ) {
+                Ok(runs) => {
                     claimed_all = runs.len() as i64 == free;
                     for run in runs {
                         inner.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -46,7 +45,6 @@ pub fn dispatch_loop(
                         }
                     }
                 }
-                Ok(_) => {}
                 Err(e) => {
                     log::error!("claiming runs failed: {e}");
                     inner.note_store_error(&e);

@@ -3,7 +3,7 @@
 
 use super::Inner;
 use crate::exec::{Attempts, EarlierAttempt, ExecRequest};
-use crate::store::{queries, Op, Store, StoreError};
+use crate::store::{Storage, StoreError};
 use crate::workflow::ctx::RunEnv;
 use std::sync::Arc;
 
@@ -14,42 +14,30 @@ impl Attempts for Inner {
         pid: Option<u32>,
         pid_start: Option<u64>,
     ) -> Result<(), StoreError> {
-        self.store
-            .call(Op::AttemptStart {
-                fence: req.fence.clone(),
-                seq: req.seq,
-                attempt: req.attempt,
-                name: req.step.name().to_string(),
-                pid,
-                pid_start,
-            })
-            .map(drop)
+        self.store.attempt_start(
+            req.fence,
+            req.seq,
+            req.attempt,
+            req.step.name().to_string(),
+            pid,
+            pid_start,
+        )
     }
 
     fn succeeded(&self, req: &ExecRequest<'_>, reason: String) -> Result<(), StoreError> {
         self.store
-            .call(Op::AttemptEnd {
-                fence: req.fence.clone(),
-                seq: req.seq,
-                attempt: req.attempt,
-                outcome: "success",
-                reason,
-            })
-            .map(drop)
+            .attempt_end(req.fence, req.seq, req.attempt, "success", reason)
     }
 
     fn earlier(&self, req: &ExecRequest<'_>) -> Result<Vec<EarlierAttempt>, StoreError> {
         let run_id = req.fence.run_id;
-        let open = self.store.read(|c| queries::open_attempts(c, run_id))?;
+        let open = self.store.open_attempts(run_id)?;
         let mut out = Vec::new();
         for row in open.into_iter().filter(|a| a.seq == req.seq) {
             if *row.owner == *req.fence.owner && row.epoch == req.fence.epoch {
                 continue;
             }
-            let host = self
-                .store
-                .read(|c| queries::engine_host(c, &row.owner))
-                .unwrap_or(None);
+            let host = self.store.engine_host(&row.owner).unwrap_or(None);
             let elsewhere = host.filter(|h| {
                 crate::host::place(&self.boot_id, h) != crate::host::Place::SameNamespace
             });
@@ -63,8 +51,8 @@ impl RunEnv for Inner {
     fn config(&self) -> &crate::config::Config {
         &self.config
     }
-    fn store(&self) -> &Store {
-        &self.store
+    fn store(&self) -> &dyn Storage {
+        &*self.store
     }
     fn registry(&self) -> &Arc<crate::workflow::registry::Registry> {
         &self.registry

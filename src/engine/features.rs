@@ -13,12 +13,12 @@
 //!   `cancel_requested` themselves, and a sweep (every [`CANCEL_SWEEP_INTERVAL`]) cancels
 //!   parked runs whose request was never carried out.
 
+use crate::engine::worker::Ending;
 use crate::engine::{Engine, Inner};
 use crate::error::Error;
-use crate::store::{Claimed, Done, Fence, Op, RunStatus, StoreError};
+use crate::store::{Claimed, Fence, RunStatus, Storage, StoreError};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
-use rusqlite::params;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -154,29 +154,20 @@ impl Features {
         claimed: &Claimed,
         fence: &Fence,
     ) -> Option<RunGuard<'a>> {
-        let cancel_requested = inner.store.read(|c| {
-            c.prepare_cached("SELECT cancel_requested FROM runs WHERE id = ?1")
-                .and_then(|mut s| s.query_row(params![claimed.run_id], |r| r.get::<_, i64>(0)))
-                .map_err(|e| StoreError::sqlite("reading cancel_requested", e))
-        });
+        let cancel_requested = inner.store.cancel_requested(claimed.run_id);
         let now = inner.clock.now_ms();
         let stop = match cancel_requested {
-            Ok(1) => Some(WHY_CANCEL),
+            Ok(true) => Some(WHY_CANCEL),
             Ok(_) if claimed.deadline_at.is_some_and(|d| d <= now) => Some(WHY_DEADLINE),
             Ok(_) => None,
             Err(e) => {
                 log::error!("run {}: {e}; releasing it", claimed.run_id);
-                finish(
-                    inner,
-                    Op::Release {
-                        fence: fence.clone(),
-                    },
-                );
+                finish(inner, fence, Ending::Release);
                 return None;
             }
         };
         if let Some(why) = stop {
-            finish(inner, stop_op(why, fence.clone(), claimed.deadline_at));
+            finish(inner, fence, stop_ending(why, fence, claimed.deadline_at));
             return None;
         }
         let flags = Arc::new(RunFlags {
@@ -194,9 +185,9 @@ impl Features {
         })
     }
 
-    /// The command that ends a run whose stop flag interrupted it.
-    pub(crate) fn stopped_op(&self, guard: &RunGuard<'_>, fence: Fence) -> Op {
-        stop_op(
+    /// How a run whose stop flag interrupted it ends.
+    pub(crate) fn stopped(&self, guard: &RunGuard<'_>, fence: &Fence) -> Ending {
+        stop_ending(
             guard.flags.why.load(Ordering::SeqCst),
             fence,
             guard.flags.deadline_at,
@@ -204,7 +195,7 @@ impl Features {
     }
 }
 
-fn stop_op(why: u8, fence: Fence, deadline_at: Option<i64>) -> Op {
+fn stop_ending(why: u8, fence: &Fence, deadline_at: Option<i64>) -> Ending {
     if why == WHY_DEADLINE {
         let error = format!(
             "run {} passed its deadline (deadline_at {} ms) before it finished",
@@ -212,18 +203,15 @@ fn stop_op(why: u8, fence: Fence, deadline_at: Option<i64>) -> Op {
             deadline_at.unwrap_or_default()
         );
         log::warn!("{error}");
-        Op::Fail { fence, error }
+        Ending::Fail(error)
     } else {
         log::info!("run {} cancelled", fence.run_id);
-        Op::FinishCancelled {
-            fence,
-            reason: "cancelled".into(),
-        }
+        Ending::Cancelled("cancelled".into())
     }
 }
 
-fn finish(inner: &Inner, op: Op) {
-    match inner.store.call(op) {
+fn finish(inner: &Inner, fence: &Fence, ending: Ending) {
+    match ending.record(&*inner.store, fence) {
         Ok(_) | Err(StoreError::LeaseLost { .. }) => {}
         Err(e) => {
             log::error!("recording a cancellation or deadline failed: {e}");
@@ -240,17 +228,7 @@ fn finish(inner: &Inner, op: Op) {
 /// admission ends them cancelled before any of their code runs. Read first: an idle engine
 /// writes nothing.
 fn sweep_cancel_requests(inner: &Inner) -> Result<(), StoreError> {
-    let ids: Vec<i64> = inner.store.read(|c| {
-        c.prepare_cached(
-            "SELECT id FROM runs WHERE status IN ('suspended', 'blocked', 'blocked_version')
-               AND cancel_requested = 1 LIMIT ?1",
-        )
-        .and_then(|mut s| {
-            s.query_map(params![CANCEL_SWEEP_RUNS_MAX], |r| r.get(0))?
-                .collect::<Result<_, _>>()
-        })
-        .map_err(|e| StoreError::sqlite("looking for unfinished cancellations", e))
-    })?;
+    let ids = inner.store.parked_cancel_requests(CANCEL_SWEEP_RUNS_MAX)?;
     if ids.is_empty() {
         return Ok(());
     }
@@ -259,7 +237,7 @@ fn sweep_cancel_requests(inner: &Inner) -> Result<(), StoreError> {
         ids.len()
     );
     for run_id in ids {
-        match inner.store.call(Op::Cancel { run_id }) {
+        match inner.store.cancel(run_id) {
             Ok(_) | Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -272,16 +250,7 @@ fn sweep_cancel_requests(inner: &Inner) -> Result<(), StoreError> {
 /// fail pending or suspended runs past their deadline.
 fn poll(inner: &Inner, expire: bool) -> Result<(), StoreError> {
     let now = inner.clock.now_ms();
-    let cancelled: Vec<(i64, i64)> = inner.store.read(|c| {
-        c.prepare_cached(
-            "SELECT id, epoch FROM runs WHERE owner = ?1 AND status = 'running' AND cancel_requested = 1",
-        )
-        .and_then(|mut s| {
-            s.query_map(params![&*inner.owner()], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()
-        })
-        .map_err(|e| StoreError::sqlite("reading cancellation requests", e))
-    })?;
+    let cancelled = inner.store.running_cancel_requests(&inner.owner())?;
     for (id, epoch) in cancelled {
         inner.features.flag(id, epoch, WHY_CANCEL);
     }
@@ -294,46 +263,29 @@ fn poll(inner: &Inner, expire: bool) -> Result<(), StoreError> {
     if expire {
         // Read first: an idle engine should not open a write transaction every second.
         let names_json = known_names_json(&inner.workflows_json);
-        let (unknown_version, expired) = inner.store.read(|c| {
-            let unknown: bool = c
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM runs WHERE status = 'pending' AND ready_at <= ?1
-                       AND workflow IN (SELECT value FROM json_each(?2))
-                       AND (workflow || '@' || version) NOT IN (SELECT value FROM json_each(?3)))",
-                )
-                .and_then(|mut s| {
-                    s.query_row(params![now, names_json, &*inner.workflows_json], |r| r.get(0))
-                })
-                .map_err(|e| StoreError::sqlite("looking for unknown versions", e))?;
-            let expired: bool = c
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM runs WHERE deadline_at <= ?1 AND finished_at IS NULL
-                       AND status IN ('pending', 'suspended'))",
-                )
-                .and_then(|mut s| s.query_row(params![now], |r| r.get(0)))
-                .map_err(|e| StoreError::sqlite("looking for expired deadlines", e))?;
-            Ok((unknown, expired))
-        })?;
+        let unknown_version =
+            inner
+                .store
+                .pending_unknown_versions(now, &names_json, &inner.workflows_json)?;
+        let expired = inner.store.deadlines_passed(now)?;
         if unknown_version {
-            if let Done::Count(n) = inner.store.call(Op::ParkUnknownVersions {
-                names_json: names_json.into(),
-                workflows_json: inner.workflows_json.clone(),
-                limit: 1000,
-            })? {
-                if n > 0 {
-                    log::warn!(
-                        "{n} runs parked as blocked_version: this build lacks their workflow version"
-                    );
-                    inner.notify_finished();
-                }
+            let n = inner.store.park_unknown_versions(
+                &names_json.into(),
+                &inner.workflows_json,
+                1000,
+            )?;
+            if n > 0 {
+                log::warn!(
+                    "{n} runs parked as blocked_version: this build lacks their workflow version"
+                );
+                inner.notify_finished();
             }
         }
         if expired {
-            if let Done::Count(n) = inner.store.call(Op::ExpireDeadlines { limit: 1000 })? {
-                if n > 0 {
-                    log::warn!("{n} runs failed: their deadline passed before they finished");
-                    inner.notify_finished();
-                }
+            let n = inner.store.expire_deadlines(1000)?;
+            if n > 0 {
+                log::warn!("{n} runs failed: their deadline passed before they finished");
+                inner.notify_finished();
             }
         }
     }
@@ -395,7 +347,7 @@ impl Engine {
             ))
         })?;
         send_event_bytes(
-            &self.inner.api,
+            &*self.inner.api,
             run_id,
             name,
             payload,
@@ -409,16 +361,12 @@ impl Engine {
     /// is killed) and ends `cancelled` at its next step boundary. Nothing of it runs again.
     /// Returns the run's status after the request.
     pub fn cancel(&self, run_id: i64) -> Result<RunStatus, Error> {
-        let status = match self.inner.api.call(Op::Cancel { run_id })? {
-            Done::Cancel { status } => status
-                .parse::<RunStatus>()
-                .map_err(|e| Error::internal(format!("cancel of run {run_id} answered {e}")))?,
-            other => {
-                return Err(Error::internal(format!(
-                    "unexpected writer answer {other:?}"
-                )))
-            }
-        };
+        let status = self
+            .inner
+            .api
+            .cancel(run_id)?
+            .parse::<RunStatus>()
+            .map_err(|e| Error::internal(format!("cancel of run {run_id} answered {e}")))?;
         self.inner.features.flag_all(run_id, WHY_CANCEL);
         self.inner.notify_finished();
         Ok(status)
@@ -428,10 +376,9 @@ impl Engine {
     /// sharing the file (`None` removes the limit). Runs choose a queue with
     /// [`crate::StartOptions::queue`].
     pub fn set_queue_limit(&self, queue: &str, concurrency: Option<u32>) -> Result<(), Error> {
-        self.inner.api.call(Op::SetQueueLimit {
-            queue: queue.to_string(),
-            concurrency: concurrency.map(i64::from),
-        })?;
+        self.inner
+            .api
+            .set_queue_limit(queue.to_string(), concurrency.map(i64::from))?;
         self.inner.wake_dispatcher();
         Ok(())
     }
@@ -442,13 +389,13 @@ impl Engine {
     pub fn purge(&self, older_than: Duration) -> Result<u64, Error> {
         let before = self.inner.clock.now_ms()
             - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX / 2);
-        Ok(purge(&self.inner.api, before)?)
+        Ok(purge(&*self.inner.api, before)?)
     }
 }
 
 /// Encode-checked event delivery shared by the engine and the CLI.
 pub fn send_event_bytes(
-    store: &crate::store::Store,
+    store: &dyn Storage,
     run_id: i64,
     name: &str,
     payload: Vec<u8>,
@@ -464,30 +411,17 @@ pub fn send_event_bytes(
             },
         });
     }
-    match store.call(Op::SendEvent {
-        run_id,
-        name: name.to_string(),
-        payload,
-    })? {
-        Done::Sent { event_id, .. } => Ok(event_id),
-        other => Err(Error::internal(format!(
-            "unexpected writer answer {other:?}"
-        ))),
-    }
+    Ok(store
+        .send_event(run_id, name.to_string(), payload)?
+        .event_id)
 }
 
 /// Purge runs finished before `before` (ms) in batches of [`PURGE_BATCH_RUNS`], then vacuum
 /// incrementally. Each batch is its own writer command, so other writes interleave.
-pub fn purge(store: &crate::store::Store, before: i64) -> Result<u64, StoreError> {
+pub fn purge(store: &dyn Storage, before: i64) -> Result<u64, StoreError> {
     let mut total = 0u64;
     loop {
-        let n = match store.call(Op::Purge {
-            before,
-            limit: PURGE_BATCH_RUNS,
-        })? {
-            Done::Count(n) => n as i64,
-            _ => 0,
-        };
+        let n = store.purge(before, PURGE_BATCH_RUNS)? as i64;
         total += n as u64;
         if n < PURGE_BATCH_RUNS {
             break;
@@ -496,10 +430,8 @@ pub fn purge(store: &crate::store::Store, before: i64) -> Result<u64, StoreError
     // Returns the free pages left; stop when none are left or a pass freed nothing.
     let mut left = usize::MAX;
     loop {
-        match store.call(Op::IncrementalVacuum {
-            pages: VACUUM_BATCH_PAGES,
-        })? {
-            Done::Count(n) if n > 0 && n < left => left = n,
+        match store.incremental_vacuum(VACUUM_BATCH_PAGES)? {
+            n if n > 0 && n < left => left = n,
             _ => break,
         }
     }

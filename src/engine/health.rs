@@ -6,7 +6,7 @@
 //!   (`Inner::storage_failed`), so its runs pass to other engines after one TTL instead of
 //!   staying held by an engine that cannot write; its lease guard lapses, so its workers
 //!   abandon their runs at their next write.
-//! - Meanwhile the heartbeat thread probes with a small write ([`Op::Probe`], which renews
+//! - Meanwhile the heartbeat thread probes with a small write (`Storage::probe`, which renews
 //!   nothing), with backoff from [`PROBE_BACKOFF_INITIAL`] to [`PROBE_BACKOFF_MAX`], once no
 //!   worker holds a run any more.
 //! - A probe that commits means the storage is back: the engine hands back (fenced release)
@@ -17,7 +17,7 @@
 //!   (no more probes; it stays inert until restarted) and says so in the log once.
 
 use crate::engine::Inner;
-use crate::store::{queries, Fence, Op, StoreError};
+use crate::store::{Fence, StoreError};
 use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -97,16 +97,14 @@ impl Health {
             return false;
         }
         let owner = inner.owner();
-        if let Err(e) = inner.store.call(Op::Probe {
-            owner: owner.clone(),
-        }) {
+        if let Err(e) = inner.store.probe(&owner) {
             self.probe_failed(inner, &e);
             return false;
         }
         // Runs still recorded as ours: their workers gave them up while writes failed (a
         // release that failed too). No worker runs them (in_flight is 0 and the dispatcher
         // does not claim meanwhile): hand them back, fenced, before renewing leases again.
-        let runs = match inner.store.read(|c| queries::runs_of_owner(c, &owner)) {
+        let runs = match inner.store.runs_of_owner(&owner) {
             Ok(runs) => runs,
             Err(e) => {
                 self.probe_failed(inner, &e);
@@ -119,7 +117,7 @@ impl Health {
                 owner: owner.clone(),
                 epoch,
             };
-            match inner.store.call(Op::Release { fence }) {
+            match inner.store.release(&fence) {
                 Ok(_) | Err(StoreError::LeaseLost { .. }) => {}
                 Err(e) => {
                     self.probe_failed(inner, &e);

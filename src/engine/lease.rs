@@ -17,7 +17,7 @@
 
 use crate::engine::Inner;
 use crate::host;
-use crate::store::{EngineRow, Op, StoreError};
+use crate::store::{EngineRow, StoreError};
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -126,10 +126,10 @@ pub fn heartbeat_loop(inner: &Inner, stop: crossbeam_channel::Receiver<()>) {
         }
         let sent = Instant::now();
         let owner = inner.lease.owner();
-        match inner.store.call(Op::Heartbeat {
-            owner: owner.clone(),
-            lease_ms: inner.config.lease_ttl.as_millis() as i64,
-        }) {
+        match inner
+            .store
+            .heartbeat(&owner, inner.config.lease_ttl.as_millis() as i64)
+        {
             Ok(_) => inner.lease.renewed(sent),
             Err(StoreError::LeaseLost { .. }) => reincarnate(inner, &owner),
             Err(e) => {
@@ -152,12 +152,12 @@ fn reincarnate(inner: &Inner, lost: &Arc<str>) {
     inner.lease.revoke(next.clone());
     let (pid, pid_start) = host::this_process();
     let sent = Instant::now();
-    match inner.store.call(Op::RegisterEngine(EngineRow {
+    match inner.store.register_engine(EngineRow {
         id: next,
         pid,
         pid_start,
         boot_id: inner.boot_id.clone(),
-    })) {
+    }) {
         Ok(_) => inner.lease.renewed(sent),
         Err(e) => {
             // The guard stays lapsed; the next heartbeat fails with LeaseLost and retries.

@@ -25,9 +25,7 @@ use crate::codec;
 use crate::config::{Config, Isolation};
 use crate::error::Error;
 use crate::host;
-use crate::store::{
-    queries, Done, EngineRow, NewRun, Op, RunStatus, Store, StoreError, StoreOptions,
-};
+use crate::store::{EngineRow, NewRun, RunStatus, Storage, Store, StoreError, StoreOptions};
 use crate::workflow::registry::{Registry, Workflow};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
@@ -36,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use queries::{AttemptRow, RunRow, StepRow};
+pub use crate::store::{AttemptRow, RunRow, StepRow};
 
 /// Options for starting a run.
 #[derive(Debug, Clone, Default)]
@@ -68,9 +66,9 @@ pub(crate) type Work = (Arc<str>, crate::store::Claimed);
 
 /// Shared state of the engine's threads: handles and flags only.
 pub struct Inner {
-    pub(crate) store: Store,
+    pub(crate) store: Arc<dyn Storage>,
     /// The same store for API calls: bounded wait for the write lock (`Config::lock_wait_max`).
-    pub(crate) api: Store,
+    pub(crate) api: Arc<dyn Storage>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) config: Config,
     pub(crate) clock: Arc<dyn Clock>,
@@ -198,22 +196,23 @@ impl Engine {
         };
         // `api` bounds its wait for the write lock (API calls); the engine's own threads
         // use `store`, which waits as long as another process holds the lock.
-        let api = Store::open(&config.db_path, &opts, clock.clone())?;
-        let store = api.with_lock_wait(None);
+        let sqlite = Store::open(&config.db_path, &opts, clock.clone())?;
         if config.quick_check_always {
             // Opt-in: check every open whatever the size (Store::open skipped it).
             let path = config.db_path.clone();
-            store.read(|c| crate::store::schema::quick_check(c, &path))?;
+            sqlite.read(|c| crate::store::schema::quick_check(c, &path))?;
         }
+        let store: Arc<dyn Storage> = Arc::new(sqlite.with_lock_wait(None));
+        let api: Arc<dyn Storage> = Arc::new(sqlite);
         let owner: Arc<str> = host::random_id().into();
         let (pid, pid_start) = host::this_process();
         let boot_id = host::host_id();
-        store.call(Op::RegisterEngine(EngineRow {
+        store.register_engine(EngineRow {
             id: owner.clone(),
             pid,
             pid_start,
             boot_id: boot_id.clone(),
-        }))?;
+        })?;
         let (wake_tx, wake_rx) = bounded(1);
         let workflows_json: Arc<str> = registry.workflow_keys_json().into();
         let pool = crate::isolation::PoolExecutor::new(
@@ -295,9 +294,16 @@ impl Engine {
         self.inner.owner()
     }
 
-    /// The store (read queries, raw commands) for tools and tests.
-    pub fn store(&self) -> &Store {
-        &self.inner.store
+    /// The database file this engine runs on (for tools that read it directly).
+    #[doc(hidden)]
+    pub fn db_path(&self) -> &std::path::Path {
+        &self.inner.config.db_path
+    }
+
+    /// The storage seam (every transition and query) for tools and tests.
+    #[doc(hidden)]
+    pub fn store(&self) -> &dyn Storage {
+        &*self.inner.store
     }
 
     fn new_run<I: Serialize, O>(
@@ -335,15 +341,9 @@ impl Engine {
         opts: StartOptions,
     ) -> Result<i64, Error> {
         let run = self.new_run(wf, input, opts)?;
-        match self.inner.api.call(Op::Enqueue(run))? {
-            Done::Run { id, .. } => {
-                self.inner.wake_dispatcher();
-                Ok(id)
-            }
-            other => Err(Error::internal(format!(
-                "unexpected writer answer {other:?}"
-            ))),
-        }
+        let started = self.inner.api.enqueue(run)?;
+        self.inner.wake_dispatcher();
+        Ok(started.id)
     }
 
     /// Start many runs in one transaction. Returns their ids in order.
@@ -356,28 +356,27 @@ impl Engine {
             .iter()
             .map(|(i, o)| self.new_run(wf, i, o.clone()))
             .collect::<Result<Vec<_>, _>>()?;
-        match self.inner.api.call(Op::EnqueueMany(runs))? {
-            Done::Runs(ids) => {
-                self.inner.wake_dispatcher();
-                Ok(ids.into_iter().map(|(id, _)| id).collect())
-            }
-            other => Err(Error::internal(format!(
-                "unexpected writer answer {other:?}"
-            ))),
-        }
+        let started = self.inner.api.enqueue_many(runs)?;
+        self.inner.wake_dispatcher();
+        Ok(started.into_iter().map(|s| s.id).collect())
     }
 
     /// The run's current row.
     pub fn run(&self, run_id: i64) -> Result<RunRow, Error> {
         self.inner
             .store
-            .read(|c| queries::run(c, run_id))?
+            .run(run_id)?
             .ok_or(Error::Store(StoreError::NotFound { run_id }))
     }
 
     /// The run's journal.
     pub fn journal(&self, run_id: i64) -> Result<Vec<StepRow>, Error> {
-        Ok(self.inner.store.read(|c| queries::journal(c, run_id))?)
+        Ok(self.inner.store.journal(run_id)?)
+    }
+
+    /// Every recorded execution attempt of the run's steps, in order.
+    pub fn attempts(&self, run_id: i64) -> Result<Vec<AttemptRow>, Error> {
+        Ok(self.inner.store.attempts(run_id)?)
     }
 
     /// Wait until the run is final (completed, failed, cancelled) or parked, up to `timeout`.
@@ -442,7 +441,7 @@ impl Engine {
 
     /// Move a `blocked` run back to pending (after deploying a build that can read it).
     pub fn resume(&self, run_id: i64) -> Result<(), Error> {
-        self.inner.api.call(Op::Resume { run_id })?;
+        self.inner.api.resume(run_id)?;
         self.inner.wake_dispatcher();
         Ok(())
     }
@@ -496,9 +495,7 @@ impl Engine {
             let _ = t.join();
         }
         let owner = self.inner.owner();
-        self.inner.store.call(Op::StopEngine {
-            owner: owner.clone(),
-        })?;
+        self.inner.store.stop_engine(&owner)?;
         log::info!("engine {owner} stopped");
         Ok(())
     }

@@ -16,12 +16,12 @@
 //! Each reclaim is guarded by the `(status, epoch)` read here, so a run that completed or was
 //! reclaimed in between is left alone; and the judgement is re-validated in the reclaim's own
 //! transaction, which fences the owner's incarnation only if its heartbeat counter still
-//! reads the value judged (see `Op::ReclaimMany`).
+//! reads the value judged (see `Storage::reclaim_many`).
 
 use crate::engine::Inner;
 use crate::fault;
 use crate::host;
-use crate::store::{queries, Done, Op, StoreResult};
+use crate::store::StoreResult;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -40,7 +40,7 @@ impl Reaper {
     pub fn pass(&mut self, inner: &Inner) -> StoreResult<usize> {
         self.passes += 1;
         let my_boot = &inner.boot_id;
-        let owners = inner.store.read(queries::owners)?;
+        let owners = inner.store.owners()?;
         let now_mono = Instant::now();
         let now = inner.clock.now_ms();
         let mut reclaimed = 0;
@@ -86,27 +86,25 @@ impl Reaper {
                     .map(|_| format!("owner {} has no engine record and its lease expired", o.id)),
             };
             let Some(why) = why else { continue };
-            let runs = inner.store.read(|c| queries::runs_of_owner(c, &o.id))?;
+            let runs = inner.store.runs_of_owner(&o.id)?;
             // One command per chunk: recovering thousands of runs costs a few commits.
             for chunk in runs.chunks(RECLAIM_CHUNK) {
                 fault::point(fault::Point::ReaperBeforeReclaim);
-                let op = Op::ReclaimMany {
-                    owner: o.id.as_str().into(),
-                    judged_beat: o.beat,
-                    runs: chunk.to_vec(),
-                    reason: why.clone(),
-                    poison_limit: inner.config.interruptions_max,
-                };
-                if let Done::Runs(done) = inner.store.call(op)? {
-                    for (run_id, _) in done.iter().filter(|(_, ok)| *ok) {
-                        log::debug!("reclaimed run {run_id}: {why}");
-                    }
-                    let n = done.iter().filter(|(_, ok)| *ok).count();
-                    if n > 0 {
-                        log::warn!("reclaimed {n} runs: {why}");
-                    }
-                    reclaimed += n;
+                let done = inner.store.reclaim_many(
+                    &o.id.as_str().into(),
+                    o.beat,
+                    chunk.to_vec(),
+                    why.clone(),
+                    inner.config.interruptions_max,
+                )?;
+                for (run_id, _) in done.iter().filter(|(_, ok)| *ok) {
+                    log::debug!("reclaimed run {run_id}: {why}");
                 }
+                let n = done.iter().filter(|(_, ok)| *ok).count();
+                if n > 0 {
+                    log::warn!("reclaimed {n} runs: {why}");
+                }
+                reclaimed += n;
             }
         }
         self.seen = live;
@@ -116,10 +114,7 @@ impl Reaper {
                 "not claimable by engine pid {}: no registered workflow ",
                 std::process::id()
             );
-            inner.store.call(Op::NoteUnrunnable {
-                workflows_json: inner.workflows_json.clone(),
-                note,
-            })?;
+            inner.store.note_unrunnable(&inner.workflows_json, note)?;
         }
         if reclaimed > 0 {
             inner.wake_dispatcher();
@@ -128,7 +123,7 @@ impl Reaper {
     }
 
     fn forget_dead_engines(&self, inner: &Inner) -> StoreResult<()> {
-        for e in inner.store.read(queries::idle_engines)? {
+        for e in inner.store.idle_engines()? {
             if *e.id == *inner.owner() {
                 continue;
             }
@@ -144,7 +139,7 @@ impl Reaper {
                     }
                 };
             if gone {
-                inner.store.call(Op::ForgetEngine { id: e.id })?;
+                inner.store.forget_engine(&e.id)?;
             }
         }
         Ok(())

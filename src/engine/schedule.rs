@@ -1,7 +1,7 @@
 //! Cron schedules: parsing, due-time arithmetic, and firing.
 //!
 //! Invariants:
-//! - A firing is `Op::FireSchedule`: a guarded update of the schedule's `next_due` (only if
+//! - A firing is `Storage::fire_schedule`: a guarded update of the schedule's `next_due` (only if
 //!   it still holds the due time this engine read) plus an enqueue keyed
 //!   `sched:NAME:DUE`, in one transaction. Several engines racing, or a crash between
 //!   reading and firing, cannot fire a due time twice; nothing is kept in memory.
@@ -13,8 +13,8 @@
 
 use crate::engine::{Engine, Inner};
 use crate::error::Error;
-use crate::store::feature_ops::{due_schedules, ScheduleRow};
-use crate::store::{Done, NewRun, Op, StoreError};
+use crate::store::feature_ops::ScheduleRow;
+use crate::store::{NewRun, StoreError};
 use crate::workflow::registry::Workflow;
 use chrono::{TimeZone, Utc};
 use serde::Serialize;
@@ -63,19 +63,16 @@ fn fire(inner: &Inner, row: &ScheduleRow, fire_at: i64, next: i64) -> Result<boo
         parent_id: None,
         deadline_at: None,
     };
-    let done = inner.store.call(Op::FireSchedule {
-        name: row.name.clone(),
-        due: row.next_due,
-        next,
-        run,
-    })?;
-    Ok(matches!(done, Done::Run { .. }))
+    let fired = inner
+        .store
+        .fire_schedule(row.name.clone(), row.next_due, next, run)?;
+    Ok(fired.is_some())
 }
 
 /// Fire every due schedule (one poller pass).
 pub(crate) fn fire_due(inner: &Inner) -> Result<(), StoreError> {
     let now = inner.clock.now_ms();
-    let rows = inner.store.read(|c| due_schedules(c, now, 64))?;
+    let rows = inner.store.due_schedules(now, 64)?;
     let mut fired = false;
     for mut row in rows {
         let schedule = match parse(&row.cron) {
@@ -157,7 +154,7 @@ impl Engine {
                 }
             })?;
         put_schedule(
-            &self.inner.store,
+            &*self.inner.store,
             self.inner.clock.now_ms(),
             ScheduleSpec {
                 name,
@@ -190,7 +187,7 @@ pub struct ScheduleSpec<'a> {
 
 /// Validate and save a schedule; its first due time is the first after `now`.
 pub fn put_schedule(
-    store: &crate::store::Store,
+    store: &dyn crate::store::Storage,
     now: i64,
     spec: ScheduleSpec<'_>,
 ) -> Result<(), Error> {
@@ -201,7 +198,7 @@ pub fn put_schedule(
             spec.cron
         ))
     })?;
-    store.call(Op::PutSchedule(ScheduleRow {
+    store.put_schedule(ScheduleRow {
         name: spec.name.to_string(),
         cron: spec.cron.to_string(),
         workflow: spec.workflow.to_string(),
@@ -210,6 +207,6 @@ pub fn put_schedule(
         queue: "default".into(),
         catch_up: spec.missed == Missed::CatchUp,
         next_due,
-    }))?;
+    })?;
     Ok(())
 }

@@ -6,7 +6,7 @@
 
 use crate::engine::Inner;
 use crate::exec::panic_message;
-use crate::store::{queries, Claimed, Fence, Op, StoreError};
+use crate::store::{Claimed, Fence, Storage, StoreError};
 use crate::workflow::ctx::{Ctx, Interrupt};
 use crate::workflow::registry::WorkflowFailure;
 use std::collections::HashMap;
@@ -29,10 +29,10 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
             "workflow '{}' version {} is not registered in this engine",
             claimed.workflow, claimed.version
         );
-        finish_op(
+        finish(
             inner,
-            Op::Block {
-                fence,
+            &fence,
+            Ending::Block {
                 status: "blocked_version",
                 note,
             },
@@ -42,12 +42,15 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
     let Some(guard) = inner.features.admit(inner, &claimed, &fence) else {
         return;
     };
-    let loaded = inner.store.read(|c| {
-        let journal = queries::journal(c, run_id)?;
+    // The run is ours (claimed): only we change its journal and attempts meanwhile.
+    let loaded = (|| -> Result<_, StoreError> {
+        let journal = inner.store.journal(run_id)?;
         // Per seq: the last attempt number, and how many attempts failed on their own (an
         // attempt cut by a crash or a shutdown did not fail: it spends no retry).
         let attempts: HashMap<i64, (i64, i64)> =
-            queries::attempts(c, run_id)?
+            inner
+                .store
+                .attempts(run_id)?
                 .into_iter()
                 .fold(HashMap::new(), |mut m, a| {
                     let e = m.entry(a.seq).or_insert((0, 0));
@@ -58,7 +61,7 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
                     m
                 });
         Ok((journal, attempts))
-    });
+    })();
     let (journal, last_attempts) = match loaded {
         Ok(x) => x,
         // Bad data, not bad storage: park the run once (releasing it would claim it again
@@ -72,7 +75,7 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
         Err(e) => {
             log::error!("run {run_id}: cannot read its journal ({e}); releasing it");
             inner.note_store_error(&e);
-            finish_op(inner, Op::Release { fence });
+            finish(inner, &fence, Ending::Release);
             return;
         }
     };
@@ -99,7 +102,7 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
         run(&mut ctx, &claimed.input)
     }));
     let interrupt = ctx.interrupt.take();
-    let op = match (interrupt, result) {
+    let ending = match (interrupt, result) {
         (Some(Interrupt::LeaseLost), _) => {
             log::warn!(
                 "run {run_id}: lease lost (epoch {}); abandoning it",
@@ -115,89 +118,96 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
                 "run {run_id}: lease guard expired (epoch {}); abandoning it and releasing it if still ours",
                 fence.epoch
             );
-            Some(Op::Release { fence })
+            Some(Ending::Release)
         }
         // Same for a storage failure: try to hand the run back (fenced); if that write fails
         // too, this engine stops renewing leases, so other engines reclaim it after one TTL.
         (Some(Interrupt::Storage(e)), _) => {
             log::error!("run {run_id}: storage failed ({e}); abandoning it to recovery");
             inner.note_store_error(&e);
-            Some(Op::Release { fence })
+            Some(Ending::Release)
         }
-        (Some(Interrupt::Shutdown), _) => Some(Op::Release { fence }),
-        (Some(Interrupt::Cancelled), _) => Some(inner.features.stopped_op(&guard, fence)),
+        (Some(Interrupt::Shutdown), _) => Some(Ending::Release),
+        (Some(Interrupt::Cancelled), _) => Some(inner.features.stopped(&guard, &fence)),
         (Some(Interrupt::Parked), _) => {
             inner.notify_finished();
             None
         }
-        (Some(Interrupt::Suspend { until, note }), _) => Some(Op::Suspend { fence, until, note }),
+        (Some(Interrupt::Suspend { until, note }), _) => Some(Ending::Suspend { until, note }),
         (Some(Interrupt::NonDeterminism(m)), _) | (Some(Interrupt::Fail(m)), _) => {
             log::error!("{m}");
-            Some(Op::Fail { fence, error: m })
+            Some(Ending::Fail(m))
         }
         (Some(Interrupt::Blocked(note)), _) => {
             log::error!("{note}");
-            Some(Op::Block {
-                fence,
+            Some(Ending::Block {
                 status: "blocked",
                 note,
             })
         }
-        (None, Ok(Ok(output))) => Some(Op::Complete { fence, output }),
-        (None, Ok(Err(WorkflowFailure::Input(e)))) => Some(Op::Block {
-            fence,
+        (None, Ok(Ok(output))) => Some(Ending::Complete(output)),
+        (None, Ok(Err(WorkflowFailure::Input(e)))) => Some(Ending::Block {
             status: "blocked",
             note: format!(
                 "cannot decode the input of run {run_id} (workflow '{}'): {e}",
                 claimed.workflow
             ),
         }),
-        (None, Ok(Err(WorkflowFailure::Output(e)))) => Some(Op::Fail {
-            fence,
-            error: format!("output of run {run_id}: {e}"),
-        }),
-        (None, Ok(Err(WorkflowFailure::Workflow(e)))) => Some(Op::Fail {
-            fence,
-            error: e.to_string(),
-        }),
-        (None, Err(payload)) => Some(Op::Fail {
-            fence,
-            error: format!(
-                "workflow '{}' panicked: {}",
-                claimed.workflow,
-                panic_message(&*payload)
-            ),
-        }),
+        (None, Ok(Err(WorkflowFailure::Output(e)))) => {
+            Some(Ending::Fail(format!("output of run {run_id}: {e}")))
+        }
+        (None, Ok(Err(WorkflowFailure::Workflow(e)))) => Some(Ending::Fail(e.to_string())),
+        (None, Err(payload)) => Some(Ending::Fail(format!(
+            "workflow '{}' panicked: {}",
+            claimed.workflow,
+            panic_message(&*payload)
+        ))),
     };
-    if let Some(op) = op {
-        finish_op(inner, op);
+    if let Some(ending) = ending {
+        finish(inner, &fence, ending);
+    }
+}
+
+/// How a claimed run's execution ends, as recorded (each a fenced transition).
+#[derive(Debug)]
+pub(crate) enum Ending {
+    Complete(Vec<u8>),
+    Fail(String),
+    Suspend { until: i64, note: String },
+    Release,
+    Block { status: &'static str, note: String },
+    Cancelled(String),
+}
+
+impl Ending {
+    pub(crate) fn record(self, store: &dyn Storage, fence: &Fence) -> Result<(), StoreError> {
+        match self {
+            Ending::Complete(output) => store.complete(fence, output),
+            Ending::Fail(error) => store.fail(fence, error),
+            Ending::Suspend { until, note } => store.suspend(fence, until, note),
+            Ending::Release => store.release(fence),
+            Ending::Block { status, note } => store.block(fence, status, note),
+            Ending::Cancelled(reason) => store.finish_cancelled(fence, reason),
+        }
     }
 }
 
 /// Park the run as `blocked` (bad data: an operator fixes it and resumes it).
 fn block(inner: &Inner, fence: Fence, note: String) {
-    finish_op(
+    finish(
         inner,
-        Op::Block {
-            fence,
+        &fence,
+        Ending::Block {
             status: "blocked",
             note,
         },
     );
 }
 
-fn finish_op(inner: &Inner, op: Op) {
-    let run_id = match &op {
-        Op::Complete { fence, .. }
-        | Op::Fail { fence, .. }
-        | Op::Suspend { fence, .. }
-        | Op::Release { fence }
-        | Op::Block { fence, .. }
-        | Op::FinishCancelled { fence, .. } => fence.run_id,
-        _ => 0,
-    };
-    match inner.store.call(op) {
-        Ok(_) => {}
+fn finish(inner: &Inner, fence: &Fence, ending: Ending) {
+    let run_id = fence.run_id;
+    match ending.record(&*inner.store, fence) {
+        Ok(()) => {}
         Err(StoreError::LeaseLost { .. }) => {
             log::warn!("run {run_id}: lease lost before its outcome was recorded")
         }

@@ -113,6 +113,8 @@ pub enum StoreError {
         /// How long the call waited.
         waited: std::time::Duration,
     },
+    /// An invariant of the store broke (a bug, not bad data): please report it.
+    Internal(String),
     /// Any other SQLite error, with what we were doing.
     Sqlite {
         /// What we were doing.
@@ -213,6 +215,7 @@ impl std::fmt::Display for StoreError {
                 f,
                 "the database is locked by another process: no write lock after waiting {waited:?}; nothing was written (retry later, or stop the process holding the lock)"
             ),
+            Internal(what) => write!(f, "internal store error (a waymark bug, please report): {what}"),
             Sqlite { context, source } => write!(f, "sqlite error while {context}: {source}"),
         }
     }

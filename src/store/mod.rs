@@ -15,6 +15,7 @@ pub mod pragmas;
 pub mod queries;
 #[doc(hidden)]
 pub mod schema;
+pub mod seam;
 #[doc(hidden)]
 pub mod transitions;
 pub mod views;
@@ -23,6 +24,7 @@ pub mod writer;
 
 pub use error::{StoreError, StoreResult};
 pub use pragmas::{ConnSettings, Synchronous};
+pub use seam::{ChildStart, Sent, Started, Storage};
 pub use transitions::{Claimed, Done, EngineRow, Entry, Fence, NewRun, Op};
 pub use views::{AttemptRow, RunRow, RunStatus, StepRow, UnknownStatus};
 pub use writer::{Writer, WriterStats};

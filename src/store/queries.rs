@@ -389,3 +389,67 @@ pub fn claimable(conn: &Connection, now: i64, workflows_json: &str) -> StoreResu
     .and_then(|mut s| s.query_row(params![now, workflows_json], |r| r.get(0)))
     .map_err(sql("checking for claimable runs"))
 }
+
+/// Whether a cancel was requested for the run (`false` for a run that does not exist).
+pub fn cancel_requested(conn: &Connection, run_id: i64) -> StoreResult<bool> {
+    conn.prepare_cached("SELECT cancel_requested FROM runs WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row(params![run_id], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .map(|v| v == Some(1))
+        .map_err(sql("reading cancel_requested"))
+}
+
+/// Up to `limit` parked runs (`suspended`, `blocked`, `blocked_version`) with a cancel
+/// requested: the backstop sweep's work.
+pub fn parked_cancel_requests(conn: &Connection, limit: i64) -> StoreResult<Vec<i64>> {
+    conn.prepare_cached(
+        "SELECT id FROM runs WHERE status IN ('suspended', 'blocked', 'blocked_version')
+           AND cancel_requested = 1 LIMIT ?1",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![limit], |r| r.get(0))?
+            .collect::<Result<_, _>>()
+    })
+    .map_err(sql("looking for unfinished cancellations"))
+}
+
+/// `(id, epoch)` of the runs `owner` holds that have a cancel requested.
+pub fn running_cancel_requests(conn: &Connection, owner: &str) -> StoreResult<Vec<(i64, i64)>> {
+    conn.prepare_cached(
+        "SELECT id, epoch FROM runs WHERE owner = ?1 AND status = 'running' AND cancel_requested = 1",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![owner], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()
+    })
+    .map_err(sql("reading cancellation requests"))
+}
+
+/// Is a due pending run of a workflow this engine knows (`names_json`) at a version it does
+/// not (`workflows_json` holds `name@version`) waiting?
+pub fn pending_unknown_versions(
+    conn: &Connection,
+    now: i64,
+    names_json: &str,
+    workflows_json: &str,
+) -> StoreResult<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM runs WHERE status = 'pending' AND ready_at <= ?1
+           AND workflow IN (SELECT value FROM json_each(?2))
+           AND (workflow || '@' || version) NOT IN (SELECT value FROM json_each(?3)))",
+    )
+    .and_then(|mut s| s.query_row(params![now, names_json, workflows_json], |r| r.get(0)))
+    .map_err(sql("looking for unknown versions"))
+}
+
+/// Has a pending or suspended run passed its deadline?
+pub fn deadlines_passed(conn: &Connection, now: i64) -> StoreResult<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM runs WHERE deadline_at <= ?1 AND finished_at IS NULL
+           AND status IN ('pending', 'suspended'))",
+    )
+    .and_then(|mut s| s.query_row(params![now], |r| r.get(0)))
+    .map_err(sql("looking for expired deadlines"))
+}

@@ -13,7 +13,7 @@ use crate::error::WorkflowError;
 use crate::exec::ExecRequest;
 use crate::fault;
 use crate::outcome::Failure;
-use crate::store::{queries::StepRow, Entry, Fence, Op, StoreError};
+use crate::store::{Entry, Fence, StepRow, Storage, StoreError};
 use crate::workflow::registry::{Step, StepDef};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
@@ -26,7 +26,7 @@ pub(crate) trait RunEnv: crate::exec::Attempts {
     /// The engine's configuration.
     fn config(&self) -> &crate::config::Config;
     /// The store the run lives in.
-    fn store(&self) -> &crate::store::Store;
+    fn store(&self) -> &dyn crate::store::Storage;
     /// What can run.
     fn registry(&self) -> &std::sync::Arc<crate::workflow::registry::Registry>;
     /// Where steps of this isolation run.
@@ -169,21 +169,21 @@ impl<'a> Ctx<'a> {
     /// was taken from us (reclaimed while we were paused): stop, write nothing more.
     pub(crate) fn check_fence(&mut self) -> Result<(), WorkflowError> {
         let fence = self.fence.clone();
-        match self
-            .env
-            .store()
-            .read(|c| crate::store::queries::fence_holds(c, &fence))
-        {
+        match self.env.store().fence_holds(&fence) {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.interrupt(Interrupt::LeaseLost)),
             Err(e) => Err(self.interrupt(Interrupt::Storage(e))),
         }
     }
 
-    /// Write through the writer, turning fencing and storage errors into interrupts.
-    pub(crate) fn write(&mut self, op: Op) -> Result<(), WorkflowError> {
-        match self.env.store().call(op) {
-            Ok(_) => Ok(()),
+    /// Write through the store, turning fencing and storage errors into interrupts.
+    pub(crate) fn write<T>(
+        &mut self,
+        f: impl FnOnce(&dyn Storage, &Fence) -> Result<T, StoreError>,
+    ) -> Result<T, WorkflowError> {
+        let fence = self.fence.clone();
+        match f(self.env.store(), &fence) {
+            Ok(v) => Ok(v),
             Err(StoreError::LeaseLost { .. }) => Err(self.interrupt(Interrupt::LeaseLost)),
             Err(e) => Err(self.interrupt(Interrupt::Storage(e))),
         }
@@ -239,10 +239,7 @@ impl<'a> Ctx<'a> {
 
     /// Record a journal entry (write-once, fenced).
     pub(crate) fn record(&mut self, entry: Entry) -> Result<(), WorkflowError> {
-        self.write(Op::Checkpoint {
-            fence: self.fence.clone(),
-            entry,
-        })?;
+        self.write(|s, fence| s.checkpoint(fence, entry))?;
         fault::point(fault::Point::AfterCheckpoint);
         Ok(())
     }
@@ -343,25 +340,27 @@ impl<'a> Ctx<'a> {
         if outcome.is_err() && self.env.steps_aborted() {
             // Killed at the end of the shutdown grace: not a failure of the step and no
             // spent retry; the run is released for another engine.
-            self.write(Op::AttemptEnd {
-                fence: self.fence.clone(),
-                seq,
-                attempt,
-                outcome: ATTEMPT_SHUTDOWN,
-                reason: "killed at the end of the engine's shutdown grace".into(),
+            self.write(|s, fence| {
+                s.attempt_end(
+                    fence,
+                    seq,
+                    attempt,
+                    ATTEMPT_SHUTDOWN,
+                    "killed at the end of the engine's shutdown grace".into(),
+                )
             })?;
             return Err(self.interrupt(Interrupt::Shutdown));
         }
         if outcome.is_err() && self.lapsed() {
             // Stopped because our lease lapsed while it ran: not a failure of the step and
             // no spent retry; the run goes back (fenced release) or is already another's.
-            let _ = self.env.store().call(Op::AttemptEnd {
-                fence: self.fence.clone(),
+            let _ = self.env.store().attempt_end(
+                &self.fence,
                 seq,
                 attempt,
-                outcome: ATTEMPT_LEASE_LAPSED,
-                reason: "stopped: the engine's lease lapsed while the step ran".into(),
-            });
+                ATTEMPT_LEASE_LAPSED,
+                "stopped: the engine's lease lapsed while the step ran".into(),
+            );
             return Err(self.interrupt(Interrupt::LeaseExpired));
         }
         // Only the lease decides whether a finished step's result may be recorded: a shutdown
@@ -393,12 +392,14 @@ impl<'a> Ctx<'a> {
         failure: Failure,
     ) -> Result<Vec<u8>, WorkflowError> {
         let run_id = self.fence.run_id;
-        self.write(Op::AttemptEnd {
-            fence: self.fence.clone(),
-            seq,
-            attempt,
-            outcome: failure.class.name(),
-            reason: failure.reason.clone(),
+        self.write(|s, fence| {
+            s.attempt_end(
+                fence,
+                seq,
+                attempt,
+                failure.class.name(),
+                failure.reason.clone(),
+            )
         })?;
         if self.cancel.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(self.interrupt(Interrupt::Cancelled));

@@ -16,7 +16,7 @@
 use crate::codec;
 use crate::error::WorkflowError;
 use crate::store::feature_ops::Awaited;
-use crate::store::{Done, NewRun, Op, StoreError};
+use crate::store::{ChildStart, NewRun};
 use crate::workflow::ctx::{Ctx, Interrupt};
 use crate::workflow::registry::Workflow;
 use serde::{de::DeserializeOwned, Serialize};
@@ -42,15 +42,6 @@ fn duration_ms(d: Duration) -> i64 {
 }
 
 impl Ctx<'_> {
-    /// Write a feature command; fencing and storage errors become interrupts.
-    fn feature(&mut self, op: Op) -> Result<Done, WorkflowError> {
-        match self.env.store().call(op) {
-            Ok(done) => Ok(done),
-            Err(StoreError::LeaseLost { .. }) => Err(self.interrupt(Interrupt::LeaseLost)),
-            Err(e) => Err(self.interrupt(Interrupt::Storage(e))),
-        }
-    }
-
     /// Journal (first time) or read back (replay) a timer named `name`; returns its wake-up
     /// time in ms. With `suspend`, a timer not yet due suspends the run.
     fn timer(
@@ -76,15 +67,10 @@ impl Ctx<'_> {
             }
             None => {
                 let wake = wake(now);
-                let done = self.feature(Op::Timer {
-                    fence: self.fence.clone(),
-                    seq,
-                    name: name.to_string(),
-                    wake,
-                    suspend,
-                })?;
+                let stopped =
+                    self.write(|s, fence| s.timer(fence, seq, name.to_string(), wake, suspend))?;
                 crate::fault::point(crate::fault::Point::AfterCheckpoint);
-                if matches!(done, Done::Awaited(Awaited::Waiting | Awaited::Cancelled)) {
+                if stopped {
                     return Err(self.interrupt(Interrupt::Parked));
                 }
                 return Ok(wake);
@@ -136,17 +122,14 @@ impl Ctx<'_> {
         let payload = match recorded {
             Some(entry) if entry.status == "completed" => entry.output.unwrap_or_default(),
             Some(_) => return Ok(None),
-            None => match self.feature(Op::AwaitEvent {
-                fence: self.fence.clone(),
-                seq,
-                name: name.to_string(),
-                deadline,
-            })? {
-                Done::Awaited(Awaited::Delivered(payload)) => {
+            None => match self
+                .write(|s, fence| s.await_event(fence, seq, name.to_string(), deadline))?
+            {
+                Awaited::Delivered(payload) => {
                     crate::fault::point(crate::fault::Point::AfterCheckpoint);
                     payload
                 }
-                Done::Awaited(Awaited::Failed(_)) => return Ok(None),
+                Awaited::Failed(_) => return Ok(None),
                 _ => return Err(self.interrupt(Interrupt::Parked)),
             },
         };
@@ -209,25 +192,16 @@ impl Ctx<'_> {
             parent_id: Some(self.fence.run_id),
             deadline_at: None,
         };
-        let done = self.feature(Op::StartChild {
-            fence: self.fence.clone(),
-            seq,
-            name,
-            run,
-        })?;
+        let started = self.write(|s, fence| s.start_child(fence, seq, name, run))?;
         self.env.wake_dispatcher();
-        match done {
-            Done::Run { id, .. } => Ok(Child {
+        match started {
+            ChildStart::Started(id) => Ok(Child {
                 id,
                 _out: PhantomData,
             }),
             // A cancel was requested: the child was created already cancelled and this run
             // ended `cancelled` in the same command.
-            Done::Awaited(Awaited::Cancelled) => Err(self.interrupt(Interrupt::Parked)),
-            other => {
-                let msg = format!("unexpected writer answer {other:?}");
-                Err(self.interrupt(Interrupt::Fail(msg)))
-            }
+            ChildStart::ParentCancelled => Err(self.interrupt(Interrupt::Parked)),
         }
     }
 
@@ -245,16 +219,11 @@ impl Ctx<'_> {
                     reason: entry.error.unwrap_or_default(),
                 })
             }
-            None => match self.feature(Op::AwaitChild {
-                fence: self.fence.clone(),
-                seq,
-                name: name.clone(),
-                child_id: child.id,
-            })? {
-                Done::Awaited(Awaited::Delivered(bytes)) => bytes,
-                Done::Awaited(Awaited::Failed(reason)) => {
-                    return Err(WorkflowError::Step { seq, name, reason })
-                }
+            None => match self
+                .write(|s, fence| s.await_child(fence, seq, name.clone(), child.id))?
+            {
+                Awaited::Delivered(bytes) => bytes,
+                Awaited::Failed(reason) => return Err(WorkflowError::Step { seq, name, reason }),
                 _ => return Err(self.interrupt(Interrupt::Parked)),
             },
         };

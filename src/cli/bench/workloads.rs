@@ -74,14 +74,16 @@ fn err(e: impl std::fmt::Display) -> String {
 }
 
 fn count(engine: &Engine, sql: &'static str) -> Result<i64, String> {
-    engine
-        .store()
-        .read(|c| {
-            c.prepare_cached(sql)
-                .and_then(|mut s| s.query_row([], |r| r.get(0)))
-                .map_err(|e| waymark::StoreError::sqlite("bench count", e))
-        })
-        .map_err(err)
+    // A read-only connection of its own: the bench reads the file as any tool would.
+    let conn = rusqlite::Connection::open_with_flags(
+        engine.db_path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .map_err(|e| e.to_string())?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    conn.query_row(sql, [], |r| r.get(0))
+        .map_err(|e| e.to_string())
 }
 
 /// Poll until `sql` counts at least `n`, or fail after `timeout`.
@@ -108,7 +110,7 @@ pub fn w1_starts(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
     let threads = 8u64;
     let engine =
         Arc::new(Engine::start(bench_registry(), ctx.config(&ctx.db("w1a.db"))).map_err(err)?);
-    let before = engine.store().writer_stats();
+    let before = engine.store().write_stats();
     let t = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|k| {
@@ -166,7 +168,7 @@ pub fn w1_starts(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
 
 /// Mean writer commands per transaction since `before`.
 fn group_size(engine: &Engine, before: (u64, u64)) -> f64 {
-    let (b, c) = engine.store().writer_stats();
+    let (b, c) = engine.store().write_stats();
     (c - before.1) as f64 / ((b - before.0).max(1)) as f64
 }
 
@@ -184,7 +186,7 @@ fn run_all(
     config.isolation = isolation;
     config.workers = workers;
     let engine = Engine::start(bench_registry(), config).map_err(err)?;
-    let before = engine.store().writer_stats();
+    let before = engine.store().write_stats();
     let t = Instant::now();
     let mut i = 0;
     while i < n {
@@ -349,7 +351,7 @@ fn w6_samples(
     config.synchronous = sync;
     let engine = Engine::start(bench_registry(), config).map_err(err)?;
     let n = ctx.sizes.w6_samples;
-    let mut before = engine.store().writer_stats();
+    let mut before = engine.store().write_stats();
     let mut lat = Vec::with_capacity(n as usize);
     for i in 0..(n + 10) {
         let t = Instant::now();
@@ -366,12 +368,12 @@ fn w6_samples(
         if i >= 10 {
             lat.push(ms);
         } else {
-            before = engine.store().writer_stats();
+            before = engine.store().write_stats();
         }
         // Idle engine: let the dispatcher go back to sleep between samples.
         std::thread::sleep(Duration::from_millis(2));
     }
-    let commits = (engine.store().writer_stats().0 - before.0) as f64 / n as f64;
+    let commits = (engine.store().write_stats().0 - before.0) as f64 / n as f64;
     engine.shutdown().map_err(err)?;
     lat.sort_by(f64::total_cmp);
     Ok((lat, commits))

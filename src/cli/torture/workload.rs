@@ -410,10 +410,7 @@ pub fn engine(args: EngineArgs) -> super::super::CliResult {
         if !finish.exists() {
             continue;
         }
-        let counts = engine
-            .store()
-            .read(waymark::internal::store::queries::stats)
-            .map_err(|e| e.to_string())?;
+        let counts = engine.store().stats().map_err(|e| e.to_string())?;
         let active: i64 = counts
             .iter()
             .filter(|(s, _)| matches!(s.as_str(), "pending" | "running" | "suspended"))

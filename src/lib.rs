@@ -72,7 +72,7 @@ pub use isolation::hook;
 pub use isolation::{CommandOutput, CommandSpec, MemoryRlimit};
 pub use outcome::{Failure, FailureClass};
 pub use store::{RunStatus, StoreError, Synchronous, UnknownStatus};
-pub use workflow::{Child, Ctx, Registry, Step, StepCtx, StepOptions, Workflow};
+pub use workflow::{ChildRun, Ctx, Registry, Step, StepCtx, StepOptions, Workflow};
 
 /// Internals for the `waymark` binary, its tests and benches. Not part of the API: no
 /// stability promise, no documentation beyond the code.

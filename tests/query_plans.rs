@@ -6,7 +6,7 @@
 use rusqlite::Connection;
 use std::sync::Arc;
 use waymark::internal::clock::SystemClock;
-use waymark::internal::store::transitions::{CLAIM_SQL, HEARTBEAT_SQL, WAKE_SQL};
+use waymark::internal::store::write::{CLAIM_SQL, HEARTBEAT_SQL, WAKE_SQL};
 use waymark::internal::store::{NewRun, Op, Store, StoreOptions};
 
 fn plan(conn: &Connection, sql: &str) -> Vec<String> {

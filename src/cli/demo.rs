@@ -205,7 +205,7 @@ pub fn out_dir(db: &Path) -> PathBuf {
 }
 
 pub fn run(args: DemoArgs) -> CliResult {
-    let reg = super::fixtures::registry();
+    let reg = super::registry();
     let mut config = Config::new(&args.db).with_lease_ttl(Duration::from_millis(args.lease_ttl_ms));
     config.workers = args.workers.max(1);
     // Every step runs in a child process of this binary under this memory cap.

@@ -1,14 +1,13 @@
 //! The `waymark` command line: the only place that prints and chooses exit codes.
 
+mod admin;
 mod bench;
 mod demo;
-mod features;
 mod fixtures;
-mod fixtures_features;
+mod fixtures_durable;
 mod inspect;
+mod serve;
 mod torture;
-
-pub use fixtures::registry;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -59,9 +58,9 @@ enum Command {
         db: PathBuf,
     },
     /// Run an engine with the built-in workflows (demo and test fixtures) until killed.
-    Serve(fixtures::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Start one run of a built-in workflow.
-    Start(fixtures::StartArgs),
+    Start(serve::StartArgs),
     /// Measure the standard workloads against this machine's own limits.
     Bench(bench::BenchArgs),
     /// Measure how many threads start under a memory rlimit (for the memory-cap default).
@@ -84,15 +83,15 @@ enum Command {
     #[command(hide = true)]
     TortureStep(torture::StepArgs),
     /// Send an event to a run (kept until the run waits for it).
-    Send(features::SendArgs),
+    Send(admin::SendArgs),
     /// Cancel a run and its descendants.
-    Cancel(features::CancelArgs),
+    Cancel(admin::CancelArgs),
     /// Delete finished runs older than a given age and shrink the file.
-    Gc(features::GcArgs),
+    Gc(admin::GcArgs),
     /// Set or remove a queue's concurrency limit (honoured by every engine on the file).
-    Queue(features::QueueArgs),
+    Queue(admin::QueueArgs),
     /// Create or replace a cron schedule of a built-in workflow.
-    Schedule(features::ScheduleArgs),
+    Schedule(admin::ScheduleArgs),
 }
 
 /// Parse arguments, run the command, return the exit code.
@@ -129,18 +128,18 @@ pub fn main() -> i32 {
         Command::Show { run_id, db, json } => inspect::show(&db, &run_id, json),
         Command::Stats { db, json } => inspect::stats(&db, json),
         Command::Resume { run_id, db } => inspect::resume(&db, &run_id),
-        Command::Serve(args) => fixtures::serve(args),
-        Command::Start(args) => fixtures::start(args),
+        Command::Serve(args) => serve::serve(args),
+        Command::Start(args) => serve::start(args),
         Command::Bench(args) => bench::run(args),
-        Command::ProbeThreads { rlimit, mib, max } => fixtures::probe_threads(&rlimit, mib, max),
+        Command::ProbeThreads { rlimit, mib, max } => serve::probe_threads(&rlimit, mib, max),
         Command::Torture(args) => torture::run(args),
         Command::TortureEngine(args) => torture::engine(args),
         Command::TortureStep(args) => torture::step_helper(args),
-        Command::Send(args) => features::send(args),
-        Command::Cancel(args) => features::cancel(args),
-        Command::Gc(args) => features::gc(args),
-        Command::Queue(args) => features::queue(args),
-        Command::Schedule(args) => features::schedule(args),
+        Command::Send(args) => admin::send(args),
+        Command::Cancel(args) => admin::cancel(args),
+        Command::Gc(args) => admin::gc(args),
+        Command::Queue(args) => admin::queue(args),
+        Command::Schedule(args) => admin::schedule(args),
     };
     match result {
         Ok(code) => code,
@@ -180,4 +179,17 @@ pub(crate) fn on_sigterm() -> &'static std::sync::atomic::AtomicBool {
         }
     });
     &TERM
+}
+
+/// Every built-in workflow and step (the demo's, the fixtures', the bench and torture
+/// workloads): what `serve`, `demo` and step children of this binary register.
+pub fn registry() -> waymark::Registry {
+    let mut reg = waymark::Registry::new();
+    demo::register(&mut reg);
+    fixtures::register(&mut reg);
+    bench::register(&mut reg);
+    fixtures_durable::register(&mut reg);
+    // The torture engine's child steps run in children of this binary.
+    torture::register(&mut reg);
+    reg
 }

@@ -64,7 +64,7 @@ impl RunEnv for Inner {
         self.lease.valid_for(owner)
     }
     fn lapsed(&self, run_id: i64, epoch: i64) -> bool {
-        self.features.lapsed(run_id, epoch)
+        self.control.lapsed(run_id, epoch)
     }
     fn shutting_down(&self) -> bool {
         Inner::shutting_down(self)

@@ -113,7 +113,7 @@ pub fn heartbeat_loop(inner: &Inner, stop: crossbeam_channel::Receiver<()>) {
         }
         // Executions whose lease lapsed (or was revoked) stop their child steps now: another
         // engine may reclaim them after one TTL.
-        let stopped = inner.features.stop_lapsed(&inner.lease);
+        let stopped = inner.control.stop_lapsed(&inner.lease);
         if stopped > 0 {
             log::warn!("lease lapsed: stopping the steps of {stopped} run(s) this engine can no longer act on");
         }

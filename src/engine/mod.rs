@@ -5,11 +5,13 @@
 //! one reaper. No async runtime.
 
 #[doc(hidden)]
+pub mod admin;
+#[doc(hidden)]
+pub mod control;
+#[doc(hidden)]
 pub mod dispatch;
 #[doc(hidden)]
 mod env;
-#[doc(hidden)]
-pub mod features;
 #[doc(hidden)]
 pub mod health;
 #[doc(hidden)]
@@ -88,7 +90,7 @@ pub struct Inner {
     in_process: crate::exec::InProcess,
     child: crate::isolation::ChildExecutor,
     pool: crate::isolation::PoolExecutor,
-    pub(crate) features: features::Features,
+    pub(crate) control: control::Control,
 }
 
 impl std::fmt::Debug for Inner {
@@ -241,7 +243,7 @@ impl Engine {
             in_process: crate::exec::InProcess,
             pool,
             child,
-            features: features::Features::default(),
+            control: control::Control::default(),
         });
         log::info!(
             "engine {} started on {} (pid {pid}, {} workers)",
@@ -271,8 +273,8 @@ impl Engine {
             reaper::reaper_loop(&i3, s3)
         })?);
         let (i5, s5) = (inner.clone(), stop_rx.clone());
-        threads.push(spawn("waymark-features", move || {
-            features::features_loop(&i5, s5)
+        threads.push(spawn("waymark-control", move || {
+            control::control_loop(&i5, s5)
         })?);
         let (i4, w4) = (inner.clone(), work_tx.clone());
         workers.push(spawn("waymark-dispatcher", move || {
@@ -479,7 +481,7 @@ impl Engine {
                     self.inner.config.shutdown_grace
                 );
                 self.inner.abort_steps.store(true, Ordering::SeqCst);
-                self.inner.features.stop_all();
+                self.inner.control.stop_all();
             }
             let wait = grace_end
                 .saturating_duration_since(now)

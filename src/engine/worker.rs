@@ -39,7 +39,7 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
         );
         return;
     };
-    let Some(guard) = inner.features.admit(inner, &claimed, &fence) else {
+    let Some(guard) = inner.control.admit(inner, &claimed, &fence) else {
         return;
     };
     // The run is ours (claimed): only we change its journal and attempts meanwhile.
@@ -128,7 +128,7 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
             Some(Ending::Release)
         }
         (Some(Interrupt::Shutdown), _) => Some(Ending::Release),
-        (Some(Interrupt::Cancelled), _) => Some(inner.features.stopped(&guard, &fence)),
+        (Some(Interrupt::Cancelled), _) => Some(inner.control.stopped(&guard, &fence)),
         (Some(Interrupt::Parked), _) => {
             inner.notify_finished();
             None

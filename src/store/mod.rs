@@ -8,25 +8,23 @@
 //! - Only [`transitions`] writes; only the writer thread runs it.
 
 pub mod error;
-#[doc(hidden)]
-pub mod feature_ops;
 pub mod pragmas;
 #[doc(hidden)]
 pub mod queries;
 #[doc(hidden)]
 pub mod schema;
 pub mod seam;
-#[doc(hidden)]
-pub mod transitions;
 pub mod views;
+#[doc(hidden)]
+pub mod write;
 #[doc(hidden)]
 pub mod writer;
 
 pub use error::{StoreError, StoreResult};
 pub use pragmas::{ConnSettings, Synchronous};
 pub use seam::{ChildStart, Sent, Started, Storage};
-pub use transitions::{Claimed, Done, EngineRow, Entry, Fence, NewRun, Op};
 pub use views::{AttemptRow, RunRow, RunStatus, StepRow, UnknownStatus};
+pub use write::{Claimed, Done, EngineRow, Entry, Fence, NewRun, Op};
 pub use writer::{Writer, WriterStats};
 
 /// Default of [`StoreOptions::lock_wait_max`] and `Config::lock_wait_max`: how long an API

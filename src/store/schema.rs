@@ -96,7 +96,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX runs_parent ON runs(parent_id) WHERE parent_id IS NOT NULL;
     CREATE INDEX runs_deadline ON runs(deadline_at) WHERE deadline_at IS NOT NULL AND finished_at IS NULL;
     -- A child's end wakes its parent if the parent is suspended waiting for it
-    -- (note text: store::feature_ops::child_note).
+    -- (note text: store::write::child_note).
     CREATE TRIGGER runs_wake_parent AFTER UPDATE OF status ON runs
     WHEN NEW.parent_id IS NOT NULL AND NEW.status IN ('completed', 'failed', 'cancelled')
     BEGIN

@@ -14,10 +14,10 @@
 //! - Bad data in one run's rows is [`StoreError::Undecodable`] for that run only.
 
 use super::error::{StoreError, StoreResult};
-use super::feature_ops::{Awaited, ScheduleRow};
 use super::queries::{self, OwnerRow};
-use super::transitions::{Claimed, Done, EngineRow, Entry, Fence, NewRun, Op};
 use super::views::{AttemptRow, RunRow, StepRow};
+use super::write::{Awaited, ScheduleRow};
+use super::write::{Claimed, Done, EngineRow, Entry, Fence, NewRun, Op};
 use super::Store;
 use std::sync::Arc;
 
@@ -709,7 +709,7 @@ impl Storage for Store {
         self.read(|c| queries::deadlines_passed(c, now))
     }
     fn due_schedules(&self, now: i64, limit: i64) -> StoreResult<Vec<ScheduleRow>> {
-        self.read(|c| super::feature_ops::due_schedules(c, now, limit))
+        self.read(|c| super::write::due_schedules(c, now, limit))
     }
     fn write_stats(&self) -> (u64, u64) {
         self.writer_stats()

@@ -19,7 +19,7 @@
 //!   fresh one is opened, so a later COMMIT cannot commit what was reported failed.
 
 use super::error::{StoreError, StoreResult};
-use super::transitions::{apply, Done, Op};
+use super::write::{apply, Done, Op};
 use crate::clock::Clock;
 use crate::fault;
 use crossbeam_channel::{bounded, Receiver, Sender};

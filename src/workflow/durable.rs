@@ -15,7 +15,7 @@
 
 use crate::codec;
 use crate::error::WorkflowError;
-use crate::store::feature_ops::Awaited;
+use crate::store::write::Awaited;
 use crate::store::{ChildStart, NewRun};
 use crate::workflow::ctx::{Ctx, Interrupt};
 use crate::workflow::registry::Workflow;
@@ -25,12 +25,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A child run started by [`Ctx::start_child`]; pass it to [`Ctx::join`].
 #[derive(Debug)]
-pub struct Child<O> {
+pub struct ChildRun<O> {
     id: i64,
     _out: PhantomData<fn() -> O>,
 }
 
-impl<O> Child<O> {
+impl<O> ChildRun<O> {
     /// The child's run id.
     pub fn id(&self) -> i64 {
         self.id
@@ -153,7 +153,7 @@ impl Ctx<'_> {
         &mut self,
         wf: Workflow<I, O>,
         input: &I,
-    ) -> Result<Child<O>, WorkflowError> {
+    ) -> Result<ChildRun<O>, WorkflowError> {
         let name = format!("child:{}", wf.name());
         let (seq, recorded) = self.next_entry(&name, "child")?;
         if let Some(entry) = recorded {
@@ -166,7 +166,7 @@ impl Ctx<'_> {
                 );
                 return Err(self.interrupt(Interrupt::Blocked(msg)));
             };
-            return Ok(Child {
+            return Ok(ChildRun {
                 id: i64::from_le_bytes(raw),
                 _out: PhantomData,
             });
@@ -195,7 +195,7 @@ impl Ctx<'_> {
         let started = self.write(|s, fence| s.start_child(fence, seq, name, run))?;
         self.env.wake_dispatcher();
         match started {
-            ChildStart::Started(id) => Ok(Child {
+            ChildStart::Started(id) => Ok(ChildRun {
                 id,
                 _out: PhantomData,
             }),
@@ -207,7 +207,7 @@ impl Ctx<'_> {
 
     /// Wait for a child run to end and return its output (suspending this run meanwhile).
     /// A failed or cancelled child is a [`WorkflowError::Step`] error the workflow may handle.
-    pub fn join<O: DeserializeOwned>(&mut self, child: &Child<O>) -> Result<O, WorkflowError> {
+    pub fn join<O: DeserializeOwned>(&mut self, child: &ChildRun<O>) -> Result<O, WorkflowError> {
         let name = format!("join:{}", child.id);
         let (seq, recorded) = self.next_entry(&name, "join")?;
         let output = match recorded {

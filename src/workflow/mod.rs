@@ -9,5 +9,5 @@ pub(crate) mod durable;
 pub(crate) mod registry;
 
 pub use ctx::Ctx;
-pub use durable::Child;
+pub use durable::ChildRun;
 pub use registry::{Registry, Step, StepCtx, StepOptions, Workflow};

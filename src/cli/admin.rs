@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use waymark::internal::clock::{Clock, SystemClock};
-use waymark::internal::engine::features;
+use waymark::internal::engine::admin;
 use waymark::internal::store::{Done, Op, Store, StoreOptions};
 
 #[derive(clap::Args, Debug)]
@@ -90,7 +90,7 @@ pub struct ScheduleArgs {
 }
 
 pub fn schedule(args: ScheduleArgs) -> CliResult {
-    let input = super::fixtures_features::encode_any(&args.workflow, &args.json)?;
+    let input = super::fixtures_durable::encode_any(&args.workflow, &args.json)?;
     let (store, clock) = open_with(&args.db, true)?;
     waymark::internal::engine::schedule::put_schedule(
         &store,
@@ -133,7 +133,7 @@ pub fn send(args: SendArgs) -> CliResult {
         serde_json::from_str(&args.json).map_err(|e| format!("bad --json payload: {e}"))?;
     let payload = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
     let (store, _) = open(&args.db)?;
-    let event = features::send_event_bytes(
+    let event = admin::send_event_bytes(
         &store,
         id,
         &args.name,
@@ -183,7 +183,7 @@ pub fn gc(args: GcArgs) -> CliResult {
     let age = parse_age(&args.older_than)?;
     let (store, clock) = open(&args.db)?;
     let before = clock.now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX / 2);
-    let n = features::purge(&store, before).map_err(|e| e.to_string())?;
+    let n = admin::purge(&store, before).map_err(|e| e.to_string())?;
     println!("{n}");
     Ok(0)
 }

@@ -1,12 +1,13 @@
-//! Engine side of the durable features: cancellation and deadlines of running runs, the
-//! poller that notices them, and the `Engine` calls `send_event`, `cancel`, `purge`.
+//! Control of running runs: cancellation and deadline flags, the admission of a claimed
+//! run, and the poller that notices cancels, deadlines, unknown versions and due schedules.
+//! (The `Engine` calls that request them are in `admin`.)
 //!
 //! Invariants:
 //! - Every run this engine executes has a stop flag here (the `Ctx::cancel` flag handed to
 //!   executors). It is set when the database says `cancel_requested` (polled every
 //!   `poll_interval`, and at once for a local `Engine::cancel`) or the run's deadline passed.
 //! - A claimed run that is already cancelled or past its deadline is ended before any of its
-//!   user code runs (`Features::admit`); a flagged run ends at its next step boundary.
+//!   user code runs (`Control::admit`); a flagged run ends at its next step boundary.
 //!   Either way the ending write is fenced: a run reclaimed by another engine is left alone.
 //! - Nothing is held only in memory: the flag mirrors `cancel_requested` / `deadline_at`.
 //!   The flag is only the fast path: the store's parking transitions read
@@ -14,27 +15,21 @@
 //!   parked runs whose request was never carried out.
 
 use crate::engine::worker::Ending;
-use crate::engine::{Engine, Inner};
-use crate::error::Error;
-use crate::store::{Claimed, Fence, RunStatus, Storage, StoreError};
+use crate::engine::Inner;
+use crate::store::{Claimed, Fence, StoreError};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
-use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WHY_NONE: u8 = 0;
-const WHY_CANCEL: u8 = 1;
+pub(crate) const WHY_CANCEL: u8 = 1;
 const WHY_DEADLINE: u8 = 2;
 /// Stopped because the lease of the claiming incarnation lapsed: not a cancel.
 const WHY_LAPSE: u8 = 3;
 
-/// Runs deleted per purge command (bounded so the writer is never held long).
-pub const PURGE_BATCH_RUNS: i64 = 256;
-/// Pages returned to the file system per vacuum command.
-pub const VACUUM_BATCH_PAGES: i64 = 2048;
 /// How often the poller sweeps for parked runs whose cancel was requested but not carried
 /// out (a backstop: every transition that parks a run already honours the request).
 pub const CANCEL_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -55,14 +50,14 @@ struct RunFlags {
 /// a fresh one (claimed again at a higher epoch). Each has its own flag, and the stale one's
 /// end removes only its own.
 #[derive(Debug, Default)]
-pub struct Features {
+pub struct Control {
     runs: Mutex<HashMap<(i64, i64), Arc<RunFlags>>>,
 }
 
 /// Held by the worker while it executes a run; unregisters this execution's flag on drop.
 #[derive(Debug)]
 pub struct RunGuard<'a> {
-    features: &'a Features,
+    control: &'a Control,
     key: (i64, i64),
     flags: Arc<RunFlags>,
 }
@@ -76,7 +71,7 @@ impl RunGuard<'_> {
 
 impl Drop for RunGuard<'_> {
     fn drop(&mut self) {
-        let mut runs = self.features.runs.lock();
+        let mut runs = self.control.runs.lock();
         if runs
             .get(&self.key)
             .is_some_and(|f| Arc::ptr_eq(f, &self.flags))
@@ -95,7 +90,7 @@ impl RunFlags {
     }
 }
 
-impl Features {
+impl Control {
     /// Raise the stop flag of every run this engine executes, without a reason: the end of
     /// the shutdown grace (executors kill child steps; `Ctx` sees the shutdown first and
     /// releases the runs instead of ending them).
@@ -140,7 +135,7 @@ impl Features {
 
     /// Raise the stop flag of every execution of `run_id` here (a local cancel: whatever
     /// epoch each runs at, nothing of the run may continue).
-    fn flag_all(&self, run_id: i64, why: u8) {
+    pub(crate) fn flag_all(&self, run_id: i64, why: u8) {
         for (_, f) in self.runs.lock().iter().filter(|(k, _)| k.0 == run_id) {
             f.raise(why);
         }
@@ -179,7 +174,7 @@ impl Features {
         let key = (claimed.run_id, claimed.epoch);
         self.runs.lock().insert(key, flags.clone());
         Some(RunGuard {
-            features: self,
+            control: self,
             key,
             flags,
         })
@@ -252,9 +247,9 @@ fn poll(inner: &Inner, expire: bool) -> Result<(), StoreError> {
     let now = inner.clock.now_ms();
     let cancelled = inner.store.running_cancel_requests(&inner.owner())?;
     for (id, epoch) in cancelled {
-        inner.features.flag(id, epoch, WHY_CANCEL);
+        inner.control.flag(id, epoch, WHY_CANCEL);
     }
-    for f in inner.features.runs.lock().values() {
+    for f in inner.control.runs.lock().values() {
         if f.deadline_at.is_some_and(|d| d <= now) {
             f.raise(WHY_DEADLINE);
         }
@@ -305,7 +300,7 @@ fn known_names_json(workflows_json: &str) -> String {
 }
 
 /// Poll for cancellations, deadlines and unknown versions until `stop` closes.
-pub fn features_loop(inner: &Inner, stop: Receiver<()>) {
+pub fn control_loop(inner: &Inner, stop: Receiver<()>) {
     let mut last_expire = Instant::now() - Duration::from_secs(60);
     let mut last_sweep: Option<Instant> = None;
     loop {
@@ -329,111 +324,4 @@ pub fn features_loop(inner: &Inner, stop: Receiver<()>) {
             _ => return,
         }
     }
-}
-
-impl Engine {
-    /// Send the event `name` with `payload` (as JSON) to a run. Kept until the run waits for
-    /// it ([`crate::Ctx::wait_event`]); a run suspended waiting for it is woken at once.
-    /// Returns the event id. A finished run refuses events.
-    pub fn send_event<T: Serialize>(
-        &self,
-        run_id: i64,
-        name: &str,
-        payload: &T,
-    ) -> Result<i64, Error> {
-        let payload = serde_json::to_vec(payload).map_err(|e| {
-            Error::Config(format!(
-                "event '{name}' payload does not encode as JSON: {e}"
-            ))
-        })?;
-        send_event_bytes(
-            &*self.inner.api,
-            run_id,
-            name,
-            payload,
-            self.inner.config.payload_bytes_max,
-        )
-        .inspect(|_| self.inner.wake_dispatcher())
-    }
-
-    /// Cancel a run and its descendants. A pending, suspended or blocked run ends
-    /// `cancelled` at once; a running one is told (its steps see the flag, a child process
-    /// is killed) and ends `cancelled` at its next step boundary. Nothing of it runs again.
-    /// Returns the run's status after the request.
-    pub fn cancel(&self, run_id: i64) -> Result<RunStatus, Error> {
-        let status = self
-            .inner
-            .api
-            .cancel(run_id)?
-            .parse::<RunStatus>()
-            .map_err(|e| Error::internal(format!("cancel of run {run_id} answered {e}")))?;
-        self.inner.features.flag_all(run_id, WHY_CANCEL);
-        self.inner.notify_finished();
-        Ok(status)
-    }
-
-    /// Limit queue `queue` to `concurrency` runs running at once across every engine
-    /// sharing the file (`None` removes the limit). Runs choose a queue with
-    /// [`crate::StartOptions::queue`].
-    pub fn set_queue_limit(&self, queue: &str, concurrency: Option<u32>) -> Result<(), Error> {
-        self.inner
-            .api
-            .set_queue_limit(queue.to_string(), concurrency.map(i64::from))?;
-        self.inner.wake_dispatcher();
-        Ok(())
-    }
-
-    /// Delete runs that finished more than `older_than` ago, with their journals, attempts
-    /// and events, in bounded batches, then return free pages to the file system.
-    /// Returns the number of runs deleted.
-    pub fn purge(&self, older_than: Duration) -> Result<u64, Error> {
-        let before = self.inner.clock.now_ms()
-            - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX / 2);
-        Ok(purge(&*self.inner.api, before)?)
-    }
-}
-
-/// Encode-checked event delivery shared by the engine and the CLI.
-pub fn send_event_bytes(
-    store: &dyn Storage,
-    run_id: i64,
-    name: &str,
-    payload: Vec<u8>,
-    payload_max: u64,
-) -> Result<i64, Error> {
-    if payload.len() as u64 > payload_max {
-        return Err(Error::Payload {
-            run_id: Some(run_id),
-            step: Some(format!("event '{name}'")),
-            source: crate::codec::CodecError::TooLarge {
-                size: payload.len() as u64,
-                limit: payload_max,
-            },
-        });
-    }
-    Ok(store
-        .send_event(run_id, name.to_string(), payload)?
-        .event_id)
-}
-
-/// Purge runs finished before `before` (ms) in batches of [`PURGE_BATCH_RUNS`], then vacuum
-/// incrementally. Each batch is its own writer command, so other writes interleave.
-pub fn purge(store: &dyn Storage, before: i64) -> Result<u64, StoreError> {
-    let mut total = 0u64;
-    loop {
-        let n = store.purge(before, PURGE_BATCH_RUNS)? as i64;
-        total += n as u64;
-        if n < PURGE_BATCH_RUNS {
-            break;
-        }
-    }
-    // Returns the free pages left; stop when none are left or a pass freed nothing.
-    let mut left = usize::MAX;
-    loop {
-        match store.incremental_vacuum(VACUUM_BATCH_PAGES)? {
-            n if n > 0 && n < left => left = n,
-            _ => break,
-        }
-    }
-    Ok(total)
 }

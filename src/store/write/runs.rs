@@ -1,0 +1,278 @@
+//! A run's own life: starting, journaling steps and attempts, and how a claimed run ends.
+//!
+//! Applied only through [`super::apply`], on the writer thread, inside the batch's
+//! transaction (a savepoint per command). The invariants are those of [`super`].
+
+use super::*;
+use crate::store::error::{StoreError, StoreResult};
+#[allow(unused_imports)]
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// Apply one command of this family.
+pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
+    match op {
+        Op::Enqueue(run) => {
+            let (id, created) = enqueue(conn, &run, now)?;
+            Ok(Done::Run { id, created })
+        }
+        Op::EnqueueMany(runs) => {
+            let mut out = Vec::with_capacity(runs.len());
+            for run in &runs {
+                out.push(enqueue(conn, run, now)?);
+            }
+            Ok(Done::Runs(out))
+        }
+        Op::Checkpoint { fence, entry } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "INSERT INTO steps(run_id, seq, name, kind, status, attempts, output, error, recorded_at)
+                     SELECT ?1, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+                     WHERE EXISTS (SELECT 1 FROM runs WHERE {FENCE})"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        fence.run_id,
+                        &*fence.owner,
+                        fence.epoch,
+                        entry.seq,
+                        entry.name,
+                        entry.kind,
+                        if entry.completed { "completed" } else { "failed" },
+                        entry.attempts,
+                        entry.output,
+                        entry.error,
+                        now
+                    ])
+                })
+                .map_err(|e| match &e {
+                    rusqlite::Error::SqliteFailure(f, _)
+                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        StoreError::JournalConflict { run_id: fence.run_id, seq: entry.seq }
+                    }
+                    _ => StoreError::sqlite("recording a step checkpoint", e),
+                })?;
+            fenced(n, &fence)
+        }
+        Op::AttemptStart {
+            fence,
+            seq,
+            attempt,
+            name,
+            pid,
+            pid_start,
+        } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO attempts(run_id, seq, attempt, name, owner, epoch, pid, pid_start, started_at)
+                     SELECT ?1, ?4, ?5, ?6, ?2, ?3, ?7, ?8, ?9
+                     WHERE EXISTS (SELECT 1 FROM runs WHERE {FENCE})"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        fence.run_id, &*fence.owner, fence.epoch, seq, attempt, name,
+                        pid, pid_start.map(|p| p as i64), now
+                    ])
+                })
+                .map_err(sql("recording a step attempt"))?;
+            fenced(n, &fence)
+        }
+        Op::AttemptEnd {
+            fence,
+            seq,
+            attempt,
+            outcome,
+            reason,
+        } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "UPDATE attempts SET ended_at = ?7, outcome = ?6, reason = ?8
+                     WHERE run_id = ?1 AND seq = ?4 AND attempt = ?5 AND outcome IS NULL
+                       AND EXISTS (SELECT 1 FROM runs WHERE {FENCE})"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        fence.run_id,
+                        &*fence.owner,
+                        fence.epoch,
+                        seq,
+                        attempt,
+                        outcome,
+                        now,
+                        reason
+                    ])
+                })
+                .map_err(sql("ending a step attempt"))?;
+            if n == 0 {
+                // Either the lease is gone or the attempt row was never written (in-process
+                // steps record attempts only when they fail): insert it, still fenced.
+                let n = conn
+                    .prepare_cached(&format!(
+                        "INSERT OR IGNORE INTO attempts(run_id, seq, attempt, name, owner, epoch, started_at, ended_at, outcome, reason)
+                         SELECT ?1, ?4, ?5, '', ?2, ?3, ?7, ?7, ?6, ?8
+                         WHERE EXISTS (SELECT 1 FROM runs WHERE {FENCE})"
+                    ))
+                    .and_then(|mut s| {
+                        s.execute(params![fence.run_id, &*fence.owner, fence.epoch, seq, attempt, outcome, now, reason])
+                    })
+                    .map_err(sql("ending a step attempt"))?;
+                return fenced(n, &fence);
+            }
+            Ok(Done::Unit)
+        }
+        Op::Complete { fence, output } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "UPDATE runs SET status = 'completed', output = ?4, error = NULL, owner = NULL,
+                            lease_expires_at = NULL, finished_at = ?5, updated_at = ?5 WHERE {FENCE}"
+                ))
+                .and_then(|mut s| s.execute(params![fence.run_id, &*fence.owner, fence.epoch, output, now]))
+                .map_err(sql("completing a run"))?;
+            fenced(n, &fence)
+        }
+        Op::Fail { fence, error } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "UPDATE runs SET status = 'failed', error = ?4, owner = NULL,
+                            lease_expires_at = NULL, finished_at = ?5, updated_at = ?5 WHERE {FENCE}"
+                ))
+                .and_then(|mut s| s.execute(params![fence.run_id, &*fence.owner, fence.epoch, error, now]))
+                .map_err(sql("failing a run"))?;
+            fenced(n, &fence)
+        }
+        Op::Suspend { fence, until, note } => {
+            suspend(conn, &fence, until, &note, now)?;
+            Ok(Done::Unit)
+        }
+        Op::Release { fence } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "UPDATE runs SET status = 'pending', owner = NULL, lease_expires_at = NULL,
+                            updated_at = ?4 WHERE {FENCE}"
+                ))
+                .and_then(|mut s| s.execute(params![fence.run_id, &*fence.owner, fence.epoch, now]))
+                .map_err(sql("releasing a run"))?;
+            fenced(n, &fence)
+        }
+        Op::Block {
+            fence,
+            status,
+            note,
+        } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "UPDATE runs SET status = ?4, note = ?5, owner = NULL, lease_expires_at = NULL,
+                            updated_at = ?6 WHERE {FENCE}"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        fence.run_id,
+                        &*fence.owner,
+                        fence.epoch,
+                        status,
+                        note,
+                        now
+                    ])
+                })
+                .map_err(sql("blocking a run"))?;
+            fenced(n, &fence)
+        }
+        Op::Resume { run_id } => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE runs SET status = 'pending', note = NULL, ready_at = ?2, updated_at = ?2
+                     WHERE id = ?1 AND status IN ('blocked', 'blocked_version')",
+                )
+                .and_then(|mut s| s.execute(params![run_id, now]))
+                .map_err(sql("resuming a run"))?;
+            if n == 0 {
+                return Err(StoreError::NotFound { run_id });
+            }
+            Ok(Done::Unit)
+        }
+        other => Err(StoreError::Internal(format!(
+            "{other:?} is not a command of store::write::runs"
+        ))),
+    }
+}
+
+pub(crate) fn enqueue(conn: &Connection, run: &NewRun, now: i64) -> StoreResult<(i64, bool)> {
+    if let Some(key) = &run.idempotency_key {
+        let existing: Option<i64> = conn
+            .prepare_cached("SELECT id FROM runs WHERE idempotency_key = ?1")
+            .and_then(|mut s| s.query_row(params![key], |r| r.get(0)).optional())
+            .map_err(sql("looking up an idempotency key"))?;
+        if let Some(id) = existing {
+            return Ok((id, false));
+        }
+    }
+    let ready_at = run.ready_at.unwrap_or(now);
+    let status = if ready_at > now {
+        "suspended"
+    } else {
+        "pending"
+    };
+    conn.prepare_cached(
+        "INSERT INTO runs(workflow, version, input, status, idempotency_key, queue, priority,
+                          ready_at, parent_id, deadline_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            run.workflow,
+            run.version,
+            run.input,
+            status,
+            run.idempotency_key,
+            run.queue,
+            run.priority,
+            ready_at,
+            run.parent_id,
+            run.deadline_at,
+            now
+        ])
+    })
+    .map_err(sql("enqueueing a run"))?;
+    Ok((conn.last_insert_rowid(), true))
+}
+
+/// running -> suspended until `until` (fenced). Shared by retries, sleeps, event and child
+/// waits. A run whose cancel was requested (`cancel_requested = 1`, set by `Cancel` while it
+/// ran) is not suspended: the same guarded statement ends it `cancelled`, and its
+/// descendants are cancelled with it, so a cancel racing a wait is never lost (nothing
+/// polls suspended runs for flags). Answers `true` if the run ended cancelled.
+pub(crate) fn suspend(
+    conn: &Connection,
+    fence: &Fence,
+    until: i64,
+    note: &str,
+    now: i64,
+) -> StoreResult<bool> {
+    let ended: Option<String> = conn
+        .prepare_cached(&format!(
+            "UPDATE runs SET
+                    status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'suspended' END,
+                    ready_at = CASE WHEN cancel_requested = 1 THEN ready_at ELSE ?4 END,
+                    note = CASE WHEN cancel_requested = 1 THEN NULL ELSE ?5 END,
+                    error = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE error END,
+                    finished_at = CASE WHEN cancel_requested = 1 THEN ?6 ELSE finished_at END,
+                    owner = NULL, lease_expires_at = NULL, updated_at = ?6
+             WHERE {FENCE} RETURNING status"
+        ))
+        .and_then(|mut s| {
+            s.query_row(
+                params![fence.run_id, &*fence.owner, fence.epoch, until, note, now],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .map_err(sql("suspending a run"))?;
+    match ended.as_deref() {
+        None => fenced(0, fence).map(|_| false),
+        Some("cancelled") => {
+            super::cancel_tree(conn, fence.run_id, now)?;
+            Ok(true)
+        }
+        Some(_) => Ok(false),
+    }
+}

@@ -1,15 +1,15 @@
 //! # waymark
 //!
-//! An embedded, single-node durable workflow executor on one SQLite file.
+//! An embedded, single-node durable workflow executor on one SQLite file, for Linux.
 //!
 //! A **workflow** is a registered Rust function that calls registered, typed **steps**
 //! through a [`Ctx`]. Every step result is journaled in SQLite; after a crash the workflow
-//! is replayed and journaled steps return their recorded output without running again.
-//! Runs are held under leases with heartbeats and fenced by an epoch, so a stale owner's
-//! writes are rejected.
+//! is replayed and journaled steps return their recorded output without running again (a
+//! step runs at least once; its recorded result exists exactly once). Runs are held under
+//! leases with heartbeats and fenced by an epoch, so a stale owner's writes are rejected.
+//! Steps run in child processes under memory and CPU caps by default.
 //!
-//! Principal types: [`Registry`] (what can run), [`Engine`] (runs it), [`Ctx`] (what a
-//! workflow calls), [`Step`] and [`Workflow`] (typed names), [`Config`].
+//! ## Quickstart
 //!
 //! ```no_run
 //! use waymark::{Config, Ctx, Engine, Registry, StartOptions, Step, StepCtx, StepError, Workflow, WorkflowError};
@@ -37,7 +37,25 @@
 //! let engine = Engine::start(build_registry(), Config::new("app.db")).unwrap();
 //! let id = engine.start_run(PIPELINE, &21, StartOptions::key("job-21")).unwrap();
 //! assert_eq!(engine.wait_output(PIPELINE, id, Duration::from_secs(10)).unwrap(), 84);
+//! engine.shutdown().unwrap();
 //! ```
+//!
+//! ## Map of the types
+//!
+//! | you want to | use |
+//! |---|---|
+//! | name a step or a workflow with its types | [`Step`], [`Workflow`] (typed `const` handles) |
+//! | say which functions implement them | [`Registry`] (`step`, `command`, `workflow`), per-step [`StepOptions`] |
+//! | let steps run in child processes of your binary | [`hook`], first line of `main` |
+//! | run workflows | [`Engine`] with a [`Config`] ([`Isolation`], [`StepLimits`], [`RetryPolicy`], [`MemoryRlimit`], [`Synchronous`]) |
+//! | start runs | [`Engine::start_run`], [`Engine::start_many`], [`StartOptions`] (idempotency key, queue, delay, deadline) |
+//! | write a workflow | [`Ctx`]: `step`, `sleep`, `wait_event`, `start_child` / `join` ([`ChildRun`]) |
+//! | write a step | a function of [`StepCtx`] and its input returning `Result<_, `[`StepError`]`>`; or a program: [`CommandSpec`] → [`CommandOutput`] |
+//! | see a run | [`Engine::run`] ([`RunRow`], [`RunStatus`]), [`Engine::journal`] ([`StepRow`]), [`Engine::attempts`] ([`AttemptRow`], [`FailureClass`]) |
+//! | operate runs | [`Engine::cancel`], [`Engine::send_event`], [`Engine::resume`], [`Engine::purge`], [`Engine::set_queue_limit`], schedules ([`ScheduleSpec`], [`Missed`]) |
+//! | handle errors | [`Error`] (engine calls), [`StoreError`] (storage), [`WorkflowError`] (inside a workflow) |
+//!
+//! Guarantees and how each is tested: README.md ("Guarantees and how they are tested").
 //!
 //! The library never prints; it logs through the `log` crate.
 

@@ -13,7 +13,7 @@
 
 use crate::engine::{Engine, Inner};
 use crate::error::Error;
-use crate::store::write::ScheduleRow;
+use crate::store::ScheduleRow;
 use crate::store::{NewRun, StoreError};
 use crate::workflow::registry::Workflow;
 use chrono::{TimeZone, Utc};

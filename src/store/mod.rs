@@ -24,6 +24,7 @@ pub use error::{StoreError, StoreResult};
 pub use pragmas::{ConnSettings, Synchronous};
 pub use seam::{ChildStart, Sent, Started, Storage};
 pub use views::{AttemptRow, RunRow, RunStatus, StepRow, UnknownStatus};
+pub use write::{Awaited, ScheduleRow};
 pub use write::{Claimed, Done, EngineRow, Entry, Fence, NewRun, Op};
 pub use writer::{Writer, WriterStats};
 

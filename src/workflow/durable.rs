@@ -15,7 +15,7 @@
 
 use crate::codec;
 use crate::error::WorkflowError;
-use crate::store::write::Awaited;
+use crate::store::Awaited;
 use crate::store::{ChildStart, NewRun};
 use crate::workflow::ctx::{Ctx, Interrupt};
 use crate::workflow::registry::Workflow;

@@ -440,7 +440,8 @@ impl Engine {
     }
 }
 
-/// Encode-checked event delivery shared by the engine and the CLI.
+/// Encode-checked event delivery shared by the engine and the CLI: `payload` is JSON, stored
+/// sealed (`codec::seal`).
 pub fn send_event_bytes(
     store: &crate::store::Store,
     run_id: i64,
@@ -457,7 +458,7 @@ pub fn send_event_bytes(
     match store.call(Op::SendEvent {
         run_id,
         name: name.to_string(),
-        payload,
+        payload: crate::codec::seal(crate::codec::Format::Json, &payload),
     })? {
         Done::Sent { event_id, .. } => Ok(event_id),
         other => Err(Error::Config(format!("unexpected writer answer {other:?}"))),

@@ -315,3 +315,102 @@ fn a_zeroed_page_is_refused_at_open() {
         }
     }
 }
+
+/// Flip bit 0 of the last byte of the blob `column` of the row `key` in `table` (through
+/// SQL, engines stopped): a payload changed after it was written.
+fn rot_blob(db: &Path, table: &str, column: &str, key: &str) {
+    let w = rusqlite::Connection::open(db).unwrap();
+    let mut blob: Vec<u8> = w
+        .query_row(
+            &format!("SELECT {column} FROM {table} WHERE {key}"),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    *blob.last_mut().unwrap() ^= 1;
+    let n = w
+        .execute(
+            &format!("UPDATE {table} SET {column} = ?1 WHERE {key}"),
+            [blob],
+        )
+        .unwrap();
+    assert_eq!(n, 1, "{table}.{column} where {key}");
+}
+
+// (a') The other places the engine reads a run's payloads: a damaged run input (claim), a
+// damaged event payload (consumed by a wait), a damaged child output (journaled by a join,
+// read on replay). Each parks only its own run `blocked`, naming the payload and the
+// checksum mismatch; an undamaged run of each kind completes.
+#[test]
+fn damaged_input_event_and_child_payloads_park_only_their_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rot.db");
+    let parents = start(&db, "fixture.parent", r#"{"steps":1,"ms":1}"#, 2);
+    let a = serve(dir.path(), "a", &db, 4, 2000, &[]);
+    wait_for("the parents to complete", Duration::from_secs(60), || {
+        parents.iter().all(|r| status(&db, *r) == "completed")
+    });
+    stop(a);
+    // Replay parents[0] with a damaged join entry (its child's output).
+    rot_blob(
+        &db,
+        "steps",
+        "output",
+        &format!("run_id = {} AND kind = 'join'", parents[0]),
+    );
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE runs SET status = 'pending', output = NULL, finished_at = NULL WHERE id = ?1",
+            [parents[0]],
+        )
+        .unwrap();
+    let inputs = echo(&db, &texts("input", 2), 1);
+    rot_blob(&db, "runs", "input", &format!("id = {}", inputs[0]));
+    let waiters = start(
+        &db,
+        "fixture.waiter",
+        r#"{"name":"go","timeout_ms":600000}"#,
+        2,
+    );
+    for run in &waiters {
+        let out = Command::new(BIN)
+            .args(["send", &run.to_string(), "go", "--json", "17", "--db"])
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "send: {out:?}");
+    }
+    rot_blob(
+        &db,
+        "events",
+        "payload",
+        &format!("run_id = {}", waiters[0]),
+    );
+
+    let b = serve(dir.path(), "b", &db, 4, 2000, &[]);
+    let damaged = [
+        (parents[0], "join:"),
+        (inputs[0], "cannot decode the input of run"),
+        (waiters[0], "payload of event 'go'"),
+    ];
+    let intact = [parents[1], inputs[1], waiters[1]];
+    wait_for(
+        "the intact runs to complete",
+        Duration::from_secs(60),
+        || intact.iter().all(|r| status(&db, *r) == "completed"),
+    );
+    wait_for("the damaged runs to park", Duration::from_secs(60), || {
+        damaged.iter().all(|(r, _)| status(&db, *r) == "blocked")
+    });
+    for (run, what) in damaged {
+        let n = note(&db, run);
+        for part in [what, "checksum mismatch", &format!("run {run}")] {
+            assert!(n.contains(part), "run {run}: note {n:?} names {part:?}");
+        }
+    }
+    assert_eq!(output(&db, inputs[1]), Some("input-01-OUTPUT".into()));
+    stop(b);
+    let log = std::fs::read_to_string(dir.path().join("b.log")).unwrap();
+    assert!(!log.contains("panicked"), "no panic: {log}");
+}

@@ -12,7 +12,7 @@ pub enum Isolation {
     InProcess,
     /// In a fresh child process of the host's own binary, with the step's limits (memory
     /// cap, CPU cap, timeout enforced by killing its process group). The default; needs
-    /// `waymark::child::hook(build_registry);` at the top of the host's `main`.
+    /// `waymark::hook(build_registry);` at the top of the host's `main`.
     Child,
     /// In a warm, long-lived child of the host's binary (one pool per step name, started
     /// with the step's limits), serving many executions over the same pipes. A child is

@@ -82,6 +82,7 @@ mod step;
 mod store;
 mod workflow;
 
+pub use codec::{CodecError, Format as PayloadFormat};
 pub use config::{Config, Isolation, RetryPolicy, StepLimits};
 pub use engine::schedule::{Missed, ScheduleSpec};
 pub use engine::{AttemptRow, Engine, RunRow, StartOptions, StepRow};

@@ -63,8 +63,8 @@ fn kill_while_a_child_runs() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    let c_out: u64 = bincode::deserialize(&c_out).unwrap();
-    let p_out: u64 = bincode::deserialize(&p_out).unwrap();
+    let c_out: u64 = waymark::internal::codec::decode(&c_out, 1024).unwrap();
+    let p_out: u64 = waymark::internal::codec::decode(&p_out, 1024).unwrap();
     assert_eq!(p_out, c_out + 1);
     let kinds: Vec<_> = journal(&db, parent).into_iter().map(|e| e.2).collect();
     assert_eq!(kinds, vec!["child", "step", "join"]);

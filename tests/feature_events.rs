@@ -21,7 +21,7 @@ fn output(tmp: &Tmp, run_id: i64) -> String {
     );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["status"], "completed", "{v}");
-    // The output column is not in the JSON; decode it from the database (bincode String).
+    // The output column is not in the JSON; decode it from the database (a sealed bincode String).
     let bytes: Vec<u8> = conn(&tmp.db())
         .query_row(
             "SELECT output FROM runs WHERE id = ?1",
@@ -29,7 +29,8 @@ fn output(tmp: &Tmp, run_id: i64) -> String {
             |r| r.get(0),
         )
         .unwrap();
-    bincode::deserialize::<String>(&bytes).unwrap()
+    waymark::internal::codec::decode::<String>(&bytes, waymark::internal::codec::PAYLOAD_BYTES_MAX)
+        .unwrap()
 }
 
 /// (id, consumed_seq) of the run's events, in send order.

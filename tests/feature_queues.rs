@@ -74,7 +74,7 @@ fn queue_limit_holds_across_two_engine_processes() {
                 r.get(0)
             })
             .unwrap();
-        seen.push(bincode::deserialize::<u64>(&out).unwrap());
+        seen.push(waymark::internal::codec::decode::<u64>(&out, 1024).unwrap());
     }
     let max = seen.iter().copied().max().unwrap();
     eprintln!("queue limit 2: most probes seen at once {max}, most running rows {most_running}");

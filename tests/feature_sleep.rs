@@ -15,7 +15,10 @@ fn wake_times(tmp: &Tmp) -> HashMap<i64, i64> {
         .unwrap();
     s.query_map([], |r| {
         let b: Vec<u8> = r.get(1)?;
-        Ok((r.get(0)?, i64::from_le_bytes(b.try_into().unwrap())))
+        Ok((
+            r.get(0)?,
+            waymark::internal::codec::decode::<i64>(&b, 1024).unwrap(),
+        ))
     })
     .unwrap()
     .collect::<Result<_, _>>()

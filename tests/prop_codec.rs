@@ -2,10 +2,13 @@
 //! cargo-fuzz target fuzz/fuzz_targets/codec_decode.rs): `codec::decode` never panics on
 //! arbitrary, truncated or bit-flipped bytes, accepts only canonical encodings (a decoded
 //! value re-encodes to the same bytes), enforces its size limit, and round-trips values.
+//! Stored payloads are sealed (header + CRC-32): arbitrary bodies are sealed before they are
+//! decoded so the body decoder is still exercised, and one flipped bit anywhere in a sealed
+//! payload is always an error (the checksum), never another value.
 
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
-use waymark::internal::codec::{decode, encode, CodecError};
+use waymark::internal::codec::{decode, encode, open, seal, CodecError, Format, HEADER_BYTES};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 enum Shape {
@@ -57,6 +60,13 @@ fn record() -> impl Strategy<Value = Record> {
 }
 
 fn canonical<T: serde::de::DeserializeOwned + Serialize>(data: &[u8]) -> Result<(), TestCaseError> {
+    // Unsealed bytes never decode (a header version and a CRC-32 they do not have), unless
+    // by the 2^-32 chance of a matching checksum; then they must be canonical too.
+    if let Ok(v) = decode::<T>(data, LIMIT) {
+        let again = encode(&v, LIMIT).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(again, data.to_vec());
+    }
+    let data = &seal(Format::Bincode1Fixint, data)[..];
     if let Ok(v) = decode::<T>(data, LIMIT) {
         let again = encode(&v, LIMIT).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(again, data.to_vec());
@@ -84,11 +94,23 @@ proptest! {
         // Every strict prefix is an error (fixed-width ints, length-prefixed data).
         let n = cut.index(bytes.len());
         prop_assert!(decode::<Record>(&bytes[..n], LIMIT).is_err());
-        // One flipped bit: an error or some record, never a panic; if a record, canonical.
+        // One flipped bit in the sealed payload: always an error (CRC-32 detects every
+        // single-bit error), never another record.
         let mut flipped = bytes.clone();
         let b = bit.index(flipped.len() * 8);
         flipped[b / 8] ^= 1 << (b % 8);
-        canonical::<Record>(&flipped)?;
+        let err = decode::<Record>(&flipped, LIMIT).unwrap_err();
+        prop_assert!(
+            matches!(err, CodecError::Checksum { .. } | CodecError::UnknownFormat { .. }),
+            "bit {}: {}", b, err
+        );
+        // One flipped bit in the body, resealed (damage before the checksum was computed):
+        // an error or some record, never a panic; if a record, canonical.
+        let mut body = bytes[HEADER_BYTES..].to_vec();
+        let b = bit.index(body.len() * 8);
+        body[b / 8] ^= 1 << (b % 8);
+        canonical::<Record>(&body)?;
+        prop_assert_eq!(open(&bytes).unwrap(), (Format::Bincode1Fixint, &bytes[HEADER_BYTES..]));
         // Trailing junk is refused.
         let mut longer = bytes.clone();
         longer.push(0);
@@ -100,11 +122,11 @@ proptest! {
         // A length prefix claiming `len` elements, followed by a few bytes.
         let mut evil = len.to_le_bytes().to_vec();
         evil.extend_from_slice(&[7u8; 8]);
-        let r = decode::<Vec<u64>>(&evil, limit);
+        let r = decode::<Vec<u64>>(&seal(Format::Bincode1Fixint, &evil), limit);
         if len != 1 {
             prop_assert!(r.is_err());
         }
-        let big = vec![0u8; limit as usize + 1];
+        let big = seal(Format::Bincode1Fixint, &vec![0u8; limit as usize + 1]);
         let too_large = matches!(decode::<Vec<u8>>(&big, limit), Err(CodecError::TooLarge { .. }));
         prop_assert!(too_large);
     }

@@ -1,11 +1,11 @@
-//! Fuzz the child protocol decoders (`waymark::child::protocol`): bytes a step child writes to
+//! Fuzz the child protocol decoders (`waymark::internal::isolation::protocol`): bytes a step child writes to
 //! the engine. Properties: `FrameReader` fed arbitrary bytes in arbitrary chunks and
 //! `read_frame` on a byte stream never panic, never buffer more than one frame past the
 //! limit, and every frame that decodes re-encodes to the same bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use waymark::child::protocol::{encode_frame, read_frame, FrameReader, Response, HEADER_BYTES};
+use waymark::internal::isolation::protocol::{encode_frame, read_frame, FrameReader, Response, HEADER_BYTES};
 
 const LIMIT: u64 = 4096;
 

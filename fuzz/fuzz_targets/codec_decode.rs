@@ -1,12 +1,14 @@
-//! Fuzz `waymark::codec::decode`, the one decoder of payload bytes read from disk (run
+//! Fuzz `waymark::internal::codec::decode`, the one decoder of payload bytes read from disk (run
 //! inputs, journal outputs, event payloads) and, through the child protocol, from children.
 //! Properties: never panics, never allocates past the limit, and a successful decode of a
 //! canonical type re-encodes to exactly the input bytes (no silent acceptance of junk).
+//! Stored payloads are sealed (header + CRC-32): the input is decoded as it is (exercising
+//! the header checks) and sealed (exercising the body decoder behind a valid checksum).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde::{Deserialize, Serialize};
-use waymark::codec::{decode, encode};
+use waymark::internal::codec::{decode, encode, seal, Format};
 
 /// Shapes like the ones stored by workflows: nested options, vectors, strings, enums.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -35,7 +37,10 @@ fn roundtrip<T: serde::de::DeserializeOwned + Serialize>(data: &[u8]) {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(|raw: &[u8]| {
+    let _ = decode::<Record>(raw, LIMIT);
+    let sealed = seal(Format::Bincode1Fixint, raw);
+    let data = &sealed[..];
     roundtrip::<u64>(data);
     roundtrip::<String>(data);
     roundtrip::<Vec<u64>>(data);

@@ -35,6 +35,17 @@ pub struct StepWaitIn {
     pub gate: Option<String>,
 }
 
+/// Input of `fixture.echo` (bit-rot tests): a step returns `text` + "-OUTPUT" (a
+/// distinctive journaled payload to find in the file), then a durable sleep of `ms`, then
+/// the run's output is that recorded step output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EchoIn {
+    pub text: String,
+    pub ms: u64,
+}
+
+pub const ECHO_STEP: Step<String, String> = Step::new("fixture.echo");
+pub const ECHO: Workflow<EchoIn, String> = Workflow::new("fixture.echo");
 pub const MARK: Step<u64, u64> = Step::new("fixture.mark");
 pub const GATE: Step<String, u64> = Step::new("fixture.gate");
 pub const STEP_THEN_WAIT: Workflow<StepWaitIn, u64> = Workflow::new("fixture.step_then_wait");
@@ -53,6 +64,7 @@ pub fn is_fixture(name: &str) -> bool {
             | "fixture.parent"
             | "fixture.qprobe"
             | "fixture.step_then_wait"
+            | "fixture.echo"
     )
 }
 
@@ -83,6 +95,7 @@ pub fn encode_input(name: &str, json: &str) -> Result<Vec<u8>, String> {
         "fixture.parent" => enc::<SlowIn>(json),
         "fixture.qprobe" => enc::<u64>(json),
         "fixture.step_then_wait" => enc::<StepWaitIn>(json),
+        "fixture.echo" => enc::<EchoIn>(json),
         other => Err(format!("unknown workflow '{other}'")),
     }
 }
@@ -203,4 +216,10 @@ pub fn register(reg: &mut Registry) {
     reg.workflow(STEP_THEN_WAIT, step_then_wait);
     reg.step(PROBE_STEP, probe);
     reg.workflow(PROBE, |ctx, ms: u64| ctx.step(PROBE_STEP, &ms));
+    reg.step(ECHO_STEP, |_, text: String| Ok(format!("{text}-OUTPUT")));
+    reg.workflow(ECHO, |ctx, input: EchoIn| {
+        let out = ctx.step(ECHO_STEP, &input.text)?;
+        ctx.sleep(Duration::from_millis(input.ms))?;
+        Ok(out)
+    });
 }

@@ -76,7 +76,8 @@ impl Engine {
     }
 }
 
-/// Encode-checked event delivery shared by the engine and the CLI.
+/// Encode-checked event delivery shared by the engine and the CLI: `payload` is JSON, stored
+/// sealed (`codec::seal`).
 pub fn send_event_bytes(
     store: &dyn Storage,
     run_id: i64,
@@ -94,9 +95,8 @@ pub fn send_event_bytes(
             },
         });
     }
-    Ok(store
-        .send_event(run_id, name.to_string(), payload)?
-        .event_id)
+    let sealed = crate::codec::seal(crate::codec::Format::Json, &payload);
+    Ok(store.send_event(run_id, name.to_string(), sealed)?.event_id)
 }
 
 /// Purge runs finished before `before` (ms) in batches of [`PURGE_BATCH_RUNS`], then vacuum

@@ -43,7 +43,7 @@ pub(crate) const EXIT_ORPHANED: i32 = 111;
 pub(crate) const EXIT_SETUP: i32 = 112;
 pub(crate) const EXIT_EXEC: i32 = 127;
 
-/// Call this first thing in `main`: `waymark::child::hook(build_registry);`
+/// Call this first thing in `main`: `waymark::hook(build_registry);`
 ///
 /// In the engine's process it only notes that the hook is installed and returns at once
 /// (without calling `registry`). In a step child started by the engine it builds the

@@ -1,7 +1,7 @@
 //! Steps in child processes with resource limits: one step's blow-up never takes the
 //! engine or other runs down.
 //!
-//! - [`hook`](mod@hook): the host's one-call main hook (`waymark::child::hook(build_registry);`).
+//! - [`hook`](mod@hook): the host's one-call main hook (`waymark::hook(build_registry);`).
 //! - [`protocol`]: length-prefixed, bounded frames over the child's stdin/stdout.
 //! - [`spawn`]: posix_spawn without pre_exec, own process group, concurrent bounded draining,
 //!   TERM/grace/KILL of the whole group, reaping on every path.
@@ -72,7 +72,7 @@ pub(crate) const ENV_PAYLOAD: &str = "WAYMARK_CHILD_PAYLOAD";
 pub(crate) const ENV_POOL_RUNS: &str = "WAYMARK_CHILD_POOL_RUNS";
 
 /// The line a host must add to its `main` (quoted in errors).
-pub const HOOK_LINE: &str = "waymark::child::hook(build_registry);";
+pub const HOOK_LINE: &str = "waymark::hook(build_registry);";
 
 /// True if [`hook()`](fn@hook) ran in this process.
 pub fn hook_installed() -> bool {

@@ -1,6 +1,7 @@
 //! The pipe protocol between the engine and a step child: length-prefixed frames.
 //!
-//! A frame is the 4-byte magic `WMK1`, a little-endian `u32` body length, and a bincode body.
+//! A frame is the 4-byte magic `WMK1`, a little-endian `u32` body length, and a body sealed
+//! by `codec` (its header and checksum, then bincode).
 //! Invariants: every decode is bounded (the length is checked against a limit before any
 //! buffer grows to it), a wrong magic or an undecodable body is a [`ProtocolError`], and
 //! nothing here panics on bytes that came from another process.
@@ -98,7 +99,9 @@ impl std::error::Error for ProtocolError {}
 
 /// Encode `msg` as one frame whose body is at most `limit` bytes.
 pub fn encode_frame<T: Serialize>(msg: &T, limit: u64) -> Result<Vec<u8>, CodecError> {
-    let body = codec::encode(msg, limit.min(u32::MAX as u64))?;
+    // The body is a sealed payload (codec header included): at most `limit` bytes in all.
+    let body_max = limit.min(u32::MAX as u64);
+    let body = codec::encode(msg, body_max.saturating_sub(codec::HEADER_BYTES as u64))?;
     let mut frame = Vec::with_capacity(HEADER_BYTES + body.len());
     frame.extend_from_slice(&MAGIC);
     frame.extend_from_slice(&(body.len() as u32).to_le_bytes());

@@ -9,7 +9,7 @@ use super::pragmas::APPLICATION_ID;
 use rusqlite::Connection;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the durable core.
@@ -130,7 +130,45 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX schedules_due ON schedules(next_due);
     "#,
+    // 5: every stored payload carries a header (header version, format tag, CRC-32; see
+    // codec.rs). Seals in place what version 4 stored bare: bincode everywhere except
+    // event payloads (JSON, also when a consumed event is journaled as kind 'event').
+    // A value of another storage class is left as it is (decoders report it).
+    r#"
+    UPDATE runs SET input = waymark_seal(input, 1) WHERE typeof(input) = 'blob';
+    UPDATE runs SET output = waymark_seal(output, 1) WHERE typeof(output) = 'blob';
+    UPDATE steps SET output = waymark_seal(output, CASE kind WHEN 'event' THEN 2 ELSE 1 END)
+        WHERE typeof(output) = 'blob';
+    UPDATE events SET payload = waymark_seal(payload, 2) WHERE typeof(payload) = 'blob';
+    UPDATE schedules SET input = waymark_seal(input, 1) WHERE typeof(input) = 'blob';
+    "#,
 ];
+
+/// `waymark_seal(body, format_tag)`: the SQL face of [`crate::codec::seal`], for migration 5.
+fn register_seal(conn: &Connection) -> rusqlite::Result<()> {
+    use crate::codec::{seal, Format};
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "waymark_seal",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let format = match ctx.get::<i64>(1)? {
+                1 => Format::Bincode1Fixint,
+                2 => Format::Json,
+                other => {
+                    return Err(rusqlite::Error::UserFunctionError(
+                        format!("waymark_seal: unknown format {other}").into(),
+                    ))
+                }
+            };
+            let body = ctx.get_raw(0).as_blob().map_err(|e| {
+                rusqlite::Error::UserFunctionError(format!("waymark_seal: {e}").into())
+            })?;
+            Ok(seal(format, body))
+        },
+    )
+}
 
 /// Check `application_id` and `user_version` of a just-opened file without writing.
 /// Returns the schema version found (0 for a fresh, empty file).
@@ -213,6 +251,7 @@ pub fn migrate(conn: &mut Connection, path: &std::path::Path) -> StoreResult<()>
     // auto_vacuum must be chosen before the first table exists; harmless if raced.
     conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
         .map_err(|e| StoreError::sqlite("setting auto_vacuum", e))?;
+    register_seal(conn).map_err(|e| StoreError::sqlite("registering waymark_seal", e))?;
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(|e| StoreError::sqlite("beginning the migration", e))?;
@@ -279,5 +318,114 @@ mod tests {
         }
         // Migrating again is a no-op.
         super::migrate(&mut conn, &path).unwrap();
+    }
+
+    // A file at schema version 4 holds bare payloads (no header); migration 5 seals each
+    // with the format of its column (JSON for events and consumed-event journal entries),
+    // leaves NULLs and values of other storage classes alone, and every payload then
+    // decodes to what was stored.
+    #[test]
+    fn a_version_4_file_gets_its_payloads_sealed() {
+        use crate::codec::{decode, decode_json};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.db");
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        for sql in &super::MIGRATIONS[..4] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(&format!(
+            "PRAGMA application_id = {}; PRAGMA user_version = 4;",
+            super::APPLICATION_ID
+        ))
+        .unwrap();
+        let bare = |v: u64| v.to_le_bytes().to_vec();
+        conn.execute(
+            "INSERT INTO runs(workflow, input, output, status, ready_at, created_at, updated_at)
+             VALUES ('wf', ?1, ?2, 'completed', 0, 0, 0), ('wf', ?3, NULL, 'pending', 0, 0, 0)",
+            rusqlite::params![bare(1), bare(2), bare(3)],
+        )
+        .unwrap();
+        let steps: [(i64, &str, Option<Vec<u8>>); 5] = [
+            (0, "step", Some(bare(10))),
+            (1, "sleep", Some(bare(11))),
+            (2, "event", Some(b"{\"go\":12}".to_vec())),
+            (3, "child", Some(bare(13))),
+            (4, "step", None),
+        ];
+        for (seq, kind, output) in &steps {
+            conn.execute(
+                "INSERT INTO steps(run_id, seq, name, kind, status, attempts, output, recorded_at)
+                 VALUES (1, ?1, 'x', ?2, 'completed', 1, ?3, 0)",
+                rusqlite::params![seq, kind, output],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO events(run_id, name, payload, sent_at) VALUES (2, 'go', CAST('7' AS BLOB), 0);
+             INSERT INTO steps(run_id, seq, name, kind, status, attempts, output, recorded_at)
+                 VALUES (2, 0, 'x', 'step', 'completed', 1, 'text, not a blob', 0);",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO schedules(name, cron, workflow, version, input, next_due, created_at, updated_at)
+             VALUES ('s', '* * * * * *', 'wf', 1, ?1, 0, 0, 0)",
+            [bare(20)],
+        )
+        .unwrap();
+        super::migrate(&mut conn, &path).unwrap();
+        let blob = |sql: &str| -> Vec<u8> { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        let lim = 1024;
+        assert_eq!(
+            decode::<u64>(&blob("SELECT input FROM runs WHERE id = 1"), lim),
+            Ok(1)
+        );
+        assert_eq!(
+            decode::<u64>(&blob("SELECT output FROM runs WHERE id = 1"), lim),
+            Ok(2)
+        );
+        assert_eq!(
+            decode::<u64>(&blob("SELECT input FROM runs WHERE id = 2"), lim),
+            Ok(3)
+        );
+        let step = |seq: i64| {
+            blob(&format!(
+                "SELECT output FROM steps WHERE run_id = 1 AND seq = {seq}"
+            ))
+        };
+        assert_eq!(decode::<u64>(&step(0), lim), Ok(10));
+        assert_eq!(decode::<i64>(&step(1), lim), Ok(11));
+        assert_eq!(
+            decode_json::<serde_json::Value>(&step(2), lim).unwrap(),
+            serde_json::json!({"go": 12})
+        );
+        assert_eq!(decode::<i64>(&step(3), lim), Ok(13));
+        assert_eq!(
+            decode_json::<u64>(&blob("SELECT payload FROM events"), lim),
+            Ok(7)
+        );
+        assert_eq!(
+            decode::<u64>(&blob("SELECT input FROM schedules"), lim),
+            Ok(20)
+        );
+        let untouched: (Option<Vec<u8>>, String, Option<Vec<u8>>) = conn
+            .query_row(
+                "SELECT (SELECT output FROM steps WHERE run_id = 1 AND seq = 4),
+                        (SELECT output FROM steps WHERE run_id = 2),
+                        (SELECT output FROM runs WHERE id = 2)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(untouched, (None, "text, not a blob".into(), None));
+        // Migrating again does not seal twice.
+        super::migrate(&mut conn, &path).unwrap();
+        let again: Vec<u8> = conn
+            .query_row(
+                "SELECT output FROM steps WHERE run_id = 1 AND seq = 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(decode::<u64>(&again, lim), Ok(10));
     }
 }

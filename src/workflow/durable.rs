@@ -55,15 +55,16 @@ impl Ctx<'_> {
         let wake = match recorded {
             Some(entry) => {
                 let bytes = entry.output.as_deref().unwrap_or_default();
-                let Ok(raw) = <[u8; 8]>::try_from(bytes) else {
-                    let msg = format!(
-                        "run {}: timer '{name}' (seq {seq}) holds {} bytes, expected 8",
-                        self.fence.run_id,
-                        bytes.len()
-                    );
-                    return Err(self.interrupt(Interrupt::Blocked(msg)));
-                };
-                i64::from_le_bytes(raw)
+                match codec::decode::<i64>(bytes, self.payload_limit()) {
+                    Ok(wake) => wake,
+                    Err(e) => {
+                        let msg = format!(
+                            "run {}: timer '{name}' (seq {seq}) does not decode: {e}",
+                            self.fence.run_id
+                        );
+                        return Err(self.interrupt(Interrupt::Blocked(msg)));
+                    }
+                }
             }
             None => {
                 let wake = wake(now);
@@ -133,8 +134,21 @@ impl Ctx<'_> {
                 _ => return Err(self.interrupt(Interrupt::Parked)),
             },
         };
-        match serde_json::from_slice::<T>(&payload) {
+        match codec::decode_json::<T>(&payload, self.payload_limit()) {
             Ok(v) => Ok(Some(v)),
+            // The bytes changed after they were written: bad data, park the run.
+            Err(
+                e @ (codec::CodecError::Checksum { .. }
+                | codec::CodecError::Truncated { .. }
+                | codec::CodecError::UnknownFormat { .. }
+                | codec::CodecError::WrongFormat { .. }),
+            ) => {
+                let msg = format!(
+                    "run {}: payload of event '{name}' (seq {seq}): {e}",
+                    self.fence.run_id
+                );
+                Err(self.interrupt(Interrupt::Blocked(msg)))
+            }
             Err(e) => Err(WorkflowError::Step {
                 seq,
                 name: name.to_string(),
@@ -158,16 +172,18 @@ impl Ctx<'_> {
         let (seq, recorded) = self.next_entry(&name, "child")?;
         if let Some(entry) = recorded {
             let bytes = entry.output.as_deref().unwrap_or_default();
-            let Ok(raw) = <[u8; 8]>::try_from(bytes) else {
-                let msg = format!(
-                    "run {}: child entry '{name}' (seq {seq}) holds {} bytes, expected 8",
-                    self.fence.run_id,
-                    bytes.len()
-                );
-                return Err(self.interrupt(Interrupt::Blocked(msg)));
+            let id = match codec::decode::<i64>(bytes, self.payload_limit()) {
+                Ok(id) => id,
+                Err(e) => {
+                    let msg = format!(
+                        "run {}: child entry '{name}' (seq {seq}) does not decode: {e}",
+                        self.fence.run_id
+                    );
+                    return Err(self.interrupt(Interrupt::Blocked(msg)));
+                }
             };
             return Ok(ChildRun {
-                id: i64::from_le_bytes(raw),
+                id,
                 _out: PhantomData,
             });
         }

@@ -21,7 +21,7 @@ pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             if check_fence(conn, &fence)? {
                 return ended_cancelled(conn, &fence, now);
             }
-            let bytes = wake.to_le_bytes();
+            let bytes = crate::codec::encode_i64(wake);
             insert_entry(
                 conn,
                 fence.run_id,
@@ -150,7 +150,7 @@ pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
         } => {
             let cancel_requested = check_fence(conn, &fence)?;
             let (id, _) = enqueue(conn, &run, now)?;
-            let bytes = id.to_le_bytes();
+            let bytes = crate::codec::encode_i64(id);
             insert_entry(
                 conn,
                 fence.run_id,

@@ -15,7 +15,7 @@ use super::segment::{
 use rusqlite::{Connection, OpenFlags};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
-use waymark::internal::codec::{decode, PAYLOAD_BYTES_MAX};
+use waymark::internal::codec::{decode, decode_json, PAYLOAD_BYTES_MAX};
 
 /// Every acknowledgement given so far (and still believed), and what processes wrote.
 #[derive(Debug, Default)]
@@ -273,7 +273,7 @@ pub fn check_image(dir: &Path, acked: &mut Acked, c: &mut Counts, at: &str) {
             // The event wait: its timer entry, then the event's JSON payload.
             let payload = output
                 .as_deref()
-                .and_then(|b| serde_json::from_slice::<u64>(b).ok());
+                .and_then(|b| decode_json::<u64>(b, PAYLOAD_BYTES_MAX).ok());
             let ok = waits_event(index)
                 && match seq - steps_n {
                     0 => kind == "sleep",
@@ -304,7 +304,10 @@ pub fn check_image(dir: &Path, acked: &mut Acked, c: &mut Counts, at: &str) {
             .get(run)
             .filter(|&&i| waits_event(i))
             .map(|&i| event_payload(i));
-        if name != "go" || want.is_none() || serde_json::from_slice::<u64>(payload).ok() != want {
+        if name != "go"
+            || want.is_none()
+            || decode_json::<u64>(payload, PAYLOAD_BYTES_MAX).ok() != want
+        {
             foreign(format!("event {eid} ({name}) for run {run}"));
         }
     }

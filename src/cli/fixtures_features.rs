@@ -1,7 +1,7 @@
 //! Fixture workflows for the kill-and-restart tests of the durable features (sleep, events,
 //! children). Registered in `waymark serve`; started with `waymark start NAME --json ...`.
 
-use super::fixtures::{SlowIn, SLOW};
+use super::fixtures::{SlowIn, SLEEP, SLOW};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use waymark::{Ctx, Registry, Step, StepCtx, StepError, Workflow, WorkflowError};
@@ -43,6 +43,8 @@ pub const WAITER: Workflow<WaiterIn, String> = Workflow::new("fixture.waiter");
 pub const PARENT: Workflow<SlowIn, u64> = Workflow::new("fixture.parent");
 pub const PROBE_STEP: Step<u64, u64> = Step::new("fixture.qprobe");
 pub const PROBE: Workflow<u64, u64> = Workflow::new("fixture.qprobe");
+/// `fixture.slow`'s steps, then the workflow fails (permanently) on its own.
+pub const SLOW_THEN_FAIL: Workflow<SlowIn, u64> = Workflow::new("fixture.slow_then_fail");
 
 /// Names of the workflows defined here.
 pub fn is_fixture(name: &str) -> bool {
@@ -53,6 +55,7 @@ pub fn is_fixture(name: &str) -> bool {
             | "fixture.parent"
             | "fixture.qprobe"
             | "fixture.step_then_wait"
+            | "fixture.slow_then_fail"
     )
 }
 
@@ -81,6 +84,7 @@ pub fn encode_input(name: &str, json: &str) -> Result<Vec<u8>, String> {
         "fixture.parent" => enc::<SlowIn>(json),
         "fixture.qprobe" => enc::<u64>(json),
         "fixture.step_then_wait" => enc::<StepWaitIn>(json),
+        "fixture.slow_then_fail" => enc::<SlowIn>(json),
         other => Err(format!("unknown workflow '{other}'")),
     }
 }
@@ -201,4 +205,12 @@ pub fn register(reg: &mut Registry) {
     reg.workflow(STEP_THEN_WAIT, step_then_wait);
     reg.step(PROBE_STEP, probe);
     reg.workflow(PROBE, |ctx, ms: u64| ctx.step(PROBE_STEP, &ms));
+    reg.workflow(SLOW_THEN_FAIL, |ctx, input: SlowIn| {
+        for _ in 0..input.steps {
+            ctx.step(SLEEP, &input.ms)?;
+        }
+        Err(WorkflowError::Failed(
+            "fixture.slow_then_fail fails by design".into(),
+        ))
+    });
 }

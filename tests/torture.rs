@@ -57,7 +57,12 @@ fn torture_ci_sized_run_finds_no_violation() {
     for some in ["waits", "events", "cancels"] {
         assert!(field(line, some) > 0, "{line}");
     }
-    for zero in ["lost", "duplicate_results", "concurrent_executions"] {
+    for zero in [
+        "lost",
+        "duplicate_results",
+        "concurrent_executions",
+        "stalled",
+    ] {
         assert_eq!(field(line, zero), 0, "{line}");
     }
     assert!(
@@ -106,6 +111,7 @@ fn torture_mixed_isolation_pauses_and_shutdowns_ci_sized() {
         "duplicate_results",
         "concurrent_executions",
         "orphans",
+        "stalled",
     ] {
         assert_eq!(field(line, zero), 0, "{line}");
     }

@@ -525,11 +525,11 @@ pub struct Summary {
 impl Summary {
     fn line(&self) -> String {
         format!(
-            "cycles={} kills={} runs={} completed={} failed_expected={} lost={} duplicate_results={} concurrent_executions={} reexecutions={} max_reexecutions_bound={} pauses={} shutdowns={} orphans={} blocked_expected={} inprocess_pause_overlaps={} waits={} events={} cancels={}",
+            "cycles={} kills={} runs={} completed={} failed_expected={} lost={} duplicate_results={} concurrent_executions={} reexecutions={} max_reexecutions_bound={} pauses={} shutdowns={} orphans={} blocked_expected={} inprocess_pause_overlaps={} waits={} events={} cancels={} stalled={}",
             self.cycles, self.kills, self.runs, self.completed, self.failed_expected, self.lost,
             self.duplicate_results, self.concurrent_executions, self.reexecutions, self.max_reexecutions_bound,
             self.pauses, self.shutdowns, self.orphans, self.blocked_expected, self.inprocess_pause_overlaps,
-            self.waits, self.events, self.cancels
+            self.waits, self.events, self.cancels, self.stalled
         )
     }
 }

@@ -17,8 +17,8 @@
 //!   journal entry carries its payload; a completed run that reached its event wait consumed
 //!   it. A run whose cancel was acknowledged (answered for an unfinished run) ends
 //!   `cancelled`, never `completed`, and its journal is a prefix of the fault-free one. No
-//!   run is left parked (`stalled`), and no engine's backstop sweep had to carry out a
-//!   cancel that a wait lost.
+//!   run is left parked, and no engine's backstop sweep had to carry out a cancel that a
+//!   wait lost (`stalled` counts both: runs left active, and the runs each sweep ended).
 
 use super::workload::{
     fault_free, parse_command_stdout, reaches_event, Entry, RunIn, StepOut, CMD,
@@ -132,7 +132,13 @@ pub(super) fn check(h: &Harness, runs: &[RunIn]) -> Result<Summary, String> {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         for line in text.lines() {
             if line.contains("had a cancel requested but were not cancelled") {
-                s.stalled += 1;
+                // "N parked runs had a cancel requested ...": N cancels a wait lost.
+                s.stalled += line
+                    .split("WARN")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().nth(1))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(1);
                 v.push(format!(
                     "engine {label}: its backstop sweep found parked runs whose cancel was lost: {line}"
                 ));

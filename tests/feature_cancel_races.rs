@@ -528,3 +528,55 @@ fn stale_and_fresh_execution(stop: Stop) {
         "the fresh execution stopped before its last step"
     );
 }
+
+// Scenario (issue 10, found by `waymark torture` with waits and cancels: a run ended
+// `completed` although its cancel had been answered `running`): a run's last step is an
+// in-process step that takes 3 s (no executor can stop it); it is cancelled while that step
+// runs, and the engine's poller sees the request at once (50 ms). Must hold: the cancel was
+// acknowledged for an unfinished run, so the run ends `cancelled`, not `completed`, even
+// though its workflow returned normally after the step (the step's own result stays
+// journaled: it did run). The same for a run whose last step fails: `cancelled`, not
+// `failed`.
+#[test]
+fn a_run_cancelled_during_its_last_step_ends_cancelled_not_completed() {
+    cancelled_during_last_step("fixture.slow");
+}
+
+#[test]
+fn a_run_cancelled_during_its_last_step_ends_cancelled_not_failed() {
+    cancelled_during_last_step("fixture.slow_then_fail");
+}
+
+fn cancelled_during_last_step(workflow: &str) {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    let id = start(&tmp, workflow, r#"{"steps":1,"ms":3000}"#, 1)[0];
+    let log = tmp.dir.path().join("serve.log");
+    let mut engine = serve_with(&tmp, 2, 50, Some(&log));
+    wait_until(Duration::from_secs(30), "the last step started", || {
+        effects(&tmp).iter().any(|e| e.0 == id)
+    });
+    assert_eq!(
+        cancel_within(&db, id, Duration::from_secs(30)),
+        "running",
+        "the cancel is acknowledged while the step runs"
+    );
+    wait_until(Duration::from_secs(30), "the run final", || {
+        matches!(
+            status(&db, id).as_str(),
+            "completed" | "failed" | "cancelled"
+        )
+    });
+    kill(&mut engine);
+    assert_eq!(
+        status(&db, id),
+        "cancelled",
+        "{workflow}: a run whose cancel was acknowledged ends cancelled; {:?}",
+        summary(&db)
+    );
+    assert_eq!(
+        journal(&db, id).len(),
+        1,
+        "the step that ran stays journaled"
+    );
+}

@@ -4,6 +4,11 @@
 //! all engines at once). What must survive: every run final with its fault-free output,
 //! one result per journal seq that is the output of one of its executions, no step executed
 //! by two processes at once, and re-executions only of interrupted executions.
+//! A quarter of the runs wait durably between steps (short sleeps, events the harness sends
+//! before the wait, while the run is suspended, or while an engine is killed, paused or shut
+//! down), and a few are cancelled (while waiting, while running a step, while their owner is
+//! down): every event is consumed once, by its run's wait, and every acknowledged cancel ends
+//! its run `cancelled`, none stalled.
 
 use std::process::Command;
 
@@ -44,12 +49,20 @@ fn torture_ci_sized_run_finds_no_violation() {
     assert!(field(line, "kills") >= 30, "{line}");
     assert_eq!(field(line, "runs"), 200, "{line}");
     assert_eq!(
-        field(line, "completed") + field(line, "failed_expected"),
+        field(line, "completed") + field(line, "failed_expected") + field(line, "cancels"),
         200,
         "{line}"
     );
     assert!(field(line, "failed_expected") > 0, "{line}");
-    for zero in ["lost", "duplicate_results", "concurrent_executions"] {
+    for some in ["waits", "events", "cancels"] {
+        assert!(field(line, some) > 0, "{line}");
+    }
+    for zero in [
+        "lost",
+        "duplicate_results",
+        "concurrent_executions",
+        "stalled",
+    ] {
         assert_eq!(field(line, zero), 0, "{line}");
     }
     assert!(
@@ -98,15 +111,23 @@ fn torture_mixed_isolation_pauses_and_shutdowns_ci_sized() {
         "duplicate_results",
         "concurrent_executions",
         "orphans",
+        "stalled",
     ] {
         assert_eq!(field(line, zero), 0, "{line}");
     }
-    // The 4 corrupted runs (of the 200) end blocked; every other run finishes.
+    // The 4 corrupted runs (of the 200) end blocked, the acknowledged cancels cancelled;
+    // every other run finishes.
     assert_eq!(
-        field(line, "completed") + field(line, "failed_expected") + field(line, "blocked_expected"),
+        field(line, "completed")
+            + field(line, "failed_expected")
+            + field(line, "blocked_expected")
+            + field(line, "cancels"),
         200,
         "{line}"
     );
+    for some in ["waits", "events", "cancels"] {
+        assert!(field(line, some) > 0, "{line}");
+    }
     assert!(field(line, "kills") >= 20, "{line}");
     assert!(field(line, "pauses") >= 1, "{line}");
     assert!(field(line, "shutdowns") >= 1, "{line}");
@@ -133,7 +154,13 @@ fn torture_json_summary_and_refuses_existing_db() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["runs"], 10);
     assert_eq!(v["lost"], 0);
-    for extra in ["pauses", "shutdowns", "orphans", "blocked_expected"] {
+    for extra in [
+        "pauses",
+        "shutdowns",
+        "orphans",
+        "blocked_expected",
+        "stalled",
+    ] {
         assert_eq!(v[extra], 0, "{v}");
     }
     assert_eq!(v["isolation"], "mixed");

@@ -1,7 +1,7 @@
 //! Fixture workflows for the kill-and-restart tests of the durable features (sleep, events,
 //! children). Registered in `waymark serve`; started with `waymark start NAME --json ...`.
 
-use super::fixtures::{SlowIn, SLOW};
+use super::fixtures::{SlowIn, SLEEP, SLOW};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use waymark::{Ctx, Registry, Step, StepCtx, StepError, Workflow, WorkflowError};
@@ -54,6 +54,8 @@ pub const WAITER: Workflow<WaiterIn, String> = Workflow::new("fixture.waiter");
 pub const PARENT: Workflow<SlowIn, u64> = Workflow::new("fixture.parent");
 pub const PROBE_STEP: Step<u64, u64> = Step::new("fixture.qprobe");
 pub const PROBE: Workflow<u64, u64> = Workflow::new("fixture.qprobe");
+/// `fixture.slow`'s steps, then the workflow fails (permanently) on its own.
+pub const SLOW_THEN_FAIL: Workflow<SlowIn, u64> = Workflow::new("fixture.slow_then_fail");
 
 /// Names of the workflows defined here.
 pub fn is_fixture(name: &str) -> bool {
@@ -65,6 +67,7 @@ pub fn is_fixture(name: &str) -> bool {
             | "fixture.qprobe"
             | "fixture.step_then_wait"
             | "fixture.echo"
+            | "fixture.slow_then_fail"
     )
 }
 
@@ -96,6 +99,7 @@ pub fn encode_input(name: &str, json: &str) -> Result<Vec<u8>, String> {
         "fixture.qprobe" => enc::<u64>(json),
         "fixture.step_then_wait" => enc::<StepWaitIn>(json),
         "fixture.echo" => enc::<EchoIn>(json),
+        "fixture.slow_then_fail" => enc::<SlowIn>(json),
         other => Err(format!("unknown workflow '{other}'")),
     }
 }
@@ -221,5 +225,13 @@ pub fn register(reg: &mut Registry) {
         let out = ctx.step(ECHO_STEP, &input.text)?;
         ctx.sleep(Duration::from_millis(input.ms))?;
         Ok(out)
+    });
+    reg.workflow(SLOW_THEN_FAIL, |ctx, input: SlowIn| {
+        for _ in 0..input.steps {
+            ctx.step(SLEEP, &input.ms)?;
+        }
+        Err(WorkflowError::Failed(
+            "fixture.slow_then_fail fails by design".into(),
+        ))
     });
 }

@@ -20,6 +20,10 @@
 //! - with `--shutdowns`: a clean shutdown, by SIGTERM or by the API (`Engine::shutdown`,
 //!   which the engine calls when its shutdown flag file appears).
 //!
+//! A share of runs waits durably between steps (`--wait-share`: a short `ctx.sleep`, an
+//! event wait, or both); a driver sends their events and cancels a few runs at seeded
+//! moments, racing the waits and the faults (see [`waits`]).
+//!
 //! Killed and shut-down engines are restarted. One cycle in ten also jumps the engines'
 //! shared injected wall clock to +1 h, -1 h or 0. With `--corrupt N`, a third of the way in,
 //! the harness corrupts a row of N runs itself (see [`corrupt`]). Orphans are counted from
@@ -30,13 +34,14 @@ mod check;
 mod corrupt;
 mod orphans;
 mod power;
+mod waits;
 mod workload;
 
 pub use workload::{engine, register, step_helper, EngineArgs, StepArgs};
 
 use super::CliResult;
 use rusqlite::{Connection, OpenFlags};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -94,6 +99,10 @@ pub struct TortureArgs {
     /// Corrupt a row of this many runs while engines run; exactly those must end `blocked`.
     #[arg(long, default_value_t = 0)]
     pub corrupt: u64,
+    /// One run in this many waits durably between steps (sleeps, events the harness sends);
+    /// a quarter of those, and a few others, are cancelled by the harness. 0: no waits.
+    #[arg(long, default_value_t = 4)]
+    pub wait_share: u64,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -166,6 +175,8 @@ pub(super) struct Harness {
     clock_jumps: u64,
     violations: Vec<String>,
     orphans: Option<orphans::OrphanWatch>,
+    /// Sends events and cancels runs (see [`waits`]).
+    driver: Option<waits::Driver>,
 }
 
 impl Harness {
@@ -237,6 +248,14 @@ impl Harness {
         Ok(())
     }
 
+    /// The engine process `pid` is being killed, paused or shut down: the driver's moment
+    /// for events and cancels of the runs it owns.
+    fn owner_down(&mut self, pid: u32) {
+        if let Some(d) = self.driver.as_mut() {
+            d.owner_down(pid);
+        }
+    }
+
     /// SIGKILL the engine in `slot` (if alive) and reap it.
     fn kill(&mut self, slot: usize) {
         let label = self.slots[slot].label.clone();
@@ -246,6 +265,7 @@ impl Harness {
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
+                    self.owner_down(child.id());
                     self.died(&label);
                     self.killed.insert(label);
                     self.kills += 1;
@@ -321,6 +341,7 @@ impl Harness {
             std::fs::write(self.dir.join(format!("shutdown-{label}")), b"")
                 .map_err(|e| format!("cannot write the shutdown flag: {e}"))?;
         }
+        self.owner_down(child.id());
         self.shutdowns += 1;
         self.shut_down.insert(label.clone());
         self.stopping.push((label, child));
@@ -358,6 +379,7 @@ impl Harness {
         let label = self.slots[slot].label.clone();
         // SAFETY: kill(2) of our own child, not yet reaped.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        self.owner_down(pid);
         self.paused.insert(label);
         self.pauses += 1;
         let ttl = Duration::from_millis(self.lease_ttl_ms);
@@ -413,13 +435,14 @@ fn active_runs(db: &Path) -> Result<i64, String> {
 
 /// The workload: run `i` has 3..=7 steps, every 16th fails at a middle step; where each step
 /// runs follows `isolation` (a failing step is never a command step). One child or command
-/// step in twelve lasts `long_ms` longer.
+/// step in twelve lasts `long_ms` longer. One run in `wait_share` waits between steps.
 fn workload(
     runs: u64,
     seed: u64,
     step_ms: u64,
     long_ms: u64,
     isolation: IsolationMix,
+    wait_share: u64,
 ) -> Vec<RunIn> {
     (1..=runs)
         .map(|i| {
@@ -454,6 +477,7 @@ fn workload(
                 step_ms: step_ms + (h >> 24) % (step_ms + 1),
                 kinds,
                 extra_ms,
+                waits: waits::plan_waits(seed, i, steps, wait_share),
             }
         })
         .collect()
@@ -477,6 +501,19 @@ pub struct Summary {
     pub orphans: u64,
     pub blocked_expected: u64,
     pub inprocess_pause_overlaps: u64,
+    pub waits: u64,
+    pub events: u64,
+    pub cancels: u64,
+    /// Events refused because their run had ended (cancelled, or failed before its wait).
+    pub events_refused: u64,
+    /// Cancels answered for a run that had already completed or failed.
+    pub cancels_late: u64,
+    /// Runs left suspended with nothing to wake them (a lost event or cancel).
+    pub stalled: u64,
+    /// Events sent (accepted or refused) per moment of the driver.
+    pub events_at: std::collections::BTreeMap<String, u64>,
+    /// Cancels requested per moment of the driver.
+    pub cancels_at: std::collections::BTreeMap<String, u64>,
     pub reaper_holds: u64,
     pub isolation: Option<IsolationMix>,
     pub seed: u64,
@@ -488,10 +525,11 @@ pub struct Summary {
 impl Summary {
     fn line(&self) -> String {
         format!(
-            "cycles={} kills={} runs={} completed={} failed_expected={} lost={} duplicate_results={} concurrent_executions={} reexecutions={} max_reexecutions_bound={} pauses={} shutdowns={} orphans={} blocked_expected={} inprocess_pause_overlaps={}",
+            "cycles={} kills={} runs={} completed={} failed_expected={} lost={} duplicate_results={} concurrent_executions={} reexecutions={} max_reexecutions_bound={} pauses={} shutdowns={} orphans={} blocked_expected={} inprocess_pause_overlaps={} waits={} events={} cancels={} stalled={}",
             self.cycles, self.kills, self.runs, self.completed, self.failed_expected, self.lost,
             self.duplicate_results, self.concurrent_executions, self.reexecutions, self.max_reexecutions_bound,
-            self.pauses, self.shutdowns, self.orphans, self.blocked_expected, self.inprocess_pause_overlaps
+            self.pauses, self.shutdowns, self.orphans, self.blocked_expected, self.inprocess_pause_overlaps,
+            self.waits, self.events, self.cancels, self.stalled
         )
     }
 }
@@ -538,13 +576,25 @@ pub fn run(args: TortureArgs) -> CliResult {
         .lease_ttl_ms
         .max(orphans::ORPHAN_AFTER.as_millis() as u64)
         + 1000;
-    let runs = workload(args.runs, args.seed, step_ms, long_ms, args.isolation);
+    let runs = workload(
+        args.runs,
+        args.seed,
+        step_ms,
+        long_ms,
+        args.isolation,
+        args.wait_share,
+    );
     // Corruption targets: spread over the workload, parked until corrupted.
     let targets: Vec<&RunIn> = (0..args.corrupt.min(args.runs))
         .map(|k| &runs[(mix(args.seed ^ 0xc0ff ^ k) % args.runs) as usize])
         .collect::<Vec<_>>();
     let parked: HashSet<u64> = targets.iter().map(|r| r.index).collect();
-    enqueue(&db, &runs, &parked)?;
+    // The driver's writes read the engines' injected clock: a run woken by an event is due
+    // on the engines' clock, not an hour later. Set before any thread of ours starts.
+    std::env::set_var("WAYMARK_TEST_CLOCK_OFFSET_FILE", dir.join("clock-offset"));
+    let ids = enqueue(&db, &runs, &parked)?;
+    let mut driver = waits::Driver::new(&db, &runs, &ids, args.seed, &parked)?;
+    driver.early();
 
     let unique = format!(
         "{}-{:x}",
@@ -579,6 +629,7 @@ pub fn run(args: TortureArgs) -> CliResult {
         shutdowns: 0,
         clock_jumps: 0,
         violations: Vec::new(),
+        driver: Some(driver),
     };
     let mut corrupt_targets: Vec<(u64, &str)> = parked
         .iter()
@@ -601,6 +652,9 @@ pub fn run(args: TortureArgs) -> CliResult {
         }
         for slot in h.reap() {
             h.spawn(slot, None)?;
+        }
+        if let Some(d) = h.driver.as_mut() {
+            d.tick();
         }
         std::thread::sleep(Duration::from_millis(20 + sched.below(300)));
         if sched.below(10) == 0 {
@@ -645,9 +699,18 @@ pub fn run(args: TortureArgs) -> CliResult {
     for slot in h.reap() {
         h.spawn(slot, None)?;
     }
+    if h.clock_jumps > 0 {
+        // A timer journaled under a later clock offset than the last one would wait out the
+        // difference (up to two hours): move the clock past every offset used.
+        std::fs::write(dir.join("clock-offset"), "7200000")
+            .map_err(|e| format!("cannot move the injected clock: {e}"))?;
+    }
     std::fs::write(dir.join("finish"), b"")
         .map_err(|e| format!("cannot write the finish flag: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(120 + args.runs / 2);
+    // Since when every active run has been parked with nothing due to wake it.
+    let mut stuck_since: Option<(Instant, i64)> = None;
+    let mut looked = Instant::now();
     loop {
         for slot in h.reap() {
             // A fault armed before the finish may still fire: restart it unarmed.
@@ -658,11 +721,36 @@ pub fn run(args: TortureArgs) -> CliResult {
         if h.slots.iter().all(|s| s.child.is_none()) && h.stopping.is_empty() {
             break;
         }
-        if Instant::now() > deadline {
+        if looked.elapsed() >= Duration::from_secs(1) {
+            looked = Instant::now();
+            let stuck = waits::stuck_runs(&db)?;
+            match h.driver.as_mut() {
+                // Waiting for the harness: send every event, request every cancel left.
+                Some(d) if d.pending() && stuck > 0 => d.finish()?,
+                Some(d) => d.tick(),
+                None => {}
+            }
+            stuck_since = match stuck {
+                0 => None,
+                _ if h.driver.as_ref().is_some_and(|d| d.pending()) => None,
+                n => Some((stuck_since.map_or(Instant::now(), |(t, _)| t), n)),
+            };
+        }
+        let stuck = stuck_since.filter(|(t, _)| t.elapsed() >= waits::STUCK_AFTER);
+        if let Some((_, n)) = stuck {
             h.violations.push(format!(
-                "engines did not finish the workload before the deadline ({} runs still active)",
-                active_runs(&db).unwrap_or(-1)
+                "{n} runs stalled: parked with nothing due to wake them for {} s after every \
+                 event was sent and every cancel requested",
+                waits::STUCK_AFTER.as_secs()
             ));
+        }
+        if stuck.is_some() || Instant::now() > deadline {
+            if stuck.is_none() {
+                h.violations.push(format!(
+                    "engines did not finish the workload before the deadline ({} runs still active)",
+                    active_runs(&db).unwrap_or(-1)
+                ));
+            }
             for slot in 0..engines {
                 h.kill(slot);
             }
@@ -717,7 +805,8 @@ pub fn run(args: TortureArgs) -> CliResult {
     }
 }
 
-fn enqueue(db: &Path, runs: &[RunIn], parked: &HashSet<u64>) -> Result<(), String> {
+/// Enqueue the workload; returns the run id of each workload index.
+fn enqueue(db: &Path, runs: &[RunIn], parked: &HashSet<u64>) -> Result<HashMap<u64, i64>, String> {
     let store = Store::open(
         db,
         &StoreOptions::default(),
@@ -745,7 +834,11 @@ fn enqueue(db: &Path, runs: &[RunIn], parked: &HashSet<u64>) -> Result<(), Strin
         .call(Op::EnqueueMany(batch))
         .map_err(|e| e.to_string())?
     {
-        Done::Runs(ids) if ids.len() == runs.len() => Ok(()),
+        Done::Runs(ids) if ids.len() == runs.len() => Ok(runs
+            .iter()
+            .zip(ids)
+            .map(|(r, (id, _))| (r.index, id))
+            .collect()),
         other => Err(format!("unexpected answer to the enqueue: {other:?}")),
     }
 }

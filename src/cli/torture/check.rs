@@ -12,10 +12,22 @@
 //!   Child and command steps have no such exception: their process trees can be ended.
 //! - Every execution whose result was not recorded belongs to an engine that was killed,
 //!   paused or shut down, or that logged losing that run's lease.
+//! - Waits: the journal holds each wait where the workload's layout puts it; every event the
+//!   driver sent is consumed at most once, into the wait of the run it was sent to, whose
+//!   journal entry carries its payload; a completed run that reached its event wait consumed
+//!   it. A run whose cancel was acknowledged (answered for an unfinished run) ends
+//!   `cancelled`, never `completed`, and its journal is a prefix of the fault-free one. No
+//!   run is left parked, and no engine's backstop sweep had to carry out a cancel that a
+//!   wait lost (`stalled` counts both: runs left active, and the runs each sweep ended).
 
-use super::workload::{expected, expected_values, parse_command_stdout, RunIn, StepOut, CMD};
+use super::workload::{
+    fault_free, parse_command_stdout, reaches_event, Entry, RunIn, StepOut, CMD,
+};
 use super::{read_conn, Harness, Summary};
 use std::collections::{HashMap, HashSet};
+
+/// A journal entry as the harness reads it: seq, status, output, name, kind.
+type JournalRow = (i64, String, Option<Vec<u8>>, String, String);
 
 /// A run as the harness reads it: id, status, output, error.
 type RunRecord = (i64, String, Option<Vec<u8>>, Option<String>);
@@ -119,6 +131,18 @@ pub(super) fn check(h: &Harness, runs: &[RunIn]) -> Result<Summary, String> {
     for (label, log) in &h.logs {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         for line in text.lines() {
+            if line.contains("had a cancel requested but were not cancelled") {
+                // "N parked runs had a cancel requested ...": N cancels a wait lost.
+                s.stalled += line
+                    .split("WARN")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().nth(1))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(1);
+                v.push(format!(
+                    "engine {label}: its backstop sweep found parked runs whose cancel was lost: {line}"
+                ));
+            }
             if let Some(rest) = line.split("run ").nth(1) {
                 if line.contains("lease lost") || line.contains("lease guard expired") {
                     if let Some(run) = rest.split(':').next().and_then(|r| r.parse().ok()) {
@@ -164,7 +188,7 @@ pub(super) fn check(h: &Harness, runs: &[RunIn]) -> Result<Summary, String> {
     // `CAST(output AS BLOB)`: a row the harness corrupted holds TEXT.
     let mut journal_stmt = conn
         .prepare(
-            "SELECT seq, status, CAST(output AS BLOB), name FROM steps WHERE run_id = ?1 ORDER BY seq",
+            "SELECT seq, status, CAST(output AS BLOB), name, kind FROM steps WHERE run_id = ?1 ORDER BY seq",
         )
         .map_err(db_err)?;
     for input in runs {
@@ -186,15 +210,27 @@ pub(super) fn check(h: &Harness, runs: &[RunIn]) -> Result<Summary, String> {
             }
             continue;
         }
-        type JournalRow = (i64, String, Option<Vec<u8>>, String);
         let journal: Vec<JournalRow> = journal_stmt
-            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_map([id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .and_then(|it| it.collect())
             .map_err(db_err)?;
-        let want = expected(input);
-        let values = expected_values(input);
+        let sent = h.driver.as_ref().and_then(|d| d.events.get(&input.index));
+        let ack = h.driver.as_ref().and_then(|d| d.cancels.get(&input.index));
+        let cancel_acked = ack.is_some_and(|a| a.acknowledged());
+        let payload = sent.map_or(0, |e| e.payload);
+        let (entries, want) = fault_free(input, payload);
         let mut run_ok = true;
         match (&want, status.as_str()) {
+            _ if cancel_acked && status == "cancelled" => {}
+            _ if cancel_acked && matches!(status.as_str(), "completed" | "failed") => {
+                run_ok = false;
+                v.push(format!(
+                    "run {id} ({key}): ended {status} although its cancel was acknowledged (the cancel answered '{}')",
+                    ack.map_or("", |a| a.status.as_str())
+                ));
+            }
             (Ok(out), "completed") => {
                 let got = output
                     .as_deref()
@@ -208,12 +244,24 @@ pub(super) fn check(h: &Harness, runs: &[RunIn]) -> Result<Summary, String> {
             }
             (Err(seq), "failed") => {
                 let last = journal.last();
-                if !matches!(last, Some((s, st, _, _)) if *s == *seq as i64 && st == "failed") {
+                if !matches!(last, Some((s, st, ..)) if s == seq && st == "failed") {
                     run_ok = false;
                     v.push(format!(
                         "run {id} ({key}): failed ({error:?}) but not at its failing seq {seq}"
                     ));
                 }
+            }
+            (_, st @ ("pending" | "running" | "suspended")) => {
+                run_ok = false;
+                s.stalled += 1;
+                v.push(format!(
+                    "run {id} ({key}): stalled {st}{}",
+                    if cancel_acked {
+                        " after its cancel was acknowledged"
+                    } else {
+                        ""
+                    }
+                ));
             }
             (_, st) => {
                 run_ok = false;
@@ -223,25 +271,48 @@ pub(super) fn check(h: &Harness, runs: &[RunIn]) -> Result<Summary, String> {
                 ));
             }
         }
-        let expected_len = values.len() + usize::from(want.is_err());
-        if journal.len() != expected_len {
+        // A cancelled run's journal is a prefix of the fault-free one.
+        let len_ok = if status == "cancelled" && cancel_acked {
+            journal.len() <= entries.len()
+        } else {
+            journal.len() == entries.len()
+        };
+        if !len_ok {
             run_ok = false;
             v.push(format!(
-                "run {id}: journal has {} entries, the fault-free run records {expected_len}",
-                journal.len()
+                "run {id} ({status}): journal has {} entries, the fault-free run records {}",
+                journal.len(),
+                entries.len()
             ));
         }
-        for (i, (seq, st, out, name)) in journal.iter().enumerate() {
+        if !check_events(&conn, id, input, &journal, sent, status == "completed", v)
+            .map_err(db_err)?
+        {
+            run_ok = false;
+        }
+        for (i, (seq, st, out, name, kind)) in journal.iter().enumerate() {
             if *seq != i as i64 {
                 run_ok = false;
                 v.push(format!("run {id}: journal seq {seq} at position {i}"));
+                continue;
+            }
+            let Some(&(entry, value)) = entries.get(i) else {
+                continue;
+            };
+            if let Some((want_kind, want_name)) = entry.wait_row() {
+                if kind != want_kind || *name != want_name || st != "completed" {
+                    run_ok = false;
+                    v.push(format!(
+                        "run {id} seq {seq}: journal holds {kind} '{name}' ({st}), the workload waits with {want_kind} '{want_name}'"
+                    ));
+                }
                 continue;
             }
             let runs_of_step = execs.get(&(id, *seq));
             let committed_nonce = if st == "completed" {
                 match decode_output(name, out.as_deref()) {
                     Some(o) => {
-                        if values.get(i) != Some(&o.value) {
+                        if value != o.value {
                             run_ok = false;
                             v.push(format!("run {id} seq {seq}: recorded value differs from the fault-free one"));
                         }
@@ -300,11 +371,30 @@ pub(super) fn check(h: &Harness, runs: &[RunIn]) -> Result<Summary, String> {
         }
         if run_ok {
             match want {
+                _ if cancel_acked => {}
                 Ok(_) => s.completed += 1,
                 Err(_) => s.failed_expected += 1,
             }
         } else {
             s.lost += 1;
+        }
+    }
+    if let Some(d) = &h.driver {
+        s.waits = d.waits;
+        for e in d.events.values() {
+            match e.event_id {
+                Some(_) => s.events += 1,
+                None => s.events_refused += 1,
+            }
+            *s.events_at.entry(e.at.name().into()).or_default() += 1;
+        }
+        for c in d.cancels.values() {
+            if c.acknowledged() {
+                s.cancels += 1;
+            } else {
+                s.cancels_late += 1;
+            }
+            *s.cancels_at.entry(c.at.name().into()).or_default() += 1;
         }
     }
     if s.reexecutions > s.max_reexecutions_bound {
@@ -352,4 +442,79 @@ fn failed_recorded(all: &HashMap<u64, Exec>, interrupted: &HashSet<&str>) -> Opt
         .map(|(n, _)| *n)
         .min()
         .or_else(|| ended().map(|(n, _)| *n).min())
+}
+
+/// The event checks of one run (see the module's invariants); false after a violation.
+fn check_events(
+    conn: &rusqlite::Connection,
+    id: i64,
+    input: &RunIn,
+    journal: &[JournalRow],
+    sent: Option<&super::waits::SentEvent>,
+    completed: bool,
+    v: &mut Vec<String>,
+) -> rusqlite::Result<bool> {
+    let mut ok = true;
+    let mut stmt =
+        conn.prepare_cached("SELECT id, payload, consumed_seq FROM events WHERE run_id = ?1")?;
+    let rows: Vec<(i64, Vec<u8>, Option<i64>)> = stmt
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    // Every consumed event went into one event entry of this run, carrying its payload.
+    let mut into: HashMap<i64, u32> = HashMap::new();
+    for (event, payload, consumed) in &rows {
+        let Some(q) = consumed else { continue };
+        *into.entry(*q).or_default() += 1;
+        let entry = journal.iter().find(|(seq, ..)| seq == q);
+        if !matches!(entry, Some((_, st, Some(out), _, kind)) if kind == "event" && st == "completed" && out == payload)
+        {
+            ok = false;
+            v.push(format!(
+                "run {id}: event {event} consumed at seq {q}, which is not an event entry carrying its payload"
+            ));
+        }
+    }
+    for (seq, st, ..) in journal.iter().filter(|(.., kind)| kind == "event") {
+        let n = into.get(seq).copied().unwrap_or(0);
+        if st == "completed" && n != 1 {
+            ok = false;
+            v.push(format!(
+                "run {id} seq {seq}: the event entry consumed {n} events, not exactly one"
+            ));
+        }
+    }
+    // The event the driver sent: kept for this run with its payload; consumed by a
+    // completed run that reached its wait, at the wait's seq.
+    let Some(sent) = sent else {
+        return Ok(ok);
+    };
+    let Some(event_id) = sent.event_id else {
+        return Ok(ok);
+    };
+    let want = serde_json::to_vec(&sent.payload).unwrap_or_default();
+    match rows.iter().find(|(e, ..)| *e == event_id) {
+        None => {
+            ok = false;
+            v.push(format!("run {id}: the event {event_id} sent to it is gone"));
+        }
+        Some((_, payload, _)) if *payload != want => {
+            ok = false;
+            v.push(format!(
+                "run {id}: event {event_id} holds another payload than was sent"
+            ));
+        }
+        Some((_, _, consumed)) => {
+            let wait_seq = super::workload::layout(input)
+                .iter()
+                .position(|e| *e == Entry::Event)
+                .map(|p| p as i64);
+            if completed && reaches_event(input) && *consumed != wait_seq {
+                ok = false;
+                v.push(format!(
+                    "run {id}: completed, but its event {event_id} was consumed at {consumed:?}, not at its wait (seq {wait_seq:?})"
+                ));
+            }
+        }
+    }
+    Ok(ok)
 }

@@ -15,7 +15,13 @@
 //! engine, or keeps running after a reclaim, is seen as a concurrent execution.
 //!
 //! The step's output carries its nonce, so the harness can tell which execution's result
-//! the journal recorded. Everything else about a run is a pure function of its input.
+//! the journal recorded. Everything else about a run is a pure function of its input and,
+//! for a run that waits for an event, of the payload the harness sent it.
+//!
+//! A share of runs waits durably between steps ([`Wait`]): `ctx.sleep` (short), and
+//! `ctx.wait_event(EVENT)` whose payload (a `u64`) is mixed into the values of the steps
+//! after it. The journal then holds wait entries between step entries: [`layout`] says
+//! which entry each sequence number holds, for the workflow and the checker alike.
 
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
@@ -55,6 +61,74 @@ pub struct RunIn {
     /// owner's step is still running when its run is reclaimed) and the one second after
     /// which a step process whose engine died counts as an orphan.
     pub extra_ms: Vec<u64>,
+    /// Durable waits `(step index, wait)`, in step order, at most one event wait: the wait
+    /// comes before that step (index `steps`: after the last step).
+    pub waits: Vec<(u32, Wait)>,
+}
+
+/// A durable wait of the workload.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Wait {
+    /// `ctx.sleep(ms)`.
+    Sleep { ms: u64 },
+    /// `ctx.wait_event(EVENT, EVENT_TIMEOUT)`: the harness sends the event.
+    Event,
+}
+
+/// The event a waiting run waits for (its payload is a JSON `u64`).
+pub const EVENT: &str = "torture.go";
+/// The event wait's timeout: never reached (the harness sends every event or cancels the
+/// run; the injected clock moves by hours, not days).
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What one journal sequence number of a run holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// The step with this index.
+    Step(u32),
+    /// A `ctx.sleep` timer (kind `sleep`, name `sleep`).
+    Sleep,
+    /// The event wait's deadline timer (kind `sleep`, name `wait:EVENT`).
+    EventTimer,
+    /// The event wait itself (kind `event`, name `EVENT`): the payload, once delivered.
+    Event,
+}
+
+impl Entry {
+    /// The journal's `(kind, name)` of this entry; `None` for a step (named by its kind).
+    pub fn wait_row(self) -> Option<(&'static str, String)> {
+        match self {
+            Entry::Step(_) => None,
+            Entry::Sleep => Some(("sleep", "sleep".into())),
+            Entry::EventTimer => Some(("sleep", format!("wait:{EVENT}"))),
+            Entry::Event => Some(("event", EVENT.into())),
+        }
+    }
+}
+
+/// The journal layout of a fault-free run: entry `i` is sequence number `i`.
+pub fn layout(input: &RunIn) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for k in 0..=input.steps {
+        for (_, w) in input.waits.iter().filter(|(at, _)| *at == k) {
+            match w {
+                Wait::Sleep { .. } => out.push(Entry::Sleep),
+                Wait::Event => out.extend([Entry::EventTimer, Entry::Event]),
+            }
+        }
+        if k < input.steps {
+            out.push(Entry::Step(k));
+        }
+    }
+    out
+}
+
+/// Does the fault-free run reach its event wait (it is not after the failing step)?
+pub fn reaches_event(input: &RunIn) -> bool {
+    input
+        .waits
+        .iter()
+        .any(|(at, w)| *w == Wait::Event && input.fail_at.is_none_or(|f| *at <= f))
 }
 
 /// Input of one step.
@@ -92,30 +166,30 @@ pub fn step_value(index: u64, seq: u64, prev: u64) -> u64 {
     mix(prev ^ mix(index.wrapping_mul(1_000_003).wrapping_add(seq)))
 }
 
-/// What a run computes without any fault: `Ok(output)` or `Err(failing seq)`.
-pub fn expected(input: &RunIn) -> Result<u64, u32> {
-    let mut prev = input.index;
-    for seq in 0..input.steps {
-        if input.fail_at == Some(seq) {
-            return Err(seq);
-        }
-        prev = step_value(input.index, seq as u64, prev);
-    }
-    Ok(prev)
-}
-
-/// The values each step of a run records, in order (up to a failing step).
-pub fn expected_values(input: &RunIn) -> Vec<u64> {
+/// What a fault-free run records and ends with, given the payload of its event (if it waits
+/// for one): per sequence number the layout entry and, for a step, the value it records;
+/// then `Ok(output)` or `Err(seq of the failing step)`. The journal stops at the failing step.
+pub fn fault_free(input: &RunIn, payload: u64) -> (Vec<(Entry, u64)>, Result<u64, i64>) {
     let mut prev = input.index;
     let mut out = Vec::new();
-    for seq in 0..input.steps {
-        if input.fail_at == Some(seq) {
-            break;
+    for (seq, entry) in layout(input).into_iter().enumerate() {
+        match entry {
+            Entry::Step(k) if input.fail_at == Some(k) => {
+                out.push((entry, 0));
+                return (out, Err(seq as i64));
+            }
+            Entry::Step(_) => prev = step_value(input.index, seq as u64, prev),
+            Entry::Event => prev = event_mix(prev, payload),
+            Entry::Sleep | Entry::EventTimer => {}
         }
-        prev = step_value(input.index, seq as u64, prev);
-        out.push(prev);
+        out.push((entry, prev));
     }
-    out
+    (out, Ok(prev))
+}
+
+/// How a delivered event payload enters the run's values.
+pub fn event_mix(prev: u64, payload: u64) -> u64 {
+    mix(prev ^ payload)
 }
 
 /// The step name the workflow calls for a kind.
@@ -293,13 +367,38 @@ fn command_spec(run: i64, seq: u32, input: &StepIn) -> Result<CommandSpec, Workf
 
 fn torture_workflow(ctx: &mut Ctx<'_>, input: RunIn) -> Result<u64, WorkflowError> {
     let mut prev = input.index;
-    for seq in 0..input.steps {
-        let kind = input.kinds.get(seq as usize).copied().unwrap_or(0);
+    // The journal sequence number of each entry: steps compute and lock by it.
+    let mut seq = 0u32;
+    for k in 0..=input.steps {
+        for (_, w) in input.waits.iter().filter(|(at, _)| *at == k) {
+            match w {
+                Wait::Sleep { ms } => {
+                    ctx.sleep(Duration::from_millis(*ms))?;
+                    seq += 1;
+                }
+                Wait::Event => {
+                    let payload =
+                        ctx.wait_event::<u64>(EVENT, EVENT_TIMEOUT)?
+                            .ok_or_else(|| {
+                                WorkflowError::Failed(format!(
+                                    "run {} timed out waiting for event '{EVENT}'",
+                                    input.index
+                                ))
+                            })?;
+                    prev = event_mix(prev, payload);
+                    seq += 2;
+                }
+            }
+        }
+        if k == input.steps {
+            break;
+        }
+        let kind = input.kinds.get(k as usize).copied().unwrap_or(0);
         let step_in = StepIn {
             index: input.index,
             prev,
-            fail: input.fail_at == Some(seq),
-            ms: input.step_ms + input.extra_ms.get(seq as usize).copied().unwrap_or(0),
+            fail: input.fail_at == Some(k),
+            ms: input.step_ms + input.extra_ms.get(k as usize).copied().unwrap_or(0),
             kind,
         };
         let out = match kind {
@@ -317,6 +416,7 @@ fn torture_workflow(ctx: &mut Ctx<'_>, input: RunIn) -> Result<u64, WorkflowErro
             _ => ctx.step(STEP, &step_in)?,
         };
         prev = out.value;
+        seq += 1;
     }
     Ok(prev)
 }

@@ -121,25 +121,9 @@ pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             Ok(Done::Unit)
         }
         Op::Complete { fence, output } => {
-            let n = conn
-                .prepare_cached(&format!(
-                    "UPDATE runs SET status = 'completed', output = ?4, error = NULL, owner = NULL,
-                            lease_expires_at = NULL, finished_at = ?5, updated_at = ?5 WHERE {FENCE}"
-                ))
-                .and_then(|mut s| s.execute(params![fence.run_id, &*fence.owner, fence.epoch, output, now]))
-                .map_err(sql("completing a run"))?;
-            fenced(n, &fence)
+            finish(conn, &fence, "completed", Some(&output), None, now)
         }
-        Op::Fail { fence, error } => {
-            let n = conn
-                .prepare_cached(&format!(
-                    "UPDATE runs SET status = 'failed', error = ?4, owner = NULL,
-                            lease_expires_at = NULL, finished_at = ?5, updated_at = ?5 WHERE {FENCE}"
-                ))
-                .and_then(|mut s| s.execute(params![fence.run_id, &*fence.owner, fence.epoch, error, now]))
-                .map_err(sql("failing a run"))?;
-            fenced(n, &fence)
-        }
+        Op::Fail { fence, error } => finish(conn, &fence, "failed", None, Some(&error), now),
         Op::Suspend { fence, until, note } => {
             suspend(conn, &fence, until, &note, now)?;
             Ok(Done::Unit)
@@ -274,5 +258,48 @@ pub(crate) fn suspend(
             Ok(true)
         }
         Some(_) => Ok(false),
+    }
+}
+
+/// running -> `status` (`completed` with `output`, or `failed` with `error`), fenced. A run
+/// whose cancel was requested while it ran (`Cancel` answered it `running`) ends `cancelled`
+/// instead, with its descendants, in the same guarded statement: an acknowledged cancel is
+/// never overtaken by the run's own end (its last step may have outrun the stop flag).
+fn finish(
+    conn: &Connection,
+    fence: &Fence,
+    status: &str,
+    output: Option<&[u8]>,
+    error: Option<&str>,
+    now: i64,
+) -> StoreResult<Done> {
+    let ended: Option<String> = conn
+        .prepare_cached(&format!(
+            "UPDATE runs SET
+                    status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE ?4 END,
+                    output = CASE WHEN cancel_requested = 1 THEN output ELSE coalesce(?5, output) END,
+                    error = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE ?6 END,
+                    owner = NULL, lease_expires_at = NULL, finished_at = ?7, updated_at = ?7
+             WHERE {FENCE} RETURNING status"
+        ))
+        .and_then(|mut s| {
+            s.query_row(
+                params![fence.run_id, &*fence.owner, fence.epoch, status, output, error, now],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .map_err(sql(if status == "failed" {
+            "failing a run"
+        } else {
+            "completing a run"
+        }))?;
+    match ended.as_deref() {
+        None => fenced(0, fence),
+        Some("cancelled") => {
+            cancel_tree(conn, fence.run_id, now)?;
+            Ok(Done::Unit)
+        }
+        Some(_) => Ok(Done::Unit),
     }
 }

@@ -354,7 +354,7 @@ pub(crate) fn preflight(
     if config.child_program.is_none() && !super::hook_installed() {
         return Err(hook_missing(
             &program,
-            "waymark::internal::isolation::hook was not called in this process",
+            "waymark::hook was not called in this process",
         ));
     }
     if let Some(what) = spawn::restore_sigchld() {

@@ -7,9 +7,9 @@
 //! What must survive: A is alive and not paused, its step is running; a global write stall
 //! is not evidence that A died. No step may run twice at once.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::time::Duration;
+use support::*;
 
 const TTL: u64 = 1500;
 
@@ -19,14 +19,14 @@ fn a_write_lock_held_by_another_process_does_not_make_a_live_owner_dead() {
     let db = dir.path().join("stall.db");
     let run = start(&db, "fixture.slow", r#"{"steps":1,"ms":25000}"#, 1)[0];
     let a = serve_with(dir.path(), "a", &db, 1, TTL, &[], &["--in-process"]);
-    wait_for("A to start the long step", Duration::from_secs(30), || {
+    wait_until("A to start the long step", Duration::from_secs(30), || {
         effect_count(dir.path(), run, 0, "sleep") == 1
     });
     let observers: Vec<Proc> = ["b", "c", "d", "e"]
         .iter()
         .map(|n| serve_with(dir.path(), n, &db, 1, TTL, &[], &["--in-process"]))
         .collect();
-    wait_for("the observers to register", Duration::from_secs(30), || {
+    wait_until("the observers to register", Duration::from_secs(30), || {
         query_i64(&db, "SELECT count(*) FROM engines WHERE stopped_at IS NULL") == 5
     });
     let interruptions = || {
@@ -47,7 +47,7 @@ fn a_write_lock_held_by_another_process_does_not_make_a_live_owner_dead() {
             break;
         }
     }
-    wait_for("the run to complete", Duration::from_secs(90), || {
+    wait_until("the run to complete", Duration::from_secs(90), || {
         status(&db, run) == "completed"
     });
     std::thread::sleep(Duration::from_millis(1500));

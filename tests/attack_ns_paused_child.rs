@@ -8,9 +8,9 @@
 //! child steps "are killed on lease loss and on reclaim"). No step may run twice at once.
 //! Needs root for unshare (CI runs as root).
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::time::Duration;
+use support::*;
 
 #[test]
 fn a_paused_owner_in_another_pid_namespace_leaves_no_twin_child_step() {
@@ -26,7 +26,7 @@ fn a_paused_owner_in_another_pid_namespace_leaves_no_twin_child_step() {
         &[],
         Some(&dir.path().join("a.log")),
     );
-    wait_for("A to start the step", Duration::from_secs(30), || {
+    wait_until("A to start the step", Duration::from_secs(30), || {
         effect_count(dir.path(), run, 0, "sleep") == 1
     });
     // The engine is unshare's only child (pid 1 of the namespace).
@@ -36,7 +36,7 @@ fn a_paused_owner_in_another_pid_namespace_leaves_no_twin_child_step() {
     // SAFETY: kill(2) of the engine process this test started.
     unsafe { libc::kill(engine, libc::SIGSTOP) };
     let b = serve_with(dir.path(), "b", &db, 1, ttl, &[], &[]);
-    wait_for("B to complete the run", Duration::from_secs(60), || {
+    wait_until("B to complete the run", Duration::from_secs(60), || {
         status(&db, run) == "completed"
     });
     let overlaps = overlaps(dir.path());

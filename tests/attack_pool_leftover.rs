@@ -6,9 +6,9 @@
 //! What must survive: no step process stays alive more than a second after its run ended,
 //! whatever the isolation (cold child or pool).
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::time::Duration;
+use support::*;
 
 fn leftover_after_run(isolation: &[&str], tag: &str) -> Vec<u32> {
     let dir = tempfile::tempdir().unwrap();
@@ -25,7 +25,7 @@ fn leftover_after_run(isolation: &[&str], tag: &str) -> Vec<u32> {
         &[("WAYMARK_ATTACK_TAG", tag.to_string())],
         isolation,
     );
-    wait_for("the run to complete", Duration::from_secs(60), || {
+    wait_until("the run to complete", Duration::from_secs(60), || {
         status(&db, run) == "completed"
     });
     std::thread::sleep(Duration::from_millis(1500));

@@ -13,11 +13,11 @@
 //!     What must hold: every open is refused with one clear line (quick_check), the file
 //!     left unchanged; no panic.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::*;
 use waymark::internal::codec::{decode, PAYLOAD_BYTES_MAX};
 
 /// Start one `fixture.echo` run per text: a step returns `TEXT-OUTPUT`, then a durable
@@ -79,7 +79,7 @@ fn overwrite(path: &Path, offset: usize, data: &[u8]) {
 
 /// Flip bit 0 of the byte at `offset`.
 fn flip(path: &Path, offset: usize) {
-    let byte = bytes(path)[offset];
+    let byte = file_bytes(path)[offset];
     overwrite(path, offset, &[byte ^ 1]);
 }
 
@@ -113,7 +113,7 @@ fn a_flipped_bit_in_a_stored_step_output_blocks_only_its_run() {
     let others_text = texts("bitrot-other", 5);
     let others = echo(&db, &others_text, 1500);
     let a = serve(dir.path(), "a", &db, 4, 2000, &[]);
-    wait_for(
+    wait_until(
         "every step output journaled",
         Duration::from_secs(60),
         || journaled(&db, &[victim]) && journaled(&db, &others),
@@ -121,14 +121,14 @@ fn a_flipped_bit_in_a_stored_step_output_blocks_only_its_run() {
     stop(a);
     checkpoint(&db);
     let marker = format!("{victim_text}-OUTPUT");
-    let at = find_all(&bytes(&db), marker.as_bytes());
+    let at = find_all(&file_bytes(&db), marker.as_bytes());
     assert!(!at.is_empty(), "the step output is in the database file");
     // 'v' (0x76) becomes 'w' (0x77): still valid UTF-8, so only the checksum can tell.
     for offset in &at {
         flip(&db, offset + "bitrot-".len());
     }
     let b = serve(dir.path(), "b", &db, 4, 2000, &[]);
-    wait_for(
+    wait_until(
         "the other runs to complete",
         Duration::from_secs(60),
         || others.iter().all(|r| status(&db, *r) == "completed"),
@@ -140,7 +140,7 @@ fn a_flipped_bit_in_a_stored_step_output_blocks_only_its_run() {
             "run {run}"
         );
     }
-    wait_for(
+    wait_until(
         "the damaged run to end or park",
         Duration::from_secs(60),
         || !["pending", "running", "suspended"].contains(&status(&db, victim).as_str()),
@@ -176,7 +176,7 @@ fn a_flipped_bit_in_a_wal_frame_loses_that_commit_and_every_later_one() {
     // Fold the enqueue into the file, so the WAL holds only the engine's commits.
     checkpoint(&db);
     let mut a = serve(dir.path(), "a", &db, 2, 2000, &[]);
-    wait_for(
+    wait_until(
         "the victim's step journaled",
         Duration::from_secs(60),
         || journaled(&db, &[victim]),
@@ -184,16 +184,16 @@ fn a_flipped_bit_in_a_wal_frame_loses_that_commit_and_every_later_one() {
     // Later commits: more runs enqueued and journaled.
     let later_text = texts("walrot-later", 3);
     let later = echo(&db, &later_text, 1000);
-    wait_for("the later steps journaled", Duration::from_secs(60), || {
+    wait_until("the later steps journaled", Duration::from_secs(60), || {
         journaled(&db, &later)
     });
     a.kill(); // SIGKILL: no checkpoint, the commits live only in the WAL.
     let marker = format!("{victim_text}-OUTPUT");
     assert!(
-        find_all(&bytes(&db), marker.as_bytes()).is_empty(),
+        find_all(&file_bytes(&db), marker.as_bytes()).is_empty(),
         "the step output is not in the database file yet"
     );
-    let wal_bytes = bytes(&wal);
+    let wal_bytes = file_bytes(&wal);
     let page_size = u32::from_be_bytes(wal_bytes[8..12].try_into().unwrap()) as usize;
     let first = *find_all(&wal_bytes, marker.as_bytes())
         .first()
@@ -232,7 +232,7 @@ fn a_flipped_bit_in_a_wal_frame_loses_that_commit_and_every_later_one() {
     }
     // The run continues from the kept commits: its step runs again, its output is true.
     let b = serve(dir.path(), "b", &db, 2, 2000, &[]);
-    wait_for("the victim to end", Duration::from_secs(60), || {
+    wait_until("the victim to end", Duration::from_secs(60), || {
         !["pending", "running", "suspended"].contains(&status(&db, victim).as_str())
     });
     assert_eq!(
@@ -260,12 +260,12 @@ fn a_zeroed_page_is_refused_at_open() {
     let db = dir.path().join("rot.db");
     let runs = echo(&db, &texts("zero", 4), 10);
     let a = serve(dir.path(), "a", &db, 2, 2000, &[]);
-    wait_for("the runs to complete", Duration::from_secs(60), || {
+    wait_until("the runs to complete", Duration::from_secs(60), || {
         runs.iter().all(|r| status(&db, *r) == "completed")
     });
     stop(a);
     checkpoint(&db);
-    let original = bytes(&db);
+    let original = file_bytes(&db);
     let page_size = u16::from_be_bytes(original[16..18].try_into().unwrap()) as usize;
     for btree in ["steps", "runs", "runs_status"] {
         let root: i64 = reader(&db)
@@ -284,9 +284,9 @@ fn a_zeroed_page_is_refused_at_open() {
             (root as usize - 1) * page_size,
             &vec![0u8; page_size],
         );
-        let before = bytes(&copy);
+        let before = file_bytes(&copy);
         for args in [vec!["stats"], vec!["serve"]] {
-            let mut child = Command::new(BIN)
+            let mut child = Command::new(bin())
                 .args(&args)
                 .arg("--db")
                 .arg(&copy)
@@ -311,7 +311,7 @@ fn a_zeroed_page_is_refused_at_open() {
             );
             assert_eq!(err.trim().lines().count(), 1, "{btree}: one line: {err:?}");
             assert!(!err.contains("panicked"), "{btree}: no panic: {err:?}");
-            assert_eq!(bytes(&copy), before, "{btree}: bytes unchanged");
+            assert_eq!(file_bytes(&copy), before, "{btree}: bytes unchanged");
         }
     }
 }
@@ -347,7 +347,7 @@ fn damaged_input_event_and_child_payloads_park_only_their_runs() {
     let db = dir.path().join("rot.db");
     let parents = start(&db, "fixture.parent", r#"{"steps":1,"ms":1}"#, 2);
     let a = serve(dir.path(), "a", &db, 4, 2000, &[]);
-    wait_for("the parents to complete", Duration::from_secs(60), || {
+    wait_until("the parents to complete", Duration::from_secs(60), || {
         parents.iter().all(|r| status(&db, *r) == "completed")
     });
     stop(a);
@@ -374,7 +374,7 @@ fn damaged_input_event_and_child_payloads_park_only_their_runs() {
         2,
     );
     for run in &waiters {
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args(["send", &run.to_string(), "go", "--json", "17", "--db"])
             .arg(&db)
             .output()
@@ -395,12 +395,12 @@ fn damaged_input_event_and_child_payloads_park_only_their_runs() {
         (waiters[0], "payload of event 'go'"),
     ];
     let intact = [parents[1], inputs[1], waiters[1]];
-    wait_for(
+    wait_until(
         "the intact runs to complete",
         Duration::from_secs(60),
         || intact.iter().all(|r| status(&db, *r) == "completed"),
     );
-    wait_for("the damaged runs to park", Duration::from_secs(60), || {
+    wait_until("the damaged runs to park", Duration::from_secs(60), || {
         damaged.iter().all(|(r, _)| status(&db, *r) == "blocked")
     });
     for (run, what) in damaged {

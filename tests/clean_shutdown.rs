@@ -7,9 +7,9 @@
 //! its whole process group and its run released at once. A release by a clean shutdown is not
 //! an interruption: rolling restarts never walk a run toward the poison limit.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::time::Duration;
+use support::*;
 
 const TTL: u64 = 1500;
 
@@ -26,12 +26,12 @@ fn shutdown_keeps_an_in_process_step_leased_until_it_returns() {
     let db = dir.path().join("shutdown.db");
     let run = start(&db, "fixture.slow", r#"{"steps":2,"ms":5000}"#, 1)[0];
     let mut a = serve_with(dir.path(), "a", &db, 1, TTL, &[], &["--in-process"]);
-    wait_for("A to start seq 0", Duration::from_secs(30), || {
+    wait_until("A to start seq 0", Duration::from_secs(30), || {
         effect_count(dir.path(), run, 0, "sleep") == 1
     });
     a.signal(libc::SIGTERM);
     let b = serve_with(dir.path(), "b", &db, 1, TTL, &[], &["--in-process"]);
-    wait_for("the run to complete", Duration::from_secs(90), || {
+    wait_until("the run to complete", Duration::from_secs(90), || {
         status(&db, run) == "completed"
     });
     let exit = a.child.wait().unwrap();
@@ -71,14 +71,14 @@ fn shutdown_grace_kills_child_steps_and_releases_their_runs() {
         &envs,
         &["--shutdown-grace-ms", "500"],
     );
-    wait_for(
+    wait_until(
         "A's child to start the step",
         Duration::from_secs(30),
         || effect_count(dir.path(), run, 0, "sleep") == 1,
     );
     assert!(!procs_tagged("WAYMARK_TEST_TAG", &tag).is_empty());
     a.signal(libc::SIGTERM);
-    let exit = wait_exit(&mut a, Duration::from_secs(30));
+    let exit = a.wait_exit(Duration::from_secs(30));
     assert!(exit.success(), "{exit:?}\n{}", a.log_text());
     assert_eq!(
         procs_tagged("WAYMARK_TEST_TAG", &tag),
@@ -89,7 +89,7 @@ fn shutdown_grace_kills_child_steps_and_releases_their_runs() {
     assert_eq!(status(&db, run), "pending");
     assert_eq!(interruptions(&db, run), 0);
     let _b = serve_with(dir.path(), "b", &db, 1, 60_000, &[], &[]);
-    wait_for("B to complete the run", Duration::from_secs(60), || {
+    wait_until("B to complete the run", Duration::from_secs(60), || {
         status(&db, run) == "completed"
     });
     assert_eq!(overlaps(dir.path()), vec![]);
@@ -110,21 +110,6 @@ fn shutdown_grace_kills_child_steps_and_releases_their_runs() {
     );
 }
 
-fn wait_exit(p: &mut Proc, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(s) = p.child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "engine did not exit: {}",
-            p.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn rolling_restarts_do_not_walk_a_run_toward_the_poison_limit() {
     let dir = tempfile::tempdir().unwrap();
@@ -141,16 +126,16 @@ fn rolling_restarts_do_not_walk_a_run_toward_the_poison_limit() {
             &[],
             &["--shutdown-grace-ms", "100"],
         );
-        wait_for("the step to start", Duration::from_secs(30), || {
+        wait_until("the step to start", Duration::from_secs(30), || {
             effect_count(dir.path(), run, 0, "sleep") == i + 1
         });
         a.signal(libc::SIGTERM);
-        let exit = wait_exit(&mut a, Duration::from_secs(30));
+        let exit = a.wait_exit(Duration::from_secs(30));
         assert!(exit.success(), "{exit:?}\n{}", a.log_text());
         assert_eq!(status(&db, run), "pending");
     }
     let _last = serve_with(dir.path(), "last", &db, 1, 60_000, &[], &[]);
-    wait_for("the run to complete", Duration::from_secs(60), || {
+    wait_until("the run to complete", Duration::from_secs(60), || {
         status(&db, run) == "completed"
     });
     assert_eq!(interruptions(&db, run), 0);

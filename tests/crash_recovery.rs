@@ -5,11 +5,11 @@
 //! result; a step journaled before the kill never runs again; the only re-executed steps are
 //! ones that were in flight at the kill (at most one per worker).
 
-mod util;
+mod support;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
-use util::*;
+use support::*;
 
 const RUNS: &str = "30";
 const WORKERS: &str = "3";
@@ -147,12 +147,12 @@ fn killed_repeatedly_at_random_points_still_completes_every_run() {
     let status = demo(&db, &fx, None, &dir.path().join("log-final"));
     assert!(status.success());
     assert_eq!(
-        query_i64(&db, "SELECT count(*) FROM runs WHERE status = 'completed'"),
+        try_query_i64(&db, "SELECT count(*) FROM runs WHERE status = 'completed'"),
         Some(30)
     );
-    assert_eq!(query_i64(&db, "SELECT count(*) FROM steps"), Some(90));
+    assert_eq!(try_query_i64(&db, "SELECT count(*) FROM steps"), Some(90));
     // Re-running the demo on a finished database starts nothing new.
     let status = demo(&db, &fx, None, &dir.path().join("log-again"));
     assert!(status.success());
-    assert_eq!(query_i64(&db, "SELECT count(*) FROM runs"), Some(30));
+    assert_eq!(try_query_i64(&db, "SELECT count(*) FROM runs"), Some(30));
 }

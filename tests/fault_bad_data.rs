@@ -9,10 +9,10 @@
 //! What must survive: refused at open with a clear message and a non-zero exit, and the
 //! file's bytes unchanged (no -wal/-shm or other stray file left behind).
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::process::Command;
 use std::time::Duration;
+use support::*;
 
 #[test]
 fn undecodable_checkpoint_parks_the_run_and_resume_retries_it() {
@@ -21,7 +21,7 @@ fn undecodable_checkpoint_parks_the_run_and_resume_retries_it() {
     let bad = start(&db, "fixture.slow", r#"{"steps":2,"ms":10}"#, 3);
     {
         let _a = serve(dir.path(), "a", &db, 4, 2000, &[]);
-        wait_for(
+        wait_until(
             "the first runs to complete",
             Duration::from_secs(30),
             || bad.iter().all(|r| status(&db, *r) == "completed"),
@@ -52,12 +52,12 @@ fn undecodable_checkpoint_parks_the_run_and_resume_retries_it() {
         .collect();
     let others = start(&db, "fixture.slow", r#"{"steps":3,"ms":5}"#, 10);
     let a = serve(dir.path(), "b", &db, 2, 2000, &[]);
-    wait_for(
+    wait_until(
         "the damaged runs to be parked",
         Duration::from_secs(30),
         || bad.iter().all(|r| status(&db, *r) == "blocked"),
     );
-    wait_for(
+    wait_until(
         "the other runs to complete",
         Duration::from_secs(60),
         || others.iter().all(|r| status(&db, *r) == "completed"),
@@ -95,14 +95,14 @@ fn undecodable_checkpoint_parks_the_run_and_resume_retries_it() {
             rusqlite::params![run, good],
         )
         .unwrap();
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args(["resume", &run.to_string(), "--db"])
             .arg(&db)
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
     }
-    wait_for(
+    wait_until(
         "the resumed runs to complete",
         Duration::from_secs(30),
         || bad.iter().all(|r| status(&db, *r) == "completed"),
@@ -111,7 +111,7 @@ fn undecodable_checkpoint_parks_the_run_and_resume_retries_it() {
 }
 
 fn refused(path: &std::path::Path, what: &str, message: &[&str]) {
-    let before = bytes(path);
+    let before = file_bytes(path);
     let listing = || {
         let mut v: Vec<_> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
@@ -122,7 +122,7 @@ fn refused(path: &std::path::Path, what: &str, message: &[&str]) {
     };
     let files = listing();
     for args in [vec!["stats"], vec!["serve"]] {
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args(&args)
             .arg("--db")
             .arg(path)
@@ -135,7 +135,7 @@ fn refused(path: &std::path::Path, what: &str, message: &[&str]) {
             "{what}: clear message, got {err:?}"
         );
         assert_eq!(err.trim().lines().count(), 1, "{what}: one line: {err:?}");
-        assert_eq!(bytes(path), before, "{what}: bytes unchanged");
+        assert_eq!(file_bytes(path), before, "{what}: bytes unchanged");
         assert_eq!(listing(), files, "{what}: no stray files");
     }
 }
@@ -152,7 +152,7 @@ fn damaged_and_foreign_files_are_refused_and_left_unchanged() {
             .unwrap();
         c.execute_batch("PRAGMA journal_mode = DELETE").unwrap();
     }
-    let original = bytes(&good);
+    let original = file_bytes(&good);
     assert!(original.len() >= 8192, "a multi-page database");
     let case = |name: &str, data: &[u8]| {
         let sub = dir.path().join(name);

@@ -5,10 +5,10 @@
 //! no SQLITE_BUSY reaches the caller (`waymark start` succeeds once the lock is gone);
 //! every run completes and no step runs twice.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::collections::HashMap;
 use std::time::Duration;
+use support::*;
 
 #[test]
 fn engine_waits_out_a_long_write_lock_and_loses_nothing() {
@@ -17,8 +17,8 @@ fn engine_waits_out_a_long_write_lock_and_loses_nothing() {
     let runs = start(&db, "fixture.slow", r#"{"steps":4,"ms":100}"#, 8);
     // A long TTL: this test is about busy waits, not lease loss.
     let e = serve(dir.path(), "a", &db, 4, 30_000, &[]);
-    wait_for("work to start", Duration::from_secs(30), || {
-        !effects(dir.path()).is_empty()
+    wait_until("work to start", Duration::from_secs(30), || {
+        !effects_in(dir.path()).is_empty()
     });
     let blocker = rusqlite::Connection::open(&db).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -30,7 +30,7 @@ fn engine_waits_out_a_long_write_lock_and_loses_nothing() {
     let late_run = late.join().expect("waymark start saw no SQLITE_BUSY")[0];
     let mut all = runs.clone();
     all.push(late_run);
-    wait_for("every run to complete", Duration::from_secs(60), || {
+    wait_until("every run to complete", Duration::from_secs(60), || {
         all.iter().all(|r| status(&db, *r) == "completed")
     });
     assert!(
@@ -39,7 +39,7 @@ fn engine_waits_out_a_long_write_lock_and_loses_nothing() {
         e.log_text()
     );
     let mut per_step: HashMap<(i64, i64), usize> = HashMap::new();
-    for (run, seq, _, _) in effects(dir.path()) {
+    for (run, seq, _, _) in effects_in(dir.path()) {
         *per_step.entry((run, seq)).or_default() += 1;
     }
     assert!(

@@ -7,10 +7,10 @@
 //! runs are reclaimed promptly (liveness is judged by pid and heartbeat progress on the
 //! observer's monotonic clock, not by wall-clock expiry).
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::collections::HashMap;
 use std::time::Duration;
+use support::*;
 
 #[test]
 fn jumps_forward_and_back_write_nothing_twice_and_lose_nothing() {
@@ -26,29 +26,29 @@ fn jumps_forward_and_back_write_nothing_twice_and_lose_nothing() {
     let mut a = serve(dir.path(), "a", &db, 3, 1500, &env);
     let b = serve(dir.path(), "b", &db, 3, 1500, &env);
     let completed = || query_i64(&db, "SELECT count(*) FROM runs WHERE status = 'completed'");
-    wait_for("some progress", Duration::from_secs(30), || {
+    wait_until("some progress", Duration::from_secs(30), || {
         completed() >= 5
     });
     std::fs::write(&offset, "3600000").unwrap();
     let c0 = completed();
-    wait_for("progress after +1h", Duration::from_secs(30), || {
+    wait_until("progress after +1h", Duration::from_secs(30), || {
         completed() >= c0 + 5
     });
     std::fs::write(&offset, "-3600000").unwrap();
     let c1 = completed();
-    wait_for("progress after -1h", Duration::from_secs(30), || {
+    wait_until("progress after -1h", Duration::from_secs(30), || {
         completed() >= c1 + 5
     });
     let a_pid = a.pid() as u32;
     a.kill();
-    wait_for(
+    wait_until(
         "every run to complete after the kill",
         Duration::from_secs(60),
         || runs.iter().all(|r| status(&db, *r) == "completed"),
     );
     assert_eq!(query_i64(&db, "SELECT count(*) FROM steps"), 180);
     let mut per_step: HashMap<(i64, i64), Vec<u32>> = HashMap::new();
-    for (run, seq, _, pid) in effects(dir.path()) {
+    for (run, seq, _, pid) in effects_in(dir.path()) {
         per_step.entry((run, seq)).or_default().push(pid);
     }
     for ((run, seq), pids) in &per_step {

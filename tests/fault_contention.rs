@@ -5,12 +5,12 @@
 //! claim, heartbeat, reaper pass or outcome because of it), every run completes, and the WAL
 //! file stays under WAL_BYTES_MAX (sampled every 50 ms) while readers poll the database.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::*;
 
 /// The bound asserted on the -wal file: the writer truncates the WAL above 2048 frames
 /// (8 MiB) when readers allow; without that it grew past 30 MiB in this test.
@@ -60,7 +60,7 @@ fn four_engines_under_load_never_surface_busy_and_bound_the_wal() {
                 let mut failures = Vec::new();
                 let mut started = 0;
                 while Instant::now() < until {
-                    let out = Command::new(BIN)
+                    let out = Command::new(bin())
                         .args([
                             "start",
                             "fixture.slow",
@@ -90,7 +90,7 @@ fn four_engines_under_load_never_surface_busy_and_bound_the_wal() {
         assert!(failures.is_empty(), "API callers saw errors: {failures:?}");
         started += n;
     }
-    wait_for("every run to complete", Duration::from_secs(120), || {
+    wait_until("every run to complete", Duration::from_secs(120), || {
         query_i64(&db, "SELECT count(*) FROM runs WHERE status = 'completed'") == started
     });
     stop.store(true, Ordering::SeqCst);

@@ -8,12 +8,12 @@
 //! did not commit); `PRAGMA integrity_check` is ok; after space is freed, a new engine
 //! (started while the first is still alive) finishes every run, one result per journal seq.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::*;
 
 fn with_fsize_limit(cmd: &mut Command, limit: Option<u64>) {
     if let Some(limit) = limit {
@@ -53,7 +53,7 @@ fn integrity_ok(db: &Path) {
 fn scenario(dir: &Path, db: &Path, limit: Option<u64>, free_space: impl FnOnce()) {
     let runs = start(db, "fixture.slow", r#"{"steps":4,"ms":5}"#, 150);
     let log = dir.join("full.log");
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.arg("serve")
         .arg("--db")
         .arg(db)
@@ -65,9 +65,9 @@ fn scenario(dir: &Path, db: &Path, limit: Option<u64>, free_space: impl FnOnce()
     with_fsize_limit(&mut cmd, limit);
     let mut full = Proc {
         child: cmd.spawn().unwrap(),
-        log,
+        log: Some(log),
     };
-    wait_for(
+    wait_until(
         "the engine to hit the full disk",
         Duration::from_secs(60),
         || full.log_text().contains("stops claiming"),
@@ -87,7 +87,7 @@ fn scenario(dir: &Path, db: &Path, limit: Option<u64>, free_space: impl FnOnce()
         "the disk filled before the work was done"
     );
     // A start that cannot commit is not acknowledged and leaves nothing behind.
-    let mut start_cmd = Command::new(BIN);
+    let mut start_cmd = Command::new(bin());
     start_cmd
         .args([
             "start",
@@ -114,7 +114,7 @@ fn scenario(dir: &Path, db: &Path, limit: Option<u64>, free_space: impl FnOnce()
     integrity_ok(db);
     free_space();
     let _b = serve(dir, "b", db, 4, 1500, &[]);
-    wait_for(
+    wait_until(
         "a new engine to finish every run",
         Duration::from_secs(90),
         || runs.iter().all(|r| status(db, *r) == "completed"),

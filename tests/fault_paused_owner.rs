@@ -6,9 +6,9 @@
 //! journal holds exactly one result per seq, all recorded by B's epoch, and the run's final
 //! state is B's.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::time::Duration;
+use support::*;
 
 const TTL: u64 = 1500;
 
@@ -40,18 +40,18 @@ fn paused_owner(after_step: bool) {
     };
     let a = serve(dir.path(), "a", &db, 1, TTL, &envs);
     if after_step {
-        wait_for("A to park after its step", Duration::from_secs(30), || {
+        wait_until("A to park after its step", Duration::from_secs(30), || {
             a.log_text().contains("paused at after_step")
         });
     } else {
-        wait_for("A to start a step", Duration::from_secs(30), || {
-            effects(dir.path()).iter().any(|e| e.0 == run)
+        wait_until("A to start a step", Duration::from_secs(30), || {
+            effects_in(dir.path()).iter().any(|e| e.0 == run)
         });
     }
     a.signal(libc::SIGSTOP);
     let a_pid = a.pid() as u32;
     let b = serve(dir.path(), "b", &db, 1, TTL, &[]);
-    wait_for("B to finish the run", Duration::from_secs(180), || {
+    wait_until("B to finish the run", Duration::from_secs(180), || {
         status(&db, run) == "completed"
     });
     let (steps, epoch) = steps_by_epoch(&db, run);
@@ -70,7 +70,7 @@ fn paused_owner(after_step: bool) {
     std::fs::write(&go, b"").unwrap();
     a.signal(libc::SIGCONT);
     // A wakes with an expired guard and a stale epoch: give it time to try its writes.
-    wait_for(
+    wait_until(
         "A to notice it lost the run",
         Duration::from_secs(30),
         || {
@@ -91,7 +91,7 @@ fn paused_owner(after_step: bool) {
         "A recorded no attempt outcome after it woke"
     );
     // Every step after A's interrupted one was executed by B only.
-    let eff = effects(dir.path());
+    let eff = effects_in(dir.path());
     assert!(eff.iter().filter(|e| e.0 == run && e.3 == a_pid).count() <= 1);
     assert!(eff.iter().any(|e| e.0 == run && e.3 == b.pid() as u32));
     drop(b);

@@ -4,11 +4,11 @@
 //! `waymark serve` fails within a second (asserted with a generous 5 s) with one actionable
 //! line naming the path and the need for write access, and creates no stray file.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::*;
 
 struct Mount(std::path::PathBuf);
 
@@ -67,16 +67,16 @@ fn read_only_storage_fails_fast_with_an_actionable_message() {
             .status()
             .unwrap();
         assert!(remount.success());
-        let before = bytes(&db);
+        let before = file_bytes(&db);
         for (path, what) in [
             (&db, "existing file on a read-only mount"),
             (&mnt.join("new.db"), "fresh path on a read-only mount"),
         ] {
-            let mut cmd = Command::new(BIN);
+            let mut cmd = Command::new(bin());
             cmd.arg("serve").arg("--db").arg(path);
             assert_refused(cmd, &mnt, what);
         }
-        assert_eq!(bytes(&db), before);
+        assert_eq!(file_bytes(&db), before);
     } else {
         eprintln!(
             "cannot mount a tmpfs here (not root?): testing a directory `nobody` cannot write"
@@ -97,7 +97,7 @@ fn read_only_storage_fails_fast_with_an_actionable_message() {
             ),
         ] {
             let mut cmd = Command::new("runuser");
-            cmd.args(["-u", "nobody", "--", BIN, "serve", "--db"])
+            cmd.args(["-u", "nobody", "--", bin(), "serve", "--db"])
                 .arg(path);
             assert_refused(cmd, &ro, what);
         }

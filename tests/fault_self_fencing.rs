@@ -5,9 +5,9 @@
 //! no result for the interrupted step), and once the lock is released the run is not stuck
 //! under a live owner: it completes, each journal seq recorded once.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::time::Duration;
+use support::*;
 
 #[test]
 fn owner_that_cannot_renew_abandons_and_the_run_still_completes() {
@@ -16,8 +16,8 @@ fn owner_that_cannot_renew_abandons_and_the_run_still_completes() {
     let ttl = 1000;
     let run = start(&db, "fixture.slow", r#"{"steps":3,"ms":1500}"#, 1)[0];
     let _e = serve(dir.path(), "a", &db, 2, ttl, &[]);
-    wait_for("the first step to start", Duration::from_secs(30), || {
-        effects(dir.path()).iter().any(|e| e.0 == run)
+    wait_until("the first step to start", Duration::from_secs(30), || {
+        effects_in(dir.path()).iter().any(|e| e.0 == run)
     });
     // Hold the write lock for 2.5 TTLs: no heartbeat, no checkpoint can commit.
     let blocker = rusqlite::Connection::open(&db).unwrap();
@@ -25,7 +25,7 @@ fn owner_that_cannot_renew_abandons_and_the_run_still_completes() {
     std::thread::sleep(Duration::from_millis(ttl * 5 / 2));
     blocker.execute_batch("COMMIT").unwrap();
     drop(blocker);
-    wait_for(
+    wait_until(
         "the run to complete after the lock is released",
         Duration::from_secs(60),
         || status(&db, run) == "completed",
@@ -44,7 +44,7 @@ fn owner_that_cannot_renew_abandons_and_the_run_still_completes() {
     );
     // The step interrupted by the fence ran again (at-least-once), but never twice at once
     // and never recorded twice.
-    let runs_of_seq0 = effects(dir.path())
+    let runs_of_seq0 = effects_in(dir.path())
         .iter()
         .filter(|e| e.0 == run && e.1 == 0)
         .count();

@@ -5,9 +5,9 @@
 //! What must survive: the reclaim is a no-op: the run stays completed, with its output, epoch
 //! and journal unchanged.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::time::Duration;
+use support::*;
 
 #[test]
 fn reclaim_after_completion_is_a_no_op() {
@@ -17,8 +17,8 @@ fn reclaim_after_completion_is_a_no_op() {
     // One long step, so A is still mid-step when it wakes and can complete the run itself.
     let run = start(&db, "fixture.slow", r#"{"steps":1,"ms":6000}"#, 1)[0];
     let a = serve(dir.path(), "a", &db, 1, ttl, &[]);
-    wait_for("A to start the step", Duration::from_secs(30), || {
-        effects(dir.path()).iter().any(|e| e.0 == run)
+    wait_until("A to start the step", Duration::from_secs(30), || {
+        effects_in(dir.path()).iter().any(|e| e.0 == run)
     });
     a.signal(libc::SIGSTOP);
     let go = dir.path().join("go");
@@ -33,13 +33,13 @@ fn reclaim_after_completion_is_a_no_op() {
             format!("reaper_before_reclaim:{}", go.display()),
         )],
     );
-    wait_for(
+    wait_until(
         "B's reaper to park before its reclaim",
         Duration::from_secs(30),
         || b.log_text().contains("paused at reaper_before_reclaim"),
     );
     a.signal(libc::SIGCONT);
-    wait_for("A to complete the run", Duration::from_secs(30), || {
+    wait_until("A to complete the run", Duration::from_secs(30), || {
         status(&db, run) == "completed"
     });
     let before: (i64, Vec<u8>, i64) = reader(&db)
@@ -57,7 +57,7 @@ fn reclaim_after_completion_is_a_no_op() {
         )
     };
     let b0 = beat();
-    wait_for(
+    wait_until(
         "B to keep running after the hook",
         Duration::from_secs(30),
         || beat() >= b0 + 3,

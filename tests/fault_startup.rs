@@ -3,9 +3,9 @@
 //! "migrated" log line over all three), all three register and run work, and every run
 //! completes with one result per journal seq.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::time::Duration;
+use support::*;
 
 #[test]
 fn three_engines_on_a_fresh_file_migrate_once_and_all_run() {
@@ -14,14 +14,14 @@ fn three_engines_on_a_fresh_file_migrate_once_and_all_run() {
     let engines: Vec<Proc> = (0..3)
         .map(|i| serve(dir.path(), &format!("e{i}"), &db, 2, 3000, &[]))
         .collect();
-    wait_for("three engines registered", Duration::from_secs(30), || {
+    wait_until("three engines registered", Duration::from_secs(30), || {
         std::fs::metadata(&db).is_ok_and(|m| m.len() > 0)
             && reader(&db)
                 .query_row("SELECT count(*) FROM engines", [], |r| r.get::<_, i64>(0))
                 .is_ok_and(|n| n == 3)
     });
     let runs = start(&db, "fixture.slow", r#"{"steps":3,"ms":60}"#, 60);
-    wait_for("every run to complete", Duration::from_secs(90), || {
+    wait_until("every run to complete", Duration::from_secs(90), || {
         runs.iter().all(|r| status(&db, *r) == "completed")
     });
     // One engine ran every migration step (one log line each); the others found it done.
@@ -41,7 +41,7 @@ fn three_engines_on_a_fresh_file_migrate_once_and_all_run() {
         "each step once"
     );
     assert_eq!(query_i64(&db, "PRAGMA user_version"), version);
-    let eff = effects(dir.path());
+    let eff = effects_in(dir.path());
     for e in &engines {
         assert!(
             eff.iter().any(|x| x.3 == e.pid() as u32),

@@ -1,28 +1,25 @@
 //! Cancellation (`waymark cancel` / `Engine::cancel`): a run ends `cancelled` and nothing of
 //! it runs again, whether it was running, sleeping, or its engine died mid-cancellation.
 
-mod feature_util;
+mod support;
 
-use feature_util::*;
 use rusqlite::params;
 use std::time::Duration;
+use support::*;
 
 fn cancel(tmp: &Tmp, run_id: i64) -> String {
-    waymark(
-        tmp,
-        &[
-            "cancel",
-            &run_id.to_string(),
-            "--db",
-            tmp.db().to_str().unwrap(),
-        ],
-    )
+    tmp.waymark(&[
+        "cancel",
+        &run_id.to_string(),
+        "--db",
+        tmp.db().to_str().unwrap(),
+    ])
     .trim()
     .to_string()
 }
 
 fn steps_done(tmp: &Tmp, run_id: i64) -> i64 {
-    conn(&tmp.db())
+    reader(&tmp.db())
         .query_row(
             "SELECT count(*) FROM steps WHERE run_id = ?1 AND status = 'completed'",
             params![run_id],
@@ -32,7 +29,7 @@ fn steps_done(tmp: &Tmp, run_id: i64) -> i64 {
 }
 
 fn effects_of(tmp: &Tmp, run_id: i64) -> usize {
-    effects(tmp).iter().filter(|e| e.0 == run_id).count()
+    tmp.effect_steps().iter().filter(|e| e.0 == run_id).count()
 }
 
 // Scenario: a run of 40 slow steps is cancelled while a step runs, and the engine is
@@ -43,9 +40,9 @@ fn effects_of(tmp: &Tmp, run_id: i64) -> usize {
 fn kill_during_cancellation_ends_cancelled_after_restart() {
     let tmp = Tmp::new();
     let db = tmp.db();
-    let id = start(&tmp, "fixture.slow", r#"{"steps":40,"ms":400}"#, 1)[0];
-    let mut engine = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(30), "two steps done", || {
+    let id = tmp.start("fixture.slow", r#"{"steps":40,"ms":400}"#, 1)[0];
+    let mut engine = tmp.serve(2, &[]);
+    wait_until("two steps done", Duration::from_secs(30), || {
         steps_done(&tmp, id) >= 2
     });
     assert_eq!(
@@ -53,17 +50,17 @@ fn kill_during_cancellation_ends_cancelled_after_restart() {
         "running",
         "a running run is told, not ended by the CLI"
     );
-    kill(&mut engine);
+    kill9(&mut engine);
     let effects_at_kill = effects_of(&tmp, id);
     let journal_at_kill = journal(&db, id).len();
     assert_eq!(status(&db, id), "running");
 
-    let mut engine = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(30), "run cancelled", || {
+    let mut engine = tmp.serve(2, &[]);
+    wait_until("run cancelled", Duration::from_secs(30), || {
         status(&db, id) == "cancelled"
     });
     std::thread::sleep(Duration::from_millis(1500));
-    kill(&mut engine);
+    kill9(&mut engine);
     assert_eq!(status(&db, id), "cancelled");
     assert_eq!(
         effects_of(&tmp, id),
@@ -83,25 +80,25 @@ fn kill_during_cancellation_ends_cancelled_after_restart() {
 fn cancelling_a_running_run_stops_it_at_the_next_step_boundary() {
     let tmp = Tmp::new();
     let db = tmp.db();
-    let id = start(&tmp, "fixture.slow", r#"{"steps":40,"ms":300}"#, 1)[0];
-    let mut engine = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(30), "a step done", || {
+    let id = tmp.start("fixture.slow", r#"{"steps":40,"ms":300}"#, 1)[0];
+    let mut engine = tmp.serve(2, &[]);
+    wait_until("a step done", Duration::from_secs(30), || {
         steps_done(&tmp, id) >= 1
     });
     cancel(&tmp, id);
-    wait_until(Duration::from_secs(30), "run cancelled", || {
+    wait_until("run cancelled", Duration::from_secs(30), || {
         status(&db, id) == "cancelled"
     });
     let effects_at_cancel = effects_of(&tmp, id);
     std::thread::sleep(Duration::from_millis(1000));
-    kill(&mut engine);
+    kill9(&mut engine);
     assert_eq!(
         effects_of(&tmp, id),
         effects_at_cancel,
         "no step started after cancellation"
     );
     assert!(steps_done(&tmp, id) < 40);
-    let err: String = conn(&db)
+    let err: String = reader(&db)
         .query_row("SELECT error FROM runs WHERE id = ?1", params![id], |r| {
             r.get(0)
         })
@@ -116,18 +113,18 @@ fn cancelling_a_running_run_stops_it_at_the_next_step_boundary() {
 fn cancelling_a_sleeping_or_pending_run_ends_it_at_once() {
     let tmp = Tmp::new();
     let db = tmp.db();
-    let sleeper = start(&tmp, "fixture.sleeper", r#"{"ms":600000}"#, 1)[0];
-    let mut engine = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(30), "sleeping", || {
+    let sleeper = tmp.start("fixture.sleeper", r#"{"ms":600000}"#, 1)[0];
+    let mut engine = tmp.serve(2, &[]);
+    wait_until("sleeping", Duration::from_secs(30), || {
         status(&db, sleeper) == "suspended"
     });
-    kill(&mut engine);
-    let pending = start(&tmp, "fixture.slow", r#"{"steps":3,"ms":10}"#, 1)[0];
+    kill9(&mut engine);
+    let pending = tmp.start("fixture.slow", r#"{"steps":3,"ms":10}"#, 1)[0];
     assert_eq!(cancel(&tmp, sleeper), "cancelled");
     assert_eq!(cancel(&tmp, pending), "cancelled");
-    let mut engine = serve(&tmp, 2, &[]);
+    let mut engine = tmp.serve(2, &[]);
     std::thread::sleep(Duration::from_millis(1000));
-    kill(&mut engine);
+    kill9(&mut engine);
     assert_eq!(status(&db, sleeper), "cancelled");
     assert_eq!(status(&db, pending), "cancelled");
     assert_eq!(journal(&db, pending).len(), 0);

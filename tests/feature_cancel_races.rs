@@ -6,18 +6,18 @@
 //! Every test drives the real `waymark` binary (`serve`, `start`, `cancel`) on a real
 //! SQLite file and reads the outcome with plain rusqlite.
 
-mod feature_util;
+mod support;
 
-use feature_util::*;
 use rusqlite::params;
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::*;
 
 /// `waymark serve --in-process` with a chosen poll interval; stderr goes to `log`.
-fn serve_with(tmp: &Tmp, workers: usize, poll_ms: u64, log: Option<&Path>) -> Served {
+fn serve_polling(tmp: &Tmp, workers: usize, poll_ms: u64, log: Option<&Path>) -> Proc {
     let mut cmd = Command::new(bin());
     cmd.args([
         "serve",
@@ -39,7 +39,10 @@ fn serve_with(tmp: &Tmp, workers: usize, poll_ms: u64, log: Option<&Path>) -> Se
             .stderr(std::fs::File::create(path).expect("log file")),
         None => cmd.env("RUST_LOG", "error").stderr(Stdio::inherit()),
     };
-    Served(cmd.spawn().expect("spawn waymark serve"))
+    Proc {
+        child: cmd.spawn().expect("spawn waymark serve"),
+        log: None,
+    }
 }
 
 /// `waymark cancel ID` in its own process, which must exit within `timeout`; its stdout.
@@ -62,7 +65,7 @@ fn cancel_within(db: &Path, run_id: i64, timeout: Duration) -> String {
             return String::from_utf8_lossy(&out.stdout).trim().to_string();
         }
         if start.elapsed() > timeout {
-            kill(&mut child);
+            kill9(&mut child);
             panic!("waymark cancel {run_id} did not finish within {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -78,7 +81,7 @@ fn writer(db: &Path) -> rusqlite::Connection {
 
 /// Runs grouped by (status, cancel_requested, note), for failure messages.
 fn summary(db: &Path) -> Vec<(String, i64, Option<String>, i64)> {
-    let c = conn(db);
+    let c = reader(db);
     let mut s = c
         .prepare(
             "SELECT status, cancel_requested, CASE WHEN note IS NULL THEN NULL
@@ -93,7 +96,7 @@ fn summary(db: &Path) -> Vec<(String, i64, Option<String>, i64)> {
 }
 
 fn not_cancelled(db: &Path) -> i64 {
-    conn(db)
+    reader(db)
         .query_row(
             "SELECT count(*) FROM runs WHERE status <> 'cancelled'",
             [],
@@ -128,12 +131,12 @@ fn cancels_racing_waits_end_every_run_cancelled() {
     for ms in [0, 5, 15, 30, 60] {
         for wait in ["event", "sleep", "child"] {
             let json = format!(r#"{{"ms":{ms},"wait":"{wait}"}}"#);
-            ids.extend(start(&tmp, "fixture.step_then_wait", &json, 20));
+            ids.extend(tmp.start("fixture.step_then_wait", &json, 20));
         }
     }
     assert_eq!(ids.len(), 300);
     let log = tmp.dir.path().join("serve.log");
-    let _engine = serve_with(&tmp, 8, 200, Some(&log));
+    let _engine = serve_polling(&tmp, 8, 200, Some(&log));
 
     let todo: Arc<Mutex<HashSet<i64>>> = Arc::new(Mutex::new(ids.iter().copied().collect()));
     let threads: Vec<_> = (0..4)
@@ -141,7 +144,7 @@ fn cancels_racing_waits_end_every_run_cancelled() {
             let todo = todo.clone();
             let tmp_db = db.clone();
             std::thread::spawn(move || {
-                let c = conn(&tmp_db);
+                let c = reader(&tmp_db);
                 let deadline = Instant::now() + Duration::from_secs(120);
                 loop {
                     assert!(Instant::now() < deadline, "cancelling took too long");
@@ -202,14 +205,14 @@ fn cancels_racing_waits_end_every_run_cancelled() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let children: i64 = conn(&db)
+    let children: i64 = reader(&db)
         .query_row(
             "SELECT count(*) FROM runs WHERE parent_id IS NOT NULL",
             [],
             |r| r.get(0),
         )
         .unwrap();
-    let parents_cancelled: i64 = conn(&db)
+    let parents_cancelled: i64 = reader(&db)
         .query_row(
             "SELECT count(*) FROM runs WHERE parent_id IS NULL AND status = 'cancelled'",
             [],
@@ -236,10 +239,12 @@ fn start_child_after_a_cancel_creates_a_cancelled_child_and_ends_the_parent() {
     let db = tmp.db();
     let gate = tmp.dir.path().join("gate");
     let json = format!(r#"{{"wait":"child","gate":"{}"}}"#, gate.to_str().unwrap());
-    let id = start(&tmp, "fixture.step_then_wait", &json, 1)[0];
-    let _engine = serve_with(&tmp, 2, 3_600_000, None);
-    wait_until(Duration::from_secs(30), "the gate step started", || {
-        effects(&tmp).iter().any(|e| e.0 == id && e.2 == "gate")
+    let id = tmp.start("fixture.step_then_wait", &json, 1)[0];
+    let _engine = serve_polling(&tmp, 2, 3_600_000, None);
+    wait_until("the gate step started", Duration::from_secs(30), || {
+        tmp.effect_steps()
+            .iter()
+            .any(|e| e.0 == id && e.2 == "gate")
     });
     assert_eq!(
         cancel_within(&db, id, Duration::from_secs(30)),
@@ -248,7 +253,7 @@ fn start_child_after_a_cancel_creates_a_cancelled_child_and_ends_the_parent() {
     );
     std::fs::write(&gate, b"").unwrap();
     let child = || -> Option<(i64, String)> {
-        conn(&db)
+        reader(&db)
             .query_row(
                 "SELECT id, status FROM runs WHERE parent_id = ?1",
                 params![id],
@@ -288,12 +293,12 @@ fn start_child_after_a_cancel_creates_a_cancelled_child_and_ends_the_parent() {
 fn poller_finishes_a_suspended_run_whose_cancel_was_requested() {
     let tmp = Tmp::new();
     let db = tmp.db();
-    let id = start(&tmp, "fixture.sleeper", r#"{"ms":3600000}"#, 1)[0];
-    let mut engine = serve_with(&tmp, 2, 50, None);
-    wait_until(Duration::from_secs(30), "sleeping", || {
+    let id = tmp.start("fixture.sleeper", r#"{"ms":3600000}"#, 1)[0];
+    let mut engine = serve_polling(&tmp, 2, 50, None);
+    wait_until("sleeping", Duration::from_secs(30), || {
         status(&db, id) == "suspended"
     });
-    kill(&mut engine);
+    kill9(&mut engine);
     writer(&db)
         .execute(
             "UPDATE runs SET cancel_requested = 1 WHERE id = ?1",
@@ -301,7 +306,7 @@ fn poller_finishes_a_suspended_run_whose_cancel_was_requested() {
         )
         .unwrap();
     let log = tmp.dir.path().join("serve.log");
-    let _engine = serve_with(&tmp, 2, 50, Some(&log));
+    let _engine = serve_polling(&tmp, 2, 50, Some(&log));
     let start = Instant::now();
     while status(&db, id) != "cancelled" {
         assert!(
@@ -312,7 +317,10 @@ fn poller_finishes_a_suspended_run_whose_cancel_was_requested() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(effects(&tmp).iter().all(|e| e.0 != id || e.2 != "mark"));
+    assert!(tmp
+        .effect_steps()
+        .iter()
+        .all(|e| e.0 != id || e.2 != "mark"));
     assert!(std::fs::read_to_string(&log).unwrap().contains(SWEPT));
 }
 
@@ -328,29 +336,26 @@ fn a_deadline_passing_during_a_wait_is_not_lost() {
     for wait in ["event", "sleep", "child"] {
         let json = format!(r#"{{"ms":0,"wait":"{wait}"}}"#);
         ids.extend(
-            waymark(
-                &tmp,
-                &[
-                    "start",
-                    "fixture.step_then_wait",
-                    "--db",
-                    db.to_str().unwrap(),
-                    "--json",
-                    &json,
-                    "--count",
-                    "5",
-                    "--deadline-ms",
-                    &deadline,
-                ],
-            )
+            tmp.waymark(&[
+                "start",
+                "fixture.step_then_wait",
+                "--db",
+                db.to_str().unwrap(),
+                "--json",
+                &json,
+                "--count",
+                "5",
+                "--deadline-ms",
+                &deadline,
+            ])
             .lines()
             .map(|l| l.trim().parse::<i64>().unwrap()),
         );
     }
-    let _engine = serve_with(&tmp, 4, 50, None);
+    let _engine = serve_polling(&tmp, 4, 50, None);
     let start = Instant::now();
     loop {
-        let c = conn(&db);
+        let c = reader(&db);
         let failed: i64 = c
             .query_row(
                 "SELECT count(*) FROM runs WHERE parent_id IS NULL AND status = 'failed'
@@ -379,7 +384,7 @@ fn a_deadline_passing_during_a_wait_is_not_lost() {
 fn cancel_finishes_on_a_parent_id_cycle() {
     let tmp = Tmp::new();
     let db = tmp.db();
-    let ids = start(&tmp, "fixture.sleeper", r#"{"ms":3600000}"#, 3);
+    let ids = tmp.start("fixture.sleeper", r#"{"ms":3600000}"#, 3);
     let w = writer(&db);
     w.execute(
         "UPDATE runs SET parent_id = id WHERE id = ?1",
@@ -438,12 +443,11 @@ fn stale_and_fresh_execution(stop: Stop) {
     let log = tmp.dir.path().join("serve.log");
     let json = r#"{"steps":4,"ms":4000}"#;
     let id = match stop {
-        Stop::Cancel => start(&tmp, "fixture.slow", json, 1)[0],
+        Stop::Cancel => tmp.start("fixture.slow", json, 1)[0],
         // Passes after the stale execution's first step ended (about 4 s), long before the
         // fresh one could complete (about 16 s).
-        Stop::Deadline => waymark(
-            &tmp,
-            &[
+        Stop::Deadline => tmp
+            .waymark(&[
                 "start",
                 "fixture.slow",
                 "--db",
@@ -452,22 +456,21 @@ fn stale_and_fresh_execution(stop: Stop) {
                 json,
                 "--deadline-ms",
                 &(now_ms() + 8_000).to_string(),
-            ],
-        )
-        .trim()
-        .parse()
-        .unwrap(),
+            ])
+            .trim()
+            .parse()
+            .unwrap(),
     };
-    let _engine = serve_with(&tmp, 2, 50, Some(&log));
+    let _engine = serve_polling(&tmp, 2, 50, Some(&log));
     let starts = |seq: i64| {
-        effects(&tmp)
+        tmp.effect_steps()
             .iter()
             .filter(|e| e.0 == id && e.1 == seq && e.2 == "sleep")
             .count()
     };
     wait_until(
-        Duration::from_secs(30),
         "the first execution's step",
+        Duration::from_secs(30),
         || starts(0) == 1,
     );
     let reclaimed = writer(&db)
@@ -480,18 +483,18 @@ fn stale_and_fresh_execution(stop: Stop) {
         .unwrap();
     assert_eq!(reclaimed, 1, "the run was reclaimed while its step ran");
     wait_until(
-        Duration::from_secs(30),
         "the fresh execution's step",
+        Duration::from_secs(30),
         || starts(0) == 2,
     );
-    let epoch: i64 = conn(&db)
+    let epoch: i64 = reader(&db)
         .query_row("SELECT epoch FROM runs WHERE id = ?1", params![id], |r| {
             r.get(0)
         })
         .unwrap();
     assert_eq!(epoch, 3, "the same engine claimed it again");
     let lost = format!("run {id}: lease lost (epoch 1)");
-    wait_until(Duration::from_secs(30), "the stale execution ended", || {
+    wait_until("the stale execution ended", Duration::from_secs(30), || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
             .contains(&lost)
@@ -500,13 +503,13 @@ fn stale_and_fresh_execution(stop: Stop) {
         assert_eq!(status(&db, id), "running");
         assert_eq!(cancel_within(&db, id, Duration::from_secs(30)), "running");
     }
-    wait_until(Duration::from_secs(60), "the run finished", || {
+    wait_until("the run finished", Duration::from_secs(60), || {
         matches!(
             status(&db, id).as_str(),
             "cancelled" | "completed" | "failed"
         )
     });
-    let (end, error): (String, Option<String>) = conn(&db)
+    let (end, error): (String, Option<String>) = reader(&db)
         .query_row(
             "SELECT status, error FROM runs WHERE id = ?1",
             params![id],
@@ -550,24 +553,24 @@ fn a_run_cancelled_during_its_last_step_ends_cancelled_not_failed() {
 fn cancelled_during_last_step(workflow: &str) {
     let tmp = Tmp::new();
     let db = tmp.db();
-    let id = start(&tmp, workflow, r#"{"steps":1,"ms":3000}"#, 1)[0];
+    let id = tmp.start(workflow, r#"{"steps":1,"ms":3000}"#, 1)[0];
     let log = tmp.dir.path().join("serve.log");
-    let mut engine = serve_with(&tmp, 2, 50, Some(&log));
-    wait_until(Duration::from_secs(30), "the last step started", || {
-        effects(&tmp).iter().any(|e| e.0 == id)
+    let mut engine = serve_polling(&tmp, 2, 50, Some(&log));
+    wait_until("the last step started", Duration::from_secs(30), || {
+        tmp.effect_steps().iter().any(|e| e.0 == id)
     });
     assert_eq!(
         cancel_within(&db, id, Duration::from_secs(30)),
         "running",
         "the cancel is acknowledged while the step runs"
     );
-    wait_until(Duration::from_secs(30), "the run final", || {
+    wait_until("the run final", Duration::from_secs(30), || {
         matches!(
             status(&db, id).as_str(),
             "completed" | "failed" | "cancelled"
         )
     });
-    kill(&mut engine);
+    kill9(&mut engine);
     assert_eq!(
         status(&db, id),
         "cancelled",

@@ -2,14 +2,14 @@
 //! is idempotent (key = parent run + seq), the parent suspends while the child runs and is
 //! woken when it ends; cancelling the parent cancels the child.
 
-mod feature_util;
+mod support;
 
-use feature_util::*;
 use rusqlite::params;
 use std::time::Duration;
+use support::*;
 
 fn children(tmp: &Tmp, parent: i64) -> Vec<i64> {
-    let c = conn(&tmp.db());
+    let c = reader(&tmp.db());
     let mut s = c
         .prepare("SELECT id FROM runs WHERE parent_id = ?1 ORDER BY id")
         .unwrap();
@@ -20,7 +20,7 @@ fn children(tmp: &Tmp, parent: i64) -> Vec<i64> {
 }
 
 fn steps_done(tmp: &Tmp, run_id: i64) -> i64 {
-    conn(&tmp.db())
+    reader(&tmp.db())
         .query_row(
             "SELECT count(*) FROM steps WHERE run_id = ?1 AND status = 'completed'",
             params![run_id],
@@ -38,25 +38,25 @@ fn steps_done(tmp: &Tmp, run_id: i64) -> i64 {
 fn kill_while_a_child_runs() {
     let tmp = Tmp::new();
     let db = tmp.db();
-    let parent = start(&tmp, "fixture.parent", r#"{"steps":10,"ms":250}"#, 1)[0];
-    let mut engine = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(30), "child ran 3 steps", || {
+    let parent = tmp.start("fixture.parent", r#"{"steps":10,"ms":250}"#, 1)[0];
+    let mut engine = tmp.serve(2, &[]);
+    wait_until("child ran 3 steps", Duration::from_secs(30), || {
         children(&tmp, parent)
             .first()
             .is_some_and(|c| steps_done(&tmp, *c) >= 3)
     });
-    kill(&mut engine);
+    kill9(&mut engine);
     let child = children(&tmp, parent)[0];
     assert_eq!(status(&db, child), "running");
 
-    let mut engine = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(60), "parent completed", || {
+    let mut engine = tmp.serve(2, &[]);
+    wait_until("parent completed", Duration::from_secs(60), || {
         status(&db, parent) == "completed"
     });
-    kill(&mut engine);
+    kill9(&mut engine);
     assert_eq!(children(&tmp, parent), vec![child], "exactly one child");
     assert_eq!(status(&db, child), "completed");
-    let (p_out, c_out): (Vec<u8>, Vec<u8>) = conn(&db)
+    let (p_out, c_out): (Vec<u8>, Vec<u8>) = reader(&db)
         .query_row(
             "SELECT p.output, c.output FROM runs p, runs c WHERE p.id = ?1 AND c.id = ?2",
             params![parent, child],
@@ -70,7 +70,7 @@ fn kill_while_a_child_runs() {
     assert_eq!(kinds, vec!["child", "step", "join"]);
     // Child steps: each seq executed once, except at most the one in flight at the kill.
     let mut per_seq = std::collections::HashMap::new();
-    for (run, seq, _) in effects(&tmp) {
+    for (run, seq, _) in tmp.effect_steps() {
         if run == child {
             *per_seq.entry(seq).or_insert(0) += 1;
         }
@@ -88,25 +88,22 @@ fn kill_while_a_child_runs() {
 fn cancelling_the_parent_cancels_the_child() {
     let tmp = Tmp::new();
     let db = tmp.db();
-    let parent = start(&tmp, "fixture.parent", r#"{"steps":40,"ms":250}"#, 1)[0];
-    let mut engine = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(30), "child ran a step", || {
+    let parent = tmp.start("fixture.parent", r#"{"steps":40,"ms":250}"#, 1)[0];
+    let mut engine = tmp.serve(2, &[]);
+    wait_until("child ran a step", Duration::from_secs(30), || {
         children(&tmp, parent)
             .first()
             .is_some_and(|c| steps_done(&tmp, *c) >= 1)
     });
     let child = children(&tmp, parent)[0];
-    let out = waymark(
-        &tmp,
-        &["cancel", &parent.to_string(), "--db", db.to_str().unwrap()],
-    );
+    let out = tmp.waymark(&["cancel", &parent.to_string(), "--db", db.to_str().unwrap()]);
     assert_eq!(out.trim(), "cancelled", "a suspended parent ends at once");
-    wait_until(Duration::from_secs(30), "child cancelled", || {
+    wait_until("child cancelled", Duration::from_secs(30), || {
         status(&db, child) == "cancelled"
     });
     let done = steps_done(&tmp, child);
     std::thread::sleep(Duration::from_millis(800));
-    kill(&mut engine);
+    kill9(&mut engine);
     assert_eq!(status(&db, parent), "cancelled");
     assert_eq!(steps_done(&tmp, child), done);
     assert!(done < 40);

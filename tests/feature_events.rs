@@ -1,28 +1,25 @@
 //! Events (`ctx.wait_event` / `waymark send`): kept until waited for, delivered into the
 //! journal exactly once, waking a suspended run; all across SIGKILL and restart.
 
-mod feature_util;
+mod support;
 
-use feature_util::*;
 use rusqlite::params;
 use std::process::Command;
 use std::time::Duration;
+use support::*;
 
 fn output(tmp: &Tmp, run_id: i64) -> String {
-    let out = waymark(
-        tmp,
-        &[
-            "show",
-            &run_id.to_string(),
-            "--db",
-            tmp.db().to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let out = tmp.waymark(&[
+        "show",
+        &run_id.to_string(),
+        "--db",
+        tmp.db().to_str().unwrap(),
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["status"], "completed", "{v}");
     // The output column is not in the JSON; decode it from the database (a sealed bincode String).
-    let bytes: Vec<u8> = conn(&tmp.db())
+    let bytes: Vec<u8> = reader(&tmp.db())
         .query_row(
             "SELECT output FROM runs WHERE id = ?1",
             params![run_id],
@@ -35,7 +32,7 @@ fn output(tmp: &Tmp, run_id: i64) -> String {
 
 /// (id, consumed_seq) of the run's events, in send order.
 fn events(tmp: &Tmp, run_id: i64) -> Vec<(i64, Option<i64>)> {
-    let c = conn(&tmp.db());
+    let c = reader(&tmp.db());
     let mut s = c
         .prepare("SELECT id, consumed_seq FROM events WHERE run_id = ?1 ORDER BY id")
         .unwrap();
@@ -46,22 +43,19 @@ fn events(tmp: &Tmp, run_id: i64) -> Vec<(i64, Option<i64>)> {
 }
 
 fn send(tmp: &Tmp, run_id: i64, name: &str, json: &str) {
-    waymark(
-        tmp,
-        &[
-            "send",
-            &run_id.to_string(),
-            name,
-            "--db",
-            tmp.db().to_str().unwrap(),
-            "--json",
-            json,
-        ],
-    );
+    tmp.waymark(&[
+        "send",
+        &run_id.to_string(),
+        name,
+        "--db",
+        tmp.db().to_str().unwrap(),
+        "--json",
+        json,
+    ]);
 }
 
 fn waiting(tmp: &Tmp, run_id: i64) -> bool {
-    conn(&tmp.db())
+    reader(&tmp.db())
         .query_row(
             "SELECT status = 'suspended' AND note = 'waiting for event ''go''' FROM runs WHERE id = ?1",
             params![run_id],
@@ -78,24 +72,19 @@ fn waiting(tmp: &Tmp, run_id: i64) -> bool {
 fn event_sent_while_engine_dead_is_delivered_once_after_restart() {
     let tmp = Tmp::new();
     let db = tmp.db();
-    let id = start(
-        &tmp,
-        "fixture.waiter",
-        r#"{"name":"go","timeout_ms":600000}"#,
-        1,
-    )[0];
-    let mut engine = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(30), "run waits for the event", || {
+    let id = tmp.start("fixture.waiter", r#"{"name":"go","timeout_ms":600000}"#, 1)[0];
+    let mut engine = tmp.serve(2, &[]);
+    wait_until("run waits for the event", Duration::from_secs(30), || {
         waiting(&tmp, id)
     });
-    kill(&mut engine);
+    kill9(&mut engine);
     send(&tmp, id, "go", r#"{"n":1}"#);
     send(&tmp, id, "go", r#"{"n":2}"#);
-    let mut engine = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(30), "run completed", || {
+    let mut engine = tmp.serve(2, &[]);
+    wait_until("run completed", Duration::from_secs(30), || {
         status(&db, id) == "completed"
     });
-    kill(&mut engine);
+    kill9(&mut engine);
     assert_eq!(output(&tmp, id), r#"{"n":1}"#);
     let ev = events(&tmp, id);
     assert_eq!(ev.len(), 2);
@@ -121,14 +110,9 @@ fn event_sent_while_engine_dead_is_delivered_once_after_restart() {
 fn kill_right_after_delivery_replays_the_journaled_event() {
     let tmp = Tmp::new();
     let db = tmp.db();
-    let id = start(
-        &tmp,
-        "fixture.waiter",
-        r#"{"name":"go","timeout_ms":600000}"#,
-        1,
-    )[0];
-    let mut engine = serve(&tmp, 2, &[("WAYMARK_FAULT", "after_checkpoint=3")]);
-    wait_until(Duration::from_secs(30), "run waits for the event", || {
+    let id = tmp.start("fixture.waiter", r#"{"name":"go","timeout_ms":600000}"#, 1)[0];
+    let mut engine = tmp.serve(2, &[("WAYMARK_FAULT", "after_checkpoint=3")]);
+    wait_until("run waits for the event", Duration::from_secs(30), || {
         waiting(&tmp, id)
     });
     send(&tmp, id, "go", r#""hello""#);
@@ -139,11 +123,11 @@ fn kill_right_after_delivery_replays_the_journaled_event() {
     );
     assert_eq!(events(&tmp, id), vec![(events(&tmp, id)[0].0, Some(2))]);
     assert_eq!(status(&db, id), "running", "killed mid-run");
-    let mut engine = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(30), "run completed", || {
+    let mut engine = tmp.serve(2, &[]);
+    wait_until("run completed", Duration::from_secs(30), || {
         status(&db, id) == "completed"
     });
-    kill(&mut engine);
+    kill9(&mut engine);
     assert_eq!(output(&tmp, id), r#""hello""#);
     assert_eq!(events(&tmp, id).len(), 1);
 }
@@ -156,33 +140,23 @@ fn kill_right_after_delivery_replays_the_journaled_event() {
 fn early_events_are_kept_and_timeouts_survive_restart() {
     let tmp = Tmp::new();
     let db = tmp.db();
-    let early = start(
-        &tmp,
-        "fixture.waiter",
-        r#"{"name":"go","timeout_ms":600000}"#,
-        1,
-    )[0];
+    let early = tmp.start("fixture.waiter", r#"{"name":"go","timeout_ms":600000}"#, 1)[0];
     send(&tmp, early, "go", "[1,2,3]");
-    let late = start(
-        &tmp,
-        "fixture.waiter",
-        r#"{"name":"go","timeout_ms":1500}"#,
-        1,
-    )[0];
-    let mut engine = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(30), "early run completed", || {
+    let late = tmp.start("fixture.waiter", r#"{"name":"go","timeout_ms":1500}"#, 1)[0];
+    let mut engine = tmp.serve(2, &[]);
+    wait_until("early run completed", Duration::from_secs(30), || {
         status(&db, early) == "completed"
     });
-    wait_until(Duration::from_secs(30), "late run waits", || {
+    wait_until("late run waits", Duration::from_secs(30), || {
         waiting(&tmp, late)
     });
-    kill(&mut engine);
+    kill9(&mut engine);
     std::thread::sleep(Duration::from_millis(1600));
-    let mut engine = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(30), "late run completed", || {
+    let mut engine = tmp.serve(2, &[]);
+    wait_until("late run completed", Duration::from_secs(30), || {
         status(&db, late) == "completed"
     });
-    kill(&mut engine);
+    kill9(&mut engine);
     assert_eq!(output(&tmp, early), "[1,2,3]");
     assert_eq!(output(&tmp, late), "timeout");
     let j = journal(&db, late);

@@ -1,11 +1,11 @@
 //! Queues with concurrency limits across engine processes, priorities, and not-before
 //! (delayed start).
 
-mod feature_util;
+mod support;
 
-use feature_util::*;
 use rusqlite::params;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::*;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -27,7 +27,7 @@ fn start_with(tmp: &Tmp, workflow: &str, json: &str, count: usize, extra: &[&str
     ];
     args.extend(["--count", &count]);
     args.extend(extra);
-    waymark(tmp, &args)
+    tmp.waymark(&args)
         .lines()
         .map(|l| l.trim().parse().unwrap())
         .collect()
@@ -44,16 +44,13 @@ fn queue_limit_holds_across_two_engine_processes() {
     let probe_dir = tmp.dir.path().join("probe");
     std::fs::create_dir(&probe_dir).unwrap();
     let ids = start_with(&tmp, "fixture.qprobe", "150", 30, &["--queue", "q"]);
-    waymark(
-        &tmp,
-        &["queue", "q", "--db", db.to_str().unwrap(), "--limit", "2"],
-    );
+    tmp.waymark(&["queue", "q", "--db", db.to_str().unwrap(), "--limit", "2"]);
     let env = [("WAYMARK_PROBE_DIR", probe_dir.to_str().unwrap())];
-    let mut a = serve(&tmp, 4, &env);
-    let mut b = serve(&tmp, 4, &env);
+    let mut a = tmp.serve(4, &env);
+    let mut b = tmp.serve(4, &env);
     let mut most_running = 0;
-    wait_until(Duration::from_secs(60), "all probes completed", || {
-        let running: i64 = conn(&db)
+    wait_until("all probes completed", Duration::from_secs(60), || {
+        let running: i64 = reader(&db)
             .query_row(
                 "SELECT count(*) FROM runs WHERE queue = 'q' AND status = 'running'",
                 [],
@@ -63,10 +60,10 @@ fn queue_limit_holds_across_two_engine_processes() {
         most_running = most_running.max(running);
         count(&db, "completed") == 30
     });
-    kill(&mut a);
-    kill(&mut b);
+    kill9(&mut a);
+    kill9(&mut b);
     assert!(most_running <= 2, "saw {most_running} running in queue q");
-    let c = conn(&db);
+    let c = reader(&db);
     let mut seen = Vec::new();
     for id in ids {
         let out: Vec<u8> = c
@@ -106,18 +103,18 @@ fn priorities_and_not_before_survive_restart() {
         1,
         &["--not-before-ms", &nb],
     )[0];
-    let mut engine = serve(&tmp, 1, &[]);
-    wait_until(Duration::from_secs(30), "ten runs completed", || {
+    let mut engine = tmp.serve(1, &[]);
+    wait_until("ten runs completed", Duration::from_secs(30), || {
         count(&db, "completed") == 10
     });
     assert_ne!(status(&db, delayed), "completed");
-    kill(&mut engine);
-    let mut engine = serve(&tmp, 1, &[]);
-    wait_until(Duration::from_secs(30), "delayed run completed", || {
+    kill9(&mut engine);
+    let mut engine = tmp.serve(1, &[]);
+    wait_until("delayed run completed", Duration::from_secs(30), || {
         status(&db, delayed) == "completed"
     });
-    kill(&mut engine);
-    let c = conn(&db);
+    kill9(&mut engine);
+    let c = reader(&db);
     let finished = |id: i64| -> i64 {
         c.query_row(
             "SELECT finished_at FROM runs WHERE id = ?1",

@@ -1,6 +1,8 @@
 //! Retention: `Engine::purge` / `waymark gc` delete finished runs with their journals in
 //! bounded batches, and incremental vacuum keeps the file from growing under a steady load.
 
+mod support;
+
 use rusqlite::Connection;
 use std::time::Duration;
 use waymark::{Config, Ctx, Engine, Registry, StartOptions, Step, StepCtx, Synchronous, Workflow};
@@ -127,7 +129,7 @@ fn waymark_gc_deletes_finished_runs() {
             engine.wait(id, Duration::from_secs(60)).unwrap();
         }
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_waymark"))
+    let out = std::process::Command::new(support::bin())
         .args(["gc", "--db", db.to_str().unwrap(), "--older-than", "0s"])
         .output()
         .unwrap();
@@ -146,7 +148,7 @@ fn waymark_gc_deletes_finished_runs() {
         )
         .unwrap();
     assert_eq!(left, 0);
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_waymark"))
+    let bad = std::process::Command::new(support::bin())
         .args(["gc", "--db", db.to_str().unwrap(), "--older-than", "7x"])
         .output()
         .unwrap();

@@ -1,10 +1,10 @@
 //! Cron schedules: one run per due time, with several engines and across SIGKILL and
 //! restart; missed due times caught up or skipped as configured.
 
-mod feature_util;
+mod support;
 
-use feature_util::*;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::*;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -15,7 +15,7 @@ fn now_ms() -> i64 {
 
 /// (due time from the key, created_at) of every run the schedule started, by due time.
 fn firings(tmp: &Tmp, name: &str) -> Vec<(i64, i64)> {
-    let c = conn(&tmp.db());
+    let c = reader(&tmp.db());
     let mut s = c
         .prepare("SELECT idempotency_key, created_at FROM runs WHERE idempotency_key LIKE ?1")
         .unwrap();
@@ -48,7 +48,7 @@ fn schedule(tmp: &Tmp, name: &str, catch_up: bool) {
     if catch_up {
         args.push("--catch-up");
     }
-    waymark(tmp, &args);
+    tmp.waymark(&args);
 }
 
 // Scenario: an every-second schedule with catch-up, served by two engine processes at once;
@@ -61,20 +61,20 @@ fn every_due_time_fires_once_across_engines_and_restarts() {
     let tmp = Tmp::new();
     let db = tmp.db();
     schedule(&tmp, "tick", true);
-    let mut a = serve(&tmp, 2, &[]);
-    let mut b = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(30), "three firings", || {
+    let mut a = tmp.serve(2, &[]);
+    let mut b = tmp.serve(2, &[]);
+    wait_until("three firings", Duration::from_secs(30), || {
         firings(&tmp, "tick").len() >= 3
     });
-    kill(&mut a);
-    kill(&mut b);
+    kill9(&mut a);
+    kill9(&mut b);
     let before = firings(&tmp, "tick").len();
     std::thread::sleep(Duration::from_secs(3));
-    let mut a = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(30), "five more firings", || {
+    let mut a = tmp.serve(2, &[]);
+    wait_until("five more firings", Duration::from_secs(30), || {
         firings(&tmp, "tick").len() >= before + 5
     });
-    kill(&mut a);
+    kill9(&mut a);
     let f = firings(&tmp, "tick");
     for w in f.windows(2) {
         assert_eq!(
@@ -96,20 +96,20 @@ fn every_due_time_fires_once_across_engines_and_restarts() {
 fn missed_due_times_are_skipped_without_catch_up() {
     let tmp = Tmp::new();
     schedule(&tmp, "skip", false);
-    let mut a = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(30), "two firings", || {
+    let mut a = tmp.serve(2, &[]);
+    wait_until("two firings", Duration::from_secs(30), || {
         firings(&tmp, "skip").len() >= 2
     });
-    kill(&mut a);
+    kill9(&mut a);
     let last_before = firings(&tmp, "skip").last().unwrap().0;
     let killed_at = now_ms();
     std::thread::sleep(Duration::from_secs(3));
     let before = firings(&tmp, "skip").len();
-    let mut a = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(30), "three more firings", || {
+    let mut a = tmp.serve(2, &[]);
+    wait_until("three more firings", Duration::from_secs(30), || {
         firings(&tmp, "skip").len() >= before + 3
     });
-    kill(&mut a);
+    kill9(&mut a);
     let f = firings(&tmp, "skip");
     let in_downtime = f
         .iter()

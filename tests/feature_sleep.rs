@@ -1,15 +1,15 @@
 //! Durable sleep (`ctx.sleep`): the wake-up time is a journal entry, a sleeping run is a
 //! `suspended` row (no thread), and it resumes by replay when due, also after SIGKILL.
 
-mod feature_util;
+mod support;
 
-use feature_util::*;
 use rusqlite::params;
 use std::collections::HashMap;
 use std::time::Duration;
+use support::*;
 
 fn wake_times(tmp: &Tmp) -> HashMap<i64, i64> {
-    let c = conn(&tmp.db());
+    let c = reader(&tmp.db());
     let mut s = c
         .prepare("SELECT run_id, output FROM steps WHERE kind = 'sleep' AND seq = 0")
         .unwrap();
@@ -33,32 +33,32 @@ fn wake_times(tmp: &Tmp) -> HashMap<i64, i64> {
 fn sleeping_runs_survive_a_kill_and_wake_after_restart() {
     let tmp = Tmp::new();
     let db = tmp.db();
-    let ids = start(&tmp, "fixture.sleeper", r#"{"ms":4000}"#, 300);
-    let mut engine = serve(&tmp, 4, &[]);
-    wait_until(Duration::from_secs(60), "all runs suspended", || {
+    let ids = tmp.start("fixture.sleeper", r#"{"ms":4000}"#, 300);
+    let mut engine = tmp.serve(4, &[]);
+    wait_until("all runs suspended", Duration::from_secs(60), || {
         count(&db, "suspended") == 300
     });
     let before = wake_times(&tmp);
     assert_eq!(before.len(), 300);
-    kill(&mut engine);
+    kill9(&mut engine);
     assert_eq!(
         count(&db, "suspended"),
         300,
         "nothing ran while the engine was dead"
     );
 
-    let mut engine = serve(&tmp, 4, &[]);
-    wait_until(Duration::from_secs(90), "all runs completed", || {
+    let mut engine = tmp.serve(4, &[]);
+    wait_until("all runs completed", Duration::from_secs(90), || {
         count(&db, "completed") == 300
     });
-    kill(&mut engine);
+    kill9(&mut engine);
 
     assert_eq!(
         wake_times(&tmp),
         before,
         "wake-up times are journaled, not recomputed"
     );
-    let c = conn(&db);
+    let c = reader(&db);
     for id in &ids {
         let finished: i64 = c
             .query_row(
@@ -79,7 +79,7 @@ fn sleeping_runs_survive_a_kill_and_wake_after_restart() {
             ("fixture.mark", "completed")
         );
     }
-    let marks = effects(&tmp);
+    let marks = tmp.effect_steps();
     let runs: std::collections::HashSet<i64> = marks.iter().map(|m| m.0).collect();
     assert_eq!(
         (marks.len(), runs.len()),
@@ -104,29 +104,28 @@ fn ten_thousand_sleeping_runs_on_four_workers() {
     let tmp = Tmp::new();
     let db = tmp.db();
     let until = now_ms() + 15_000;
-    let ids = start(
-        &tmp,
+    let ids = tmp.start(
         "fixture.sleeper",
         &format!(r#"{{"ms":0,"until_ms":{until}}}"#),
         10_000,
     );
     assert_eq!(ids.len(), 10_000);
-    let mut engine = serve(&tmp, 4, &[("--sync-normal", "")]);
+    let mut engine = tmp.serve(4, &[("--sync-normal", "")]);
     let pid = engine.id();
     let mut peak_suspended = 0;
     let mut hwm = 0;
-    wait_until(Duration::from_secs(300), "10,000 runs completed", || {
+    wait_until("10,000 runs completed", Duration::from_secs(300), || {
         let c = counts(&db);
         peak_suspended = peak_suspended.max(c.get("suspended").copied().unwrap_or(0));
         hwm = vm_hwm_kb(pid).unwrap_or(hwm);
         c.get("completed").copied().unwrap_or(0) == 10_000
     });
     hwm = vm_hwm_kb(pid).unwrap_or(hwm);
-    kill(&mut engine);
+    kill9(&mut engine);
     eprintln!("10k sleepers: peak suspended {peak_suspended}, engine VmHWM {hwm} kB");
     assert!(hwm > 0, "read VmHWM of the engine");
     assert!(hwm < 100 * 1024, "engine peak RSS {hwm} kB is over 100 MB");
-    let c = conn(&db);
+    let c = reader(&db);
     let (slept, early): (i64, i64) = c
         .query_row(
             "SELECT count(*), sum(r.finished_at < ?1) FROM runs r

@@ -2,11 +2,11 @@
 //! the workflow but not v parks the run as `blocked_version` (listed by
 //! `waymark runs --status blocked_version`); a build that has v still claims it.
 
-mod feature_util;
+mod support;
 
-use feature_util::*;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use support::*;
 use waymark::{Config, Ctx, Engine, Registry, Step, StepCtx, Workflow};
 
 #[derive(Serialize, Deserialize)]
@@ -19,7 +19,7 @@ const SLEEP: Step<u64, u64> = Step::new("fixture.sleep");
 const SLOW_V2: Workflow<SlowIn, u64> = Workflow::new("fixture.slow").version(2);
 
 fn note(tmp: &Tmp, id: i64) -> String {
-    conn(&tmp.db())
+    reader(&tmp.db())
         .query_row("SELECT note FROM runs WHERE id = ?1", [id], |r| r.get(0))
         .unwrap()
 }
@@ -35,10 +35,9 @@ fn unknown_version_is_parked_and_claimed_by_a_build_that_has_it() {
     let tmp = Tmp::new();
     let db = tmp.db();
     let db_s = db.to_str().unwrap().to_string();
-    let v1 = start(&tmp, "fixture.slow", r#"{"steps":2,"ms":10}"#, 1)[0];
-    let v2 = waymark(
-        &tmp,
-        &[
+    let v1 = tmp.start("fixture.slow", r#"{"steps":2,"ms":10}"#, 1)[0];
+    let v2 = tmp
+        .waymark(&[
             "start",
             "fixture.slow",
             "--db",
@@ -47,22 +46,21 @@ fn unknown_version_is_parked_and_claimed_by_a_build_that_has_it() {
             r#"{"steps":2,"ms":10}"#,
             "--workflow-version",
             "2",
-        ],
-    )
-    .trim()
-    .parse::<i64>()
-    .unwrap();
-    let mut engine = serve(&tmp, 2, &[]);
-    wait_until(Duration::from_secs(30), "v2 parked", || {
+        ])
+        .trim()
+        .parse::<i64>()
+        .unwrap();
+    let mut engine = tmp.serve(2, &[]);
+    wait_until("v2 parked", Duration::from_secs(30), || {
         status(&db, v1) == "completed" && status(&db, v2) == "blocked_version"
     });
-    kill(&mut engine);
+    kill9(&mut engine);
     let n = note(&tmp, v2);
     assert!(
         n.contains("'fixture.slow' version 2 is not registered"),
         "{n}"
     );
-    let mut engine = serve(&tmp, 2, &[]);
+    let mut engine = tmp.serve(2, &[]);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         status(&db, v2),
@@ -73,17 +71,14 @@ fn unknown_version_is_parked_and_claimed_by_a_build_that_has_it() {
         journal(&db, v2).is_empty(),
         "nothing of it ran under version 1"
     );
-    let listed = waymark(
-        &tmp,
-        &[
-            "runs",
-            "--db",
-            &db_s,
-            "--status",
-            "blocked_version",
-            "--json",
-        ],
-    );
+    let listed = tmp.waymark(&[
+        "runs",
+        "--db",
+        &db_s,
+        "--status",
+        "blocked_version",
+        "--json",
+    ]);
     let rows: Vec<serde_json::Value> = listed
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -107,7 +102,7 @@ fn unknown_version_is_parked_and_claimed_by_a_build_that_has_it() {
     config.workers = 1;
     let v2_engine = Engine::start(reg, config).unwrap();
     // `wait` returns on parked runs too; poll until the v2 build has claimed and finished it.
-    wait_until(Duration::from_secs(30), "v2 run completed", || {
+    wait_until("v2 run completed", Duration::from_secs(30), || {
         status(&db, v2) == "completed"
     });
     let out = v2_engine
@@ -115,5 +110,5 @@ fn unknown_version_is_parked_and_claimed_by_a_build_that_has_it() {
         .unwrap();
     assert_eq!(out, 2000, "ran the version-2 code");
     drop(v2_engine);
-    kill(&mut engine);
+    kill9(&mut engine);
 }

@@ -4,10 +4,10 @@
 //! Must hold: each is refused with a clear one-line error and a non-zero exit, and the file is
 //! left byte-for-byte unchanged with no -wal/-shm created.
 
-mod util;
+mod support;
 use rusqlite::Connection;
 use std::path::Path;
-use util::*;
+use support::*;
 
 fn assert_refused(db: &Path, expect: &str) {
     let before = file_bytes(db);

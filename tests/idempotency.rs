@@ -2,9 +2,9 @@
 //! demo is run twice on one database.
 //! Must hold: the second start returns the first run's id and creates nothing.
 
-mod util;
+mod support;
 use std::time::Duration;
-use util::*;
+use support::*;
 use waymark::{Engine, Registry, StartOptions, Step, Workflow};
 
 #[test]
@@ -26,7 +26,7 @@ fn starting_twice_with_one_key_returns_the_same_run() {
         1,
     );
     assert_eq!(a, b);
-    assert_eq!(query_i64(&db, "SELECT count(*) FROM runs"), Some(1));
+    assert_eq!(try_query_i64(&db, "SELECT count(*) FROM runs"), Some(1));
 }
 
 const ADD: Step<u64, u64> = Step::new("add1");

@@ -1,9 +1,9 @@
 //! Many short child steps leave nothing behind.
 
-mod common;
+mod support;
 
-use common::*;
 use std::time::Duration;
+use support::*;
 use waymark::{Ctx, Engine, Registry, StartOptions, Step, Synchronous, Workflow, WorkflowError};
 
 const QUICK: Step<u64, u64> = Step::new("fixture.quick");
@@ -27,7 +27,7 @@ fn ten_thousand_child_steps_leave_no_zombie_and_no_fd() {
     let mut reg = Registry::new();
     child_step(&mut reg, QUICK);
     reg.workflow(MANY, many);
-    let mut cfg = config(dir.path());
+    let mut cfg = child_config(dir.path());
     cfg.workers = 8;
     cfg.synchronous = Synchronous::Normal;
     let fds_before = fd_count();

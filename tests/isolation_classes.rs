@@ -1,9 +1,9 @@
 //! Failure classes reported from children: panic message, protocol error, retry journaling.
 
-mod common;
+mod support;
 
-use common::*;
 use std::time::Duration;
+use support::*;
 use waymark::{Engine, Registry, RetryPolicy, StartOptions, Step, Workflow};
 
 const PANIC: Step<String, ()> = Step::new("fixture.panic");
@@ -30,7 +30,7 @@ fn registry() -> Registry {
 #[test]
 fn panic_message_is_reported_and_retried() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(registry(), config(dir.path())).unwrap();
+    let engine = Engine::start(registry(), child_config(dir.path())).unwrap();
     let id = engine
         .start_run(
             PANIC_WF,
@@ -64,7 +64,7 @@ fn panic_message_is_reported_and_retried() {
 #[test]
 fn garbage_on_the_pipe_is_a_protocol_error() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(registry(), config(dir.path())).unwrap();
+    let engine = Engine::start(registry(), child_config(dir.path())).unwrap();
     let id = engine
         .start_run(GARBAGE_WF, &(), StartOptions::default())
         .unwrap();

@@ -1,9 +1,9 @@
 //! Command steps: an external program through the exec trampoline.
 
-mod common;
+mod support;
 
-use common::*;
 use std::time::Duration;
+use support::*;
 use waymark::{CommandOutput, CommandSpec};
 use waymark::{Engine, Registry, StartOptions, Step, Workflow};
 
@@ -25,7 +25,7 @@ fn registry() -> Registry {
 #[test]
 fn command_steps_get_stdin_env_cwd_and_classified_exits() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(registry(), config(dir.path())).unwrap();
+    let engine = Engine::start(registry(), child_config(dir.path())).unwrap();
     let work = tempfile::tempdir().unwrap();
     let ok = CommandSpec {
         program: "sh".into(),

@@ -1,14 +1,14 @@
 //! Engine death while a step child runs: the child dies with it, and a reclaiming engine
 //! never lets two copies of one step run (it kills a surviving old child first).
 
-mod common;
+mod support;
 
-use common::*;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use support::*;
 
-fn serve(db: &Path, effects: &Path, extra_env: &[(&str, &str)], idle_exit: bool) -> Child {
+fn serve_engine(db: &Path, effects: &Path, extra_env: &[(&str, &str)], idle_exit: bool) -> Child {
     let mut cmd = Command::new(bin());
     cmd.args(["serve", "--db"])
         .arg(db)
@@ -38,7 +38,7 @@ fn ready(db: &Path) {
     assert!(ok.is_some(), "engine never opened {}", db.display());
 }
 
-fn start(db: &Path, json: &str) -> i64 {
+fn start_probe(db: &Path, json: &str) -> i64 {
     let out = Command::new(bin())
         .args(["start", "fixture.probe", "--db"])
         .arg(db)
@@ -87,25 +87,13 @@ fn run_status(db: &Path, run_id: i64) -> (String, Option<Vec<u8>>) {
     .unwrap()
 }
 
-fn effects(path: &Path, what: &str) -> Vec<String> {
+fn effect_lines_with(path: &Path, what: &str) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains(what))
         .map(String::from)
         .collect()
-}
-
-fn kill9(child: &mut Child) {
-    // SAFETY: kill(2) of a child we spawned and have not reaped.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGKILL);
-    }
-    child.wait().unwrap();
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    poll(limit, || child.try_wait().unwrap()).expect("engine did not finish in time")
 }
 
 // Scenario: `waymark serve` runs a step (sleep 4 s) in a child; the test SIGKILLs the engine
@@ -117,9 +105,9 @@ fn engine_sigkill_takes_the_child_along_and_the_step_reruns_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("crash.db");
     let fx = dir.path().join("effects");
-    let mut engine = serve(&db, &fx, &[], false);
+    let mut engine = serve_engine(&db, &fx, &[], false);
     ready(&db);
-    let id = start(&db, r#"{"Sleep":4000}"#);
+    let id = start_probe(&db, r#"{"Sleep":4000}"#);
     let pid = poll(Duration::from_secs(30), || {
         attempts(&db, id).first().and_then(|a| a.1)
     })
@@ -132,11 +120,16 @@ fn engine_sigkill_takes_the_child_along_and_the_step_reruns_once() {
         "step child {pid} outlived its engine by a second"
     );
 
-    let mut again = serve(&db, &fx, &[], true);
+    let mut again = serve_engine(&db, &fx, &[], true);
     let status = wait_exit(&mut again, Duration::from_secs(60));
     assert!(status.success());
     assert_eq!(run_status(&db, id).0, "completed");
-    assert_eq!(effects(&fx, " sleep ").len(), 2, "{:?}", effects(&fx, ""));
+    assert_eq!(
+        effect_lines_with(&fx, " sleep ").len(),
+        2,
+        "{:?}",
+        effect_lines_with(&fx, "")
+    );
     let a = attempts(&db, id);
     assert_eq!(a.len(), 2, "{a:?}");
     assert_eq!(a[0].3, None);
@@ -155,13 +148,13 @@ fn surviving_old_child_is_killed_before_the_step_runs_again() {
     let db = dir.path().join("orphan.db");
     let fx = dir.path().join("effects");
     let pid_file = dir.path().join("old-pid");
-    let mut engine = serve(&db, &fx, &[("WAYMARK_TEST_BLOCK_PDEATHSIG", "1")], false);
+    let mut engine = serve_engine(&db, &fx, &[("WAYMARK_TEST_BLOCK_PDEATHSIG", "1")], false);
     ready(&db);
     let json = format!(
         r#"{{"Orphan":{{"pid_file":"{}","ms":120000}}}}"#,
         pid_file.display()
     );
-    let id = start(&db, &json);
+    let id = start_probe(&db, &json);
     let old: u32 = poll(Duration::from_secs(30), || {
         std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
     })
@@ -174,7 +167,7 @@ fn surviving_old_child_is_killed_before_the_step_runs_again() {
     std::thread::sleep(Duration::from_millis(1000));
     assert!(alive(old), "the test-only survival did not work");
 
-    let mut again = serve(&db, &fx, &[], true);
+    let mut again = serve_engine(&db, &fx, &[], true);
     let status = wait_exit(&mut again, Duration::from_secs(60));
     assert!(status.success());
     assert!(!alive(old), "old child {old} still alive");
@@ -182,7 +175,10 @@ fn surviving_old_child_is_killed_before_the_step_runs_again() {
     assert_eq!(st, "completed");
     let out: String = waymark::internal::codec::decode(&out.unwrap(), 1 << 20).unwrap();
     assert_eq!(out, "old-alive=false");
-    assert_eq!(effects(&fx, "orphan-again old-alive=false").len(), 1);
+    assert_eq!(
+        effect_lines_with(&fx, "orphan-again old-alive=false").len(),
+        1
+    );
     let a = attempts(&db, id);
     assert_eq!(a.len(), 2, "{a:?}");
     assert_eq!(a[1].3.as_deref(), Some("success"));

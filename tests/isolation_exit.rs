@@ -1,12 +1,12 @@
 //! When a child step is over: the exchange ends when the step's process exits (not when its
 //! pipes close), and a step is never recorded as a success without a real exit status.
 
-mod common;
+mod support;
 
-use common::*;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use support::*;
 use waymark::{CommandOutput, CommandSpec};
 use waymark::{Engine, Registry, StartOptions, Step, StepLimits, Workflow};
 
@@ -28,7 +28,7 @@ fn registry() -> Registry {
 #[test]
 fn command_step_that_redirects_its_own_output_runs_to_its_end() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(registry(), config(dir.path())).unwrap();
+    let engine = Engine::start(registry(), child_config(dir.path())).unwrap();
     let out_file = dir.path().join("own-output");
     let script = format!(
         "exec >'{}' 2>&1; sleep 3; echo done",
@@ -56,7 +56,7 @@ fn command_step_that_redirects_its_own_output_runs_to_its_end() {
 #[test]
 fn command_step_ends_when_its_process_exits_even_if_a_grandchild_floods_the_pipe() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(registry(), config(dir.path())).unwrap();
+    let engine = Engine::start(registry(), child_config(dir.path())).unwrap();
     let pid_file = dir.path().join("yes-pid");
     let script = format!(
         "echo hi; yes & echo $! > '{}'; exit 0",
@@ -118,7 +118,7 @@ fn command_leader_mirrors_timeout_and_cpu_cap_of_its_program() {
             timeout: Some(Duration::from_secs(1)),
             ..StepLimits::default()
         }),
-        config(dir.path()),
+        child_config(dir.path()),
     )
     .unwrap();
     let script = format!(
@@ -154,7 +154,7 @@ fn command_leader_mirrors_timeout_and_cpu_cap_of_its_program() {
             timeout: Some(Duration::from_secs(60)),
             ..StepLimits::default()
         }),
-        config(dir.path()),
+        child_config(dir.path()),
     )
     .unwrap();
     let id = engine
@@ -172,7 +172,7 @@ fn command_leader_mirrors_timeout_and_cpu_cap_of_its_program() {
     engine.shutdown().unwrap();
 }
 
-fn serve(db: &Path, extra: &[&str]) -> Child {
+fn serve_engine(db: &Path, extra: &[&str]) -> Child {
     Command::new(bin())
         .args(["serve", "--db"])
         .arg(db)
@@ -252,7 +252,7 @@ fn host_ignoring_sigchld_never_turns_a_failed_command_into_a_success() {
             r#"{"Cmd":{"program":"sh","args":["-c","exit 3"],"env":[],"cwd":null,"stdin":[]}}"#,
             due,
         );
-        let mut engine = serve(&db, &["--ignore-sigchld", when]);
+        let mut engine = serve_engine(&db, &["--ignore-sigchld", when]);
         let status = poll(Duration::from_secs(60), || engine.try_wait().unwrap());
         if status.is_none() {
             let _ = engine.kill();

@@ -1,8 +1,8 @@
 //! The start-up handshake: a host that forgot the hook gets an error naming the line to add.
 
-mod common;
+mod support;
 
-use common::*;
+use support::*;
 use waymark::{Config, Engine, Error, Isolation, Registry, Step};
 
 const QUICK: Step<u64, u64> = Step::new("fixture.quick");
@@ -34,14 +34,14 @@ fn missing_hook_is_detected_at_start() {
     assert!(matches!(e, Error::Isolation(_)));
     assert!(e.to_string().contains(line), "{e}");
 
-    let mut c2 = config(dir.path());
+    let mut c2 = child_config(dir.path());
     c2.child_program = Some("/bin/true".into());
     let e = Engine::start(registry(), c2).unwrap_err();
     assert!(e.to_string().contains(line), "{e}");
 
     let mut reg = registry();
     child_step(&mut reg, Step::<u64, u64>::new("no.such.step"));
-    let e = Engine::start(reg, config(dir.path())).unwrap_err();
+    let e = Engine::start(reg, child_config(dir.path())).unwrap_err();
     assert!(e.to_string().contains("no.such.step"), "{e}");
 
     let mut c4 = Config::new(dir.path().join("b.db"));

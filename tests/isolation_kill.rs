@@ -1,11 +1,11 @@
 //! Limits enforced by killing: a CPU-cap spinner and a timed-out sleeper are killed together
 //! with the grandchild each started (their whole process group).
 
-mod common;
+mod support;
 
-use common::*;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use support::*;
 use waymark::{Engine, Registry, RetryPolicy, StartOptions, Step, StepLimits, Workflow};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,7 +40,7 @@ fn registry(spin: bool) -> Registry {
 fn cpu_cap_and_timeout_kill_the_whole_group() {
     let dir = tempfile::tempdir().unwrap();
     for (spin, class) in [(true, "cpu_limit"), (false, "timeout")] {
-        let engine = Engine::start(registry(spin), config(dir.path())).unwrap();
+        let engine = Engine::start(registry(spin), child_config(dir.path())).unwrap();
         let pid_file = dir.path().join(format!("grandchild-{spin}"));
         let input = SpinIn {
             pid_file: pid_file.to_string_lossy().into(),

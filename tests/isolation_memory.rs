@@ -1,10 +1,10 @@
 //! Memory caps of child steps: an out-of-memory step fails alone and says so; the default
 //! cap leaves room for threads; aborts that are not out-of-memory are not reported as such.
 
-mod common;
+mod support;
 
-use common::*;
 use std::time::Duration;
+use support::*;
 use waymark::{Ctx, Engine, Registry, StartOptions, Step, StepLimits, Workflow, WorkflowError};
 
 const HOG: Step<u64, u64> = Step::new("fixture.hog");
@@ -58,7 +58,7 @@ fn registry() -> Registry {
 #[test]
 fn oom_step_fails_alone_with_the_memory_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(registry(), config(dir.path())).unwrap();
+    let engine = Engine::start(registry(), child_config(dir.path())).unwrap();
     let hog = engine
         .start_run(MIXED, &(true, 0), StartOptions::key("hog"))
         .unwrap();
@@ -97,7 +97,7 @@ fn oom_step_fails_alone_with_the_memory_reason() {
 #[test]
 fn sixty_four_threads_run_under_the_default_cap() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(registry(), config(dir.path())).unwrap();
+    let engine = Engine::start(registry(), child_config(dir.path())).unwrap();
     assert!(StepLimits::default().memory_bytes.is_some());
     let id = engine
         .start_run(THREADED, &64, StartOptions::default())
@@ -118,7 +118,7 @@ fn sixty_four_threads_run_under_the_default_cap() {
 #[test]
 fn aborts_are_not_out_of_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(registry(), config(dir.path())).unwrap();
+    let engine = Engine::start(registry(), child_config(dir.path())).unwrap();
     let a = engine
         .start_run(ABORTS, &0, StartOptions::default())
         .unwrap();

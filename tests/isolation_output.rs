@@ -1,9 +1,9 @@
 //! Output floods: a child writing 1 GiB to stdout and stderr is contained.
 
-mod common;
+mod support;
 
-use common::*;
 use std::time::Duration;
+use support::*;
 use waymark::{CommandOutput, CommandSpec};
 use waymark::{Engine, Registry, StartOptions, Step, StepLimits, Workflow};
 
@@ -38,7 +38,7 @@ fn registry() -> Registry {
 #[test]
 fn a_gigabyte_of_output_is_contained() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(registry(), config(dir.path())).unwrap();
+    let engine = Engine::start(registry(), child_config(dir.path())).unwrap();
     let rss_before = rss_kib();
     let script = format!("head -c {HALF_GIB} /dev/zero & head -c {HALF_GIB} /dev/zero >&2; wait");
     let cmd = CommandSpec::new("sh", &["-c", &script]);

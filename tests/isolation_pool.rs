@@ -1,11 +1,11 @@
 //! The warm child pool: reuse, recycling (after N executions, after a failure, past an RSS
 //! threshold), and failures confined to the step that ran.
 
-mod common;
+mod support;
 
-use common::*;
 use std::collections::HashMap;
 use std::time::Duration;
+use support::*;
 use waymark::StepOptions;
 use waymark::{Engine, Isolation, Registry, RetryPolicy, StartOptions, Step, StepLimits, Workflow};
 
@@ -86,7 +86,7 @@ fn attempt_pids(engine: &Engine, id: i64) -> Vec<(i64, i64, Option<String>)> {
 fn pool_reuses_children_recycles_after_n_and_confines_an_oom() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
+    let mut cfg = child_config(dir.path());
     cfg.pool_runs_max = 10;
     let engine = Engine::start(registry(), cfg).unwrap();
     let hog = engine
@@ -135,7 +135,7 @@ fn pool_reuses_children_recycles_after_n_and_confines_an_oom() {
 fn pool_recycles_after_failure_and_past_rss_threshold() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
+    let mut cfg = child_config(dir.path());
     cfg.pool_rss_max_bytes = 32 * 1024 * 1024;
     cfg.workers = 1;
     let engine = Engine::start(registry(), cfg).unwrap();
@@ -180,7 +180,7 @@ fn pool_recycles_after_failure_and_past_rss_threshold() {
 fn pooled_cpu_cap_applies_per_execution() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
+    let mut cfg = child_config(dir.path());
     cfg.workers = 1;
     let engine = Engine::start(registry(), cfg).unwrap();
     let mut pids = Vec::new();
@@ -223,7 +223,7 @@ fn pooled_cpu_cap_applies_per_execution() {
 fn fenced_off_attempt_end_never_leaves_a_pooled_child_to_be_killed_later() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
+    let mut cfg = child_config(dir.path());
     cfg.workers = 1;
     let db = dir.path().join("t.db");
     let a = Engine::start(registry(), cfg.clone()).unwrap();

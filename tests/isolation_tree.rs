@@ -7,12 +7,12 @@
 //! Each test tags its step's processes with a unique environment variable and finds them by
 //! scanning /proc/*/environ, whatever their parent or group.
 
-mod common;
+mod support;
 
-use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::*;
 
 const TAG_VAR: &str = "WAYMARK_TREE_TEST_TAG";
 
@@ -54,7 +54,7 @@ fn unique_tag(name: &str) -> String {
     )
 }
 
-fn serve(db: &Path, exit_when_idle: bool) -> Child {
+fn serve_engine(db: &Path, exit_when_idle: bool) -> Child {
     let mut cmd = Command::new(bin());
     cmd.args(["serve", "--db"])
         .arg(db)
@@ -128,12 +128,6 @@ fn run_status(db: &Path, run_id: i64) -> String {
         .unwrap()
 }
 
-fn kill9(child: &mut Child) {
-    // SAFETY: kill(2) of a child we spawned and have not reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
-}
-
 fn finish(engine: &mut Child) {
     let status = poll(Duration::from_secs(60), || engine.try_wait().unwrap());
     if status.is_none() {
@@ -184,7 +178,7 @@ fn step_tree_dies_with_the_engine_and_the_step_reruns_once() {
     let tag = unique_tag("engine-death");
     let _cleanup = Cleanup(tag.clone());
     let (script, runs, marker) = two_phase_script(dir.path());
-    let mut engine = serve(&db, false);
+    let mut engine = serve_engine(&db, false);
     let id = start_probe(&db, &cmd_probe(&script, &tag));
     // Leader, sh, the subshell, sleep 600 (and the subshell's sleep 3).
     poll(Duration::from_secs(30), || {
@@ -208,7 +202,7 @@ fn step_tree_dies_with_the_engine_and_the_step_reruns_once() {
         "a grandchild of the dead engine wrote its marker"
     );
 
-    let mut again = serve(&db, true);
+    let mut again = serve_engine(&db, true);
     finish(&mut again);
     assert_eq!(run_status(&db, id), "completed");
     let lines = std::fs::read_to_string(&runs).unwrap();
@@ -231,7 +225,7 @@ fn reclaim_kills_the_group_of_a_dead_leader_before_running_again() {
     let tag = unique_tag("dead-leader");
     let _cleanup = Cleanup(tag.clone());
     let (script, runs, marker) = two_phase_script(dir.path());
-    let mut engine = serve(&db, false);
+    let mut engine = serve_engine(&db, false);
     let id = start_probe(&db, &cmd_probe(&script, &tag));
     poll(Duration::from_secs(30), || {
         (tagged(&tag).len() >= 4 && dir.path().join("pids").exists()).then_some(())
@@ -252,7 +246,7 @@ fn reclaim_kills_the_group_of_a_dead_leader_before_running_again() {
         "the simulation failed: the leader's group died with it"
     );
 
-    let mut again = serve(&db, true);
+    let mut again = serve_engine(&db, true);
     finish(&mut again);
     assert_eq!(run_status(&db, id), "completed");
     let lines = std::fs::read_to_string(&runs).unwrap();
@@ -282,7 +276,7 @@ fn rust_step_grandchild_dies_with_the_engine() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("spin.db");
     let pid_file = dir.path().join("grandchild");
-    let mut engine = serve(&db, false);
+    let mut engine = serve_engine(&db, false);
     let id = start_probe(
         &db,
         &serde_json::json!({"Spin": {"pid_file": pid_file.to_string_lossy(), "spin": false}}),
@@ -323,7 +317,7 @@ fn setsid_descendant_leaves_the_group_and_is_not_killed() {
          echo $! > '{d}/escaped'
          sleep 600"
     );
-    let mut engine = serve(&db, false);
+    let mut engine = serve_engine(&db, false);
     let id = start_probe(&db, &cmd_probe(&script, &tag));
     let escaped: u32 = poll(Duration::from_secs(30), || {
         std::fs::read_to_string(dir.path().join("escaped"))
@@ -347,7 +341,7 @@ fn setsid_descendant_leaves_the_group_and_is_not_killed() {
         tagged(&tag)
     );
 
-    let mut again = serve(&db, true);
+    let mut again = serve_engine(&db, true);
     finish(&mut again);
     assert_eq!(run_status(&db, id), "completed");
     assert_eq!(

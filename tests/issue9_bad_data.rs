@@ -15,11 +15,11 @@
 //! (4) Suspect: a file with waymark's application_id and a negative `user_version`. What
 //! must hold: refused at open with a clear message, the file's bytes unchanged.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::*;
 
 fn writer(db: &Path) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(db).unwrap();
@@ -44,7 +44,7 @@ fn note(db: &Path, run: i64) -> String {
 }
 
 fn cli(args: &[&str], db: &Path) -> std::process::Output {
-    Command::new(BIN)
+    Command::new(bin())
         .args(args)
         .arg("--db")
         .arg(db)
@@ -56,12 +56,12 @@ fn cli(args: &[&str], db: &Path) -> std::process::Output {
 /// The bad runs end `blocked` with a note containing `parts`, the others complete, and the
 /// bad runs' epochs stay put afterwards (claimed once, never looping).
 fn assert_parked(db: &Path, bad: &[(i64, &[&str])], good: &[i64], epoch_max: &[i64]) {
-    wait_for(
+    wait_until(
         "the other runs to complete",
         Duration::from_secs(60),
         || good.iter().all(|r| status(db, *r) == "completed"),
     );
-    wait_for(
+    wait_until(
         "the bad runs to be blocked",
         Duration::from_secs(30),
         || bad.iter().all(|(r, _)| status(db, *r) == "blocked"),
@@ -95,7 +95,7 @@ fn a_wrongly_typed_claim_column_parks_only_its_run() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("claim.db");
     let mut runs = start(&db, "fixture.slow", r#"{"steps":2,"ms":5}"#, 6);
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["start", "fixture.slow", "--json", r#"{"steps":2,"ms":5}"#])
         .args(["--count", "4", "--queue", "limited", "--db"])
         .arg(&db)
@@ -161,7 +161,7 @@ fn a_journal_row_of_the_wrong_storage_class_parks_only_its_run() {
     let replay = start(&db, "fixture.slow", r#"{"steps":2,"ms":5}"#, 3);
     {
         let _a = serve(dir.path(), "a", &db, 3, 3000, &[]);
-        wait_for(
+        wait_until(
             "the first runs to complete",
             Duration::from_secs(30),
             || replay.iter().all(|r| status(&db, *r) == "completed"),
@@ -223,7 +223,7 @@ fn cancel_finishes_when_parent_ids_form_a_cycle() {
         .unwrap();
     }
     for run in [runs[0], runs[1]] {
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .args(["cancel", &run.to_string(), "--db"])
             .arg(&db)
             .stdout(std::process::Stdio::piped())
@@ -266,7 +266,7 @@ fn a_negative_user_version_with_our_application_id_is_refused_untouched() {
         ))
         .unwrap();
     }
-    let before = bytes(&db);
+    let before = file_bytes(&db);
     let listing = || {
         let mut v: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -288,7 +288,7 @@ fn a_negative_user_version_with_our_application_id_is_refused_untouched() {
             err.contains("schema version -1"),
             "{args:?}: clear message, got {err:?}"
         );
-        assert_eq!(bytes(&db), before, "{args:?}: bytes unchanged");
+        assert_eq!(file_bytes(&db), before, "{args:?}: bytes unchanged");
         assert_eq!(listing(), files, "{args:?}: no stray files");
     }
     let c = reader(&db);
@@ -309,7 +309,7 @@ fn a_wrongly_typed_lease_does_not_stop_recovery() {
     let db = dir.path().join("lease.db");
     let runs = start(&db, "fixture.slow", r#"{"steps":2,"ms":1500}"#, 4);
     let mut a = serve(dir.path(), "a", &db, 4, 1500, &[]);
-    wait_for("the runs to be running", Duration::from_secs(30), || {
+    wait_until("the runs to be running", Duration::from_secs(30), || {
         runs.iter().all(|r| status(&db, *r) == "running")
     });
     a.kill();
@@ -320,7 +320,7 @@ fn a_wrongly_typed_lease_does_not_stop_recovery() {
         )
         .unwrap();
     let _b = serve(dir.path(), "b", &db, 4, 1500, &[]);
-    wait_for("every run to complete", Duration::from_secs(60), || {
+    wait_until("every run to complete", Duration::from_secs(60), || {
         runs.iter().all(|r| status(&db, *r) == "completed")
     });
 }

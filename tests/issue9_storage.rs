@@ -11,10 +11,10 @@
 //! What must hold: the same engine process, never restarted, stops claiming while it cannot
 //! write, then recovers by itself and completes runs started after the space came back.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::*;
 
 #[test]
 fn a_failed_commit_and_rollback_commits_nothing_later() {
@@ -29,10 +29,10 @@ fn a_failed_commit_and_rollback_commits_nothing_later() {
         3000,
         &[("WAYMARK_FAULT_FAIL", "commit_claim=1".into())],
     );
-    wait_for("the injected failure", Duration::from_secs(30), || {
+    wait_until("the injected failure", Duration::from_secs(30), || {
         e.log_text().contains("commit_claim #1 fails")
     });
-    wait_for("the run to complete", Duration::from_secs(30), || {
+    wait_until("the run to complete", Duration::from_secs(30), || {
         status(&db, runs[0]) == "completed"
     });
     assert!(
@@ -51,7 +51,7 @@ fn a_failed_commit_and_rollback_commits_nothing_later() {
 
 fn run_cli(args: &[&str], db: &std::path::Path) -> (std::process::Output, Duration) {
     let t = Instant::now();
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(args)
         .arg("--db")
         .arg(db)
@@ -181,7 +181,7 @@ fn an_engine_start_run_refused_as_locked_is_never_applied_later() {
 fn serve_with_fsize(dir: &std::path::Path, db: &std::path::Path, limit: u64) -> Proc {
     use std::os::unix::process::CommandExt;
     let log = dir.join("full.log");
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.arg("serve")
         .arg("--db")
         .arg(db)
@@ -205,7 +205,7 @@ fn serve_with_fsize(dir: &std::path::Path, db: &std::path::Path, limit: u64) -> 
     }
     Proc {
         child: cmd.spawn().unwrap(),
-        log,
+        log: Some(log),
     }
 }
 
@@ -227,7 +227,7 @@ fn an_engine_recovers_by_itself_once_the_disk_has_room_again() {
     let limit = size("").max(size("-wal")) + 150 * 1024 + 96 * 1024;
     let mut runs = start(&db, "fixture.slow", r#"{"steps":4,"ms":5}"#, 150);
     let mut e = serve_with_fsize(dir.path(), &db, limit);
-    wait_for(
+    wait_until(
         "the engine to hit the full disk",
         Duration::from_secs(60),
         || e.log_text().contains("stops claiming"),
@@ -241,7 +241,7 @@ fn an_engine_recovers_by_itself_once_the_disk_has_room_again() {
     let rc = unsafe { libc::prlimit(e.pid(), libc::RLIMIT_FSIZE, &r, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
     runs.extend(start(&db, "fixture.slow", r#"{"steps":4,"ms":5}"#, 5));
-    wait_for(
+    wait_until(
         "the same engine to finish every run, old and new",
         Duration::from_secs(120),
         || runs.iter().all(|r| status(&db, *r) == "completed"),

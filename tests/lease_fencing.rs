@@ -5,10 +5,10 @@
 //! resumes. A store-level test shows the fence itself: a write with a stale epoch is a
 //! typed LeaseLost error and changes nothing.
 
-mod util;
+mod support;
 use std::sync::Arc;
 use std::time::Duration;
-use util::*;
+use support::*;
 use waymark::internal::clock::SystemClock;
 use waymark::internal::store::{Done, Entry, Fence, NewRun, Op, Store, StoreError, StoreOptions};
 
@@ -57,7 +57,7 @@ fn paused_owner_is_fenced_and_the_journal_stays_the_new_owners() {
     wait_for(
         "engine B to complete the run",
         Duration::from_secs(60),
-        || (status(&db, run).as_deref() == Some("completed")).then_some(()),
+        || (try_status(&db, run).as_deref() == Some("completed")).then_some(()),
     );
     let journal_before: Vec<(i64, String, i64)> = {
         let c = peek(&db);
@@ -97,7 +97,7 @@ fn paused_owner_is_fenced_and_the_journal_stays_the_new_owners() {
         journal_before, journal_after,
         "the stale owner changed nothing"
     );
-    assert_eq!(status(&db, run).as_deref(), Some("completed"));
+    assert_eq!(try_status(&db, run).as_deref(), Some("completed"));
     let c = peek(&db);
     let (epoch, interruptions): (i64, i64) = c
         .query_row(

@@ -2,10 +2,10 @@
 //! Must hold: every run completes; each step of each run executed exactly once; no run was
 //! executed by both engines (each run's steps all ran in one process); both engines worked.
 
-mod util;
+mod support;
 use std::collections::HashMap;
 use std::time::Duration;
-use util::*;
+use support::*;
 
 #[test]
 fn two_engines_share_500_runs_without_running_one_twice() {
@@ -23,10 +23,10 @@ fn two_engines_share_500_runs_without_running_one_twice() {
     assert!(wait_exit(&mut b, Duration::from_secs(120)).success());
 
     assert_eq!(
-        query_i64(&db, "SELECT count(*) FROM runs WHERE status = 'completed'"),
+        try_query_i64(&db, "SELECT count(*) FROM runs WHERE status = 'completed'"),
         Some(500)
     );
-    assert_eq!(query_i64(&db, "SELECT count(*) FROM steps"), Some(1500));
+    assert_eq!(try_query_i64(&db, "SELECT count(*) FROM steps"), Some(1500));
     let fx = effects(&fx);
     let mut per_step: HashMap<(i64, i64), usize> = HashMap::new();
     for (run, seq, _, _) in &fx {

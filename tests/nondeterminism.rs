@@ -3,9 +3,9 @@
 //! Must hold: that run fails with a non-determinism error naming the run, the sequence number
 //! and both step names; the engine keeps going and completes other runs.
 
-mod util;
+mod support;
 use std::time::Duration;
-use util::*;
+use support::*;
 
 #[test]
 fn replay_calling_another_step_fails_the_run_not_the_engine() {
@@ -21,7 +21,7 @@ fn replay_calling_another_step_fails_the_run_not_the_engine() {
         &dir.path().join("a.log"),
     );
     wait_for("seq 0 journaled", Duration::from_secs(30), || {
-        (query_i64(&db, "SELECT count(*) FROM steps") == Some(1)).then_some(())
+        (try_query_i64(&db, "SELECT count(*) FROM steps") == Some(1)).then_some(())
     });
     kill9(&mut a);
 
@@ -36,8 +36,8 @@ fn replay_calling_another_step_fails_the_run_not_the_engine() {
         wait_exit(&mut b, Duration::from_secs(60)).success(),
         "the engine survives the non-deterministic run"
     );
-    assert_eq!(status(&db, run).as_deref(), Some("failed"));
-    assert_eq!(status(&db, other).as_deref(), Some("completed"));
+    assert_eq!(try_status(&db, run).as_deref(), Some("failed"));
+    assert_eq!(try_status(&db, other).as_deref(), Some("completed"));
     let error: String = peek(&db)
         .query_row("SELECT error FROM runs WHERE id = ?1", [run], |r| r.get(0))
         .unwrap();

@@ -7,9 +7,9 @@
 //! claimed it was fenced by B's reclaim and never becomes valid again, and the run's fence is
 //! read before an in-process step starts): no overlap, every step after seq 0 ran only in B.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::time::Duration;
+use support::*;
 
 const TTL: u64 = 800;
 
@@ -31,7 +31,7 @@ fn a_paused_owner_starts_no_step_on_a_run_it_lost() {
         )],
         &["--in-process"],
     );
-    wait_for(
+    wait_until(
         "A to park after checkpointing seq 0",
         Duration::from_secs(30),
         || a.log_text().contains("paused at after_checkpoint"),
@@ -39,18 +39,18 @@ fn a_paused_owner_starts_no_step_on_a_run_it_lost() {
     a.signal(libc::SIGSTOP);
     let a_pid = a.pid() as u32;
     let b = serve_with(dir.path(), "b", &db, 1, TTL, &[], &["--in-process"]);
-    wait_for("B to start seq 1", Duration::from_secs(30), || {
+    wait_until("B to start seq 1", Duration::from_secs(30), || {
         effect_count(dir.path(), run, 1, "sleep") == 1
     });
     a.signal(libc::SIGCONT);
     // A's heartbeat thread runs first (its worker is still parked at the fault point).
     std::thread::sleep(Duration::from_millis(4 * TTL));
     std::fs::write(&go, b"").unwrap();
-    wait_for("the run to complete", Duration::from_secs(60), || {
+    wait_until("the run to complete", Duration::from_secs(60), || {
         status(&db, run) == "completed"
     });
     std::thread::sleep(Duration::from_millis(1000));
-    let by_a: Vec<_> = effects(dir.path())
+    let by_a: Vec<_> = effects_in(dir.path())
         .into_iter()
         .filter(|e| e.0 == run && e.1 >= 1 && e.3 == a_pid)
         .collect();

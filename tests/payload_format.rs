@@ -6,9 +6,9 @@
 //! The version-4 file is made from a current one by stripping the 6-byte headers, which
 //! gives exactly the bytes version 4 wrote (the bodies are unchanged bincode / JSON).
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::time::{Duration, Instant};
+use support::*;
 use waymark::internal::codec::{decode, PAYLOAD_BYTES_MAX};
 
 #[test]
@@ -28,7 +28,7 @@ fn a_version_4_file_with_runs_in_flight_is_migrated_and_its_runs_complete() {
         })
         .collect();
     let mut a = serve(dir.path(), "a", &db, 4, 2000, &[]);
-    wait_for(
+    wait_until(
         "every step and timer journaled",
         Duration::from_secs(60),
         || {
@@ -76,7 +76,7 @@ fn a_version_4_file_with_runs_in_flight_is_migrated_and_its_runs_complete() {
     }
     let attempts = query_i64(&db, "SELECT count(*) FROM attempts");
     let b = serve(dir.path(), "b", &db, 4, 2000, &[]);
-    wait_for("the runs to end", Duration::from_secs(60), || {
+    wait_until("the runs to end", Duration::from_secs(60), || {
         runs.iter()
             .all(|r| !["pending", "running", "suspended"].contains(&status(&db, *r).as_str()))
     });

@@ -7,9 +7,9 @@
 //! heartbeat after one TTL.
 //! Needs root (CI runs as root); without it the test fails with the reason, it is not skipped.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::time::Duration;
+use support::*;
 
 #[test]
 fn engines_in_different_pid_namespaces_never_reclaim_each_other_early() {
@@ -20,7 +20,7 @@ fn engines_in_different_pid_namespaces_never_reclaim_each_other_early() {
     let runs = start(&db, "fixture.slow", r#"{"steps":4,"ms":1000}"#, 2);
     let log = dir.path().join("a.log");
     let mut a = serve_in_pid_namespace(dir.path(), &db, 2, ttl, &["--in-process"], Some(&log));
-    wait_for(
+    wait_until(
         "A (namespaced) to claim both runs",
         Duration::from_secs(30),
         || query_i64(&db, "SELECT count(*) FROM runs WHERE status = 'running'") == 2,
@@ -31,7 +31,7 @@ fn engines_in_different_pid_namespaces_never_reclaim_each_other_early() {
         "A sees itself as a low pid in its own namespace ({a_pid_inside})"
     );
     let b = serve_with(dir.path(), "b", &db, 2, ttl, &[], &["--in-process"]);
-    wait_for("both runs to complete", Duration::from_secs(90), || {
+    wait_until("both runs to complete", Duration::from_secs(90), || {
         runs.iter().all(|&r| status(&db, r) == "completed")
     });
     let interruptions = query_i64(&db, "SELECT sum(interruptions) FROM runs");
@@ -58,14 +58,14 @@ fn a_dead_engine_in_another_namespace_is_recovered_by_heartbeat() {
     let ttl = 1500u64;
     let run = start(&db, "fixture.slow", r#"{"steps":2,"ms":3000}"#, 1)[0];
     let mut a = serve_in_pid_namespace(dir.path(), &db, 1, ttl, &["--in-process"], None);
-    wait_for("A to start the run", Duration::from_secs(30), || {
+    wait_until("A to start the run", Duration::from_secs(30), || {
         effect_count(dir.path(), run, 0, "sleep") == 1
     });
     // SIGKILL unshare: --kill-child takes the namespaced engine down with it.
     let _ = a.kill();
     let _ = a.wait();
     let _b = serve_with(dir.path(), "b", &db, 1, ttl, &[], &["--in-process"]);
-    wait_for(
+    wait_until(
         "B to recover and complete the run",
         Duration::from_secs(60),
         || status(&db, run) == "completed",

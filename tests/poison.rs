@@ -2,10 +2,10 @@
 //! Must hold: after more than `interruptions_max` (5) interruptions the run ends `failed` with
 //! the reason "interrupted 6 times" and its last interruption, instead of crashing engines forever.
 
-mod util;
+mod support;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
-use util::*;
+use support::*;
 
 #[test]
 fn a_run_that_keeps_killing_its_engine_ends_failed() {
@@ -31,7 +31,7 @@ fn a_run_that_keeps_killing_its_engine_ends_failed() {
         crashes, 6,
         "the run crashed its engine six times, then was failed"
     );
-    assert_eq!(status(&db, run).as_deref(), Some("failed"));
+    assert_eq!(try_status(&db, run).as_deref(), Some("failed"));
     let error: String = peek(&db)
         .query_row("SELECT error FROM runs WHERE id = ?1", [run], |r| r.get(0))
         .unwrap();

@@ -7,12 +7,14 @@
 //! And the checker can fail: with the WAL's syncs ignored by the simulator (a test-only
 //! mutation), it must report lost acknowledgements.
 
+mod support;
+
 use std::process::Command;
 
 fn power_run(extra: &[&str]) -> (i32, serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("power.db");
-    let out = Command::new(env!("CARGO_BIN_EXE_waymark"))
+    let out = Command::new(support::bin())
         .args(["torture", "--power-loss", "--json", "--db"])
         .arg(&db)
         .args(extra)

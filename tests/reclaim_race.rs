@@ -8,9 +8,9 @@
 //! on the run again; in no case do A and B both execute a step of the run, and the journal
 //! holds one result per seq.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::time::Duration;
+use support::*;
 
 const TTL: u64 = 1000;
 
@@ -20,7 +20,7 @@ fn a_reclaim_judged_before_a_renewal_does_not_commit_after_it() {
     let db = dir.path().join("race.db");
     let run = start(&db, "fixture.slow", r#"{"steps":4,"ms":2500}"#, 1)[0];
     let a = serve_with(dir.path(), "a", &db, 1, TTL, &[], &["--in-process"]);
-    wait_for("A to start seq 0", Duration::from_secs(30), || {
+    wait_until("A to start seq 0", Duration::from_secs(30), || {
         effect_count(dir.path(), run, 0, "sleep") == 1
     });
     a.signal(libc::SIGSTOP);
@@ -37,7 +37,7 @@ fn a_reclaim_judged_before_a_renewal_does_not_commit_after_it() {
         )],
         &["--in-process"],
     );
-    wait_for(
+    wait_until(
         "B's reaper to park after judging A dead",
         Duration::from_secs(30),
         || b.log_text().contains("paused at reaper_before_reclaim"),
@@ -50,17 +50,17 @@ fn a_reclaim_judged_before_a_renewal_does_not_commit_after_it() {
     };
     let before = beat();
     a.signal(libc::SIGCONT);
-    wait_for(
+    wait_until(
         "A to renew its lease after waking",
         Duration::from_secs(30),
         || beat() >= before + 2,
     );
     // A goes on with the run: it records seq 0 and starts seq 1 under its renewed lease.
-    wait_for("A to start seq 1", Duration::from_secs(30), || {
+    wait_until("A to start seq 1", Duration::from_secs(30), || {
         effect_count(dir.path(), run, 1, "sleep") == 1
     });
     std::fs::write(&go, b"").unwrap();
-    wait_for("the run to complete", Duration::from_secs(90), || {
+    wait_until("the run to complete", Duration::from_secs(90), || {
         status(&db, run) == "completed"
     });
     // Let any stale execution that is still going finish and leave its traces.
@@ -84,7 +84,7 @@ fn a_reclaim_judged_before_a_renewal_does_not_commit_after_it() {
     );
     assert_eq!(steps, 4);
     for seq in 0..4 {
-        let owners: std::collections::BTreeSet<u32> = effects(dir.path())
+        let owners: std::collections::BTreeSet<u32> = effects_in(dir.path())
             .iter()
             .filter(|e| e.0 == run && e.1 == seq && e.2 == "sleep")
             .map(|e| e.3)

@@ -3,10 +3,10 @@
 //! Must hold: shutdown releases the run at its next step boundary so a new engine finishes it
 //! at once (no lease wait); an unknown workflow's run is not claimed, stays pending, and says why.
 
-mod util;
+mod support;
 use std::sync::Arc;
 use std::time::Duration;
-use util::*;
+use support::*;
 use waymark::internal::clock::SystemClock;
 use waymark::internal::store::{NewRun, Op, Store, StoreOptions};
 use waymark::{Engine, Registry, StartOptions, Step, Workflow};
@@ -52,9 +52,9 @@ fn shutdown_releases_in_flight_runs_for_the_next_engine() {
         (engine.journal(run).unwrap().len() == 1).then_some(())
     });
     engine.shutdown().unwrap();
-    let row_status = status(&db, run).unwrap();
+    let row_status = try_status(&db, run).unwrap();
     assert_eq!(row_status, "pending", "released, not left running");
-    let journaled = query_i64(&db, "SELECT count(*) FROM steps").unwrap();
+    let journaled = try_query_i64(&db, "SELECT count(*) FROM steps").unwrap();
     assert!((1..4).contains(&journaled));
 
     let engine = Engine::start(registry(), config).unwrap();
@@ -117,6 +117,6 @@ fn a_run_of_an_unregistered_workflow_waits_with_a_reason() {
 }
 
 fn run_cli(db: &std::path::Path) -> String {
-    let out = util::run(&["runs", "--db", db.to_str().unwrap()]);
+    let out = support::run(&["runs", "--db", db.to_str().unwrap()]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -5,9 +5,9 @@
 //! What must survive: the step is retried (it has spent one attempt of three, not four) and
 //! the run completes; the attempts cut by a dead engine are recorded but spend nothing.
 
-mod proc_util;
-use proc_util::*;
+mod support;
 use std::time::Duration;
+use support::*;
 
 #[test]
 fn attempts_cut_by_a_dead_engine_spend_no_retries() {
@@ -18,13 +18,13 @@ fn attempts_cut_by_a_dead_engine_spend_no_retries() {
     let run = start(&db, "fixture.flaky", &input, 1)[0];
     for i in 1..=3 {
         let mut e = serve(dir.path(), &format!("e{i}"), &db, 1, 60_000, &[]);
-        wait_for("the step to start", Duration::from_secs(30), || {
+        wait_until("the step to start", Duration::from_secs(30), || {
             effect_count(dir.path(), run, 0, "flaky") == i
         });
         e.kill();
     }
     let _last = serve(dir.path(), "last", &db, 1, 60_000, &[]);
-    wait_for("the run to finish", Duration::from_secs(60), || {
+    wait_until("the run to finish", Duration::from_secs(60), || {
         matches!(status(&db, run).as_str(), "completed" | "failed")
     });
     let error: Option<String> = reader(&db)

@@ -10,6 +10,8 @@
 //! down): every event is consumed once, by its run's wait, and every acknowledged cancel ends
 //! its run `cancelled`, none stalled.
 
+mod support;
+
 use std::process::Command;
 
 fn field(line: &str, name: &str) -> u64 {
@@ -23,7 +25,7 @@ fn field(line: &str, name: &str) -> u64 {
 fn torture_ci_sized_run_finds_no_violation() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("torture.db");
-    let out = Command::new(env!("CARGO_BIN_EXE_waymark"))
+    let out = Command::new(support::bin())
         .args([
             "torture",
             "--cycles",
@@ -83,7 +85,7 @@ fn torture_ci_sized_run_finds_no_violation() {
 fn torture_mixed_isolation_pauses_and_shutdowns_ci_sized() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("torture.db");
-    let out = Command::new(env!("CARGO_BIN_EXE_waymark"))
+    let out = Command::new(support::bin())
         .args(["torture", "--isolation", "mixed", "--pauses", "--shutdowns"])
         .args([
             "--cycles",
@@ -144,7 +146,7 @@ fn torture_mixed_isolation_pauses_and_shutdowns_ci_sized() {
 fn torture_json_summary_and_refuses_existing_db() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("small.db");
-    let out = Command::new(env!("CARGO_BIN_EXE_waymark"))
+    let out = Command::new(support::bin())
         .args(["torture", "--cycles", "3", "--engines", "2", "--runs", "10"])
         .args(["--seed", "5", "--json", "--db"])
         .arg(&db)
@@ -166,7 +168,7 @@ fn torture_json_summary_and_refuses_existing_db() {
     assert_eq!(v["isolation"], "mixed");
     assert_eq!(v["violations"].as_array().map(Vec::len), Some(0));
     // The same path again is refused: torture never reuses a database.
-    let again = Command::new(env!("CARGO_BIN_EXE_waymark"))
+    let again = Command::new(support::bin())
         .args(["torture", "--cycles", "1", "--db"])
         .arg(&db)
         .output()

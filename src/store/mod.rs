@@ -227,10 +227,7 @@ fn open_checked(path: &Path, opts: &StoreOptions) -> StoreResult<Connection> {
     }
     let conn =
         open_with_vfs(path, flags, opts.vfs.as_deref()).map_err(|e| classify_open(path, e))?;
-    if conn
-        .is_readonly(rusqlite::DatabaseName::Main)
-        .unwrap_or(false)
-    {
+    if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
         return Err(StoreError::ReadOnly {
             path: path.into(),
             detail: "file is not writable".into(),
@@ -319,7 +316,7 @@ impl Store {
             }
         }
         migrate_when_needed(&mut conn, path)?;
-        pragmas::install_busy_handler(&conn)?;
+        pragmas::install_busy_handler(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(64);
         let reopen_path = path.to_path_buf();
         let reopen_vfs = vfs.clone();
@@ -398,14 +395,14 @@ fn writer_connection(
     settings: ConnSettings,
     vfs: Option<&str>,
 ) -> StoreResult<Connection> {
-    let conn = open_with_vfs(
+    let mut conn = open_with_vfs(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         vfs,
     )
     .map_err(|e| classify_open(path, e))?;
     pragmas::apply(&conn, settings)?;
-    pragmas::install_busy_handler(&conn)?;
+    pragmas::install_busy_handler(&mut conn)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }

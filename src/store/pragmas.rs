@@ -133,7 +133,7 @@ fn short_sleep_busy_handler(count: i32) -> bool {
 }
 
 /// Replace the busy timeout on a writing connection by a short-sleep busy handler.
-pub fn install_busy_handler(conn: &Connection) -> StoreResult<()> {
+pub fn install_busy_handler(conn: &mut Connection) -> StoreResult<()> {
     conn.busy_handler(Some(short_sleep_busy_handler))
         .map_err(|e| StoreError::sqlite("installing the busy handler", e))
 }

@@ -113,6 +113,12 @@ fn engine_sigkill_takes_the_child_along_and_the_step_reruns_once() {
     })
     .expect("no attempt recorded") as u32;
     assert!(alive(pid));
+    // The attempt is recorded before the child gets its input: wait until the step really
+    // started (its effect is written), so the kill interrupts an execution that happened.
+    poll(Duration::from_secs(30), || {
+        (effect_lines_with(&fx, " sleep ").len() == 1).then_some(())
+    })
+    .expect("the step never started");
     kill9(&mut engine);
     let gone = poll(Duration::from_secs(1), || (!alive(pid)).then_some(()));
     assert!(

@@ -6,7 +6,7 @@
 //! (a leader and the grandchild doing the step's work), a discrete clock, and the
 //! environment's moves (SIGKILL, SIGSTOP/SIGCONT, clean shutdown, time passing without a
 //! renewal). Each transition names the write-path operation it stands for (`Op::*` in
-//! src/store/transitions.rs, or an engine act) and mirrors its guard.
+//! src/store/write/, or an engine act) and mirrors its guard.
 //!
 //! Properties, checked on every reachable state:
 //! - **No twin**: at most one execution of a `(run, seq)` is alive at once, counting every
@@ -1085,7 +1085,7 @@ fn check_loop() -> Report {
 fn every_write_path_operation_has_a_counterpart() {
     let src = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/src/store/transitions.rs"
+        "/src/store/write/mod.rs"
     ))
     .unwrap();
     let start = src.find("pub enum Op {").expect("enum Op");

@@ -55,6 +55,23 @@ pub enum Error {
         /// The run's workflow.
         actual: String,
     },
+    /// The idempotency key names an existing run started with another input (or another
+    /// workflow): nothing was started. Use another key, or choose
+    /// [`OnKeyConflict::ReturnExisting`](crate::OnKeyConflict::ReturnExisting).
+    KeyConflict {
+        /// The key.
+        key: String,
+        /// The run that holds it.
+        existing_run: i64,
+    },
+    /// An event payload does not match the event's registered type (or is not JSON):
+    /// nothing was sent.
+    EventType {
+        /// The run it was for.
+        run_id: i64,
+        /// What is wrong, naming the event, the payload and the expected type.
+        detail: String,
+    },
     /// An invariant of waymark itself broke (a bug, not bad input): please report it with
     /// the text.
     Internal(String),
@@ -102,6 +119,11 @@ impl std::fmt::Display for Error {
                 f,
                 "run {run_id} is a run of workflow '{actual}', not of '{asked}' (the handle passed)"
             ),
+            Error::KeyConflict { key, existing_run } => write!(
+                f,
+                "idempotency key '{key}' already names run {existing_run}, started with another input; nothing was started"
+            ),
+            Error::EventType { run_id, detail } => write!(f, "not sent to run {run_id}: {detail}"),
             Error::Internal(what) => write!(f, "internal error (a waymark bug, please report): {what}"),
             Error::WaitTimeout { run_id } => write!(f, "timed out waiting for run {run_id}"),
             Error::Config(m) => write!(f, "invalid configuration: {m}"),
@@ -123,7 +145,12 @@ impl std::error::Error for Error {
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
-        Error::Store(e)
+        match e {
+            StoreError::KeyConflict { key, existing_run } => {
+                Error::KeyConflict { key, existing_run }
+            }
+            e => Error::Store(e),
+        }
     }
 }
 

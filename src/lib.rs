@@ -68,6 +68,7 @@ compile_error!(
      pidfds, /proc (process start times, PID namespaces) and process groups"
 );
 
+mod client;
 mod clock;
 mod codec;
 mod config;
@@ -82,21 +83,27 @@ mod step;
 mod store;
 mod workflow;
 
+pub use client::{Client, ClientConfig, RunEvent, StartOptions, Subscription};
 pub use codec::{CodecError, Format as PayloadFormat};
 pub use config::{Config, Isolation, RetryPolicy, StepLimits};
 pub use engine::schedule::{Missed, ScheduleSpec};
-pub use engine::{AttemptRow, Engine, RunRow, StartOptions, StepRow};
+pub use engine::{AttemptRow, Engine, RunRow, StepRow};
 pub use error::{Error, StepError, WorkflowError};
 pub use isolation::hook;
 pub use isolation::{CommandOutput, CommandSpec, MemoryRlimit};
 pub use outcome::{Failure, FailureClass};
-pub use store::{RunStatus, StoreError, Synchronous, UnknownStatus};
-pub use workflow::{ChildRun, Ctx, Registry, Step, StepCtx, StepOptions, Workflow};
+pub use store::{OnKeyConflict, RunFilter, RunStatus, StoreError, Synchronous, UnknownStatus};
+pub use workflow::{
+    ChildRun, Ctx, Event, EventName, Registry, Step, StepCtx, StepOptions, Workflow,
+};
 
 /// Internals for the `waymark` binary, its tests and benches. Not part of the API: no
 /// stability promise, no documentation beyond the code.
 #[doc(hidden)]
 pub mod internal {
+    pub mod client {
+        pub use crate::client::*;
+    }
     pub mod clock {
         pub use crate::clock::*;
     }

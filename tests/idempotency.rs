@@ -5,7 +5,7 @@
 mod support;
 use std::time::Duration;
 use support::*;
-use waymark::{Engine, Registry, StartOptions, Step, Workflow};
+use waymark::{Engine, OnKeyConflict, Registry, StartOptions, Step, Workflow};
 
 #[test]
 fn starting_twice_with_one_key_returns_the_same_run() {
@@ -40,7 +40,15 @@ fn library_start_run_dedupes_by_key() {
     reg.workflow(WF, |ctx, x| ctx.step(ADD, &x));
     let engine = Engine::start(reg, in_process_config(&dir.path().join("lib.db"))).unwrap();
     let first = engine.start_run(WF, &1, StartOptions::key("k")).unwrap();
-    let second = engine.start_run(WF, &99, StartOptions::key("k")).unwrap();
+    // Another input under the same key is an error unless the caller asks for the
+    // existing run (tests/client_operate.rs covers the error).
+    let second = engine
+        .start_run(
+            WF,
+            &99,
+            StartOptions::key("k").on_key_conflict(OnKeyConflict::ReturnExisting),
+        )
+        .unwrap();
     assert_eq!(first, second);
     assert_eq!(
         engine

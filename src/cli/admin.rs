@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use waymark::internal::clock::{Clock, SystemClock};
-use waymark::internal::engine::admin;
-use waymark::internal::store::{Done, Op, Store, StoreOptions};
+use waymark::internal::store::{Store, StoreOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {
@@ -16,9 +15,27 @@ pub struct SendArgs {
     pub name: String,
     #[arg(long)]
     pub db: PathBuf,
-    /// Payload as JSON.
-    #[arg(long, default_value = "null")]
-    pub json: String,
+    /// Payload as JSON (required: `--json null` sends null).
+    #[arg(long)]
+    pub json: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RetryArgs {
+    pub run_id: String,
+    #[arg(long)]
+    pub db: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RestartArgs {
+    pub run_id: String,
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Journal seq (as `waymark show` prints it, from 0) of the first entry to run again;
+    /// the entries before it are copied.
+    #[arg(long)]
+    pub from_step: i64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -59,12 +76,12 @@ pub fn queue(args: QueueArgs) -> CliResult {
     if args.limit.is_some_and(|n| n < 0) {
         return Err("--limit must be 0 or more".into());
     }
-    let (store, _) = open(&args.db)?;
-    store
-        .call(Op::SetQueueLimit {
-            queue: args.name,
-            concurrency: args.limit,
-        })
+    let limit = args
+        .limit
+        .map(|n| u32::try_from(n).map_err(|_| format!("--limit {n} is too large")))
+        .transpose()?;
+    client(&args.db)?
+        .set_queue_limit(&args.name, limit)
         .map_err(|e| e.to_string())?;
     Ok(0)
 }
@@ -112,10 +129,6 @@ pub fn schedule(args: ScheduleArgs) -> CliResult {
     Ok(0)
 }
 
-fn open(db: &Path) -> Result<(Store, Arc<SystemClock>), String> {
-    open_with(db, false)
-}
-
 fn open_with(db: &Path, create: bool) -> Result<(Store, Arc<SystemClock>), String> {
     let opts = StoreOptions {
         create,
@@ -127,37 +140,47 @@ fn open_with(db: &Path, create: bool) -> Result<(Store, Arc<SystemClock>), Strin
     Ok((store, clock))
 }
 
+/// A client on an existing file, checking sends against the built-in registry.
+fn client(db: &Path) -> Result<waymark::Client, String> {
+    waymark::Client::open_with(waymark::ClientConfig::new(db).registry(super::registry()))
+        .map_err(|e| e.to_string())
+}
+
 pub fn send(args: SendArgs) -> CliResult {
     let id = parse_run_id(&args.run_id)?;
-    let value: serde_json::Value =
-        serde_json::from_str(&args.json).map_err(|e| format!("bad --json payload: {e}"))?;
-    let payload = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
-    let (store, _) = open(&args.db)?;
-    let event = admin::send_event_bytes(
-        &store,
-        id,
-        &args.name,
-        payload,
-        waymark::internal::codec::PAYLOAD_BYTES_MAX,
-    )
-    .map_err(|e| e.to_string())?;
+    let Some(json) = args.json else {
+        return Err(format!(
+            "send needs a payload: --json JSON (e.g. --json true; --json null sends null); nothing was sent to run {id}"
+        ));
+    };
+    let event = client(&args.db)?
+        .send_event_json(id, &args.name, &json)
+        .map_err(|e| e.to_string())?;
     println!("{event}");
     Ok(0)
 }
 
 pub fn cancel(args: CancelArgs) -> CliResult {
     let id = parse_run_id(&args.run_id)?;
-    let (store, _) = open(&args.db)?;
-    match store
-        .call(Op::Cancel { run_id: id })
-        .map_err(|e| e.to_string())?
-    {
-        Done::Cancel { status } => {
-            println!("{status}");
-            Ok(0)
-        }
-        _ => Err("unexpected answer from the writer".into()),
-    }
+    let status = client(&args.db)?.cancel(id).map_err(|e| e.to_string())?;
+    println!("{status}");
+    Ok(0)
+}
+
+pub fn retry(args: RetryArgs) -> CliResult {
+    let id = parse_run_id(&args.run_id)?;
+    let new = client(&args.db)?.retry(id).map_err(|e| e.to_string())?;
+    println!("{new}");
+    Ok(0)
+}
+
+pub fn restart(args: RestartArgs) -> CliResult {
+    let id = parse_run_id(&args.run_id)?;
+    let new = client(&args.db)?
+        .restart(id, args.from_step)
+        .map_err(|e| e.to_string())?;
+    println!("{new}");
+    Ok(0)
 }
 
 /// Parse `90s`, `15m`, `12h`, `7d`, `500ms` (a bare number is seconds).
@@ -181,9 +204,7 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
 
 pub fn gc(args: GcArgs) -> CliResult {
     let age = parse_age(&args.older_than)?;
-    let (store, clock) = open(&args.db)?;
-    let before = clock.now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX / 2);
-    let n = admin::purge(&store, before).map_err(|e| e.to_string())?;
+    let n = client(&args.db)?.purge(age).map_err(|e| e.to_string())?;
     println!("{n}");
     Ok(0)
 }

@@ -8,6 +8,7 @@
 
 mod baseline;
 mod children;
+mod client_watch;
 mod report;
 mod workloads;
 
@@ -29,7 +30,7 @@ pub struct BenchArgs {
     /// Directory whose file system holds the temporary databases (default: current dir).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
-    /// Run only these workloads (comma-separated ids: W1,W2,W3,W4,W5,W6,W7,W8,F; baselines always run).
+    /// Run only these workloads (comma-separated ids: W1,W2,W3,W4,W5,W6,W7,W8,C1,F; baselines always run).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Worker threads of the benchmarked engines.
@@ -108,6 +109,13 @@ impl Sizes {
 /// Entry point of `waymark bench`.
 pub fn run(args: BenchArgs) -> CliResult {
     if let Some(mode) = &args.child {
+        if mode == "watch" {
+            let db = args
+                .child_db
+                .as_deref()
+                .ok_or("child mode watch needs --child-db")?;
+            return client_watch::child(db, args.child_n);
+        }
         return children::run(mode, args.child_db.as_deref(), args.child_n);
     }
     let sizes = if args.quick {
@@ -174,6 +182,11 @@ pub fn run(args: BenchArgs) -> CliResult {
     if want("W8") {
         progress("W8: open and RSS with many finished runs");
         rows.extend(workloads::w8_open(&ctx)?);
+    }
+    if want("C1") {
+        progress("C1: Client change notification across processes, idle Client CPU");
+        let samples = if args.quick { 50 } else { 200 };
+        rows.extend(client_watch::c1_client_watch(&ctx, samples)?);
     }
     if want("F") {
         progress("fairness: several engine processes on one file");

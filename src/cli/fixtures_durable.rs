@@ -4,7 +4,7 @@
 use super::fixtures::{SlowIn, SLEEP, SLOW};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use waymark::{Ctx, Registry, Step, StepCtx, StepError, Workflow, WorkflowError};
+use waymark::{Ctx, Event, Registry, Step, StepCtx, StepError, Workflow, WorkflowError};
 
 /// Input of `fixture.sleeper`: sleep `ms` (or until `until_ms`, ms since the epoch), then
 /// one step.
@@ -46,6 +46,18 @@ pub struct EchoIn {
 
 pub const ECHO_STEP: Step<String, String> = Step::new("fixture.echo");
 pub const ECHO: Workflow<EchoIn, String> = Workflow::new("fixture.echo");
+/// Input of `fixture.three`: two marking steps, then `fixture.third`, which fails for good
+/// while the file `fail_file` exists (a test flips it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ThreeIn {
+    pub fail_file: String,
+}
+
+pub const THIRD: Step<String, u64> = Step::new("fixture.third");
+pub const THREE: Workflow<ThreeIn, u64> = Workflow::new("fixture.three");
+/// `fixture.approve`: one step, a wait for the typed event `approve` (a bool), one step.
+pub const APPROVE_WF: Workflow<(), String> = Workflow::new("fixture.approve");
+pub const APPROVE: Event<bool> = Event::new("approve");
 pub const MARK: Step<u64, u64> = Step::new("fixture.mark");
 pub const GATE: Step<String, u64> = Step::new("fixture.gate");
 pub const STEP_THEN_WAIT: Workflow<StepWaitIn, u64> = Workflow::new("fixture.step_then_wait");
@@ -68,6 +80,8 @@ pub fn is_fixture(name: &str) -> bool {
             | "fixture.step_then_wait"
             | "fixture.echo"
             | "fixture.slow_then_fail"
+            | "fixture.three"
+            | "fixture.approve"
     )
 }
 
@@ -100,6 +114,8 @@ pub fn encode_input(name: &str, json: &str) -> Result<Vec<u8>, String> {
         "fixture.step_then_wait" => enc::<StepWaitIn>(json),
         "fixture.echo" => enc::<EchoIn>(json),
         "fixture.slow_then_fail" => enc::<SlowIn>(json),
+        "fixture.three" => enc::<ThreeIn>(json),
+        "fixture.approve" => enc::<()>(json),
         other => Err(format!("unknown workflow '{other}'")),
     }
 }
@@ -210,6 +226,27 @@ fn probe(ctx: &StepCtx, ms: u64) -> Result<u64, StepError> {
     Ok(seen.max(seen_after))
 }
 
+fn third(ctx: &StepCtx, fail_file: String) -> Result<u64, StepError> {
+    record_effect(ctx, "third");
+    if std::path::Path::new(&fail_file).exists() {
+        return Err(StepError::permanent(format!("{fail_file} exists")));
+    }
+    Ok(3)
+}
+
+fn three(ctx: &mut Ctx<'_>, input: ThreeIn) -> Result<u64, WorkflowError> {
+    let a = ctx.step(MARK, &1)?;
+    let b = ctx.step(MARK, &a)?;
+    Ok(b + ctx.step(THIRD, &input.fail_file)?)
+}
+
+fn approve(ctx: &mut Ctx<'_>, _: ()) -> Result<String, WorkflowError> {
+    ctx.step(MARK, &0)?;
+    let got = ctx.wait_event(APPROVE, Duration::from_millis(HOUR_MS))?;
+    ctx.step(MARK, &1)?;
+    Ok(format!("approved={got:?}"))
+}
+
 /// Register the feature fixtures (their steps and workflows).
 pub fn register(reg: &mut Registry) {
     reg.step(MARK, mark);
@@ -234,4 +271,8 @@ pub fn register(reg: &mut Registry) {
             "fixture.slow_then_fail fails by design".into(),
         ))
     });
+    reg.step(THIRD, third);
+    reg.workflow(THREE, three);
+    reg.workflow(APPROVE_WF, approve);
+    reg.event(APPROVE);
 }

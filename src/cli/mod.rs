@@ -84,6 +84,10 @@ enum Command {
     TortureStep(torture::StepArgs),
     /// Send an event to a run (kept until the run waits for it).
     Send(admin::SendArgs),
+    /// Retry a finished run as a new run (its successful steps copied, not run again).
+    Retry(admin::RetryArgs),
+    /// Restart a finished run as a new run from a given step.
+    Restart(admin::RestartArgs),
     /// Cancel a run and its descendants.
     Cancel(admin::CancelArgs),
     /// Delete finished runs older than a given age and shrink the file.
@@ -137,6 +141,8 @@ pub fn main() -> i32 {
         Command::TortureStep(args) => torture::step_helper(args),
         Command::Send(args) => admin::send(args),
         Command::Cancel(args) => admin::cancel(args),
+        Command::Retry(args) => admin::retry(args),
+        Command::Restart(args) => admin::restart(args),
         Command::Gc(args) => admin::gc(args),
         Command::Queue(args) => admin::queue(args),
         Command::Schedule(args) => admin::schedule(args),

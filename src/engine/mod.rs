@@ -22,12 +22,12 @@ pub mod schedule;
 #[doc(hidden)]
 pub mod worker;
 
+use crate::client::Client;
 use crate::clock::{Clock, SystemClock};
-use crate::codec;
 use crate::config::{Config, Isolation};
 use crate::error::Error;
 use crate::host;
-use crate::store::{EngineRow, NewRun, RunStatus, Storage, Store, StoreError, StoreOptions};
+use crate::store::{EngineRow, RunStatus, Storage, Store, StoreError, StoreOptions};
 use crate::workflow::registry::{Registry, Workflow};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
@@ -38,30 +38,7 @@ use std::time::{Duration, Instant};
 
 pub use crate::store::{AttemptRow, RunRow, StepRow};
 
-/// Options for starting a run.
-#[derive(Debug, Clone, Default)]
-pub struct StartOptions {
-    /// Starting twice with the same key returns the first run's id and creates nothing.
-    pub idempotency_key: Option<String>,
-    /// Queue name (default `"default"`).
-    pub queue: Option<String>,
-    /// Higher runs first.
-    pub priority: i64,
-    /// Do not start before this wall-clock time (ms since the Unix epoch).
-    pub not_before_ms: Option<i64>,
-    /// Fail the run if it has not finished by this wall-clock time (ms since the epoch).
-    pub deadline_ms: Option<i64>,
-}
-
-impl StartOptions {
-    /// Options with an idempotency key.
-    pub fn key(key: impl Into<String>) -> Self {
-        StartOptions {
-            idempotency_key: Some(key.into()),
-            ..Default::default()
-        }
-    }
-}
+pub use crate::client::StartOptions;
 
 /// A claimed run handed to a worker, with the incarnation that claimed it (its fence owner).
 pub(crate) type Work = (Arc<str>, crate::store::Claimed);
@@ -69,8 +46,6 @@ pub(crate) type Work = (Arc<str>, crate::store::Claimed);
 /// Shared state of the engine's threads: handles and flags only.
 pub struct Inner {
     pub(crate) store: Arc<dyn Storage>,
-    /// The same store for API calls: bounded wait for the write lock (`Config::lock_wait_max`).
-    pub(crate) api: Arc<dyn Storage>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) config: Config,
     pub(crate) clock: Arc<dyn Clock>,
@@ -91,6 +66,8 @@ pub struct Inner {
     child: crate::isolation::ChildExecutor,
     pool: crate::isolation::PoolExecutor,
     pub(crate) control: control::Control,
+    /// The reads, waits and run operations the engine shares with [`Client`].
+    pub(crate) client: Client,
 }
 
 impl std::fmt::Debug for Inner {
@@ -124,6 +101,7 @@ impl Inner {
     pub(crate) fn notify_finished(&self) {
         *self.finished.0.lock() += 1;
         self.finished.1.notify_all();
+        self.client.nudge();
     }
 
     /// Remember a storage failure: after disk-full or I/O errors the engine stops claiming
@@ -223,10 +201,21 @@ impl Engine {
             config.pool_rss_max_bytes,
             config.workers,
         );
+        let registry = Arc::new(registry);
+        let wake = wake_tx.clone();
+        let client = Client::over(
+            api.clone(),
+            Some(registry.clone()),
+            config.payload_bytes_max,
+            clock.clone(),
+            Some(Box::new(move || {
+                let _ = wake.try_send(());
+            })),
+        );
         let inner = Arc::new(Inner {
             store,
-            api,
-            registry: Arc::new(registry),
+            client,
+            registry,
             lease: lease::LeaseGuard::new(config.lease_ttl, owner),
             config,
             clock,
@@ -308,44 +297,22 @@ impl Engine {
         &*self.inner.store
     }
 
-    fn new_run<I: Serialize, O>(
-        &self,
-        wf: Workflow<I, O>,
-        input: &I,
-        opts: StartOptions,
-    ) -> Result<NewRun, Error> {
-        let input =
-            codec::encode(input, self.inner.config.payload_bytes_max).map_err(|source| {
-                Error::Payload {
-                    run_id: None,
-                    step: None,
-                    source,
-                }
-            })?;
-        Ok(NewRun {
-            workflow: wf.name().to_string(),
-            version: wf.get_version() as i64,
-            input,
-            idempotency_key: opts.idempotency_key,
-            queue: opts.queue.unwrap_or_else(|| "default".into()),
-            priority: opts.priority,
-            ready_at: opts.not_before_ms,
-            parent_id: None,
-            deadline_at: opts.deadline_ms,
-        })
+    /// The [`Client`] this engine's reads and run operations go through (share it with
+    /// code that should not hold the engine).
+    pub fn client(&self) -> &Client {
+        &self.inner.client
     }
 
-    /// Start a run of `wf`. With an idempotency key already used, returns that run's id.
+    /// Start a run of `wf`; see [`Client::start_run`] (the engine's registry is checked:
+    /// a workflow it lacks is [`Error::UnknownWorkflow`] unless
+    /// [`StartOptions::for_other_build`]).
     pub fn start_run<I: Serialize, O>(
         &self,
         wf: Workflow<I, O>,
         input: &I,
         opts: StartOptions,
     ) -> Result<i64, Error> {
-        let run = self.new_run(wf, input, opts)?;
-        let started = self.inner.api.enqueue(run)?;
-        self.inner.wake_dispatcher();
-        Ok(started.id)
+        self.inner.client.start_run(wf, input, opts)
     }
 
     /// Start many runs in one transaction. Returns their ids in order.
@@ -354,52 +321,47 @@ impl Engine {
         wf: Workflow<I, O>,
         inputs: &[(I, StartOptions)],
     ) -> Result<Vec<i64>, Error> {
-        let runs = inputs
-            .iter()
-            .map(|(i, o)| self.new_run(wf, i, o.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let started = self.inner.api.enqueue_many(runs)?;
-        self.inner.wake_dispatcher();
-        Ok(started.into_iter().map(|s| s.id).collect())
+        self.inner.client.start_many(wf, inputs)
     }
 
     /// The run's current row.
     pub fn run(&self, run_id: i64) -> Result<RunRow, Error> {
-        self.inner
-            .store
-            .run(run_id)?
-            .ok_or(Error::Store(StoreError::NotFound { run_id }))
+        self.inner.client.run(run_id)
     }
 
-    /// The run's journal.
+    /// The run's journal ([`StoreError::NotFound`] for no such run).
     pub fn journal(&self, run_id: i64) -> Result<Vec<StepRow>, Error> {
-        Ok(self.inner.store.journal(run_id)?)
+        self.inner.client.journal(run_id)
     }
 
     /// Every recorded execution attempt of the run's steps, in order.
     pub fn attempts(&self, run_id: i64) -> Result<Vec<AttemptRow>, Error> {
-        Ok(self.inner.store.attempts(run_id)?)
+        self.inner.client.attempts(run_id)
+    }
+
+    /// Runs matching `filter`; see [`Client::list`].
+    pub fn list(&self, filter: &crate::store::RunFilter) -> Result<Vec<RunRow>, Error> {
+        self.inner.client.list(filter)
+    }
+
+    /// How many runs are in each status.
+    pub fn stats(&self) -> Result<std::collections::BTreeMap<RunStatus, u64>, Error> {
+        self.inner.client.stats()
     }
 
     /// Wait until the run is final (completed, failed, cancelled) or parked, up to `timeout`.
     pub fn wait(&self, run_id: i64, timeout: Duration) -> Result<RunRow, Error> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let seen = *self.inner.finished.0.lock();
-            let row = self.run(run_id)?;
-            if row.status.is_final() || row.status.is_parked() {
-                return Ok(row);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::WaitTimeout { run_id });
-            }
-            let mut g = self.inner.finished.0.lock();
-            if *g == seen {
-                let wait = (deadline - now).min(Duration::from_millis(100));
-                self.inner.finished.1.wait_for(&mut g, wait);
-            }
-        }
+        self.inner.client.wait(run_id, timeout)
+    }
+
+    /// Wait until every run of `ids` is final or parked; see [`Client::wait_all`].
+    pub fn wait_all(&self, ids: &[i64], timeout: Duration) -> Result<Vec<RunRow>, Error> {
+        self.inner.client.wait_all(ids, timeout)
+    }
+
+    /// Wait until any run of `ids` is final or parked; see [`Client::wait_any`].
+    pub fn wait_any(&self, ids: &[i64], timeout: Duration) -> Result<RunRow, Error> {
+        self.inner.client.wait_any(ids, timeout)
     }
 
     /// Wait for the run and decode its output.
@@ -409,43 +371,27 @@ impl Engine {
         run_id: i64,
         timeout: Duration,
     ) -> Result<O, Error> {
-        let row = self.run(run_id)?;
-        if row.workflow != wf.name() {
-            return Err(Error::WrongWorkflow {
-                run_id,
-                asked: wf.name().to_string(),
-                actual: row.workflow,
-            });
-        }
-        let row = self.wait(run_id, timeout)?;
-        match row.status {
-            RunStatus::Completed => codec::decode(
-                row.output.as_deref().unwrap_or_default(),
-                self.inner.config.payload_bytes_max,
-            )
-            .map_err(|source| Error::Payload {
-                run_id: Some(run_id),
-                step: None,
-                source,
-            }),
-            RunStatus::Cancelled => Err(Error::RunCancelled { run_id }),
-            RunStatus::Failed => Err(Error::RunFailed {
-                run_id,
-                error: row.error.unwrap_or_default(),
-            }),
-            status => Err(Error::RunBlocked {
-                run_id,
-                status,
-                note: row.note.unwrap_or_default(),
-            }),
-        }
+        self.inner.client.wait_output(wf, run_id, timeout)
+    }
+
+    /// Subscribe to run state changes; see [`Client::subscribe`].
+    pub fn subscribe(&self) -> Result<crate::client::Subscription, Error> {
+        self.inner.client.subscribe()
+    }
+
+    /// Retry a finished run as a new run; see [`Client::retry`].
+    pub fn retry(&self, run_id: i64) -> Result<i64, Error> {
+        self.inner.client.retry(run_id)
+    }
+
+    /// Restart a finished run from step `from_seq` as a new run; see [`Client::restart`].
+    pub fn restart(&self, run_id: i64, from_seq: i64) -> Result<i64, Error> {
+        self.inner.client.restart(run_id, from_seq)
     }
 
     /// Move a `blocked` run back to pending (after deploying a build that can read it).
     pub fn resume(&self, run_id: i64) -> Result<(), Error> {
-        self.inner.api.resume(run_id)?;
-        self.inner.wake_dispatcher();
-        Ok(())
+        self.inner.client.resume(run_id)
     }
 
     /// Stop cleanly: stop claiming, let in-flight runs reach their next step boundary while

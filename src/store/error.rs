@@ -99,6 +99,23 @@ pub enum StoreError {
         /// How it ended.
         status: String,
     },
+    /// The run has not finished: only a completed, failed or cancelled run can be retried
+    /// or restarted (cancel it first, or wait for it).
+    RunNotFinished {
+        /// The run.
+        run_id: i64,
+        /// Its status now.
+        status: String,
+    },
+    /// The idempotency key names an existing run started with another input (or another
+    /// workflow): nothing was started. Use another key, or ask for the existing run with
+    /// an explicit key-conflict policy.
+    KeyConflict {
+        /// The key.
+        key: String,
+        /// The run that holds it.
+        existing_run: i64,
+    },
     /// A row of this run holds a value of the wrong type (damaged or foreign data): the run
     /// is parked `blocked` with `detail` (naming the row and column); the storage is fine.
     Undecodable {
@@ -208,6 +225,14 @@ impl std::fmt::Display for StoreError {
             NotFound { run_id } => write!(f, "no run with id {run_id}"),
             WriterStopped => write!(f, "the database writer has stopped"),
             RunFinished { run_id, status } => write!(f, "run {run_id} already ended ({status})"),
+            RunNotFinished { run_id, status } => write!(
+                f,
+                "run {run_id} is {status}, not finished: only completed, failed or cancelled runs can be retried or restarted"
+            ),
+            KeyConflict { key, existing_run } => write!(
+                f,
+                "idempotency key '{key}' already names run {existing_run}, started with another input; nothing was started"
+            ),
             Undecodable { run_id, detail } => {
                 write!(f, "run {run_id} has data this build cannot read: {detail}")
             }

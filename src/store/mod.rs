@@ -15,6 +15,7 @@ pub mod queries;
 pub mod schema;
 pub mod seam;
 pub mod views;
+pub mod watch;
 #[doc(hidden)]
 pub mod write;
 #[doc(hidden)]
@@ -23,9 +24,10 @@ pub mod writer;
 pub use error::{StoreError, StoreResult};
 pub use pragmas::{ConnSettings, Synchronous};
 pub use seam::{ChildStart, Sent, Started, Storage};
-pub use views::{AttemptRow, RunRow, RunStatus, StepRow, UnknownStatus};
+pub use views::{AttemptRow, RunChange, RunFilter, RunRow, RunStatus, StepRow, UnknownStatus};
+pub use watch::ChangeWatch;
 pub use write::{Awaited, ScheduleRow};
-pub use write::{Claimed, Done, EngineRow, Entry, Fence, NewRun, Op};
+pub use write::{Claimed, Done, EngineRow, Entry, Fence, NewRun, OnKeyConflict, Op};
 pub use writer::{Writer, WriterStats};
 
 /// Default of [`StoreOptions::lock_wait_max`] and `Config::lock_wait_max`: how long an API
@@ -87,6 +89,8 @@ pub struct Store {
     readers: r2d2::Pool<ReadManager>,
     writer: Arc<WriterOwner>,
     lock_wait_max: Option<Duration>,
+    /// Opens the dedicated connection of a change watch ([`Store::watch`]).
+    watch_conn: Arc<ReadManager>,
 }
 
 struct WriterOwner {
@@ -334,7 +338,7 @@ impl Store {
             .build(ReadManager {
                 path: path.into(),
                 settings,
-                vfs,
+                vfs: vfs.clone(),
             })
             .map_err(|e| StoreError::ReadOnly {
                 path: path.into(),
@@ -345,6 +349,11 @@ impl Store {
             writer,
             readers,
             lock_wait_max: opts.lock_wait_max,
+            watch_conn: Arc::new(ReadManager {
+                path: path.into(),
+                settings,
+                vfs,
+            }),
         })
     }
 
@@ -376,6 +385,16 @@ impl Store {
     /// number of commands that shared one transaction (one fsync).
     pub fn writer_stats(&self) -> (u64, u64) {
         self.writer.writer.stats()
+    }
+
+    /// A change watch on this database (its own read connection; see [`watch`]).
+    pub fn watch(&self) -> StoreResult<watch::SqliteWatch> {
+        use r2d2::ManageConnection;
+        let conn = self
+            .watch_conn
+            .connect()
+            .map_err(|e| StoreError::sqlite("opening a watch connection", e))?;
+        watch::SqliteWatch::new(conn, &self.path)
     }
 
     /// Run `f` on a pooled read connection.

@@ -1,13 +1,14 @@
 //! Read-only queries (reader pool). Nothing here writes.
 
 use super::error::{StoreError, StoreResult};
-pub use super::views::{AttemptRow, RunRow, StepRow};
+pub use super::views::{AttemptRow, RunChange, RunFilter, RunRow, StepRow};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 const RUN_COLS: &str = "id, workflow, version, status, idempotency_key, queue, priority,
     (SELECT count(*) FROM steps s WHERE s.run_id = runs.id AND s.status = 'completed'),
     created_at, updated_at, finished_at, ready_at, owner, epoch, interruptions, last_interruption,
-    error, note, parent_id, output";
+    error, note, parent_id, output, retry_of,
+    (SELECT max(r.id) FROM runs r WHERE r.retry_of = runs.id)";
 
 fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
@@ -31,6 +32,8 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         note: r.get(17)?,
         parent_id: r.get(18)?,
         output: r.get(19)?,
+        retry_of: r.get(20)?,
+        retried_as: r.get(21)?,
     })
 }
 
@@ -59,13 +62,104 @@ pub fn runs_page(
     .map_err(sql("listing runs"))
 }
 
+/// Runs matching `filter`, in id order (newest first if asked), at most `filter.limit`.
+pub fn list(conn: &Connection, filter: &RunFilter) -> StoreResult<Vec<RunRow>> {
+    let statuses: Option<String> = (!filter.statuses.is_empty()).then(|| {
+        let names: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        serde_json::to_string(&names).unwrap_or_else(|_| "[]".into())
+    });
+    let (cursor_cmp, order) = if filter.newest_first {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    };
+    let sql_text = format!(
+        "SELECT {RUN_COLS} FROM runs
+         WHERE (?1 IS NULL OR id {cursor_cmp} ?1)
+           AND (?2 IS NULL OR status IN (SELECT value FROM json_each(?2)))
+           AND (?3 IS NULL OR workflow = ?3)
+           AND (?4 IS NULL OR substr(idempotency_key, 1, length(?4)) = ?4)
+           AND (?5 IS NULL OR created_at >= ?5)
+           AND (?6 IS NULL OR created_at < ?6)
+         ORDER BY id {order} LIMIT ?7"
+    );
+    conn.prepare_cached(&sql_text)
+        .and_then(|mut s| {
+            s.query_map(
+                params![
+                    filter.cursor,
+                    statuses,
+                    filter.workflow,
+                    filter.key_prefix,
+                    filter.created_from_ms,
+                    filter.created_before_ms,
+                    i64::from(filter.effective_limit())
+                ],
+                run_row,
+            )?
+            .collect()
+        })
+        .map_err(sql("listing runs"))
+}
+
+/// Whether a run with this id exists.
+pub fn run_exists(conn: &Connection, id: i64) -> StoreResult<bool> {
+    conn.prepare_cached("SELECT 1 FROM runs WHERE id = ?1")
+        .and_then(|mut s| s.exists(params![id]))
+        .map_err(sql("reading a run"))
+}
+
+/// Up to `limit` run state changes after change `after`, oldest first.
+pub fn changes(conn: &Connection, after: i64, limit: i64) -> StoreResult<Vec<RunChange>> {
+    conn.prepare_cached(
+        "SELECT seq, run_id, status, at FROM run_changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![after, limit], |r| {
+            let status: String = r.get(2)?;
+            Ok(RunChange {
+                seq: r.get(0)?,
+                run_id: r.get(1)?,
+                status: status.parse().ok(),
+                at: r.get(3)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(sql("reading run changes"))
+}
+
+/// The newest change's sequence number (0 when none).
+pub fn last_change(conn: &Connection) -> StoreResult<i64> {
+    conn.prepare_cached("SELECT coalesce(max(seq), 0) FROM run_changes")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(sql("reading run changes"))
+}
+
+/// The oldest unconsumed event `name` of run `run_id`: its id and payload.
+pub fn next_event(
+    conn: &Connection,
+    run_id: i64,
+    name: &str,
+) -> StoreResult<Option<(i64, Vec<u8>)>> {
+    conn.prepare_cached(
+        "SELECT id, payload FROM events WHERE run_id = ?1 AND name = ?2
+           AND consumed_seq IS NULL ORDER BY id LIMIT 1",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![run_id, name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+    })
+    .map_err(sql("looking for an event"))
+}
+
 /// The journal of a run, in sequence order. A row whose columns do not have the types we
 /// write is [`StoreError::Undecodable`] naming the entry and the column (the run's data is
 /// bad, the storage is fine): the caller parks the run instead of retrying it.
 pub fn journal(conn: &Connection, run_id: i64) -> StoreResult<Vec<StepRow>> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT seq, name, kind, status, attempts, error, recorded_at, output FROM steps WHERE run_id = ?1 ORDER BY seq",
+            "SELECT seq, name, kind, status, attempts, error, recorded_at, output, copied_from FROM steps WHERE run_id = ?1 ORDER BY seq",
         )
         .map_err(sql("reading a journal"))?;
     let mut rows = stmt
@@ -85,6 +179,7 @@ pub fn journal(conn: &Connection, run_id: i64) -> StoreResult<Vec<StepRow>> {
                 error: decode::opt_text(r, 5, "steps.error").map_err(at)?,
                 recorded_at: decode::int(r, 6, "steps.recorded_at").map_err(at)?,
                 output: decode::opt_blob(r, 7, "steps.output").map_err(at)?,
+                copied_from: decode::opt_int(r, 8, "steps.copied_from").map_err(at)?,
             })
         })()
         .map_err(|e: decode::BadColumn| StoreError::Undecodable {

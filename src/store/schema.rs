@@ -9,7 +9,7 @@ use super::pragmas::APPLICATION_ID;
 use rusqlite::Connection;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the durable core.
@@ -141,6 +141,32 @@ const MIGRATIONS: &[&str] = &[
         WHERE typeof(output) = 'blob';
     UPDATE events SET payload = waymark_seal(payload, 2) WHERE typeof(payload) = 'blob';
     UPDATE schedules SET input = waymark_seal(input, 1) WHERE typeof(input) = 'blob';
+    "#,
+    // 6: retry and restart links, copied journal entries, and the change log that clients
+    // watch (wait, wait_all, subscribe) instead of scanning runs.
+    r#"
+    ALTER TABLE runs ADD COLUMN retry_of INTEGER;        -- the finished run this one retries
+    CREATE INDEX runs_retry_of ON runs(retry_of) WHERE retry_of IS NOT NULL;
+    ALTER TABLE steps ADD COLUMN copied_from INTEGER;    -- run whose entry this is a copy of
+    CREATE TABLE run_changes (
+        seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        at     INTEGER NOT NULL
+    );
+    -- One row per run created and per status change; the newest 65536 are kept (a reader
+    -- that falls further behind sees a gap in seq and re-reads what it watches).
+    CREATE TRIGGER run_changes_insert AFTER INSERT ON runs
+    BEGIN
+        INSERT INTO run_changes(run_id, status, at) VALUES (NEW.id, NEW.status, NEW.updated_at);
+        DELETE FROM run_changes WHERE seq <= last_insert_rowid() - 65536;
+    END;
+    CREATE TRIGGER run_changes_status AFTER UPDATE OF status ON runs
+    WHEN NEW.status IS NOT OLD.status
+    BEGIN
+        INSERT INTO run_changes(run_id, status, at) VALUES (NEW.id, NEW.status, NEW.updated_at);
+        DELETE FROM run_changes WHERE seq <= last_insert_rowid() - 65536;
+    END;
     "#,
 ];
 

@@ -15,7 +15,9 @@
 
 use super::error::{StoreError, StoreResult};
 use super::queries::{self, OwnerRow};
-use super::views::{AttemptRow, RunRow, StepRow};
+use super::views::{AttemptRow, RunChange, RunFilter, RunRow, StepRow};
+use super::watch::ChangeWatch;
+use super::write::OnKeyConflict;
 use super::write::{Awaited, ScheduleRow};
 use super::write::{Claimed, Done, EngineRow, Entry, Fence, NewRun, Op};
 use super::Store;
@@ -95,6 +97,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn enqueue(&self, run: NewRun) -> StoreResult<Started>;
     /// Start many runs in one transaction.
     fn enqueue_many(&self, runs: Vec<NewRun>) -> StoreResult<Vec<Started>>;
+    /// Start runs in one transaction, each under its key-conflict policy; a conflict under
+    /// [`OnKeyConflict::Error`] is [`StoreError::KeyConflict`] and starts none of them.
+    fn start_runs(&self, runs: Vec<(NewRun, OnKeyConflict)>) -> StoreResult<Vec<Started>>;
+    /// A new run from finished run `run_id` whose journal starts with copies of its entries
+    /// before `from_seq` (before its first failed entry when `None`); the old run is not
+    /// changed. [`StoreError::RunNotFinished`] unless it is completed, failed or cancelled.
+    fn retry(&self, run_id: i64, from_seq: Option<i64>) -> StoreResult<i64>;
     /// Journal a step's result (fenced, write-once).
     fn checkpoint(&self, fence: &Fence, entry: Entry) -> StoreResult<()>;
     /// Record that an attempt of step `seq` runs in `(pid, pid_start)` (fenced).
@@ -142,14 +151,19 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         wake: i64,
         suspend: bool,
     ) -> StoreResult<bool>;
-    /// Consume event `name` into journal entry `seq`, or suspend until `deadline`.
+    /// Consume event `name` (only an event with id <= `upto`, the one the caller checked)
+    /// into journal entry `seq`, or suspend until `deadline` (until now when an unchecked
+    /// event is there).
     fn await_event(
         &self,
         fence: &Fence,
         seq: i64,
         name: String,
         deadline: i64,
+        upto: Option<i64>,
     ) -> StoreResult<Awaited>;
+    /// Set event `event_id` aside (never delivered) and park the run `blocked` with `note`.
+    fn reject_event(&self, fence: &Fence, event_id: i64, note: String) -> StoreResult<()>;
     /// Send an event to a run.
     fn send_event(&self, run_id: i64, name: String, payload: Vec<u8>) -> StoreResult<Sent>;
     /// Request the run's cancel (and its descendants'); its status afterwards.
@@ -206,6 +220,18 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn run(&self, run_id: i64) -> StoreResult<Option<RunRow>>;
     /// Up to `limit` runs after id `after`, optionally of one status.
     fn runs_page(&self, status: Option<&str>, after: i64, limit: i64) -> StoreResult<Vec<RunRow>>;
+    /// Runs matching `filter`.
+    fn list(&self, filter: &RunFilter) -> StoreResult<Vec<RunRow>>;
+    /// Does run `run_id` exist?
+    fn run_exists(&self, run_id: i64) -> StoreResult<bool>;
+    /// Up to `limit` run state changes after change `after`.
+    fn changes(&self, after: i64, limit: i64) -> StoreResult<Vec<RunChange>>;
+    /// The newest change's position (0 when none).
+    fn last_change(&self) -> StoreResult<i64>;
+    /// A watch that blocks until the database may have changed.
+    fn watch(&self) -> StoreResult<Box<dyn ChangeWatch>>;
+    /// The oldest unconsumed event `name` of a run: `(event id, payload)`.
+    fn next_event(&self, run_id: i64, name: &str) -> StoreResult<Option<(i64, Vec<u8>)>>;
     /// The run's journal.
     fn journal(&self, run_id: i64) -> StoreResult<Vec<StepRow>>;
     /// The run's attempts.
@@ -382,6 +408,21 @@ impl Storage for Store {
             other => unexpected("enqueue_many", other),
         }
     }
+    fn start_runs(&self, runs: Vec<(NewRun, OnKeyConflict)>) -> StoreResult<Vec<Started>> {
+        match self.call(Op::Start(runs))? {
+            Done::Runs(v) => Ok(v
+                .into_iter()
+                .map(|(id, created)| Started { id, created })
+                .collect()),
+            other => unexpected("start_runs", other),
+        }
+    }
+    fn retry(&self, run_id: i64, from_seq: Option<i64>) -> StoreResult<i64> {
+        match self.call(Op::Retry { run_id, from_seq })? {
+            Done::Run { id, .. } => Ok(id),
+            other => unexpected("retry", other),
+        }
+    }
     fn checkpoint(&self, fence: &Fence, entry: Entry) -> StoreResult<()> {
         unit(
             self,
@@ -524,6 +565,7 @@ impl Storage for Store {
         seq: i64,
         name: String,
         deadline: i64,
+        upto: Option<i64>,
     ) -> StoreResult<Awaited> {
         awaited(
             self,
@@ -533,6 +575,18 @@ impl Storage for Store {
                 seq,
                 name,
                 deadline,
+                upto,
+            },
+        )
+    }
+    fn reject_event(&self, fence: &Fence, event_id: i64, note: String) -> StoreResult<()> {
+        unit(
+            self,
+            "reject_event",
+            Op::RejectEvent {
+                fence: fence.clone(),
+                event_id,
+                note,
             },
         )
     }
@@ -657,6 +711,24 @@ impl Storage for Store {
     }
     fn runs_page(&self, status: Option<&str>, after: i64, limit: i64) -> StoreResult<Vec<RunRow>> {
         self.read(|c| queries::runs_page(c, status, after, limit))
+    }
+    fn list(&self, filter: &RunFilter) -> StoreResult<Vec<RunRow>> {
+        self.read(|c| queries::list(c, filter))
+    }
+    fn run_exists(&self, run_id: i64) -> StoreResult<bool> {
+        self.read(|c| queries::run_exists(c, run_id))
+    }
+    fn changes(&self, after: i64, limit: i64) -> StoreResult<Vec<RunChange>> {
+        self.read(|c| queries::changes(c, after, limit))
+    }
+    fn last_change(&self) -> StoreResult<i64> {
+        self.read(queries::last_change)
+    }
+    fn watch(&self) -> StoreResult<Box<dyn ChangeWatch>> {
+        Ok(Box::new(Store::watch(self)?))
+    }
+    fn next_event(&self, run_id: i64, name: &str) -> StoreResult<Option<(i64, Vec<u8>)>> {
+        self.read(|c| queries::next_event(c, run_id, name))
     }
     fn journal(&self, run_id: i64) -> StoreResult<Vec<StepRow>> {
         self.read(|c| queries::journal(c, run_id))

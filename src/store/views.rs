@@ -188,12 +188,114 @@ pub struct RunRow {
     /// Its encoded output, when completed.
     #[serde(skip)]
     pub output: Option<Vec<u8>>,
+    /// The finished run this run retries or restarts ("retry of run M").
+    pub retry_of: Option<i64>,
+    /// The newest run started as a retry or restart of this one ("retried as run N").
+    pub retried_as: Option<i64>,
+}
+
+/// Which runs [`list`](crate::Client::list) returns: every condition set must hold; an
+/// empty filter lists every run, oldest first, [`RunFilter::LIMIT_DEFAULT`] at a time.
+///
+/// Paging: pass the last id of a page as the [`cursor`](RunFilter::after) of the next.
+///
+/// ```
+/// use waymark::{RunFilter, RunStatus};
+/// let f = RunFilter::new().status(RunStatus::Failed).workflow("import").limit(50);
+/// assert_eq!(f.effective_limit(), 50);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Any of these statuses (empty: any status).
+    pub statuses: Vec<RunStatus>,
+    /// Runs of this workflow.
+    pub workflow: Option<String>,
+    /// Runs whose idempotency key starts with this.
+    pub key_prefix: Option<String>,
+    /// Created at or after this time (ms since the Unix epoch).
+    pub created_from_ms: Option<i64>,
+    /// Created before this time (ms since the Unix epoch).
+    pub created_before_ms: Option<i64>,
+    /// Only runs after this id in the listing's order (the last id of the previous page).
+    pub cursor: Option<i64>,
+    /// Most runs returned (0: [`RunFilter::LIMIT_DEFAULT`]; at most [`RunFilter::LIMIT_MAX`]).
+    pub limit: u32,
+    /// Newest (highest id) first.
+    pub newest_first: bool,
+}
+
+impl RunFilter {
+    /// Runs returned when no limit is set.
+    pub const LIMIT_DEFAULT: u32 = 100;
+    /// Most runs one listing returns.
+    pub const LIMIT_MAX: u32 = 10_000;
+
+    /// Every run.
+    pub fn new() -> Self {
+        RunFilter::default()
+    }
+    /// Also runs with status `status` (call again to add more).
+    pub fn status(mut self, status: RunStatus) -> Self {
+        self.statuses.push(status);
+        self
+    }
+    /// Only runs of workflow `name`.
+    pub fn workflow(mut self, name: impl Into<String>) -> Self {
+        self.workflow = Some(name.into());
+        self
+    }
+    /// Only runs whose idempotency key starts with `prefix`.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = Some(prefix.into());
+        self
+    }
+    /// Only runs created in `[from_ms, before_ms)` (ms since the Unix epoch; `None`: open).
+    pub fn created_between(mut self, from_ms: Option<i64>, before_ms: Option<i64>) -> Self {
+        self.created_from_ms = from_ms;
+        self.created_before_ms = before_ms;
+        self
+    }
+    /// Continue after run `id` (the last id of the previous page).
+    pub fn after(mut self, id: i64) -> Self {
+        self.cursor = Some(id);
+        self
+    }
+    /// At most `n` runs.
+    pub fn limit(mut self, n: u32) -> Self {
+        self.limit = n;
+        self
+    }
+    /// Newest first.
+    pub fn newest_first(mut self) -> Self {
+        self.newest_first = true;
+        self
+    }
+    /// The limit applied: `limit`, or the default when 0, capped at the maximum.
+    pub fn effective_limit(&self) -> u32 {
+        match self.limit {
+            0 => Self::LIMIT_DEFAULT,
+            n => n.min(Self::LIMIT_MAX),
+        }
+    }
+}
+
+/// A run's status change as the store recorded it (the change log clients watch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunChange {
+    /// Position in the change log (increasing).
+    pub seq: i64,
+    /// The run.
+    pub run_id: i64,
+    /// Its new status (`None`: a status this build does not know).
+    pub status: Option<RunStatus>,
+    /// When (ms since the Unix epoch).
+    pub at: i64,
 }
 
 /// One journal entry: a step's (or a durable wait's) recorded result. Write-once.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepRow {
-    /// Sequence number in its run, from 1.
+    /// Sequence number in its run, from 0.
     pub seq: i64,
     /// The step's name (or the wait's description).
     pub name: String,
@@ -210,6 +312,8 @@ pub struct StepRow {
     /// Its encoded output, when completed.
     #[serde(skip)]
     pub output: Option<Vec<u8>>,
+    /// The run this entry was copied from by a retry or restart (it did not run here).
+    pub copied_from: Option<i64>,
 }
 
 /// One execution attempt of a step, with where it ran and how it ended.

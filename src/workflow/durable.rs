@@ -18,6 +18,7 @@ use crate::error::WorkflowError;
 use crate::store::Awaited;
 use crate::store::{ChildStart, NewRun};
 use crate::workflow::ctx::{Ctx, Interrupt};
+use crate::workflow::event::{mismatch, EventName};
 use crate::workflow::registry::Workflow;
 use serde::{de::DeserializeOwned, Serialize};
 use std::marker::PhantomData;
@@ -108,31 +109,69 @@ impl Ctx<'_> {
         self.timer("now", false, |now| now)
     }
 
-    /// Wait up to `timeout` for the event `name` sent to this run with
-    /// [`crate::Engine::send_event`] (or `waymark send`). Returns `None` on timeout.
-    /// An event sent before the wait is kept and delivered here; each event is delivered
-    /// into exactly one wait. Payloads travel as JSON.
+    /// Wait up to `timeout` for the event `event` (an [`crate::Event`] handle, or a name)
+    /// sent to this run with `send_event` of a [`crate::Client`] or [`crate::Engine`] (or
+    /// `waymark send`). Returns `None` on timeout. An event sent before the wait is kept and
+    /// delivered here; each event is delivered into exactly one wait. Payloads travel as JSON.
+    ///
+    /// A payload that does not decode as `T` is never delivered: the event is set aside and
+    /// the run parks `blocked` with the reason ("event 'approve' payload \"yes\" does not
+    /// decode as bool"); after a correct send and `resume` it continues with that event.
     pub fn wait_event<T: DeserializeOwned>(
         &mut self,
-        name: &str,
+        event: impl EventName<T>,
         timeout: Duration,
     ) -> Result<Option<T>, WorkflowError> {
+        let name = event.event_name();
         let ms = duration_ms(timeout);
         let deadline = self.timer(&format!("wait:{name}"), false, |now| now.saturating_add(ms))?;
         let (seq, recorded) = self.next_entry(name, "event")?;
         let payload = match recorded {
             Some(entry) if entry.status == "completed" => entry.output.unwrap_or_default(),
             Some(_) => return Ok(None),
-            None => match self
-                .write(|s, fence| s.await_event(fence, seq, name.to_string(), deadline))?
-            {
-                Awaited::Delivered(payload) => {
-                    crate::fault::point(crate::fault::Point::AfterCheckpoint);
-                    payload
+            None => {
+                // Look at the next event first: only a payload that decodes is delivered.
+                let next = match self.env.store().next_event(self.fence.run_id, name) {
+                    Ok(next) => next,
+                    Err(e) => return Err(self.interrupt(Interrupt::Storage(e))),
+                };
+                let upto = match next {
+                    Some((event_id, payload)) => {
+                        match codec::decode_json::<T>(&payload, self.payload_limit()) {
+                            Ok(_) => {}
+                            // A payload of the wrong type: set the event aside, park the run.
+                            Err(codec::CodecError::Invalid { detail, .. }) => {
+                                let body = codec::open(&payload).map(|(_, b)| b).unwrap_or(&[]);
+                                let note =
+                                    mismatch(name, body, std::any::type_name::<T>(), &detail);
+                                log::warn!("run {}: {note}; run parked", self.fence.run_id);
+                                self.write(|s, fence| s.reject_event(fence, event_id, note))?;
+                                return Err(self.interrupt(Interrupt::Parked));
+                            }
+                            // Damaged bytes (checksum, header) or over the limit: bad data.
+                            Err(e) => {
+                                let msg = format!(
+                                    "run {}: payload of event '{name}' (event {event_id}): {e}",
+                                    self.fence.run_id
+                                );
+                                return Err(self.interrupt(Interrupt::Blocked(msg)));
+                            }
+                        }
+                        Some(event_id)
+                    }
+                    None => None,
+                };
+                match self
+                    .write(|s, fence| s.await_event(fence, seq, name.to_string(), deadline, upto))?
+                {
+                    Awaited::Delivered(payload) => {
+                        crate::fault::point(crate::fault::Point::AfterCheckpoint);
+                        payload
+                    }
+                    Awaited::Failed(_) => return Ok(None),
+                    _ => return Err(self.interrupt(Interrupt::Parked)),
                 }
-                Awaited::Failed(_) => return Ok(None),
-                _ => return Err(self.interrupt(Interrupt::Parked)),
-            },
+            }
         };
         match codec::decode_json::<T>(&payload, self.payload_limit()) {
             Ok(v) => Ok(Some(v)),

@@ -6,8 +6,10 @@
 
 pub(crate) mod ctx;
 pub(crate) mod durable;
+pub(crate) mod event;
 pub(crate) mod registry;
 
 pub use ctx::Ctx;
 pub use durable::ChildRun;
+pub use event::{Event, EventName};
 pub use registry::{Registry, Step, StepCtx, StepOptions, Workflow};

@@ -8,6 +8,7 @@ use crate::codec::{self, CodecError};
 use crate::error::{StepError, WorkflowError};
 pub use crate::step::{ErasedStepError, Step, StepCtx, StepDef, StepOptions, StepSource};
 use crate::workflow::ctx::Ctx;
+use crate::workflow::event::{Event, EventDef};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -76,11 +77,12 @@ pub struct WorkflowDef {
     pub(crate) run: Arc<WorkflowFn>,
 }
 
-/// The set of workflows and steps an engine can run.
+/// The set of workflows and steps an engine can run, and the types of the events they wait for.
 #[derive(Default)]
 pub struct Registry {
     steps: HashMap<String, StepDef>,
     workflows: HashMap<(String, u32), WorkflowDef>,
+    events: HashMap<String, EventDef>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -178,6 +180,30 @@ impl Registry {
                 run: Arc::new(run),
             },
         );
+    }
+
+    /// Register the event `event`: a send by name through a Client or Engine holding this
+    /// registry is checked against its payload type `T` before it is kept.
+    pub fn event<T: DeserializeOwned + 'static>(&mut self, event: Event<T>) -> &mut Self {
+        self.events
+            .insert(event.name().to_string(), EventDef::of::<T>());
+        self
+    }
+
+    /// Check a JSON payload for event `name` against its registered type; an event not
+    /// registered here passes (this registry cannot know its type).
+    pub(crate) fn check_event(&self, name: &str, payload: &[u8]) -> Result<(), String> {
+        match self.events.get(name) {
+            Some(def) => (def.check)(payload).map_err(|why| {
+                crate::workflow::event::mismatch(name, payload, def.type_name, &why)
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Is workflow `name` registered at `version`?
+    pub(crate) fn has_workflow(&self, name: &str, version: u32) -> bool {
+        self.workflows.contains_key(&(name.to_string(), version))
     }
 
     /// The step registered under `name`.

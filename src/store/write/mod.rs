@@ -65,6 +65,19 @@ pub struct NewRun {
     pub deadline_at: Option<i64>,
 }
 
+/// What starting a run does when its idempotency key already names a run.
+///
+/// The same workflow with the same input bytes always returns the existing run (starting
+/// twice is harmless); this policy decides the case of a *different* input or workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnKeyConflict {
+    /// Fail with `KeyConflict { key, existing_run }`; nothing is started (the default).
+    #[default]
+    Error,
+    /// Return the existing run's id, ignoring the new input.
+    ReturnExisting,
+}
+
 /// A run this engine just claimed.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -107,6 +120,17 @@ pub enum Op {
     },
     Enqueue(NewRun),
     EnqueueMany(Vec<NewRun>),
+    /// Start runs (one transaction), each with its key-conflict policy: a key naming a run
+    /// of another workflow or input is `KeyConflict` under [`OnKeyConflict::Error`].
+    Start(Vec<(NewRun, OnKeyConflict)>),
+    /// Start a new run from a finished one: same workflow, version, input, queue and
+    /// priority, `retry_of` = the old run; its journal starts with copies of the old run's
+    /// entries before `from_seq` (all entries before the first failed one when `None`).
+    /// Nothing of the old run changes. Answers `Done::Run`.
+    Retry {
+        run_id: i64,
+        from_seq: Option<i64>,
+    },
     /// Wake due suspended runs, then claim up to `limit` pending runs whose
     /// `workflow@version` is in `workflows_json` (a JSON array).
     Claim {
@@ -212,11 +236,24 @@ pub enum Op {
     },
     /// Deliver the oldest unconsumed event `name` into journal entry `seq`; or record a
     /// timeout once `deadline` passed; or suspend the run until `deadline`. Fenced.
+    ///
+    /// With `upto`, only an event with id <= `upto` is delivered (the one the caller read
+    /// and checked); an unconsumed event it has not seen (any, with `upto = None`) makes the
+    /// run look again at once (suspended with `ready_at = now`) instead of being delivered.
     AwaitEvent {
         fence: Fence,
         seq: i64,
         name: String,
         deadline: i64,
+        upto: Option<i64>,
+    },
+    /// Set aside event `event_id` (its payload does not decode as the type the run waits
+    /// for: `consumed_seq = 0`, never delivered) and park the run `blocked` with `note`.
+    /// One transaction, fenced.
+    RejectEvent {
+        fence: Fence,
+        event_id: i64,
+        note: String,
     },
     /// Keep an event for a run; wake the run if it is suspended waiting for `name`.
     SendEvent {
@@ -460,6 +497,8 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
         | Op::ForgetEngine { .. } => leases::apply(conn, op, now),
         Op::Enqueue(_)
         | Op::EnqueueMany(_)
+        | Op::Start(_)
+        | Op::Retry { .. }
         | Op::Checkpoint { .. }
         | Op::AttemptStart { .. }
         | Op::AttemptEnd { .. }
@@ -471,6 +510,7 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
         | Op::Resume { .. } => runs::apply(conn, op, now),
         Op::Timer { .. }
         | Op::AwaitEvent { .. }
+        | Op::RejectEvent { .. }
         | Op::SendEvent { .. }
         | Op::StartChild { .. }
         | Op::AwaitChild { .. } => waits::apply(conn, op, now),

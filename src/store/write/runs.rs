@@ -22,6 +22,17 @@ pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             }
             Ok(Done::Runs(out))
         }
+        Op::Start(runs) => {
+            let mut out = Vec::with_capacity(runs.len());
+            for (run, policy) in &runs {
+                out.push(start(conn, run, *policy, now)?);
+            }
+            Ok(Done::Runs(out))
+        }
+        Op::Retry { run_id, from_seq } => {
+            let id = retry(conn, run_id, from_seq, now)?;
+            Ok(Done::Run { id, created: true })
+        }
         Op::Checkpoint { fence, entry } => {
             let n = conn
                 .prepare_cached(&format!(
@@ -178,6 +189,90 @@ pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             "{other:?} is not a command of store::write::runs"
         ))),
     }
+}
+
+/// [`enqueue`] under a key-conflict policy: an existing run under the key is returned only
+/// if it is of the same workflow with the same input bytes, or the policy says so.
+fn start(
+    conn: &Connection,
+    run: &NewRun,
+    policy: OnKeyConflict,
+    now: i64,
+) -> StoreResult<(i64, bool)> {
+    if let (Some(key), OnKeyConflict::Error) = (&run.idempotency_key, policy) {
+        let existing: Option<(i64, bool)> = conn
+            .prepare_cached(
+                "SELECT id, workflow = ?2 AND version = ?3 AND input = ?4
+                 FROM runs WHERE idempotency_key = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![key, run.workflow, run.version, run.input], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+            })
+            .map_err(sql("looking up an idempotency key"))?;
+        match existing {
+            Some((id, true)) => return Ok((id, false)),
+            Some((existing_run, false)) => {
+                return Err(StoreError::KeyConflict {
+                    key: key.clone(),
+                    existing_run,
+                })
+            }
+            None => {}
+        }
+    }
+    enqueue(conn, run, now)
+}
+
+/// A new run from finished run `run_id` (see `Op::Retry`), in the caller's transaction.
+fn retry(conn: &Connection, run_id: i64, from_seq: Option<i64>, now: i64) -> StoreResult<i64> {
+    let status: Option<String> = conn
+        .prepare_cached("SELECT status FROM runs WHERE id = ?1")
+        .and_then(|mut s| s.query_row(params![run_id], |r| r.get(0)).optional())
+        .map_err(sql("reading a run to retry"))?;
+    match status.as_deref() {
+        None => return Err(StoreError::NotFound { run_id }),
+        Some("completed" | "failed" | "cancelled") => {}
+        Some(other) => {
+            return Err(StoreError::RunNotFinished {
+                run_id,
+                status: other.to_string(),
+            })
+        }
+    }
+    // Retry: everything before the first failed entry. Restart: everything before from_seq.
+    let cut: i64 = match from_seq {
+        Some(seq) => seq,
+        None => conn
+            .prepare_cached(
+                "SELECT coalesce(min(seq), 9223372036854775807) FROM steps
+                 WHERE run_id = ?1 AND status <> 'completed'",
+            )
+            .and_then(|mut s| s.query_row(params![run_id], |r| r.get(0)))
+            .map_err(sql("finding the failed step of a run"))?,
+    };
+    conn.prepare_cached(
+        "INSERT INTO runs(workflow, version, input, status, queue, priority, ready_at,
+                          retry_of, created_at, updated_at)
+         SELECT workflow, version, input, 'pending', queue, priority, ?2, id, ?2, ?2
+         FROM runs WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![run_id, now]))
+    .map_err(sql("starting a retry"))?;
+    let new_id = conn.last_insert_rowid();
+    // Copies, not moves: the old run's journal stays as it was (write-once). Events are not
+    // copied: a copied wait entry holds the payload it received.
+    conn.prepare_cached(
+        "INSERT INTO steps(run_id, seq, name, kind, status, attempts, output, error, recorded_at,
+                           copied_from)
+         SELECT ?2, seq, name, kind, status, attempts, output, error, recorded_at, run_id
+         FROM steps WHERE run_id = ?1 AND seq < ?3",
+    )
+    .and_then(|mut s| s.execute(params![run_id, new_id, cut]))
+    .map_err(sql("copying a journal"))?;
+    Ok(new_id)
 }
 
 pub(crate) fn enqueue(conn: &Connection, run: &NewRun, now: i64) -> StoreResult<(i64, bool)> {

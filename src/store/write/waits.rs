@@ -51,6 +51,7 @@ pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             seq,
             name,
             deadline,
+            upto,
         } => {
             if check_fence(conn, &fence)? {
                 return ended_cancelled(conn, &fence, now);
@@ -65,6 +66,12 @@ pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                         .optional()
                 })
                 .map_err(sql("looking for an event"))?;
+            if let Some((id, _)) = &event {
+                if upto.is_none_or(|upto| *id > upto) {
+                    // An event the caller has not checked yet: look again at once.
+                    return parked(suspend(conn, &fence, now, &event_note(&name), now)?);
+                }
+            }
             if let Some((id, payload)) = event {
                 conn.prepare_cached(
                     "UPDATE events SET consumed_seq = ?2 WHERE id = ?1 AND consumed_seq IS NULL",
@@ -104,6 +111,31 @@ pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                 return Ok(Done::Awaited(Awaited::Failed(reason)));
             }
             parked(suspend(conn, &fence, deadline, &event_note(&name), now)?)
+        }
+        Op::RejectEvent {
+            fence,
+            event_id,
+            note,
+        } => {
+            if check_fence(conn, &fence)? {
+                return ended_cancelled(conn, &fence, now);
+            }
+            conn.prepare_cached(
+                "UPDATE events SET consumed_seq = 0
+                 WHERE id = ?1 AND run_id = ?2 AND consumed_seq IS NULL",
+            )
+            .and_then(|mut s| s.execute(params![event_id, fence.run_id]))
+            .map_err(sql("setting an event aside"))?;
+            let n = conn
+                .prepare_cached(&format!(
+                    "UPDATE runs SET status = 'blocked', note = ?4, owner = NULL,
+                            lease_expires_at = NULL, updated_at = ?5 WHERE {FENCE}"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![fence.run_id, &*fence.owner, fence.epoch, note, now])
+                })
+                .map_err(sql("blocking a run on a bad event"))?;
+            fenced(n, &fence)
         }
         Op::SendEvent {
             run_id,

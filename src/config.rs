@@ -164,6 +164,13 @@ pub struct Config {
     pub storage_failures_max: u32,
     /// ... spanning at least this long (see `engine::health`).
     pub storage_failure_stop_after: Duration,
+    /// Logs kept per child-step attempt (its stderr, stdout where stdout is not the
+    /// result, and its `log` records): the first this many bytes ...
+    pub step_log_head_bytes: u64,
+    /// ... and the last this many, with a "[... N bytes dropped ...]" marker between.
+    /// In-process steps are not captured: their `log` records go to the application's
+    /// logger directly (the logger is the application's, so no per-step capture is possible).
+    pub step_log_tail_bytes: u64,
     /// Name of a registered SQLite VFS for the database files (`None`: SQLite's default).
     /// Only for the power-loss simulator of `waymark torture --power-loss`.
     #[doc(hidden)]
@@ -199,6 +206,8 @@ impl Config {
             lock_wait_max: crate::store::LOCK_WAIT_MAX_DEFAULT,
             storage_failures_max: 10,
             storage_failure_stop_after: Duration::from_secs(300),
+            step_log_head_bytes: 16 * 1024,
+            step_log_tail_bytes: 16 * 1024,
             vfs: None,
         }
     }

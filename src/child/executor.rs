@@ -14,6 +14,7 @@ use super::group::{self, TreeKill};
 use super::limits::{ChildLimits, MemoryRlimit};
 use super::protocol::{self, Request, Response, FRAME_OVERHEAD_BYTES};
 use super::spawn::{self, Exchange, Finished, HeadTail, SpawnSpec, Stdout};
+use super::steplog::StepLog;
 use super::{CommandOutput, CommandSpec};
 use crate::codec;
 use crate::config::{Config, Isolation, StepLimits};
@@ -127,6 +128,7 @@ pub(crate) fn prepare<'a>(
             grace,
             stderr_max: limits.stderr_bytes_max,
             stdout,
+            log: None,
         },
         command,
     })
@@ -155,6 +157,58 @@ pub(crate) fn outcome_of(
         });
     }
     classify(f, limits, step)
+}
+
+/// The log capture of the attempt `req` (bounds from the engine's config).
+pub(crate) fn step_log(inner: &Inner, req: &ExecRequest<'_>) -> StepLog {
+    StepLog::new(
+        format!(
+            "run {}: step '{}' (seq {}, attempt {})",
+            req.fence.run_id,
+            req.step.name(),
+            req.seq,
+            req.attempt
+        ),
+        inner.config.step_log_head_bytes,
+        inner.config.step_log_tail_bytes,
+    )
+}
+
+/// How the memory cap of a child is enforced, for the attempt record.
+pub(crate) fn memory_cap_text(rlimit: MemoryRlimit, limits: &StepLimits) -> Option<String> {
+    limits.memory_bytes.map(|m| {
+        format!(
+            "rlimit {} {}",
+            rlimit.env_value(),
+            super::limits::human_bytes(m)
+        )
+    })
+}
+
+/// Store the attempt's logs and memory-cap mechanism with the attempt (fenced; a lost
+/// lease only loses them).
+pub(crate) fn record_detail(
+    inner: &Inner,
+    req: &ExecRequest<'_>,
+    log: Option<StepLog>,
+    memory_cap: Option<String>,
+) {
+    let logs = log.map(|mut l| l.finish()).unwrap_or_default();
+    if let Err(e) = inner.store.call(Op::AttemptDetail {
+        fence: req.fence.clone(),
+        seq: req.seq,
+        attempt: req.attempt,
+        logs,
+        memory_cap,
+    }) {
+        log::debug!(
+            "run {}: logs of step '{}' (seq {}) attempt {} not recorded: {e}",
+            req.fence.run_id,
+            req.step.name(),
+            req.seq,
+            req.attempt
+        );
+    }
 }
 
 pub(crate) fn spawn_failure(program: &Path, e: std::io::Error) -> Failure {
@@ -286,6 +340,9 @@ impl Executor for ChildExecutor {
             req.cancel.clone(),
             &mut cwd,
         )?;
+        let mut p = p;
+        p.exchange.log = Some(step_log(inner, req));
+        let memory_cap = memory_cap_text(self.memory_rlimit, req.limits);
         let running = spawn::spawn(&p.spec).map_err(|e| spawn_failure(&self.program, e))?;
         let pid = running.pid;
         let pid_start = crate::host::pid_start_time(pid);
@@ -309,8 +366,9 @@ impl Executor for ChildExecutor {
             ));
         }
         crate::fault::point(crate::fault::Point::InStep);
-        let finished = running.exchange(p.exchange);
+        let mut finished = running.exchange(p.exchange);
         let outcome = outcome_of(&finished, req.limits, step, p.command, req.payload_limit);
+        record_detail(inner, req, finished.log.take(), memory_cap);
         log::debug!(
             "run {}: step '{step}' (seq {}) attempt {} in pid {pid}: {:?} after {:?}",
             req.fence.run_id,
@@ -414,6 +472,7 @@ pub(crate) fn preflight(config: &Config, registry: &Registry) -> Result<ChildExe
         grace: Duration::from_millis(200),
         stderr_max: 4096,
         stdout: Stdout::Frames(protocol::FrameReader::new(16 * 1024 * 1024)),
+        log: None,
     });
     match f.response {
         Some(Response::Hello { version, steps, .. }) if version == protocol::VERSION => {

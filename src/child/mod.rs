@@ -10,6 +10,7 @@
 //! - [`command`]: external programs as steps, through the same trampoline (which stays as
 //!   the step's leader and supervises the program).
 //! - [`group`]: a step's process tree by process group; killing what a dead engine left.
+//! - [`steplog`]: an attempt's captured logs (output and forwarded `log` records).
 //! - [`limits`]: rlimits applied by the child itself; cgroup v2 detection.
 //! - [`executor`]: the engine's [`crate::engine::exec::Executor`] for child steps, and the
 //!   start-up handshake.
@@ -23,6 +24,7 @@ pub mod limits;
 pub mod pool;
 pub mod protocol;
 pub mod spawn;
+pub mod steplog;
 
 pub use command::{CommandOutput, CommandSpec};
 pub use executor::{run_step_once, ChildExecutor};
@@ -59,6 +61,8 @@ pub(crate) fn stopped_kill_ms() -> u64 {
 pub(crate) const ENV_MEMORY: &str = "WAYMARK_CHILD_MEMORY";
 pub(crate) const ENV_RLIMIT: &str = "WAYMARK_CHILD_RLIMIT";
 pub(crate) const ENV_CPU: &str = "WAYMARK_CHILD_CPU";
+/// The level (a `log::LevelFilter` name) up to which a step child forwards `log` records.
+pub(crate) const ENV_LOG: &str = "WAYMARK_CHILD_LOG";
 pub(crate) const ENV_PAYLOAD: &str = "WAYMARK_CHILD_PAYLOAD";
 pub(crate) const ENV_POOL_RUNS: &str = "WAYMARK_CHILD_POOL_RUNS";
 

@@ -448,6 +448,7 @@ pub fn registry() -> Registry {
     register(&mut reg);
     super::bench::register(&mut reg);
     super::fixtures_features::register(&mut reg);
+    super::fixtures_logs::register(&mut reg);
     // The torture engine's child steps run in children of this binary.
     super::torture::register(&mut reg);
     reg

@@ -102,10 +102,7 @@ pub fn show(db: &Path, run_id: &str, json: bool) -> CliResult {
                 s.error.as_deref().unwrap_or("")
             );
         }
-        for a in attempts
-            .iter()
-            .filter(|a| a.outcome.as_deref() != Some("success"))
-        {
+        for a in &attempts {
             println!(
                 "  attempt seq={} #{} pid={} outcome={} {}",
                 a.seq,
@@ -114,9 +111,21 @@ pub fn show(db: &Path, run_id: &str, json: bool) -> CliResult {
                 a.outcome.as_deref().unwrap_or("interrupted-or-running"),
                 a.reason.as_deref().unwrap_or("")
             );
+            print_logs(a);
         }
     }
     Ok(0)
+}
+
+/// An attempt's captured logs, indented under it.
+fn print_logs(a: &queries::AttemptRow) {
+    let Some(logs) = a.logs.as_deref().filter(|l| !l.is_empty()) else {
+        return;
+    };
+    println!("    logs:");
+    for line in logs.lines() {
+        println!("      | {line}");
+    }
 }
 
 pub fn stats(db: &Path, json: bool) -> CliResult {

@@ -5,6 +5,7 @@ mod demo;
 mod features;
 mod fixtures;
 mod fixtures_features;
+mod fixtures_logs;
 mod inspect;
 mod torture;
 

@@ -88,6 +88,10 @@ pub struct AttemptRow {
     pub ended_at: Option<i64>,
     pub outcome: Option<String>,
     pub reason: Option<String>,
+    /// Captured logs of a child-step attempt (head, marker, tail).
+    pub logs: Option<String>,
+    /// Memory-cap mechanism of a child-step attempt ("cgroup v1 256 MiB", "rlimit data 512 MiB").
+    pub memory_cap: Option<String>,
 }
 
 fn sql(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -174,7 +178,8 @@ pub fn fence_holds(conn: &Connection, fence: &super::Fence) -> StoreResult<bool>
 pub fn attempts(conn: &Connection, run_id: i64) -> StoreResult<Vec<AttemptRow>> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT seq, attempt, name, owner, epoch, pid, pid_start, started_at, ended_at, outcome, reason
+            "SELECT seq, attempt, name, owner, epoch, pid, pid_start, started_at, ended_at, outcome, reason,
+                    logs, memory_cap
              FROM attempts WHERE run_id = ?1 ORDER BY seq, attempt",
         )
         .map_err(sql("reading attempts"))?;
@@ -197,6 +202,8 @@ pub fn attempts(conn: &Connection, run_id: i64) -> StoreResult<Vec<AttemptRow>> 
                 ended_at: opt_int(r, 8, "attempts.ended_at")?,
                 outcome: opt_text(r, 9, "attempts.outcome")?,
                 reason: opt_text(r, 10, "attempts.reason")?,
+                logs: opt_text(r, 11, "attempts.logs")?,
+                memory_cap: opt_text(r, 12, "attempts.memory_cap")?,
             })
         })()
         .map_err(|e: decode::BadColumn| StoreError::Undecodable {

@@ -9,7 +9,7 @@ use super::pragmas::APPLICATION_ID;
 use rusqlite::Connection;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the durable core.
@@ -129,6 +129,12 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX schedules_due ON schedules(next_due);
+    "#,
+    // 5: per-attempt step logs (bounded by the engine: head + tail, see
+    // Config::step_log_head_bytes) and the memory-cap mechanism an attempt ran under.
+    r#"
+    ALTER TABLE attempts ADD COLUMN logs TEXT;
+    ALTER TABLE attempts ADD COLUMN memory_cap TEXT;
     "#,
 ];
 

@@ -120,6 +120,15 @@ pub enum Op {
         outcome: &'static str,
         reason: String,
     },
+    /// What a child-step attempt left besides its outcome: its captured logs (bounded by
+    /// the engine) and the memory-cap mechanism it ran under. Fenced like the attempt.
+    AttemptDetail {
+        fence: Fence,
+        seq: i64,
+        attempt: i64,
+        logs: String,
+        memory_cap: Option<String>,
+    },
     Complete {
         fence: Fence,
         output: Vec<u8>,
@@ -576,6 +585,33 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                 return fenced(n, &fence);
             }
             Ok(Done::Unit)
+        }
+        Op::AttemptDetail {
+            fence,
+            seq,
+            attempt,
+            logs,
+            memory_cap,
+        } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "UPDATE attempts SET logs = ?6, memory_cap = ?7
+                     WHERE run_id = ?1 AND seq = ?4 AND attempt = ?5
+                       AND EXISTS (SELECT 1 FROM runs WHERE {FENCE})"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        fence.run_id,
+                        &*fence.owner,
+                        fence.epoch,
+                        seq,
+                        attempt,
+                        logs,
+                        memory_cap
+                    ])
+                })
+                .map_err(sql("recording a step attempt's logs"))?;
+            fenced(n, &fence)
         }
         Op::Complete { fence, output } => {
             let n = conn

@@ -128,7 +128,14 @@ fn waymark_gc_deletes_finished_runs() {
         }
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_waymark"))
-        .args(["gc", "--db", db.to_str().unwrap(), "--older-than", "0s"])
+        .args([
+            "gc",
+            "--db",
+            db.to_str().unwrap(),
+            "--older-than",
+            "0s",
+            "--yes",
+        ])
         .output()
         .unwrap();
     assert!(

@@ -35,6 +35,9 @@ pub struct GcArgs {
     /// Delete runs finished longer ago than this (e.g. 30s, 15m, 12h, 7d).
     #[arg(long)]
     pub older_than: String,
+    /// Delete runs that finished less than an hour ago too (asked for when it would).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -152,6 +155,9 @@ pub fn cancel(args: CancelArgs) -> CliResult {
         .call(Op::Cancel { run_id: id })
         .map_err(|e| e.to_string())?
     {
+        Done::Cancel { status } if matches!(status.as_str(), "completed" | "failed") => Err(
+            format!("run {id} already finished ({status}); nothing to cancel"),
+        ),
         Done::Cancel { status } => {
             println!("{status}");
             Ok(0)
@@ -182,7 +188,20 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
 pub fn gc(args: GcArgs) -> CliResult {
     let age = parse_age(&args.older_than)?;
     let (store, clock) = open(&args.db)?;
-    let before = clock.now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX / 2);
+    let now = clock.now_ms();
+    let before = now - i64::try_from(age.as_millis()).unwrap_or(i64::MAX / 2);
+    let hour_ago = now - 3_600_000;
+    if before > hour_ago && !args.yes {
+        let young = store
+            .read(|c| waymark::store::queries::finished_between(c, hour_ago, before))
+            .map_err(|e| e.to_string())?;
+        if young > 0 {
+            return Err(format!(
+                "gc --older-than {} would delete {young} run(s) that finished less than an hour ago; add --yes to delete them",
+                args.older_than
+            ));
+        }
+    }
     let n = features::purge(&store, before).map_err(|e| e.to_string())?;
     println!("{n}");
     Ok(0)

@@ -8,6 +8,7 @@ mod fixtures_features;
 mod fixtures_logs;
 mod inspect;
 mod torture;
+mod when;
 
 pub use fixtures::registry;
 

@@ -395,6 +395,25 @@ pub fn owners(conn: &Connection) -> StoreResult<Vec<OwnerRow>> {
     .map_err(sql("reading lease owners"))
 }
 
+/// The engine row of incarnation `id`, if it is still recorded.
+pub fn engine(conn: &Connection, id: &str) -> StoreResult<Option<OwnerRow>> {
+    conn.prepare_cached(
+        "SELECT id, pid, pid_start, boot_id, beat, stopped_at IS NOT NULL FROM engines WHERE id = ?1",
+    )
+    .and_then(|mut s| s.query_row(params![id], |r| Ok(owner_row(r, None))).optional())
+    .map_err(sql("reading an engine"))
+}
+
+/// Runs that finished at or after `from` and before `to` (ms since the epoch).
+pub fn finished_between(conn: &Connection, from: i64, to: i64) -> StoreResult<i64> {
+    conn.prepare_cached(
+        "SELECT count(*) FROM runs INDEXED BY runs_finished
+         WHERE finished_at IS NOT NULL AND finished_at >= ?1 AND finished_at < ?2",
+    )
+    .and_then(|mut s| s.query_row(params![from, to], |r| r.get(0)))
+    .map_err(sql("counting finished runs"))
+}
+
 /// Engine rows that hold no running run (candidates to forget once dead).
 pub fn idle_engines(conn: &Connection) -> StoreResult<Vec<OwnerRow>> {
     conn.prepare_cached(

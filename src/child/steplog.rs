@@ -20,7 +20,7 @@ pub struct StepLog {
     /// "run 5: step 'x' (seq 2, attempt 1)": the prefix of re-emitted records.
     label: String,
     kept: HeadTail,
-    /// Output bytes after the last newline, not re-emitted yet.
+    /// Output bytes after the last newline, not kept or re-emitted yet.
     pending: Vec<u8>,
     /// Bytes that may still be re-emitted.
     emit_left: u64,
@@ -51,23 +51,30 @@ impl StepLog {
         }
     }
 
-    /// Bytes the step wrote to its output.
+    /// Bytes the step wrote to its output. Kept and re-emitted by whole lines (a line
+    /// longer than 4 KiB in pieces), so a `log` record never lands inside an output line
+    /// (unbuffered stderr writes a line in several pieces).
     pub fn output(&mut self, bytes: &[u8]) {
-        self.kept.push(bytes);
-        if self.emit_left == 0 {
-            self.emit_skipped += bytes.len() as u64;
-            return;
-        }
-        let take = (bytes.len() as u64).min(self.emit_left) as usize;
+        self.pending.extend_from_slice(bytes);
+        let cut = match self.pending.iter().rposition(|&b| b == b'\n') {
+            Some(i) => i + 1,
+            None if self.pending.len() >= LINE_BYTES_MAX => self.pending.len(),
+            None => return,
+        };
+        let done: Vec<u8> = self.pending.drain(..cut).collect();
+        self.take_lines(&done);
+    }
+
+    /// Keep `done` (whole lines) and re-emit it within the budget.
+    fn take_lines(&mut self, done: &[u8]) {
+        self.kept.push(done);
+        let take = (done.len() as u64).min(self.emit_left) as usize;
         self.emit_left -= take as u64;
-        self.emit_skipped += (bytes.len() - take) as u64;
-        self.pending.extend_from_slice(&bytes[..take]);
-        while let Some(i) = self.pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=i).collect();
-            self.emit_line(&line[..line.len() - 1]);
-        }
-        if self.pending.len() >= LINE_BYTES_MAX || self.emit_left == 0 {
-            self.flush_pending();
+        self.emit_skipped += (done.len() - take) as u64;
+        for line in done[..take].split(|&b| b == b'\n') {
+            if !line.is_empty() {
+                self.emit_line(line);
+            }
         }
     }
 
@@ -92,8 +99,8 @@ impl StepLog {
 
     fn flush_pending(&mut self) {
         if !self.pending.is_empty() {
-            let line = std::mem::take(&mut self.pending);
-            self.emit_line(&line);
+            let rest = std::mem::take(&mut self.pending);
+            self.take_lines(&rest);
         }
     }
 
@@ -126,12 +133,13 @@ mod tests {
     #[test]
     fn kept_logs_are_bounded_with_a_marker() {
         let mut l = StepLog::new("t".into(), 8, 8);
-        l.output(b"first\n");
+        l.output(b"fir");
         l.record(2, "app", "careful");
+        l.output(b"st\n");
         l.output(&[b'x'; 100]);
         l.output(b"\nlast\n");
         let text = l.finish();
-        assert!(text.starts_with("first\n[W"), "{text:?}");
+        assert!(text.starts_with("[WARN ap\n[... "), "{text:?}");
         assert!(text.contains("bytes dropped ...]"), "{text:?}");
         assert!(text.ends_with("xx\nlast\n"), "{text:?}");
     }

@@ -142,6 +142,12 @@ pub struct Config {
     pub child_program: Option<PathBuf>,
     /// Which rlimit carries the memory cap of child steps (default RLIMIT_DATA).
     pub memory_rlimit: crate::child::MemoryRlimit,
+    /// Cap the memory of each cold child step with a cgroup of its own where the host
+    /// offers one (cgroup v2 `memory.max`, or the v1 memory controller; usually needs
+    /// root), so an out-of-memory kill is classified `memory_limit` from the cgroup's
+    /// counter whatever the program; elsewhere (and for pooled children) the rlimit above.
+    /// The attempt record names the mechanism used (`memory_cap`). Default true.
+    pub memory_cgroup: bool,
     /// Time between SIGTERM and SIGKILL when a child step is timed out or cancelled.
     pub kill_grace: Duration,
     /// A pooled child serves at most this many executions, then is replaced.
@@ -199,6 +205,7 @@ impl Config {
             quick_check_always: false,
             child_program: None,
             memory_rlimit: crate::child::MemoryRlimit::Data,
+            memory_cgroup: true,
             kill_grace: Duration::from_secs(2),
             pool_runs_max: 1000,
             pool_rss_max_bytes: 256 * 1024 * 1024,

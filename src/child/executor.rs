@@ -9,6 +9,7 @@
 //!   alive, and its whole process group even if the leader is dead (members started no
 //!   earlier than the leader; see [`super::group`]): never two copies of one step at once.
 
+use super::cgroup::CgroupParent;
 use super::classify::classify;
 use super::group::{self, TreeKill};
 use super::limits::{ChildLimits, MemoryRlimit};
@@ -35,6 +36,8 @@ pub struct ChildExecutor {
     program: PathBuf,
     pub(crate) memory_rlimit: MemoryRlimit,
     pub(crate) grace: Duration,
+    /// Where per-step memory cgroups are made, if the host offers them.
+    pub(crate) cgroup: Option<CgroupParent>,
 }
 
 /// One prepared child execution.
@@ -62,6 +65,7 @@ pub(crate) fn prepare<'a>(
         memory_bytes: limits.memory_bytes,
         memory_rlimit,
         cpu_seconds: limits.cpu_seconds,
+        cgroup: None,
     };
     let mut env: Vec<(String, String)> = Vec::new();
     let mut args = Vec::new();
@@ -247,6 +251,7 @@ impl ChildExecutor {
             program,
             memory_rlimit,
             grace,
+            cgroup: None,
         }
     }
 
@@ -342,7 +347,36 @@ impl Executor for ChildExecutor {
         )?;
         let mut p = p;
         p.exchange.log = Some(step_log(inner, req));
-        let memory_cap = memory_cap_text(self.memory_rlimit, req.limits);
+        let cgroup = match (&self.cgroup, req.limits.memory_bytes) {
+            (Some(parent), Some(cap)) => {
+                let label = format!("r{}-s{}-a{}", req.fence.run_id, req.seq, req.attempt);
+                match parent.create(&label, cap) {
+                    Ok(cg) => Some((cg, parent.version(), cap)),
+                    Err(e) => {
+                        log::warn!(
+                            "run {}: no memory cgroup for step '{step}' ({e}); capped by rlimit instead",
+                            req.fence.run_id
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let memory_cap = match &cgroup {
+            Some((cg, version, cap)) => {
+                p.spec.env.push((
+                    super::ENV_CGROUP.to_string(),
+                    cg.path().display().to_string(),
+                ));
+                Some(format!(
+                    "{} {}",
+                    version.name(),
+                    super::limits::human_bytes(*cap)
+                ))
+            }
+            None => memory_cap_text(self.memory_rlimit, req.limits),
+        };
         let running = spawn::spawn(&p.spec).map_err(|e| spawn_failure(&self.program, e))?;
         let pid = running.pid;
         let pid_start = crate::host::pid_start_time(pid);
@@ -367,7 +401,17 @@ impl Executor for ChildExecutor {
         }
         crate::fault::point(crate::fault::Point::InStep);
         let mut finished = running.exchange(p.exchange);
-        let outcome = outcome_of(&finished, req.limits, step, p.command, req.payload_limit);
+        let mut outcome = outcome_of(&finished, req.limits, step, p.command, req.payload_limit);
+        if let Some((cg, _, _)) = cgroup {
+            // The cgroup's own counter names an out-of-memory kill, whatever the program.
+            if outcome.is_err() && finished.intent.is_none() && cg.oom_kills() > 0 {
+                outcome = Err(Failure::new(
+                    FailureClass::MemoryLimit,
+                    super::classify::memory_reason(req.limits),
+                ));
+            }
+            cg.remove();
+        }
         record_detail(inner, req, finished.log.take(), memory_cap);
         log::debug!(
             "run {}: step '{step}' (seq {}) attempt {} in pid {pid}: {:?} after {:?}",
@@ -432,10 +476,21 @@ pub(crate) fn preflight(config: &Config, registry: &Registry) -> Result<ChildExe
             "this process was started as a step child and reached Engine::start",
         ));
     }
-    let exec = ChildExecutor::new(program.clone(), config.memory_rlimit, config.kill_grace);
+    let mut exec = ChildExecutor::new(program.clone(), config.memory_rlimit, config.kill_grace);
     let needed = child_steps(config, registry);
     if needed.is_empty() {
         return Ok(exec);
+    }
+    if config.memory_cgroup {
+        exec.cgroup = CgroupParent::detect();
+        if let Some(parent) = &exec.cgroup {
+            parent.sweep_stale();
+            log::info!(
+                "child steps get their memory cap from a {} below {}",
+                parent.version().name(),
+                parent.dir().display()
+            );
+        }
     }
     if config.child_program.is_none() && !super::hook_installed() {
         return Err(hook_missing(

@@ -11,10 +11,13 @@
 //!   the step's leader and supervises the program).
 //! - [`group`]: a step's process tree by process group; killing what a dead engine left.
 //! - [`steplog`]: an attempt's captured logs (output and forwarded `log` records).
+//! - [`cgroup`]: a memory cgroup per cold child step where the host offers one; OOM kills
+//!   read from its counter.
 //! - [`limits`]: rlimits applied by the child itself; cgroup v2 detection.
 //! - [`executor`]: the engine's [`crate::engine::exec::Executor`] for child steps, and the
 //!   start-up handshake.
 
+pub mod cgroup;
 pub mod classify;
 pub mod command;
 pub mod executor;
@@ -61,6 +64,7 @@ pub(crate) fn stopped_kill_ms() -> u64 {
 pub(crate) const ENV_MEMORY: &str = "WAYMARK_CHILD_MEMORY";
 pub(crate) const ENV_RLIMIT: &str = "WAYMARK_CHILD_RLIMIT";
 pub(crate) const ENV_CPU: &str = "WAYMARK_CHILD_CPU";
+pub(crate) const ENV_CGROUP: &str = "WAYMARK_CHILD_CGROUP";
 /// The level (a `log::LevelFilter` name) up to which a step child forwards `log` records.
 pub(crate) const ENV_LOG: &str = "WAYMARK_CHILD_LOG";
 pub(crate) const ENV_PAYLOAD: &str = "WAYMARK_CHILD_PAYLOAD";

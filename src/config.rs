@@ -150,6 +150,12 @@ pub struct Config {
     pub child_program: Option<PathBuf>,
     /// Which rlimit carries the memory cap of child steps (default RLIMIT_DATA).
     pub memory_rlimit: MemoryRlimit,
+    /// Cap the memory of each cold child step with a cgroup of its own where the host
+    /// offers one (cgroup v2 `memory.max`, or the v1 memory controller; usually needs
+    /// root), so an out-of-memory kill is classified `memory_limit` from the cgroup's
+    /// counter whatever the program; elsewhere (and for pooled children) the rlimit above.
+    /// The attempt record names the mechanism used (`memory_cap`). Default true.
+    pub memory_cgroup: bool,
     /// Time between SIGTERM and SIGKILL when a child step is timed out or cancelled.
     pub kill_grace: Duration,
     /// A pooled child serves at most this many executions, then is replaced.
@@ -172,6 +178,13 @@ pub struct Config {
     pub storage_failures_max: u32,
     /// ... spanning at least this long (see `engine::health`).
     pub storage_failure_stop_after: Duration,
+    /// Logs kept per child-step attempt (its stderr, stdout where stdout is not the
+    /// result, and its `log` records): the first this many bytes ...
+    pub step_log_head_bytes: u64,
+    /// ... and the last this many, with a "[... N bytes dropped ...]" marker between.
+    /// In-process steps are not captured: their `log` records go to the application's
+    /// logger directly (the logger is the application's, so no per-step capture is possible).
+    pub step_log_tail_bytes: u64,
     /// Name of a registered SQLite VFS for the database files (`None`: SQLite's default).
     /// Only for the power-loss simulator of `waymark torture --power-loss`.
     #[doc(hidden)]
@@ -200,6 +213,7 @@ impl Config {
             quick_check_always: false,
             child_program: None,
             memory_rlimit: MemoryRlimit::Data,
+            memory_cgroup: true,
             kill_grace: Duration::from_secs(2),
             pool_runs_max: 1000,
             pool_rss_max_bytes: 256 * 1024 * 1024,
@@ -207,6 +221,8 @@ impl Config {
             lock_wait_max: crate::store::LOCK_WAIT_MAX_DEFAULT,
             storage_failures_max: 10,
             storage_failure_stop_after: Duration::from_secs(300),
+            step_log_head_bytes: 16 * 1024,
+            step_log_tail_bytes: 16 * 1024,
             vfs: None,
         }
     }

@@ -77,6 +77,16 @@ pub trait Attempts: Send + Sync {
     /// Record that `req` ended well (`reason` for people). The journal entry that follows
     /// is what counts; an error here means the lease was lost or storage failed.
     fn succeeded(&self, req: &ExecRequest<'_>, reason: String) -> Result<(), StoreError>;
+    /// Store what `req` left besides its outcome: its captured logs and the memory-cap
+    /// mechanism. Best effort (a lost lease only loses them).
+    fn detail(
+        &self,
+        req: &ExecRequest<'_>,
+        logs: String,
+        memory_cap: Option<String>,
+    ) -> Result<(), StoreError>;
+    /// Bounds of a child attempt's captured logs: (head bytes, tail bytes).
+    fn log_bounds(&self) -> (u64, u64);
     /// Unfinished attempts of the same step by other owners or epochs.
     fn earlier(&self, req: &ExecRequest<'_>) -> Result<Vec<EarlierAttempt>, StoreError>;
 }

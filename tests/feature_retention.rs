@@ -130,7 +130,14 @@ fn waymark_gc_deletes_finished_runs() {
         }
     }
     let out = std::process::Command::new(support::bin())
-        .args(["gc", "--db", db.to_str().unwrap(), "--older-than", "0s"])
+        .args([
+            "gc",
+            "--db",
+            db.to_str().unwrap(),
+            "--older-than",
+            "0s",
+            "--yes",
+        ])
         .output()
         .unwrap();
     assert!(

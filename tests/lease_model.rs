@@ -310,6 +310,10 @@ const COUNTERPARTS: &[(&str, &str)] = &[
         "AttemptEnd",
         "model: grace_kill (outcome shutdown) / finish_step",
     ),
+    (
+        "AttemptDetail",
+        "abstracted: fenced like AttemptEnd, writes only an attempt's logs and memory-cap text",
+    ),
     ("Complete", "model: complete"),
     (
         "Fail",

@@ -52,6 +52,9 @@ pub struct GcArgs {
     /// Delete runs finished longer ago than this (e.g. 30s, 15m, 12h, 7d).
     #[arg(long)]
     pub older_than: String,
+    /// Delete runs that finished less than an hour ago too (asked for when it would).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -163,6 +166,14 @@ pub fn send(args: SendArgs) -> CliResult {
 pub fn cancel(args: CancelArgs) -> CliResult {
     let id = parse_run_id(&args.run_id)?;
     let status = client(&args.db)?.cancel(id).map_err(|e| e.to_string())?;
+    if matches!(
+        status,
+        waymark::RunStatus::Completed | waymark::RunStatus::Failed
+    ) {
+        return Err(format!(
+            "run {id} already finished ({status}); nothing to cancel"
+        ));
+    }
     println!("{status}");
     Ok(0)
 }
@@ -204,7 +215,19 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
 
 pub fn gc(args: GcArgs) -> CliResult {
     let age = parse_age(&args.older_than)?;
-    let n = client(&args.db)?.purge(age).map_err(|e| e.to_string())?;
+    let client = client(&args.db)?;
+    if !args.yes {
+        let young = client
+            .purge_would_delete_recent(age, Duration::from_secs(3600))
+            .map_err(|e| e.to_string())?;
+        if young > 0 {
+            return Err(format!(
+                "gc --older-than {} would delete {young} run(s) that finished less than an hour ago; add --yes to delete them",
+                args.older_than
+            ));
+        }
+    }
+    let n = client.purge(age).map_err(|e| e.to_string())?;
     println!("{n}");
     Ok(0)
 }

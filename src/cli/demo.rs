@@ -99,6 +99,11 @@ pub fn record_effect(ctx: &StepCtx, step: &str) {
 
 fn generate(ctx: &StepCtx, input: GenIn) -> Result<Vec<u64>, StepError> {
     record_effect(ctx, "generate");
+    log::info!(
+        "generating {} numbers from seed {}",
+        input.count,
+        input.seed
+    );
     let mut x = input
         .seed
         .wrapping_mul(6364136223846793005)
@@ -115,6 +120,7 @@ fn generate(ctx: &StepCtx, input: GenIn) -> Result<Vec<u64>, StepError> {
 
 fn transform(ctx: &StepCtx, mut data: Vec<u64>) -> Result<Summary, StepError> {
     record_effect(ctx, "transform");
+    log::info!("transforming {} numbers", data.len());
     if data.is_empty() {
         return Err(StepError::permanent("no data to transform"));
     }
@@ -134,6 +140,7 @@ fn transform(ctx: &StepCtx, mut data: Vec<u64>) -> Result<Summary, StepError> {
 
 fn write(ctx: &StepCtx, input: WriteIn) -> Result<String, StepError> {
     record_effect(ctx, "write");
+    log::info!("writing the summary to {}", input.path);
     let path = Path::new(&input.path);
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
@@ -153,6 +160,7 @@ fn write(ctx: &StepCtx, input: WriteIn) -> Result<String, StepError> {
 /// Allocate `bytes` in 16 MiB chunks, touching every page (meant to exceed its cap).
 fn hog(ctx: &StepCtx, bytes: u64) -> Result<u64, StepError> {
     record_effect(ctx, "hog");
+    log::info!("allocating {bytes} bytes");
     let chunk = 16 * 1024 * 1024usize;
     let mut held: Vec<Vec<u8>> = Vec::new();
     while (held.len() * chunk) < bytes as usize {

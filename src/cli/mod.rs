@@ -5,9 +5,11 @@ mod bench;
 mod demo;
 mod fixtures;
 mod fixtures_durable;
+mod fixtures_logs;
 mod inspect;
 mod serve;
 mod torture;
+mod when;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -193,6 +195,7 @@ pub fn registry() -> waymark::Registry {
     let mut reg = waymark::Registry::new();
     demo::register(&mut reg);
     fixtures::register(&mut reg);
+    fixtures_logs::register(&mut reg);
     bench::register(&mut reg);
     fixtures_durable::register(&mut reg);
     // The torture engine's child steps run in children of this binary.

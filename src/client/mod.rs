@@ -596,6 +596,23 @@ impl Client {
         Ok(())
     }
 
+    /// How many runs a purge of runs finished more than `older_than` ago would delete among
+    /// those that finished within the last `recent` (a guard for tools: deleting young
+    /// runs is rarely meant).
+    pub fn purge_would_delete_recent(
+        &self,
+        older_than: Duration,
+        recent: Duration,
+    ) -> Result<u64, Error> {
+        let now = self.shared.clock.now_ms();
+        let before = now - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX / 2);
+        let from = now - i64::try_from(recent.as_millis()).unwrap_or(i64::MAX / 2);
+        if before <= from {
+            return Ok(0);
+        }
+        Ok(self.store().finished_between(from, before)?)
+    }
+
     /// Delete runs that finished more than `older_than` ago, with their journals, attempts
     /// and events, in bounded batches, then return free pages to the file system.
     /// Returns the number of runs deleted.

@@ -29,6 +29,23 @@ impl Attempts for Inner {
             .attempt_end(req.fence, req.seq, req.attempt, "success", reason)
     }
 
+    fn detail(
+        &self,
+        req: &ExecRequest<'_>,
+        logs: String,
+        memory_cap: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.store
+            .attempt_detail(req.fence, req.seq, req.attempt, logs, memory_cap)
+    }
+
+    fn log_bounds(&self) -> (u64, u64) {
+        (
+            self.config.step_log_head_bytes,
+            self.config.step_log_tail_bytes,
+        )
+    }
+
     fn earlier(&self, req: &ExecRequest<'_>) -> Result<Vec<EarlierAttempt>, StoreError> {
         let run_id = req.fence.run_id;
         let open = self.store.open_attempts(run_id)?;

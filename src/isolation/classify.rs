@@ -111,6 +111,10 @@ pub fn classify_response(resp: &Response, limits: &StepLimits) -> Outcome {
                 reason: format!("protocol error: the child program has no step '{s}' registered"),
                 permanent: true,
             }),
+            Response::Log { .. } => fail(
+                FailureClass::Protocol,
+                "protocol error: a log record where a step result was expected".into(),
+            ),
             Response::Hello { .. } => fail(
                 FailureClass::Protocol,
                 "protocol error: handshake answer where a step result was expected".into(),

@@ -9,11 +9,13 @@
 //!   alive, and its whole process group even if the leader is dead (members started no
 //!   earlier than the leader; see [`super::group`]): never two copies of one step at once.
 
+use super::cgroup::CgroupParent;
 use super::classify::classify;
 use super::group::{self, TreeKill};
 use super::limits::{ChildLimits, MemoryRlimit};
 use super::protocol::{self, Request, Response, FRAME_OVERHEAD_BYTES};
 use super::spawn::{self, Exchange, Finished, HeadTail, SpawnSpec, Stdout};
+use super::steplog::StepLog;
 use super::{CommandOutput, CommandSpec};
 use crate::codec;
 use crate::config::{Config, Isolation, StepLimits};
@@ -32,6 +34,8 @@ pub struct ChildExecutor {
     program: PathBuf,
     pub(crate) memory_rlimit: MemoryRlimit,
     pub(crate) grace: Duration,
+    /// Where per-step memory cgroups are made, if the host offers them.
+    pub(crate) cgroup: Option<CgroupParent>,
 }
 
 /// One prepared child execution.
@@ -59,6 +63,7 @@ pub(crate) fn prepare<'a>(
         memory_bytes: limits.memory_bytes,
         memory_rlimit,
         cpu_seconds: limits.cpu_seconds,
+        cgroup: None,
     };
     let mut env: Vec<(String, String)> = Vec::new();
     let mut args = Vec::new();
@@ -125,6 +130,7 @@ pub(crate) fn prepare<'a>(
             grace,
             stderr_max: limits.stderr_bytes_max,
             stdout,
+            log: None,
         },
         command,
     })
@@ -153,6 +159,53 @@ pub(crate) fn outcome_of(
         });
     }
     classify(f, limits, step)
+}
+
+/// The log capture of the attempt `req` (bounds from the engine's config).
+pub(crate) fn step_log(attempts: &dyn Attempts, req: &ExecRequest<'_>) -> StepLog {
+    let (head, tail) = attempts.log_bounds();
+    StepLog::new(
+        format!(
+            "run {}: step '{}' (seq {}, attempt {})",
+            req.fence.run_id,
+            req.step.name(),
+            req.seq,
+            req.attempt
+        ),
+        head,
+        tail,
+    )
+}
+
+/// How the memory cap of a child is enforced, for the attempt record.
+pub(crate) fn memory_cap_text(rlimit: MemoryRlimit, limits: &StepLimits) -> Option<String> {
+    limits.memory_bytes.map(|m| {
+        format!(
+            "rlimit {} {}",
+            rlimit.env_value(),
+            super::limits::human_bytes(m)
+        )
+    })
+}
+
+/// Store the attempt's logs and memory-cap mechanism with the attempt (fenced; a lost
+/// lease only loses them).
+pub(crate) fn record_detail(
+    attempts: &dyn Attempts,
+    req: &ExecRequest<'_>,
+    log: Option<StepLog>,
+    memory_cap: Option<String>,
+) {
+    let logs = log.map(|mut l| l.finish()).unwrap_or_default();
+    if let Err(e) = attempts.detail(req, logs, memory_cap) {
+        log::debug!(
+            "run {}: logs of step '{}' (seq {}) attempt {} not recorded: {e}",
+            req.fence.run_id,
+            req.step.name(),
+            req.seq,
+            req.attempt
+        );
+    }
 }
 
 pub(crate) fn spawn_failure(program: &Path, e: std::io::Error) -> Failure {
@@ -191,6 +244,7 @@ impl ChildExecutor {
             program,
             memory_rlimit,
             grace,
+            cgroup: None,
         }
     }
 
@@ -272,6 +326,38 @@ impl Executor for ChildExecutor {
             req.cancel.clone(),
             &mut cwd,
         )?;
+        let mut p = p;
+        p.exchange.log = Some(step_log(attempts, req));
+        let cgroup = match (&self.cgroup, req.limits.memory_bytes) {
+            (Some(parent), Some(cap)) => {
+                let label = format!("r{}-s{}-a{}", req.fence.run_id, req.seq, req.attempt);
+                match parent.create(&label, cap) {
+                    Ok(cg) => Some((cg, parent.version(), cap)),
+                    Err(e) => {
+                        log::warn!(
+                            "run {}: no memory cgroup for step '{step}' ({e}); capped by rlimit instead",
+                            req.fence.run_id
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let memory_cap = match &cgroup {
+            Some((cg, version, cap)) => {
+                p.spec.env.push((
+                    super::ENV_CGROUP.to_string(),
+                    cg.path().display().to_string(),
+                ));
+                Some(format!(
+                    "{} {}",
+                    version.name(),
+                    super::limits::human_bytes(*cap)
+                ))
+            }
+            None => memory_cap_text(self.memory_rlimit, req.limits),
+        };
         let running = spawn::spawn(&p.spec).map_err(|e| spawn_failure(&self.program, e))?;
         let pid = running.pid;
         // Record the child before it can have any effect (it has no input yet).
@@ -280,8 +366,19 @@ impl Executor for ChildExecutor {
             return Err(f);
         }
         crate::fault::point(crate::fault::Point::InStep);
-        let finished = running.exchange(p.exchange);
-        let outcome = outcome_of(&finished, req.limits, step, p.command, req.payload_limit);
+        let mut finished = running.exchange(p.exchange);
+        let mut outcome = outcome_of(&finished, req.limits, step, p.command, req.payload_limit);
+        if let Some((cg, _, _)) = cgroup {
+            // The cgroup's own counter names an out-of-memory kill, whatever the program.
+            if outcome.is_err() && finished.intent.is_none() && cg.oom_kills() > 0 {
+                outcome = Err(Failure::new(
+                    FailureClass::MemoryLimit,
+                    super::classify::memory_reason(req.limits),
+                ));
+            }
+            cg.remove();
+        }
+        record_detail(attempts, req, finished.log.take(), memory_cap);
         log::debug!(
             "run {}: step '{step}' (seq {}) attempt {} in pid {pid}: {:?} after {:?}",
             req.fence.run_id,
@@ -346,10 +443,21 @@ pub(crate) fn preflight(
             "this process was started as a step child and reached Engine::start",
         ));
     }
-    let exec = ChildExecutor::new(program.clone(), config.memory_rlimit, config.kill_grace);
+    let mut exec = ChildExecutor::new(program.clone(), config.memory_rlimit, config.kill_grace);
     let needed = child_steps(config, registry);
     if needed.is_empty() {
         return Ok(exec);
+    }
+    if config.memory_cgroup {
+        exec.cgroup = CgroupParent::detect();
+        if let Some(parent) = &exec.cgroup {
+            parent.sweep_stale();
+            log::info!(
+                "child steps get their memory cap from a {} below {}",
+                parent.version().name(),
+                parent.dir().display()
+            );
+        }
     }
     if config.child_program.is_none() && !super::hook_installed() {
         return Err(hook_missing(
@@ -386,6 +494,7 @@ pub(crate) fn preflight(
         grace: Duration::from_millis(200),
         stderr_max: 4096,
         stdout: Stdout::Frames(protocol::FrameReader::new(16 * 1024 * 1024)),
+        log: None,
     });
     match f.response {
         Some(Response::Hello { version, steps, .. }) if version == protocol::VERSION => {

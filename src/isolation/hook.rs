@@ -12,6 +12,9 @@
 //! 3. Its rlimits (memory, CPU, no core dumps).
 //! 4. Move the protocol pipe off fd 1 and point fd 1 at stderr, so a step's `println!`
 //!    lands in the captured stderr instead of corrupting the protocol.
+//! 5. Install a `log` logger that forwards the step's records to the engine as
+//!    `Response::Log` frames on the protocol pipe (with their level): the engine keeps them
+//!    with the attempt's logs and re-emits them through its own logger.
 //!
 //! Why a watch thread and not `PR_SET_PDEATHSIG(SIGKILL)`: that signal kills only the
 //! direct child and leaves its descendants running (issue 9). A catchable death signal
@@ -249,7 +252,13 @@ fn serve<R: StepSource>(registry: R, mode: &str) -> i32 {
     }
     PROTOCOL_FD.store(proto, Ordering::SeqCst);
     // SAFETY: `proto` is a fresh descriptor owned by nobody else.
-    let mut out = std::io::BufWriter::new(unsafe { std::fs::File::from_raw_fd(proto) });
+    let out: ProtocolOut =
+        std::sync::Arc::new(std::sync::Mutex::new(std::io::BufWriter::new(unsafe {
+            std::fs::File::from_raw_fd(proto)
+        })));
+    if mode != "hello" {
+        install_logger(out.clone());
+    }
     let max_runs: u64 = match mode {
         "pool" => std::env::var(super::ENV_POOL_RUNS)
             .ok()
@@ -332,7 +341,11 @@ fn serve<R: StepSource>(registry: R, mode: &str) -> i32 {
                 Err(_) => return EXIT_SETUP,
             },
         };
-        if out.write_all(&resp).and_then(|_| out.flush()).is_err() {
+        let written = match out.lock() {
+            Ok(mut out) => out.write_all(&resp).and_then(|_| out.flush()).is_ok(),
+            Err(_) => false,
+        };
+        if !written {
             return 0;
         }
         if served >= max_runs || mode == "hello" {
@@ -341,6 +354,62 @@ fn serve<R: StepSource>(registry: R, mode: &str) -> i32 {
     }
     // The reader stopped (EOF ignored in a test fixture): keep whatever the step started.
     0
+}
+
+/// The protocol pipe to the engine, shared by the step server (responses) and the logger
+/// (log records): a frame is written whole under the lock, so frames never interleave.
+type ProtocolOut = std::sync::Arc<std::sync::Mutex<std::io::BufWriter<std::fs::File>>>;
+
+/// Forwards the step's `log` records to the engine as [`Response::Log`] frames, with their
+/// level; the engine keeps them with the attempt and re-emits them through its own logger.
+struct ForwardLogger {
+    out: ProtocolOut,
+}
+
+impl log::Log for ForwardLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let mut message = record.args().to_string();
+        if message.len() > protocol::LOG_MESSAGE_BYTES_MAX {
+            let mut cut = protocol::LOG_MESSAGE_BYTES_MAX;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str(" [... cut ...]");
+        }
+        let frame = Response::Log {
+            level: record.level() as u8,
+            target: record.target().chars().take(200).collect(),
+            message,
+        };
+        let Ok(bytes) = protocol::encode_frame(&frame, FRAME_OVERHEAD_BYTES) else {
+            return;
+        };
+        if let Ok(mut out) = self.out.lock() {
+            let _ = out.write_all(&bytes).and_then(|_| out.flush());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Install the forwarding logger (unless the host set a logger before the hook), at the
+/// level the engine passed (`ENV_LOG`, at least info).
+fn install_logger(out: ProtocolOut) {
+    let level = std::env::var(super::ENV_LOG)
+        .ok()
+        .and_then(|v| v.parse::<log::LevelFilter>().ok())
+        .unwrap_or(log::LevelFilter::Info);
+    if log::set_boxed_logger(Box::new(ForwardLogger { out })).is_ok() {
+        log::set_max_level(level);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -35,6 +35,9 @@ pub(crate) struct ChildLimits {
     pub memory_bytes: Option<u64>,
     pub memory_rlimit: MemoryRlimit,
     pub cpu_seconds: Option<u64>,
+    /// The step's own memory cgroup (see [`super::cgroup`]): the child enters it, and then
+    /// sets no memory rlimit.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl ChildLimits {
@@ -50,6 +53,9 @@ impl ChildLimits {
         if let Some(c) = self.cpu_seconds {
             env.push((super::ENV_CPU, c.to_string()));
         }
+        if let Some(cg) = &self.cgroup {
+            env.push((super::ENV_CGROUP, cg.display().to_string()));
+        }
         env
     }
 
@@ -62,6 +68,7 @@ impl ChildLimits {
                 _ => MemoryRlimit::Data,
             },
             cpu_seconds: num(super::ENV_CPU),
+            cgroup: std::env::var_os(super::ENV_CGROUP).map(PathBuf::from),
         }
     }
 }
@@ -87,7 +94,11 @@ fn set(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> std::io::Re
 /// before each execution (SIGXCPU's default action ends the process just the same).
 pub(crate) fn apply(limits: &ChildLimits, pooled: bool) -> std::io::Result<()> {
     set(libc::RLIMIT_CORE, 0, 0)?;
-    if let Some(m) = limits.memory_bytes {
+    if let Some(cg) = &limits.cgroup {
+        super::cgroup::enter(cg).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("entering cgroup {}: {e}", cg.display()))
+        })?;
+    } else if let Some(m) = limits.memory_bytes {
         set(limits.memory_rlimit.resource(), m, m)?;
     }
     if let Some(c) = limits.cpu_seconds {

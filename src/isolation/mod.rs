@@ -10,10 +10,15 @@
 //! - [`command`]: external programs as steps, through the same trampoline (which stays as
 //!   the step's leader and supervises the program).
 //! - [`group`]: a step's process tree by process group; killing what a dead engine left.
+//! - [`steplog`]: an attempt's captured logs (output and forwarded `log` records).
+//! - [`cgroup`]: a memory cgroup per cold child step where the host offers one; OOM kills
+//!   read from its counter.
 //! - [`limits`]: rlimits applied by the child itself; cgroup v2 detection.
 //! - [`executor`]: the engine's [`crate::exec::Executor`] for child steps, and the
 //!   start-up handshake.
 
+#[doc(hidden)]
+pub mod cgroup;
 #[doc(hidden)]
 pub mod classify;
 #[doc(hidden)]
@@ -32,6 +37,7 @@ pub mod pool;
 pub mod protocol;
 #[doc(hidden)]
 pub mod spawn;
+pub mod steplog;
 
 pub use command::{CommandOutput, CommandSpec};
 pub use executor::{run_step_once, ChildExecutor};
@@ -68,6 +74,9 @@ pub(crate) fn stopped_kill_ms() -> u64 {
 pub(crate) const ENV_MEMORY: &str = "WAYMARK_CHILD_MEMORY";
 pub(crate) const ENV_RLIMIT: &str = "WAYMARK_CHILD_RLIMIT";
 pub(crate) const ENV_CPU: &str = "WAYMARK_CHILD_CPU";
+pub(crate) const ENV_CGROUP: &str = "WAYMARK_CHILD_CGROUP";
+/// The level (a `log::LevelFilter` name) up to which a step child forwards `log` records.
+pub(crate) const ENV_LOG: &str = "WAYMARK_CHILD_LOG";
 pub(crate) const ENV_PAYLOAD: &str = "WAYMARK_CHILD_PAYLOAD";
 pub(crate) const ENV_POOL_RUNS: &str = "WAYMARK_CHILD_POOL_RUNS";
 

@@ -109,6 +109,8 @@ impl Executor for PoolExecutor {
             req.cancel.clone(),
             &mut cwd,
         )?;
+        p.exchange.log = Some(super::executor::step_log(attempts, req));
+        let memory_cap = super::executor::memory_cap_text(self.cold.memory_rlimit, req.limits);
         let mut pooled = match self.checkout(step) {
             Some(p) => p,
             None => {
@@ -134,6 +136,7 @@ impl Executor for PoolExecutor {
         match (&talk.intent, &talk.response) {
             (None, Some(resp)) => {
                 let outcome = classify_response(resp, req.limits);
+                super::executor::record_detail(attempts, req, p.exchange.log.take(), memory_cap);
                 // The step returned, but what it started in its group (a background
                 // process) is still running: it ends with the step, as it does when a cold
                 // child exits. A child whose group cannot be emptied is not reused.
@@ -182,8 +185,10 @@ impl Executor for PoolExecutor {
                 outcome
             }
             _ => {
-                let finished = pooled.running.finish(p.exchange, talk, stderr, started);
-                outcome_of(&finished, req.limits, step, false, req.payload_limit)
+                let mut finished = pooled.running.finish(p.exchange, talk, stderr, started);
+                let outcome = outcome_of(&finished, req.limits, step, false, req.payload_limit);
+                super::executor::record_detail(attempts, req, finished.log.take(), memory_cap);
+                outcome
             }
         }
     }

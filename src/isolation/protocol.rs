@@ -57,7 +57,17 @@ pub enum Response {
     Codec(String),
     /// The child has no step of this name registered.
     UnknownStep(String),
+    /// A `log` record made by the step (any thread of the child) while it ran; it does not
+    /// end the exchange. `level` is `log::Level as u8` (1 = error .. 5 = trace).
+    Log {
+        level: u8,
+        target: String,
+        message: String,
+    },
 }
+
+/// Longest message of a [`Response::Log`] record the child sends (longer ones are cut).
+pub const LOG_MESSAGE_BYTES_MAX: usize = 8 * 1024;
 
 /// Why bytes from the other side are not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +119,27 @@ pub fn encode_frame<T: Serialize>(msg: &T, limit: u64) -> Result<Vec<u8>, CodecE
     Ok(frame)
 }
 
+/// The body length announced by the frame header at the start of `buf` (`None` while the
+/// header is incomplete); checks the magic and the limit.
+fn header_len(buf: &[u8], limit: u64) -> Result<Option<usize>, ProtocolError> {
+    let have = buf.len().min(4);
+    if buf[..have] != MAGIC[..have] {
+        let mut m = [0u8; 4];
+        m[..have].copy_from_slice(&buf[..have]);
+        return Err(ProtocolError::BadMagic(m));
+    }
+    if buf.len() < HEADER_BYTES {
+        return Ok(None);
+    }
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&buf[4..8]);
+    let len = u32::from_le_bytes(len) as u64;
+    if len > limit {
+        return Err(ProtocolError::TooLarge { size: len, limit });
+    }
+    Ok(Some(len as usize))
+}
+
 /// Incremental, bounded frame decoder for non-blocking reads.
 #[derive(Debug)]
 pub struct FrameReader {
@@ -131,39 +162,22 @@ impl FrameReader {
     }
 
     fn body_len(&self) -> Result<Option<usize>, ProtocolError> {
-        let have = self.buf.len().min(4);
-        if self.buf[..have] != MAGIC[..have] {
-            let mut m = [0u8; 4];
-            m[..have].copy_from_slice(&self.buf[..have]);
-            return Err(ProtocolError::BadMagic(m));
-        }
-        if self.buf.len() < HEADER_BYTES {
-            return Ok(None);
-        }
-        let mut len = [0u8; 4];
-        len.copy_from_slice(&self.buf[4..8]);
-        let len = u32::from_le_bytes(len) as u64;
-        if len > self.limit {
-            return Err(ProtocolError::TooLarge {
-                size: len,
-                limit: self.limit,
-            });
-        }
-        Ok(Some(len as usize))
+        header_len(&self.buf, self.limit)
     }
 
     /// Append bytes read from the pipe. Fails as soon as they cannot start a valid frame.
+    /// Several frames may be buffered (log records ahead of a response): each header is
+    /// checked as soon as it is complete.
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), ProtocolError> {
         self.buf.extend_from_slice(bytes);
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        if let Some(len) = self.body_len()? {
-            if self.buf.len() > HEADER_BYTES + len {
-                return Err(ProtocolError::Invalid(format!(
-                    "{} bytes after the end of a frame",
-                    self.buf.len() - HEADER_BYTES - len
-                )));
+        let mut at = 0usize;
+        while at < self.buf.len() {
+            let len = header_len(&self.buf[at..], self.limit)?;
+            match len {
+                Some(len) if self.buf.len() - at >= HEADER_BYTES + len => {
+                    at += HEADER_BYTES + len;
+                }
+                _ => break,
             }
         }
         Ok(())

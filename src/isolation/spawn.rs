@@ -32,29 +32,38 @@ pub const EXIT_DRAIN_MAX: Duration = Duration::from_millis(200);
 pub struct HeadTail {
     head: Vec<u8>,
     tail: std::collections::VecDeque<u8>,
-    half: usize,
+    head_max: usize,
+    tail_max: usize,
     total: u64,
+    /// The word of the marker: "[... N bytes WORD ...]".
+    word: &'static str,
 }
 
 impl HeadTail {
     /// Keep at most `max` bytes: the first `max/2` and the last `max/2`.
     pub fn new(max: u64) -> Self {
+        Self::with_sizes(max / 2, max / 2, "truncated")
+    }
+    /// Keep the first `head` and the last `tail` bytes; the marker says "N bytes `word`".
+    pub fn with_sizes(head: u64, tail: u64, word: &'static str) -> Self {
         HeadTail {
-            half: (max / 2) as usize,
+            head_max: head as usize,
+            tail_max: tail as usize,
+            word,
             ..Default::default()
         }
     }
     pub fn push(&mut self, mut bytes: &[u8]) {
         self.total += bytes.len() as u64;
-        let room = self.half.saturating_sub(self.head.len());
+        let room = self.head_max.saturating_sub(self.head.len());
         let n = room.min(bytes.len());
         self.head.extend_from_slice(&bytes[..n]);
         bytes = &bytes[n..];
-        if bytes.len() >= self.half {
+        if bytes.len() >= self.tail_max {
             self.tail.clear();
-            self.tail.extend(&bytes[bytes.len() - self.half..]);
+            self.tail.extend(&bytes[bytes.len() - self.tail_max..]);
         } else {
-            let over = (self.tail.len() + bytes.len()).saturating_sub(self.half);
+            let over = (self.tail.len() + bytes.len()).saturating_sub(self.tail_max);
             self.tail.drain(..over);
             self.tail.extend(bytes);
         }
@@ -72,7 +81,9 @@ impl HeadTail {
         let mut out = self.head.clone();
         let dropped = self.total - (self.head.len() + self.tail.len()) as u64;
         if dropped > 0 {
-            out.extend_from_slice(format!("\n[... {dropped} bytes truncated ...]\n").as_bytes());
+            out.extend_from_slice(
+                format!("\n[... {dropped} bytes {} ...]\n", self.word).as_bytes(),
+            );
         }
         out.extend(self.tail.iter());
         out
@@ -139,6 +150,10 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Running> {
         .env(
             super::ENV_STOPPED_KILL_MS,
             super::stopped_kill_ms().to_string(),
+        )
+        .env(
+            super::ENV_LOG,
+            log::max_level().max(log::LevelFilter::Info).to_string(),
         )
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::piped())
@@ -208,6 +223,8 @@ pub struct Finished {
     pub stderr: HeadTail,
     pub intent: Option<Intent>,
     pub wall: Duration,
+    /// The attempt's log capture, as the exchange left it.
+    pub log: Option<super::steplog::StepLog>,
 }
 
 /// How to drive one exchange.
@@ -223,6 +240,8 @@ pub struct Exchange {
     pub grace: Duration,
     pub stderr_max: u64,
     pub stdout: Stdout,
+    /// The attempt's log capture (output and forwarded `log` records), if kept.
+    pub log: Option<super::steplog::StepLog>,
 }
 
 fn set_nonblocking(fd: i32) {
@@ -559,10 +578,27 @@ impl Running {
                                         });
                                         continue;
                                     }
-                                    match r.take::<Response>() {
-                                        Ok(Some(resp)) => response = Some(resp),
-                                        Ok(None) => {}
-                                        Err(e) => intent = Some(Intent::Protocol(e)),
+                                    loop {
+                                        match r.take::<Response>() {
+                                            Ok(Some(Response::Log {
+                                                level,
+                                                target,
+                                                message,
+                                            })) => {
+                                                if let Some(l) = ex.log.as_mut() {
+                                                    l.record(level, &target, &message);
+                                                }
+                                            }
+                                            Ok(Some(resp)) => {
+                                                response = Some(resp);
+                                                break;
+                                            }
+                                            Ok(None) => break,
+                                            Err(e) => {
+                                                intent = Some(Intent::Protocol(e));
+                                                break;
+                                            }
+                                        }
                                     }
                                 }
                             },
@@ -575,12 +611,30 @@ impl Running {
                             continue;
                         };
                         match read_some(s, &mut buf) {
-                            ReadResult::Data(k) => stderr.push(&buf[..k]),
+                            ReadResult::Data(k) => {
+                                stderr.push(&buf[..k]);
+                                if let Some(l) = ex.log.as_mut() {
+                                    l.output(&buf[..k]);
+                                }
+                            }
                             ReadResult::Eof => self.stderr = None,
                             ReadResult::WouldBlock => {}
                         }
                     }
                     _ => {}
+                }
+            }
+        }
+        if response.is_some() {
+            // What the step wrote to stderr before it answered is already in the pipe
+            // (a write to a pipe completes into its buffer): take it now, so a pooled
+            // child's output stays with this attempt.
+            if let Some(s) = self.stderr.as_mut() {
+                while let ReadResult::Data(k) = read_some(s, &mut buf) {
+                    stderr.push(&buf[..k]);
+                    if let Some(l) = ex.log.as_mut() {
+                        l.output(&buf[..k]);
+                    }
                 }
             }
         }
@@ -591,7 +645,7 @@ impl Running {
     /// the last stderr bytes, kill the rest of the group, reap.
     pub fn finish(
         mut self,
-        ex: Exchange,
+        mut ex: Exchange,
         talk: Talk,
         mut stderr: HeadTail,
         started: Instant,
@@ -623,7 +677,12 @@ impl Running {
             let end = Instant::now() + Duration::from_millis(200);
             while Instant::now() < end {
                 match read_some(s, &mut buf) {
-                    ReadResult::Data(k) => stderr.push(&buf[..k]),
+                    ReadResult::Data(k) => {
+                        stderr.push(&buf[..k]);
+                        if let Some(l) = ex.log.as_mut() {
+                            l.output(&buf[..k]);
+                        }
+                    }
                     _ => break,
                 }
             }
@@ -648,6 +707,7 @@ impl Running {
             stderr,
             intent,
             wall: started.elapsed(),
+            log: ex.log,
         }
     }
 }

@@ -213,7 +213,8 @@ pub fn fence_holds(conn: &Connection, fence: &super::Fence) -> StoreResult<bool>
 pub fn attempts(conn: &Connection, run_id: i64) -> StoreResult<Vec<AttemptRow>> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT seq, attempt, name, owner, epoch, pid, pid_start, started_at, ended_at, outcome, reason
+            "SELECT seq, attempt, name, owner, epoch, pid, pid_start, started_at, ended_at, outcome, reason,
+                    logs, memory_cap
              FROM attempts WHERE run_id = ?1 ORDER BY seq, attempt",
         )
         .map_err(sql("reading attempts"))?;
@@ -236,6 +237,8 @@ pub fn attempts(conn: &Connection, run_id: i64) -> StoreResult<Vec<AttemptRow>> 
                 ended_at: opt_int(r, 8, "attempts.ended_at")?,
                 outcome: opt_text(r, 9, "attempts.outcome")?,
                 reason: opt_text(r, 10, "attempts.reason")?,
+                logs: opt_text(r, 11, "attempts.logs")?,
+                memory_cap: opt_text(r, 12, "attempts.memory_cap")?,
             })
         })()
         .map_err(|e: decode::BadColumn| StoreError::Undecodable {
@@ -425,6 +428,25 @@ pub fn owners(conn: &Connection) -> StoreResult<Vec<OwnerRow>> {
     )
     .and_then(|mut s| s.query_map([], |r| Ok(owner_row(r, Some(6))))?.collect())
     .map_err(sql("reading lease owners"))
+}
+
+/// The engine row of incarnation `id`, if it is still recorded.
+pub fn engine(conn: &Connection, id: &str) -> StoreResult<Option<OwnerRow>> {
+    conn.prepare_cached(
+        "SELECT id, pid, pid_start, boot_id, beat, stopped_at IS NOT NULL FROM engines WHERE id = ?1",
+    )
+    .and_then(|mut s| s.query_row(params![id], |r| Ok(owner_row(r, None))).optional())
+    .map_err(sql("reading an engine"))
+}
+
+/// Runs that finished at or after `from` and before `to` (ms since the epoch).
+pub fn finished_between(conn: &Connection, from: i64, to: i64) -> StoreResult<i64> {
+    conn.prepare_cached(
+        "SELECT count(*) FROM runs INDEXED BY runs_finished
+         WHERE finished_at IS NOT NULL AND finished_at >= ?1 AND finished_at < ?2",
+    )
+    .and_then(|mut s| s.query_row(params![from, to], |r| r.get(0)))
+    .map_err(sql("counting finished runs"))
 }
 
 /// Engine rows that hold no running run (candidates to forget once dead).

@@ -9,7 +9,7 @@ use super::pragmas::APPLICATION_ID;
 use rusqlite::Connection;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the durable core.
@@ -167,6 +167,12 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO run_changes(run_id, status, at) VALUES (NEW.id, NEW.status, NEW.updated_at);
         DELETE FROM run_changes WHERE seq <= last_insert_rowid() - 65536;
     END;
+    "#,
+    // 7: per-attempt step logs (bounded by the engine: head + tail, see
+    // Config::step_log_head_bytes) and the memory-cap mechanism an attempt ran under.
+    r#"
+    ALTER TABLE attempts ADD COLUMN logs TEXT;
+    ALTER TABLE attempts ADD COLUMN memory_cap TEXT;
     "#,
 ];
 

@@ -126,6 +126,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         outcome: &'static str,
         reason: String,
     ) -> StoreResult<()>;
+    /// Store what an attempt left besides its outcome: its captured logs and the memory-cap
+    /// mechanism (fenced).
+    fn attempt_detail(
+        &self,
+        fence: &Fence,
+        seq: i64,
+        attempt: i64,
+        logs: String,
+        memory_cap: Option<String>,
+    ) -> StoreResult<()>;
     /// The run completed with `output` (fenced).
     fn complete(&self, fence: &Fence, output: Vec<u8>) -> StoreResult<()>;
     /// The run failed (fenced).
@@ -269,6 +279,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn deadlines_passed(&self, now: i64) -> StoreResult<bool>;
     /// Schedules due at `now` (at most `limit`).
     fn due_schedules(&self, now: i64, limit: i64) -> StoreResult<Vec<ScheduleRow>>;
+    /// How many runs finished in `[from, before)` (ms).
+    fn finished_between(&self, from: i64, before: i64) -> StoreResult<u64>;
     /// Commits and commands written since this store was opened (for benches and metrics).
     fn write_stats(&self) -> (u64, u64);
 }
@@ -472,6 +484,26 @@ impl Storage for Store {
                 attempt,
                 outcome,
                 reason,
+            },
+        )
+    }
+    fn attempt_detail(
+        &self,
+        fence: &Fence,
+        seq: i64,
+        attempt: i64,
+        logs: String,
+        memory_cap: Option<String>,
+    ) -> StoreResult<()> {
+        unit(
+            self,
+            "attempt_detail",
+            Op::AttemptDetail {
+                fence: fence.clone(),
+                seq,
+                attempt,
+                logs,
+                memory_cap,
             },
         )
     }
@@ -782,6 +814,10 @@ impl Storage for Store {
     }
     fn due_schedules(&self, now: i64, limit: i64) -> StoreResult<Vec<ScheduleRow>> {
         self.read(|c| super::write::due_schedules(c, now, limit))
+    }
+    fn finished_between(&self, from: i64, before: i64) -> StoreResult<u64> {
+        self.read(|c| queries::finished_between(c, from, before))
+            .map(|n| n.max(0) as u64)
     }
     fn write_stats(&self) -> (u64, u64) {
         self.writer_stats()

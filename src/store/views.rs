@@ -342,4 +342,8 @@ pub struct AttemptRow {
     pub outcome: Option<String>,
     /// Why, for people.
     pub reason: Option<String>,
+    /// Captured logs of a child-step attempt (head, marker, tail).
+    pub logs: Option<String>,
+    /// Memory-cap mechanism of a child-step attempt ("cgroup v1 256 MiB", "rlimit data 512 MiB").
+    pub memory_cap: Option<String>,
 }

@@ -167,6 +167,15 @@ pub enum Op {
         outcome: &'static str,
         reason: String,
     },
+    /// What a child-step attempt left besides its outcome: its captured logs (bounded by
+    /// the engine) and the memory-cap mechanism it ran under. Fenced like the attempt.
+    AttemptDetail {
+        fence: Fence,
+        seq: i64,
+        attempt: i64,
+        logs: String,
+        memory_cap: Option<String>,
+    },
     Complete {
         fence: Fence,
         output: Vec<u8>,
@@ -502,6 +511,7 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
         | Op::Checkpoint { .. }
         | Op::AttemptStart { .. }
         | Op::AttemptEnd { .. }
+        | Op::AttemptDetail { .. }
         | Op::Complete { .. }
         | Op::Fail { .. }
         | Op::Suspend { .. }

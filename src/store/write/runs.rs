@@ -131,6 +131,33 @@ pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             }
             Ok(Done::Unit)
         }
+        Op::AttemptDetail {
+            fence,
+            seq,
+            attempt,
+            logs,
+            memory_cap,
+        } => {
+            let n = conn
+                .prepare_cached(&format!(
+                    "UPDATE attempts SET logs = ?6, memory_cap = ?7
+                     WHERE run_id = ?1 AND seq = ?4 AND attempt = ?5
+                       AND EXISTS (SELECT 1 FROM runs WHERE {FENCE})"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        fence.run_id,
+                        &*fence.owner,
+                        fence.epoch,
+                        seq,
+                        attempt,
+                        logs,
+                        memory_cap
+                    ])
+                })
+                .map_err(sql("recording a step attempt's logs"))?;
+            fenced(n, &fence)
+        }
         Op::Complete { fence, output } => {
             finish(conn, &fence, "completed", Some(&output), None, now)
         }

@@ -1,0 +1,216 @@
+//! Memory caps that name themselves for any program (issue 13): where the host offers a
+//! memory cgroup (v2, or the v1 memory controller), each cold child step runs in a cgroup
+//! of its own with its cap, and an OOM kill is classified `memory_limit` from the cgroup's
+//! counter, whatever the program; the attempt record names the mechanism (`memory_cap`).
+//! Elsewhere (no writable cgroup) the rlimit is used, and these tests assert that the
+//! record names it instead.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::*;
+use waymark::internal::isolation::cgroup::CgroupParent;
+use waymark::{CommandOutput, CommandSpec};
+use waymark::{Engine, Registry, RetryPolicy, StartOptions, Step, StepLimits, Workflow};
+
+const CMD: Step<CommandSpec, CommandOutput> = Step::new("fixture.cmd");
+const CMD_WF: Workflow<CommandSpec, CommandOutput> = Workflow::new("t.cmd");
+const CAP: u64 = 256 * 1024 * 1024;
+
+fn registry() -> Registry {
+    let mut reg = Registry::new();
+    let opts = reg.command(CMD);
+    opts.limits = Some(StepLimits {
+        memory_bytes: Some(CAP),
+        timeout: Some(Duration::from_secs(120)),
+        ..StepLimits::default()
+    });
+    opts.retry = Some(RetryPolicy {
+        backoff_initial: Duration::from_millis(10),
+        ..RetryPolicy::default()
+    });
+    reg.workflow(CMD_WF, |ctx, c| ctx.step(CMD, &c));
+    reg
+}
+
+/// A program that allocates (and touches) far more than the cap.
+fn hog() -> CommandSpec {
+    let python = std::process::Command::new("python3")
+        .args(["-c", "pass"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if python {
+        CommandSpec::new("python3", &["-c", "x = bytearray(600*1024*1024)"])
+    } else {
+        CommandSpec::new(
+            "sh",
+            &[
+                "-c",
+                "x=$(head -c 700000000 /dev/zero | tr '\\0' a); echo ${#x}",
+            ],
+        )
+    }
+}
+
+/// A child process killed (and reaped) when dropped, also when the test fails.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Step cgroups below `parent` whose names contain `part`.
+fn step_cgroups(parent: &Path, part: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(parent)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir() && p.file_name().unwrap().to_string_lossy().contains(part))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// Scenario: a command step (Python, or a shell where there is none) allocates 600 MiB
+// under a 256 MiB cap, default retry policy (3 attempts). Must hold where a memory cgroup
+// can be made: every attempt is classified `memory_limit` with the reason "memory limit
+// exceeded (256 MiB)" (not `error` from Python's MemoryError), names "cgroup v1 256 MiB" or
+// "cgroup v2 256 MiB" as its mechanism, and no step cgroup of the run is left behind.
+// Elsewhere: the attempts name "rlimit data 256 MiB".
+#[test]
+fn a_command_over_its_cgroup_cap_is_a_memory_limit() {
+    let cgroups = CgroupParent::detect();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(registry(), child_config(dir.path())).unwrap();
+    let id = engine
+        .start_run(CMD_WF, &hog(), StartOptions::default())
+        .unwrap();
+    let row = engine.wait(id, Duration::from_secs(120)).unwrap();
+    assert_eq!(row.status, "failed");
+    let attempts = engine.attempts(id).unwrap();
+    engine.shutdown().unwrap();
+    match &cgroups {
+        Some(parent) => {
+            let want = format!("{} 256 MiB", parent.version().name());
+            assert_eq!(attempts.len(), 3, "{attempts:?}");
+            for a in &attempts {
+                assert_eq!(a.memory_cap.as_deref(), Some(want.as_str()), "{a:?}");
+                assert_eq!(a.outcome.as_deref(), Some("memory_limit"), "{a:?}");
+                assert_eq!(
+                    a.reason.as_deref(),
+                    Some("memory limit exceeded (256 MiB)"),
+                    "{a:?}"
+                );
+            }
+            let left = step_cgroups(parent.dir(), &format!("-r{id}-s"));
+            assert!(left.is_empty(), "step cgroups left: {left:?}");
+        }
+        None => {
+            eprintln!("no writable memory cgroup here: asserting the rlimit mechanism");
+            assert!(!attempts.is_empty());
+            for a in &attempts {
+                assert_eq!(
+                    a.memory_cap.as_deref(),
+                    Some("rlimit data 256 MiB"),
+                    "{a:?}"
+                );
+            }
+        }
+    }
+}
+
+// Scenario: `waymark serve` runs a command step (`sleep 60`) in its cgroup and is
+// SIGKILLed; its step dies with it (death watch), leaving an empty cgroup nobody removes.
+// Must hold: the next engine that starts removes it. Without cgroups: the attempt names
+// the rlimit mechanism.
+#[test]
+fn a_killed_engines_step_cgroup_is_removed_by_the_next_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("c.db");
+    let db_s = db.to_str().unwrap();
+    let spec = r#"{"Cmd":{"program":"sleep","args":["60"],"env":[],"cwd":null,"stdin":[]}}"#;
+    let out = std::process::Command::new(bin())
+        .args(["start", "fixture.probe", "--db", db_s, "--json", spec])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::File::create(tmp.path().join("serve.log")).unwrap();
+    let mut serve = Reaped(
+        std::process::Command::new(bin())
+            .args(["serve", "--db", db_s])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let Some(parent) = CgroupParent::detect() else {
+        drop(serve);
+        eprintln!("no writable memory cgroup here: asserting the rlimit mechanism");
+        let quick = r#"{"Cmd":{"program":"true","args":[],"env":[],"cwd":null,"stdin":[]}}"#;
+        let db2 = tmp.path().join("q.db");
+        let db2_s = db2.to_str().unwrap();
+        for args in [
+            &["start", "fixture.probe", "--db", db2_s, "--json", quick][..],
+            &["serve", "--db", db2_s, "--exit-when-idle"][..],
+        ] {
+            let out = std::process::Command::new(bin())
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let cap: String = rusqlite::Connection::open(&db2)
+            .unwrap()
+            .query_row("SELECT memory_cap FROM attempts", [], |r| r.get(0))
+            .unwrap();
+        assert!(cap.starts_with("rlimit data"), "{cap}");
+        return;
+    };
+    let mine = format!("p{}-", serve.0.id());
+    let created = poll(Duration::from_secs(30), || {
+        let v = step_cgroups(parent.dir(), &mine);
+        (!v.is_empty()).then_some(v)
+    })
+    .expect("the step's cgroup");
+    let _ = serve.0.kill();
+    let _ = serve.0.wait();
+    // The step dies with its engine (death watch); its cgroup stays, empty.
+    let empty = poll(Duration::from_secs(30), || {
+        created
+            .iter()
+            .all(|c| {
+                std::fs::read_to_string(c.join("cgroup.procs"))
+                    .map(|p| p.trim().is_empty())
+                    .unwrap_or(true)
+            })
+            .then_some(())
+    });
+    assert!(empty.is_some(), "step processes outlived their engine");
+    let next = Reaped(
+        std::process::Command::new(bin())
+            .args(["serve", "--db", db_s])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let gone = poll(Duration::from_secs(30), || {
+        created.iter().all(|c| !c.exists()).then_some(())
+    });
+    drop(next);
+    assert!(gone.is_some(), "stale step cgroups left: {created:?}");
+}

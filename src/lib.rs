@@ -71,6 +71,9 @@ compile_error!(
 mod clock;
 mod codec;
 mod config;
+#[cfg(feature = "console")]
+#[cfg_attr(docsrs, doc(cfg(feature = "console")))]
+pub mod console;
 mod engine;
 mod error;
 mod exec;

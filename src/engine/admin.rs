@@ -120,3 +120,16 @@ pub fn purge(store: &dyn Storage, before: i64) -> Result<u64, StoreError> {
     }
     Ok(total)
 }
+
+impl Engine {
+    /// The engine's storage and clock, for an in-process reader (the console).
+    #[cfg_attr(not(feature = "console"), allow(dead_code))]
+    pub(crate) fn storage(
+        &self,
+    ) -> (
+        std::sync::Arc<dyn Storage>,
+        std::sync::Arc<dyn crate::clock::Clock>,
+    ) {
+        (self.inner.api.clone(), self.inner.clock.clone())
+    }
+}

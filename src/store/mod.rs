@@ -24,6 +24,10 @@ pub use error::{StoreError, StoreResult};
 pub use pragmas::{ConnSettings, Synchronous};
 pub use seam::{ChildStart, Sent, Started, Storage};
 pub use views::{AttemptRow, RunRow, RunStatus, StepRow, UnknownStatus};
+pub use views::{
+    EngineInfo, EventInfo, QueueInfo, RunFilter, RunTotals, ScheduleInfo, StepDurations,
+    DURATION_BUCKETS_MS,
+};
 pub use write::{Awaited, ScheduleRow};
 pub use write::{Claimed, Done, EngineRow, Entry, Fence, NewRun, Op};
 pub use writer::{Writer, WriterStats};

@@ -72,6 +72,9 @@ mod client;
 mod clock;
 mod codec;
 mod config;
+#[cfg(feature = "console")]
+#[cfg_attr(docsrs, doc(cfg(feature = "console")))]
+pub mod console;
 mod engine;
 mod error;
 mod exec;

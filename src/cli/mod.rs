@@ -9,6 +9,7 @@ mod fixtures_logs;
 mod inspect;
 mod serve;
 mod torture;
+mod ui;
 mod when;
 
 use clap::{Parser, Subcommand};
@@ -98,6 +99,8 @@ enum Command {
     Queue(admin::QueueArgs),
     /// Create or replace a cron schedule of a built-in workflow.
     Schedule(admin::ScheduleArgs),
+    /// Serve the web console over a database (prints its URL).
+    Ui(ui::UiArgs),
 }
 
 /// Parse arguments, run the command, return the exit code.
@@ -148,6 +151,7 @@ pub fn main() -> i32 {
         Command::Gc(args) => admin::gc(args),
         Command::Queue(args) => admin::queue(args),
         Command::Schedule(args) => admin::schedule(args),
+        Command::Ui(args) => ui::ui(args),
     };
     match result {
         Ok(code) => code,

@@ -204,6 +204,12 @@ impl Client {
         &*self.shared.store
     }
 
+    /// The storage seam and the clock this client uses (for in-process readers: the console).
+    #[cfg_attr(not(feature = "console"), allow(dead_code))]
+    pub(crate) fn storage(&self) -> (Arc<dyn Storage>, Arc<dyn Clock>) {
+        (self.shared.store.clone(), self.shared.clock.clone())
+    }
+
     fn changed(&self) {
         if let Some(f) = &self.shared.after_change {
             f();

@@ -25,6 +25,10 @@ pub use error::{StoreError, StoreResult};
 pub use pragmas::{ConnSettings, Synchronous};
 pub use seam::{ChildStart, Sent, Started, Storage};
 pub use views::{AttemptRow, RunChange, RunFilter, RunRow, RunStatus, StepRow, UnknownStatus};
+pub use views::{
+    EngineInfo, EventInfo, QueueInfo, RunQuery, RunTotals, ScheduleInfo, StepDurations,
+    DURATION_BUCKETS_MS,
+};
 pub use watch::ChangeWatch;
 pub use write::{Awaited, ScheduleRow};
 pub use write::{Claimed, Done, EngineRow, Entry, Fence, NewRun, OnKeyConflict, Op};

@@ -570,3 +570,215 @@ pub fn deadlines_passed(conn: &Connection, now: i64) -> StoreResult<bool> {
     .and_then(|mut s| s.query_row(params![now], |r| r.get(0)))
     .map_err(sql("looking for expired deadlines"))
 }
+
+/// Up to `limit` runs matching `filter`, newest first, with ids below `before` (keyset
+/// paging). The SQL names only the conditions given, so the planner can use `runs_status`
+/// (status), the unique key index (key prefix) or `runs_parent`, and walks the rowid
+/// backwards otherwise: the first page costs `limit` rows, not the table.
+pub fn runs_filtered(
+    conn: &Connection,
+    filter: &super::views::RunQuery,
+    before: Option<i64>,
+    limit: i64,
+) -> StoreResult<Vec<RunRow>> {
+    use rusqlite::types::Value;
+    let mut conds: Vec<&str> = Vec::new();
+    let mut args: Vec<Value> = Vec::new();
+    let mut push = |cond: &'static str, v: Value| {
+        conds.push(cond);
+        args.push(v);
+    };
+    if let Some(b) = before {
+        push("id < ?", Value::Integer(b));
+    }
+    if let Some(s) = filter.status {
+        push("status = ?", Value::Text(s.as_str().into()));
+    }
+    if let Some(w) = &filter.workflow {
+        push("workflow = ?", Value::Text(w.clone()));
+    }
+    if let Some(p) = filter.key_prefix.as_ref().filter(|p| !p.is_empty()) {
+        // A range, so the unique index on the key can answer: every key starting with `p`
+        // sorts between `p` and `p` + U+10FFFF (UTF-8 bytes keep code point order).
+        push("idempotency_key >= ?", Value::Text(p.clone()));
+        push(
+            "idempotency_key < ?",
+            Value::Text(format!("{p}{}", char::MAX)),
+        );
+    }
+    if let Some(t) = filter.created_from {
+        push("created_at >= ?", Value::Integer(t));
+    }
+    if let Some(t) = filter.created_to {
+        push("created_at < ?", Value::Integer(t));
+    }
+    if let Some(p) = filter.parent {
+        push("parent_id = ?", Value::Integer(p));
+    }
+    let where_ = if conds.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conds.join(" AND "))
+    };
+    args.push(Value::Integer(limit));
+    conn.prepare_cached(&format!(
+        "SELECT {RUN_COLS} FROM runs {where_} ORDER BY id DESC LIMIT ?"
+    ))
+    .and_then(|mut s| {
+        s.query_map(rusqlite::params_from_iter(args), run_row)?
+            .collect()
+    })
+    .map_err(sql("listing runs"))
+}
+
+/// Every engine incarnation on the file, newest first, with the runs each holds.
+pub fn engines(conn: &Connection) -> StoreResult<Vec<super::views::EngineInfo>> {
+    use decode::{opt_int, opt_text};
+    conn.prepare_cached(
+        "SELECT e.id, e.pid, e.boot_id, e.started_at, e.beat, e.beat_at, e.stopped_at,
+                (SELECT count(*) FROM runs INDEXED BY runs_owner WHERE owner = e.id AND status = 'running')
+         FROM engines e ORDER BY e.started_at DESC LIMIT 256",
+    )
+    .and_then(|mut s| {
+        s.query_map([], |r| {
+            Ok(super::views::EngineInfo {
+                id: lenient(opt_text(r, 0, "engines.id")).unwrap_or_default(),
+                pid: lenient(opt_int(r, 1, "engines.pid")),
+                host: lenient(opt_text(r, 2, "engines.boot_id")),
+                started_at: lenient(opt_int(r, 3, "engines.started_at")),
+                beat: lenient(opt_int(r, 4, "engines.beat")),
+                beat_at: lenient(opt_int(r, 5, "engines.beat_at")),
+                stopped_at: lenient(opt_int(r, 6, "engines.stopped_at")),
+                runs_held: r.get(7)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(sql("reading engines"))
+}
+
+/// Every queue with a limit or with pending or running runs.
+pub fn queues(conn: &Connection) -> StoreResult<Vec<super::views::QueueInfo>> {
+    conn.prepare_cached(
+        "SELECT name, max(lim), sum(running), sum(pending) FROM (
+             SELECT name, concurrency AS lim, 0 AS running, 0 AS pending FROM queues
+             UNION ALL
+             SELECT queue, NULL, count(*), 0 FROM runs INDEXED BY runs_queue_running
+                 WHERE status = 'running' GROUP BY queue
+             UNION ALL
+             SELECT queue, NULL, 0, count(*) FROM runs INDEXED BY runs_queue_claim
+                 WHERE status = 'pending' GROUP BY queue)
+         GROUP BY name ORDER BY name LIMIT 1024",
+    )
+    .and_then(|mut s| {
+        s.query_map([], |r| {
+            Ok(super::views::QueueInfo {
+                name: r.get(0)?,
+                limit: r.get(1)?,
+                running: r.get(2)?,
+                pending: r.get(3)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(sql("reading queues"))
+}
+
+/// Every schedule, soonest first.
+pub fn schedules(conn: &Connection) -> StoreResult<Vec<super::views::ScheduleInfo>> {
+    conn.prepare_cached(
+        "SELECT name, cron, workflow, next_due, catch_up FROM schedules ORDER BY next_due LIMIT 1024",
+    )
+    .and_then(|mut s| {
+        s.query_map([], |r| {
+            Ok(super::views::ScheduleInfo {
+                name: r.get(0)?,
+                cron: r.get(1)?,
+                workflow: r.get(2)?,
+                next_due: r.get(3)?,
+                catch_up: r.get::<_, i64>(4)? != 0,
+            })
+        })?
+        .collect()
+    })
+    .map_err(sql("reading schedules"))
+}
+
+/// The events sent to a run (at most 1024, oldest first). A payload that is not a blob is
+/// read as empty (the console shows sizes; decoding reports bad data elsewhere).
+pub fn events_of(conn: &Connection, run_id: i64) -> StoreResult<Vec<super::views::EventInfo>> {
+    conn.prepare_cached(
+        "SELECT id, name, sent_at, consumed_seq, payload FROM events WHERE run_id = ?1 ORDER BY id LIMIT 1024",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![run_id], |r| {
+            Ok(super::views::EventInfo {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                sent_at: r.get(2)?,
+                consumed_seq: r.get(3)?,
+                payload: lenient(decode::opt_blob(r, 4, "events.payload")).unwrap_or_default(),
+            })
+        })?
+        .collect()
+    })
+    .map_err(sql("reading events"))
+}
+
+/// Attempt durations by step name and outcome, bucketed by
+/// [`super::views::DURATION_BUCKETS_MS`] (one pass over `attempts`).
+pub fn step_durations(conn: &Connection) -> StoreResult<Vec<super::views::StepDurations>> {
+    use super::views::DURATION_BUCKETS_MS as B;
+    let buckets: Vec<String> = B
+        .iter()
+        .map(|b| format!("sum(ended_at IS NOT NULL AND ended_at - started_at <= {b})"))
+        .collect();
+    conn.prepare_cached(&format!(
+        "SELECT name, coalesce(outcome, 'none'), count(ended_at),
+                coalesce(sum(ended_at - started_at), 0), {}
+         FROM attempts GROUP BY name, coalesce(outcome, 'none') ORDER BY 1, 2 LIMIT 4096",
+        buckets.join(", ")
+    ))
+    .and_then(|mut s| {
+        s.query_map([], |r| {
+            let mut counts = Vec::with_capacity(B.len());
+            for i in 0..B.len() {
+                counts.push(r.get::<_, Option<i64>>(4 + i)?.unwrap_or(0));
+            }
+            Ok(super::views::StepDurations {
+                name: r.get(0)?,
+                outcome: r.get(1)?,
+                count: r.get(2)?,
+                sum_ms: r.get(3)?,
+                buckets: counts,
+            })
+        })?
+        .collect()
+    })
+    .map_err(sql("reading attempt durations"))
+}
+
+/// Totals for metrics: interruptions, interrupted attempts, live engines (not stopped, beat
+/// within `live_ms` of `now`).
+pub fn run_totals(
+    conn: &Connection,
+    now: i64,
+    live_ms: i64,
+) -> StoreResult<super::views::RunTotals> {
+    conn.query_row(
+        "SELECT (SELECT coalesce(sum(interruptions), 0) FROM runs),
+                (SELECT count(*) FROM attempts a WHERE a.ended_at IS NULL AND NOT EXISTS
+                    (SELECT 1 FROM runs r WHERE r.id = a.run_id AND r.status = 'running'
+                     AND r.owner = a.owner AND r.epoch = a.epoch)),
+                (SELECT count(*) FROM engines WHERE stopped_at IS NULL AND beat_at >= ?1)",
+        params![now - live_ms],
+        |r| {
+            Ok(super::views::RunTotals {
+                interruptions: r.get(0)?,
+                attempts_interrupted: r.get(1)?,
+                engines_live: r.get(2)?,
+            })
+        },
+    )
+    .map_err(sql("reading totals"))
+}

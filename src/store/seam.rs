@@ -16,6 +16,9 @@
 use super::error::{StoreError, StoreResult};
 use super::queries::{self, OwnerRow};
 use super::views::{AttemptRow, RunChange, RunFilter, RunRow, StepRow};
+use super::views::{
+    EngineInfo, EventInfo, QueueInfo, RunQuery, RunTotals, ScheduleInfo, StepDurations,
+};
 use super::watch::ChangeWatch;
 use super::write::OnKeyConflict;
 use super::write::{Awaited, ScheduleRow};
@@ -283,6 +286,27 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn finished_between(&self, from: i64, before: i64) -> StoreResult<u64>;
     /// Commits and commands written since this store was opened (for benches and metrics).
     fn write_stats(&self) -> (u64, u64);
+
+    // ---- queries for people (the console)
+    /// Up to `limit` runs matching `filter`, newest first, ids below `before`.
+    fn runs_filtered(
+        &self,
+        filter: &RunQuery,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<RunRow>>;
+    /// Every engine incarnation with the runs it holds.
+    fn engines(&self) -> StoreResult<Vec<EngineInfo>>;
+    /// Queues with their limits and usage.
+    fn queues(&self) -> StoreResult<Vec<QueueInfo>>;
+    /// Schedules with their next due time.
+    fn schedules(&self) -> StoreResult<Vec<ScheduleInfo>>;
+    /// Events sent to a run.
+    fn events_of(&self, run_id: i64) -> StoreResult<Vec<EventInfo>>;
+    /// Attempt durations by step name and outcome.
+    fn step_durations(&self) -> StoreResult<Vec<StepDurations>>;
+    /// Interruptions, interrupted attempts and live engines (beat within `live_ms`).
+    fn run_totals(&self, now: i64, live_ms: i64) -> StoreResult<RunTotals>;
 }
 
 fn unexpected<T>(op: &'static str, done: Done) -> StoreResult<T> {
@@ -821,5 +845,31 @@ impl Storage for Store {
     }
     fn write_stats(&self) -> (u64, u64) {
         self.writer_stats()
+    }
+    fn runs_filtered(
+        &self,
+        filter: &RunQuery,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<RunRow>> {
+        self.read(|c| queries::runs_filtered(c, filter, before, limit))
+    }
+    fn engines(&self) -> StoreResult<Vec<EngineInfo>> {
+        self.read(queries::engines)
+    }
+    fn queues(&self) -> StoreResult<Vec<QueueInfo>> {
+        self.read(queries::queues)
+    }
+    fn schedules(&self) -> StoreResult<Vec<ScheduleInfo>> {
+        self.read(queries::schedules)
+    }
+    fn events_of(&self, run_id: i64) -> StoreResult<Vec<EventInfo>> {
+        self.read(|c| queries::events_of(c, run_id))
+    }
+    fn step_durations(&self) -> StoreResult<Vec<StepDurations>> {
+        self.read(queries::step_durations)
+    }
+    fn run_totals(&self, now: i64, live_ms: i64) -> StoreResult<RunTotals> {
+        self.read(|c| queries::run_totals(c, now, live_ms))
     }
 }

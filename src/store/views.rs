@@ -347,3 +347,115 @@ pub struct AttemptRow {
     /// Memory-cap mechanism of a child-step attempt ("cgroup v1 256 MiB", "rlimit data 512 MiB").
     pub memory_cap: Option<String>,
 }
+
+/// Which runs a listing shows (every field optional; all given fields must match).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunQuery {
+    /// Only runs of this status.
+    pub status: Option<RunStatus>,
+    /// Only runs of this workflow (exact name).
+    pub workflow: Option<String>,
+    /// Only runs whose idempotency key starts with this.
+    pub key_prefix: Option<String>,
+    /// Only runs created at or after this time (ms).
+    pub created_from: Option<i64>,
+    /// Only runs created before this time (ms).
+    pub created_to: Option<i64>,
+    /// Only child runs of this run.
+    pub parent: Option<i64>,
+}
+
+/// An engine incarnation's row, for people (the console's engines page).
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineInfo {
+    /// Incarnation id.
+    pub id: String,
+    /// Its process id.
+    pub pid: Option<i64>,
+    /// Where it runs (`boot/pid:[ns]`).
+    pub host: Option<String>,
+    /// When it started (ms).
+    pub started_at: Option<i64>,
+    /// Heartbeat counter.
+    pub beat: Option<i64>,
+    /// When it last beat (ms, its wall clock).
+    pub beat_at: Option<i64>,
+    /// When it stopped cleanly, if it did.
+    pub stopped_at: Option<i64>,
+    /// Runs it holds (`running`, owned by it).
+    pub runs_held: i64,
+}
+
+/// A queue: its limit and what it holds now.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueInfo {
+    /// Queue name.
+    pub name: String,
+    /// Most runs running at once (none: unlimited).
+    pub limit: Option<i64>,
+    /// Runs running now.
+    pub running: i64,
+    /// Runs pending now.
+    pub pending: i64,
+}
+
+/// A cron schedule as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleInfo {
+    /// Schedule name.
+    pub name: String,
+    /// Cron expression (UTC).
+    pub cron: String,
+    /// Workflow it starts.
+    pub workflow: String,
+    /// When it fires next (ms).
+    pub next_due: i64,
+    /// One run per missed due time (else one for the latest).
+    pub catch_up: bool,
+}
+
+/// An event sent to a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventInfo {
+    /// Event id.
+    pub id: i64,
+    /// Event name.
+    pub name: String,
+    /// When it was sent (ms).
+    pub sent_at: i64,
+    /// The journal entry that received it, once consumed.
+    pub consumed_seq: Option<i64>,
+    /// Its stored (sealed) payload.
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+}
+
+/// Attempts of one step name with one outcome, with their durations bucketed (for a
+/// Prometheus histogram). Attempts that never ended are counted with outcome `none`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepDurations {
+    /// Step name.
+    pub name: String,
+    /// Outcome class (`ok`, `error`, ...; `none`: never ended).
+    pub outcome: String,
+    /// Cumulative counts of ended attempts at or under each of [`DURATION_BUCKETS_MS`].
+    pub buckets: Vec<i64>,
+    /// Ended attempts.
+    pub count: i64,
+    /// Sum of their durations (ms).
+    pub sum_ms: i64,
+}
+
+/// Upper bounds (ms) of the step-duration histogram buckets.
+pub const DURATION_BUCKETS_MS: [i64; 9] = [5, 25, 100, 250, 1_000, 5_000, 30_000, 120_000, 600_000];
+
+/// Totals over the whole file, for metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunTotals {
+    /// Sum of every run's interruptions (an owner died or stalled: a reclaim).
+    pub interruptions: i64,
+    /// Attempts that never ended and whose run no longer runs them (interrupted).
+    pub attempts_interrupted: i64,
+    /// Engines not stopped whose heartbeat is recent.
+    pub engines_live: i64,
+}

@@ -66,6 +66,15 @@ pub const WAITER: Workflow<WaiterIn, String> = Workflow::new("fixture.waiter");
 pub const PARENT: Workflow<SlowIn, u64> = Workflow::new("fixture.parent");
 pub const PROBE_STEP: Step<u64, u64> = Step::new("fixture.qprobe");
 pub const PROBE: Workflow<u64, u64> = Workflow::new("fixture.qprobe");
+/// Input of `fixture.parent_then_third`: a child `fixture.slow` run with `child`, then the
+/// step `fixture.third` (fails while `fail_file` exists), then the join of the child.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ParentThirdIn {
+    pub child: SlowIn,
+    pub fail_file: String,
+}
+/// `fixture.parent_then_third`: start a child, a step that may fail for good, join.
+pub const PARENT_THIRD: Workflow<ParentThirdIn, u64> = Workflow::new("fixture.parent_then_third");
 /// `fixture.slow`'s steps, then the workflow fails (permanently) on its own.
 pub const SLOW_THEN_FAIL: Workflow<SlowIn, u64> = Workflow::new("fixture.slow_then_fail");
 
@@ -82,6 +91,7 @@ pub fn is_fixture(name: &str) -> bool {
             | "fixture.slow_then_fail"
             | "fixture.three"
             | "fixture.approve"
+            | "fixture.parent_then_third"
     )
 }
 
@@ -116,6 +126,7 @@ pub fn encode_input(name: &str, json: &str) -> Result<Vec<u8>, String> {
         "fixture.slow_then_fail" => enc::<SlowIn>(json),
         "fixture.three" => enc::<ThreeIn>(json),
         "fixture.approve" => enc::<()>(json),
+        "fixture.parent_then_third" => enc::<ParentThirdIn>(json),
         other => Err(format!("unknown workflow '{other}'")),
     }
 }
@@ -247,6 +258,12 @@ fn approve(ctx: &mut Ctx<'_>, _: ()) -> Result<String, WorkflowError> {
     Ok(format!("approved={got:?}"))
 }
 
+fn parent_then_third(ctx: &mut Ctx<'_>, input: ParentThirdIn) -> Result<u64, WorkflowError> {
+    let child = ctx.start_child(SLOW, &input.child)?;
+    let third = ctx.step(THIRD, &input.fail_file)?;
+    Ok(ctx.join(&child)? + third)
+}
+
 /// Register the feature fixtures (their steps and workflows).
 pub fn register(reg: &mut Registry) {
     reg.step(MARK, mark);
@@ -274,5 +291,6 @@ pub fn register(reg: &mut Registry) {
     reg.step(THIRD, third);
     reg.workflow(THREE, three);
     reg.workflow(APPROVE_WF, approve);
+    reg.workflow(PARENT_THIRD, parent_then_third);
     reg.event(APPROVE);
 }

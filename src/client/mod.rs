@@ -380,7 +380,9 @@ impl Client {
     /// workflow and input, linked to it (`retry_of`; the old run shows `retried_as`). The
     /// new run's journal starts with copies of the old run's entries before its first
     /// failed one, so those steps replay without running; it executes from the step that
-    /// failed. The old run is not changed. Returns the new run's id.
+    /// failed. The old run is not changed; a child run it started in the copied part becomes
+    /// the new run's child (the new run joins it; it is not started again; of two retries of
+    /// one run, the first takes it). Returns the new run's id.
     pub fn retry(&self, run_id: i64) -> Result<i64, Error> {
         let id = self.store().retry(run_id, None)?;
         self.changed();

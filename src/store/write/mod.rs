@@ -126,7 +126,8 @@ pub enum Op {
     /// Start a new run from a finished one: same workflow, version, input, queue and
     /// priority, `retry_of` = the old run; its journal starts with copies of the old run's
     /// entries before `from_seq` (all entries before the first failed one when `None`).
-    /// Nothing of the old run changes. Answers `Done::Run`.
+    /// Nothing of the old run changes; the children its copied `child` entries name (if
+    /// still its own) become the new run's (`parent_id`). Answers `Done::Run`.
     Retry {
         run_id: i64,
         from_seq: Option<i64>,

@@ -299,7 +299,39 @@ fn retry(conn: &Connection, run_id: i64, from_seq: Option<i64>, now: i64) -> Sto
     )
     .and_then(|mut s| s.execute(params![run_id, new_id, cut]))
     .map_err(sql("copying a journal"))?;
+    adopt_children(conn, run_id, new_id, cut)?;
     Ok(new_id)
+}
+
+/// A copied `child` entry names a child of the old run: the new run replays it (the child is
+/// not started again) and joins that child, so the child becomes the new run's (its
+/// `parent_id`): the join matches it, its end wakes the new run (trigger
+/// `runs_wake_parent`), cancelling the new run cancels it. Only a child still under the
+/// old run moves: of two retries of one run, the first takes the child (the other's join
+/// then finds no child of its own and fails, naming it). An entry that does not decode is
+/// left alone (the new run's replay parks on it, naming it).
+fn adopt_children(conn: &Connection, old: i64, new: i64, cut: i64) -> StoreResult<()> {
+    let entries: Vec<(i64, Option<Vec<u8>>)> = conn
+        .prepare_cached(
+            "SELECT seq, output FROM steps
+             WHERE run_id = ?1 AND seq < ?2 AND kind = 'child' AND status = 'completed'",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![old, cut], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .map_err(sql("reading the child entries of a retried run"))?;
+    for (seq, output) in entries {
+        let bytes = output.unwrap_or_default();
+        let Ok(child) = crate::codec::decode::<i64>(&bytes, crate::codec::PAYLOAD_BYTES_MAX) else {
+            log::warn!("retry of run {old}: child entry (seq {seq}) does not decode; not adopted");
+            continue;
+        };
+        conn.prepare_cached("UPDATE runs SET parent_id = ?3 WHERE id = ?1 AND parent_id = ?2")
+            .and_then(|mut s| s.execute(params![child, old, new]))
+            .map_err(sql("handing a child over to a retry"))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn enqueue(conn: &Connection, run: &NewRun, now: i64) -> StoreResult<(i64, bool)> {

@@ -1,0 +1,150 @@
+//! Adversarial review 2: typed events queued around a wrongly-typed one.
+//!
+//! Scenario: a `waymark serve` engine runs `fixture.approve` (one step, a wait for the typed
+//! event `approve: bool`, one step). The test process, a `waymark::Client` without a
+//! registry (it cannot check types), sends three events as fast as it can right after the
+//! start: `"yes"` (wrong type), `false`, `true`; whenever the run reaches its wait, the
+//! oldest unconsumed event is the wrong one. A second run gets `true` first, then `"no"`.
+//! Must hold: the wrong event is set aside (`consumed_seq = 0`) and parks the run
+//! `blocked`, never delivered; after `resume` the OLDEST good event (`false`) is delivered
+//! into exactly one journal entry and the newer one stays unconsumed for a later wait
+//! (`AwaitEvent { upto }` delivers only the event the run checked); a good event first is
+//! delivered and the wrong one after it is never looked at. Each event is consumed at most
+//! once.
+
+mod support;
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::Duration;
+use support::*;
+use waymark::{Client, RunStatus, StartOptions, Workflow};
+
+const LONG: Duration = Duration::from_secs(60);
+const APPROVE_WF: Workflow<(), String> = Workflow::new("fixture.approve");
+
+struct Served {
+    child: Child,
+    db: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        kill9(&mut self.child);
+    }
+}
+
+fn serve() -> (Served, Client) {
+    let dir = tempdir();
+    let db = dir.path().join("events.db");
+    let child = spawn(
+        &["serve", "--db", db.to_str().unwrap(), "--workers", "2"],
+        &[],
+        &dir.path().join("serve.log"),
+    );
+    wait_for("the engine to create the file", LONG, || {
+        try_query_i64(&db, "SELECT count(*) FROM engines WHERE stopped_at IS NULL")
+            .filter(|n| *n > 0)
+    });
+    let client = Client::open(&db).expect("client");
+    (
+        Served {
+            child,
+            db,
+            _dir: dir,
+        },
+        client,
+    )
+}
+
+/// `(event id, consumed_seq)` of the run's events, oldest first.
+fn events(served: &Served, run: i64) -> Vec<(String, Option<i64>)> {
+    let conn = peek(&served.db);
+    let mut stmt = conn
+        .prepare("SELECT id, consumed_seq FROM events WHERE run_id = ?1 ORDER BY id")
+        .unwrap();
+    let rows: Vec<(i64, Option<i64>)> = stmt
+        .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    rows.into_iter()
+        .map(|(id, consumed)| (id.to_string(), consumed))
+        .collect()
+}
+
+#[test]
+fn attack2_wrong_event_queued_before_good_ones_is_set_aside_and_the_oldest_good_one_delivered() {
+    let (served, client) = serve();
+    let id = client
+        .start_run(APPROVE_WF, &(), StartOptions::default())
+        .unwrap();
+    client.send_event_json(id, "approve", "\"yes\"").unwrap();
+    client.send_event_json(id, "approve", "false").unwrap();
+    client.send_event_json(id, "approve", "true").unwrap();
+    let row = client.wait(id, LONG).unwrap();
+    assert_eq!(row.status, RunStatus::Blocked, "{row:?}");
+    assert!(
+        row.note.as_deref().unwrap_or_default().contains("\"yes\""),
+        "{row:?}"
+    );
+    let ev = events(&served, id);
+    assert_eq!(ev.len(), 3);
+    assert_eq!(ev[0].1, Some(0), "the wrong event is set aside: {ev:?}");
+    assert_eq!(ev[1].1, None, "nothing delivered while blocked: {ev:?}");
+    assert_eq!(ev[2].1, None, "nothing delivered while blocked: {ev:?}");
+
+    client.resume(id).unwrap();
+    assert_eq!(
+        client.wait_output(APPROVE_WF, id, LONG).unwrap(),
+        "approved=Some(false)",
+        "the oldest good event is delivered"
+    );
+    let ev = events(&served, id);
+    let wait_seq = client
+        .journal(id)
+        .unwrap()
+        .iter()
+        .find(|s| s.name == "approve")
+        .map(|s| s.seq)
+        .expect("a journaled wait");
+    assert_eq!(ev[0].1, Some(0), "{ev:?}");
+    assert_eq!(
+        ev[1].1,
+        Some(wait_seq),
+        "delivered into the wait's entry: {ev:?}"
+    );
+    assert_eq!(
+        ev[2].1, None,
+        "the newer good event stays for a later wait: {ev:?}"
+    );
+    assert_eq!(
+        query_i64(
+            &served.db,
+            &format!("SELECT count(*) FROM steps WHERE run_id = {id} AND kind = 'event'")
+        ),
+        1,
+        "one delivery"
+    );
+}
+
+#[test]
+fn attack2_good_event_before_a_wrong_one_is_delivered_and_the_wrong_one_never_looked_at() {
+    let (served, client) = serve();
+    let id = client
+        .start_run(APPROVE_WF, &(), StartOptions::default())
+        .unwrap();
+    client.send_event_json(id, "approve", "true").unwrap();
+    client.send_event_json(id, "approve", "\"no\"").unwrap();
+    assert_eq!(
+        client.wait_output(APPROVE_WF, id, LONG).unwrap(),
+        "approved=Some(true)"
+    );
+    let ev = events(&served, id);
+    assert_eq!(ev.len(), 2);
+    assert!(ev[0].1.is_some_and(|s| s > 0), "{ev:?}");
+    assert_eq!(
+        ev[1].1, None,
+        "the wrong event after it is untouched: {ev:?}"
+    );
+}

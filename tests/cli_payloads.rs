@@ -140,7 +140,7 @@ fn send_of_a_wrong_type_is_refused_and_show_json_carries_the_event_payload() {
     kill9(&mut engine);
     let v = show_json(&db, id);
     assert_eq!(v["input"], Value::Null, "{v}");
-    assert_eq!(v["output"], "approved=true", "{v}");
+    assert_eq!(v["output"], "approved=Some(true)", "{v}");
     let steps = v["steps"].as_array().unwrap();
     let event = steps
         .iter()

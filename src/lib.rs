@@ -57,7 +57,9 @@
 //!
 //! Guarantees and how each is tested: README.md ("Guarantees and how they are tested").
 //!
-//! The library never prints; it logs through the `log` crate.
+//! The library never prints; it logs through the `log` crate. The one exception is
+//! [`cli`] (the `cli` feature): the admin command line an application embeds in its
+//! binary, which prints its results.
 
 #![deny(missing_docs)]
 #![warn(unnameable_types)]
@@ -86,6 +88,9 @@ mod step;
 mod store;
 mod workflow;
 
+#[cfg(feature = "cli")]
+#[path = "cli_admin/mod.rs"]
+pub mod cli;
 pub use client::{Client, ClientConfig, RunEvent, StartOptions, Subscription};
 pub use codec::{CodecError, Format as PayloadFormat};
 pub use config::{Config, Isolation, RetryPolicy, StepLimits};
@@ -97,7 +102,7 @@ pub use isolation::{CommandOutput, CommandSpec, MemoryRlimit};
 pub use outcome::{Failure, FailureClass};
 pub use store::{OnKeyConflict, RunFilter, RunStatus, StoreError, Synchronous, UnknownStatus};
 pub use workflow::{
-    ChildRun, Ctx, Event, EventName, Registry, Step, StepCtx, StepOptions, Workflow,
+    ChildRun, Ctx, Event, EventName, PayloadOf, Registry, Step, StepCtx, StepOptions, Workflow,
 };
 
 /// Internals for the `waymark` binary, its tests and benches. Not part of the API: no

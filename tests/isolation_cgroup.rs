@@ -106,7 +106,12 @@ fn a_command_over_its_cgroup_cap_is_a_memory_limit() {
                     "{a:?}"
                 );
             }
-            let left = step_cgroups(parent.dir(), &format!("-r{id}-s"));
+            // This process's engine made them (other test binaries' engines may leave theirs).
+            let mine = format!("p{}.", std::process::id());
+            let left: Vec<_> = step_cgroups(parent.dir(), &format!("-r{id}-s"))
+                .into_iter()
+                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&mine))
+                .collect();
             assert!(left.is_empty(), "step cgroups left: {left:?}");
         }
         None => {
@@ -179,7 +184,7 @@ fn a_killed_engines_step_cgroup_is_removed_by_the_next_engine() {
         assert!(cap.starts_with("rlimit data"), "{cap}");
         return;
     };
-    let mine = format!("p{}-", serve.0.id());
+    let mine = format!("p{}.", serve.0.id());
     let created = poll(Duration::from_secs(30), || {
         let v = step_cgroups(parent.dir(), &mine);
         (!v.is_empty()).then_some(v)

@@ -311,6 +311,19 @@ const COUNTERPARTS: &[(&str, &str)] = &[
         "model: grace_kill (outcome shutdown) / finish_step",
     ),
     (
+        "Start",
+        "model: initial state (one pending run); a key conflict changes nothing",
+    ),
+    (
+        "Retry",
+        "abstracted: creates a new pending run from a finished one (the old run is final; \
+         the model's run never leaves Done)",
+    ),
+    (
+        "RejectEvent",
+        "abstracted: fenced like Block (the run parks blocked; no execution starts)",
+    ),
+    (
         "AttemptDetail",
         "abstracted: fenced like AttemptEnd, writes only an attempt's logs and memory-cap text",
     ),

@@ -78,59 +78,6 @@ pub const PARENT_THIRD: Workflow<ParentThirdIn, u64> = Workflow::new("fixture.pa
 /// `fixture.slow`'s steps, then the workflow fails (permanently) on its own.
 pub const SLOW_THEN_FAIL: Workflow<SlowIn, u64> = Workflow::new("fixture.slow_then_fail");
 
-/// Names of the workflows defined here.
-pub fn is_fixture(name: &str) -> bool {
-    matches!(
-        name,
-        "fixture.sleeper"
-            | "fixture.waiter"
-            | "fixture.parent"
-            | "fixture.qprobe"
-            | "fixture.step_then_wait"
-            | "fixture.echo"
-            | "fixture.slow_then_fail"
-            | "fixture.three"
-            | "fixture.approve"
-            | "fixture.parent_then_third"
-    )
-}
-
-/// Encode `json` as the input of `demo`, `fixture.slow` or a fixture workflow defined here.
-pub fn encode_any(name: &str, json: &str) -> Result<Vec<u8>, String> {
-    fn enc<T: serde::de::DeserializeOwned + Serialize>(json: &str) -> Result<Vec<u8>, String> {
-        let v: T = serde_json::from_str(json).map_err(|e| format!("bad --json input: {e}"))?;
-        waymark::internal::codec::encode(&v, waymark::internal::codec::PAYLOAD_BYTES_MAX)
-            .map_err(|e| e.to_string())
-    }
-    match name {
-        "demo" => enc::<super::demo::DemoInput>(json),
-        "fixture.slow" => enc::<SlowIn>(json),
-        _ => encode_input(name, json),
-    }
-}
-
-/// Encode `json` as the input of the fixture workflow `name`.
-pub fn encode_input(name: &str, json: &str) -> Result<Vec<u8>, String> {
-    fn enc<T: serde::de::DeserializeOwned + Serialize>(json: &str) -> Result<Vec<u8>, String> {
-        let v: T = serde_json::from_str(json).map_err(|e| format!("bad --json input: {e}"))?;
-        waymark::internal::codec::encode(&v, waymark::internal::codec::PAYLOAD_BYTES_MAX)
-            .map_err(|e| e.to_string())
-    }
-    match name {
-        "fixture.sleeper" => enc::<SleeperIn>(json),
-        "fixture.waiter" => enc::<WaiterIn>(json),
-        "fixture.parent" => enc::<SlowIn>(json),
-        "fixture.qprobe" => enc::<u64>(json),
-        "fixture.step_then_wait" => enc::<StepWaitIn>(json),
-        "fixture.echo" => enc::<EchoIn>(json),
-        "fixture.slow_then_fail" => enc::<SlowIn>(json),
-        "fixture.three" => enc::<ThreeIn>(json),
-        "fixture.approve" => enc::<()>(json),
-        "fixture.parent_then_third" => enc::<ParentThirdIn>(json),
-        other => Err(format!("unknown workflow '{other}'")),
-    }
-}
-
 /// Append `run seq step pid` to `$WAYMARK_DEMO_EFFECTS` in one write(2) (O_APPEND), so
 /// lines from concurrent workers never interleave.
 fn record_effect(ctx: &StepCtx, step: &str) {

@@ -92,6 +92,8 @@ pub struct ClientConfig {
     /// The application's registry, if the client has one: starts of unknown workflows are
     /// refused and events sent by name are checked against their registered types.
     pub registry: Option<Arc<Registry>>,
+    /// Create the file (with its schema) if it does not exist (default: it must exist).
+    pub create: bool,
 }
 
 impl ClientConfig {
@@ -103,6 +105,7 @@ impl ClientConfig {
             busy_timeout: Duration::from_secs(5),
             payload_bytes_max: codec::PAYLOAD_BYTES_MAX,
             registry: None,
+            create: false,
         }
     }
 
@@ -162,7 +165,7 @@ impl Client {
     /// Open with `config`.
     pub fn open_with(config: ClientConfig) -> Result<Client, Error> {
         let opts = StoreOptions {
-            create: false,
+            create: config.create,
             busy_timeout: config.busy_timeout,
             quick_check: false,
             readers_max: 2,
@@ -200,7 +203,7 @@ impl Client {
         }
     }
 
-    fn store(&self) -> &dyn Storage {
+    pub(crate) fn store(&self) -> &dyn Storage {
         &*self.shared.store
     }
 
@@ -440,6 +443,89 @@ impl Client {
             self.must_exist(run_id)?;
         }
         Ok(rows)
+    }
+
+    /// The run's stored input (sealed bincode of its workflow's input type; decode it with
+    /// [`crate::Registry::payload_to_json`]); [`StoreError::NotFound`] if there is no such run.
+    pub fn run_input(&self, run_id: i64) -> Result<Vec<u8>, Error> {
+        self.store()
+            .run_input(run_id)?
+            .ok_or(Error::Store(StoreError::NotFound { run_id }))
+    }
+
+    /// Now, in milliseconds since the Unix epoch, by the clock this client reads (tools
+    /// show ages with it).
+    pub fn now_ms(&self) -> i64 {
+        self.shared.clock.now_ms()
+    }
+
+    /// What became of an attempt without a recorded outcome (`a.outcome` is `None`):
+    /// `running`, or how it was cut off once its run moved on ("interrupted: owner pid N
+    /// died", "interrupted: owner (pid N) lost its lease"). An attempt with an outcome
+    /// reads as that outcome.
+    pub fn attempt_state(&self, run: &RunRow, a: &AttemptRow) -> Result<String, Error> {
+        if let Some(o) = &a.outcome {
+            return Ok(o.clone());
+        }
+        let moved_on =
+            run.status.is_final() || run.epoch != a.epoch || run.status != RunStatus::Running;
+        if !moved_on {
+            return Ok("running".into());
+        }
+        // The reaper's reason names the owner and its pid ("owner engine ID (pid N) is
+        // dead"); it is kept for the run's last interruption only.
+        if let Some(why) = run
+            .last_interruption
+            .as_deref()
+            .filter(|w| w.contains(a.owner.as_str()))
+        {
+            let pid = why
+                .split("(pid ")
+                .nth(1)
+                .and_then(|r| r.split(')').next())
+                .and_then(|p| p.parse::<i64>().ok());
+            return Ok(match pid {
+                Some(pid) if why.ends_with("is dead") => {
+                    format!("interrupted: owner pid {pid} died")
+                }
+                _ => format!("interrupted: owner lost its lease ({why})"),
+            });
+        }
+        let owners = self.store().owners()?;
+        let Some(e) = owners.iter().find(|o| o.id == a.owner) else {
+            return Ok("interrupted: owner lost its lease (its engine record is gone)".into());
+        };
+        let Some(pid) = e.pid else {
+            return Ok("interrupted: owner lost its lease".into());
+        };
+        let alive = e.boot_id.as_deref() == Some(crate::host::boot_id().as_str())
+            && u32::try_from(pid)
+                .ok()
+                .and_then(crate::host::pid_start_time)
+                .is_some_and(|start| Some(start as i64) == e.pid_start);
+        Ok(if alive {
+            format!("interrupted: owner (pid {pid}) lost its lease")
+        } else {
+            format!("interrupted: owner pid {pid} died")
+        })
+    }
+
+    /// Start many runs of one workflow from already encoded inputs, in one transaction
+    /// (tools that decode JSON through a registry). Same rules as [`Client::start_run`].
+    #[doc(hidden)]
+    pub fn start_many_encoded(
+        &self,
+        workflow: &str,
+        version: u32,
+        runs: Vec<(Vec<u8>, StartOptions)>,
+    ) -> Result<Vec<i64>, Error> {
+        let runs = runs
+            .into_iter()
+            .map(|(input, o)| self.new_run(workflow, version, input, o))
+            .collect::<Result<Vec<_>, _>>()?;
+        let started = self.store().start_runs(runs)?;
+        self.changed();
+        Ok(started.into_iter().map(|s| s.id).collect())
     }
 
     /// How many runs are in each status (statuses without runs are absent).

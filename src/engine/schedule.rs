@@ -122,6 +122,15 @@ pub(crate) fn fire_due(inner: &Inner) -> Result<(), StoreError> {
     Ok(())
 }
 
+impl crate::client::Client {
+    /// Create or replace a schedule whose input is already encoded (tools that decode JSON
+    /// through a registry, like the CLI's `schedule`). See [`Engine::schedule_with`].
+    #[doc(hidden)]
+    pub fn put_schedule(&self, spec: ScheduleSpec<'_>) -> Result<(), Error> {
+        put_schedule(self.store(), self.now_ms(), spec)
+    }
+}
+
 impl Engine {
     /// Start a run of `wf` with `input` at every due time of `cron` (UTC; 5 fields, or 6-7
     /// with seconds), from now on. Missed due times (no engine running) are skipped except

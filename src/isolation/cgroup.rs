@@ -107,9 +107,12 @@ impl CgroupParent {
     /// A fresh step cgroup named `p<our pid>-<label>` with a memory cap of `bytes` (swap
     /// included where the kernel accounts it).
     pub fn create(&self, label: &str, bytes: u64) -> std::io::Result<StepCgroup> {
+        // The creator as (pid, start time): a bare pid is ambiguous across PID namespaces
+        // (an engine that is pid 1 in its namespace would look alive forever from outside).
+        let me = std::process::id();
         let name = format!(
-            "p{}-{label}-{:x}",
-            std::process::id(),
+            "p{me}.{}-{label}-{:x}",
+            crate::host::pid_start_time(me).unwrap_or(0),
             crate::host::random_u64() & 0xffff_ffff
         );
         let dir = self.dir.join(name);
@@ -143,14 +146,29 @@ impl CgroupParent {
         let mut removed = 0;
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name
-                .strip_prefix('p')
-                .and_then(|r| r.split('-').next())
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
+            let Some(creator) = name.strip_prefix('p').and_then(|r| r.split('-').next()) else {
                 continue;
             };
-            if pid == std::process::id() || crate::host::pid_start_time(pid).is_some() {
+            let (pid, start) = match creator.split_once('.') {
+                Some((p, s)) => (p.parse::<u32>().ok(), s.parse::<u64>().ok()),
+                None => (creator.parse::<u32>().ok(), None),
+            };
+            let Some(pid) = pid else { continue };
+            if pid == std::process::id() {
+                continue;
+            }
+            // Young cgroups may belong to an attempt being set up: leave them a minute.
+            let young = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < std::time::Duration::from_secs(60));
+            let creator_alive = match start {
+                Some(start) => crate::host::liveness(pid, start) != crate::host::Liveness::Dead,
+                None => crate::host::pid_start_time(pid).is_some(),
+            };
+            if creator_alive && young {
                 continue;
             }
             let procs = std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();

@@ -109,6 +109,13 @@ pub fn run_exists(conn: &Connection, id: i64) -> StoreResult<bool> {
         .map_err(sql("reading a run"))
 }
 
+/// The stored input of a run (`None`: no such run).
+pub fn run_input(conn: &Connection, id: i64) -> StoreResult<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT input FROM runs WHERE id = ?1")
+        .and_then(|mut s| s.query_row(params![id], |r| r.get(0)).optional())
+        .map_err(sql("reading a run's input"))
+}
+
 /// Up to `limit` run state changes after change `after`, oldest first.
 pub fn changes(conn: &Connection, after: i64, limit: i64) -> StoreResult<Vec<RunChange>> {
     conn.prepare_cached(

@@ -237,6 +237,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn list(&self, filter: &RunFilter) -> StoreResult<Vec<RunRow>>;
     /// Does run `run_id` exist?
     fn run_exists(&self, run_id: i64) -> StoreResult<bool>;
+    /// The stored input of run `run_id` (`None`: no such run).
+    fn run_input(&self, run_id: i64) -> StoreResult<Option<Vec<u8>>>;
     /// Up to `limit` run state changes after change `after`.
     fn changes(&self, after: i64, limit: i64) -> StoreResult<Vec<RunChange>>;
     /// The newest change's position (0 when none).
@@ -773,6 +775,9 @@ impl Storage for Store {
     }
     fn run_exists(&self, run_id: i64) -> StoreResult<bool> {
         self.read(|c| queries::run_exists(c, run_id))
+    }
+    fn run_input(&self, run_id: i64) -> StoreResult<Option<Vec<u8>>> {
+        self.read(|c| queries::run_input(c, run_id))
     }
     fn changes(&self, after: i64, limit: i64) -> StoreResult<Vec<RunChange>> {
         self.read(|c| queries::changes(c, after, limit))

@@ -12,4 +12,4 @@ pub(crate) mod registry;
 pub use ctx::Ctx;
 pub use durable::ChildRun;
 pub use event::{Event, EventName};
-pub use registry::{Registry, Step, StepCtx, StepOptions, Workflow};
+pub use registry::{PayloadOf, Registry, Step, StepCtx, StepOptions, Workflow};

@@ -75,6 +75,113 @@ pub struct WorkflowDef {
     pub(crate) name: String,
     pub(crate) version: u32,
     pub(crate) run: Arc<WorkflowFn>,
+    input: JsonCodec,
+    output: JsonCodec,
+}
+
+/// Type-erased converters of one registered type between its stored bincode and JSON
+/// (for tools: `show --json` displays, `start --json` encodes).
+#[derive(Debug, Clone, Copy)]
+struct JsonCodec {
+    type_name: &'static str,
+    to_json: fn(&[u8]) -> Result<serde_json::Value, String>,
+    from_json: fn(&str) -> Result<Vec<u8>, String>,
+}
+
+fn bincode_to_json<T: Serialize + DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<serde_json::Value, String> {
+    let value: T = codec::decode(bytes, codec::PAYLOAD_BYTES_MAX).map_err(|e| e.to_string())?;
+    serde_json::to_value(&value).map_err(|e| e.to_string())
+}
+
+fn json_to_bincode<T: Serialize + DeserializeOwned>(json: &str) -> Result<Vec<u8>, String> {
+    let value: T = serde_json::from_str(json).map_err(|e| {
+        format!(
+            "JSON {} does not decode as {}: {e}",
+            excerpt(json),
+            std::any::type_name::<T>()
+        )
+    })?;
+    codec::encode(&value, codec::PAYLOAD_BYTES_MAX).map_err(|e| e.to_string())
+}
+
+fn json_to_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    let value: serde_json::Value =
+        codec::decode_json(bytes, codec::PAYLOAD_BYTES_MAX).map_err(|e| e.to_string())?;
+    T::deserialize(&value).map_err(|e| {
+        format!(
+            "payload does not decode as {}: {e}",
+            std::any::type_name::<T>()
+        )
+    })?;
+    Ok(value)
+}
+
+fn json_to_sealed_json<T: DeserializeOwned>(json: &str) -> Result<Vec<u8>, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("{} is not JSON: {e}", excerpt(json)))?;
+    T::deserialize(&value).map_err(|e| {
+        format!(
+            "JSON {} does not decode as {}: {e}",
+            excerpt(json),
+            std::any::type_name::<T>()
+        )
+    })?;
+    codec::encode_json(&value, codec::PAYLOAD_BYTES_MAX).map_err(|e| e.to_string())
+}
+
+/// Longest excerpt of a JSON text quoted in an error.
+const JSON_EXCERPT_CHARS_MAX: usize = 64;
+
+fn excerpt(json: &str) -> String {
+    let mut out: String = json.chars().take(JSON_EXCERPT_CHARS_MAX).collect();
+    if json.chars().count() > JSON_EXCERPT_CHARS_MAX {
+        out.push_str("...");
+    }
+    out
+}
+
+impl JsonCodec {
+    fn bincode<T: Serialize + DeserializeOwned>() -> Self {
+        JsonCodec {
+            type_name: std::any::type_name::<T>(),
+            to_json: bincode_to_json::<T>,
+            from_json: json_to_bincode::<T>,
+        }
+    }
+    fn json<T: DeserializeOwned>() -> Self {
+        JsonCodec {
+            type_name: std::any::type_name::<T>(),
+            to_json: json_to_json::<T>,
+            from_json: json_to_sealed_json::<T>,
+        }
+    }
+}
+
+/// Which stored payload a JSON conversion is about ([`Registry::payload_to_json`],
+/// [`Registry::payload_from_json`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PayloadOf<'a> {
+    /// The input of a run of workflow `name` at `version`.
+    WorkflowInput {
+        /// Workflow name.
+        name: &'a str,
+        /// Workflow version.
+        version: u32,
+    },
+    /// The output of a run of workflow `name` at `version`.
+    WorkflowOutput {
+        /// Workflow name.
+        name: &'a str,
+        /// Workflow version.
+        version: u32,
+    },
+    /// The recorded output of step `name`.
+    StepOutput(&'a str),
+    /// The payload of event `name`.
+    Event(&'a str),
 }
 
 /// The set of workflows and steps an engine can run, and the types of the events they wait for.
@@ -83,6 +190,8 @@ pub struct Registry {
     steps: HashMap<String, StepDef>,
     workflows: HashMap<(String, u32), WorkflowDef>,
     events: HashMap<String, EventDef>,
+    step_outputs: HashMap<String, JsonCodec>,
+    event_codecs: HashMap<String, JsonCodec>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -101,10 +210,13 @@ impl Registry {
     }
 
     /// Register `f` as the step `step`. Returns its options to adjust.
+    ///
+    /// Inputs and outputs are `Serialize + DeserializeOwned` both ways, so tools can show
+    /// and accept them as JSON ([`Registry::payload_to_json`]).
     pub fn step<I, O, F>(&mut self, step: Step<I, O>, f: F) -> &mut StepOptions
     where
-        I: DeserializeOwned + 'static,
-        O: Serialize + 'static,
+        I: Serialize + DeserializeOwned + 'static,
+        O: Serialize + DeserializeOwned + 'static,
         F: Fn(&StepCtx, I) -> Result<O, StepError> + Send + Sync + 'static,
     {
         let run =
@@ -120,6 +232,8 @@ impl Registry {
             command: false,
         };
         self.steps.insert(step.name.to_string(), def);
+        self.step_outputs
+            .insert(step.name.to_string(), JsonCodec::bincode::<O>());
         &mut self
             .steps
             .get_mut(step.name)
@@ -145,6 +259,10 @@ impl Registry {
             command: true,
         };
         self.steps.insert(step.name.to_string(), def);
+        self.step_outputs.insert(
+            step.name.to_string(),
+            JsonCodec::bincode::<crate::isolation::CommandOutput>(),
+        );
         &mut self
             .steps
             .get_mut(step.name)
@@ -160,10 +278,13 @@ impl Registry {
     }
 
     /// Register `f` as the workflow `wf` (at its version).
+    ///
+    /// Inputs and outputs are `Serialize + DeserializeOwned` both ways, so tools can show
+    /// and accept them as JSON ([`Registry::payload_to_json`]).
     pub fn workflow<I, O, F>(&mut self, wf: Workflow<I, O>, f: F)
     where
-        I: DeserializeOwned + 'static,
-        O: Serialize + 'static,
+        I: Serialize + DeserializeOwned + 'static,
+        O: Serialize + DeserializeOwned + 'static,
         F: Fn(&mut Ctx<'_>, I) -> Result<O, WorkflowError> + Send + Sync + 'static,
     {
         let run = move |ctx: &mut Ctx<'_>, input: &[u8]| -> Result<Vec<u8>, WorkflowFailure> {
@@ -178,6 +299,8 @@ impl Registry {
                 name: wf.name.to_string(),
                 version: wf.version,
                 run: Arc::new(run),
+                input: JsonCodec::bincode::<I>(),
+                output: JsonCodec::bincode::<O>(),
             },
         );
     }
@@ -187,6 +310,8 @@ impl Registry {
     pub fn event<T: DeserializeOwned + 'static>(&mut self, event: Event<T>) -> &mut Self {
         self.events
             .insert(event.name().to_string(), EventDef::of::<T>());
+        self.event_codecs
+            .insert(event.name().to_string(), JsonCodec::json::<T>());
         self
     }
 
@@ -199,6 +324,52 @@ impl Registry {
             }),
             None => Ok(()),
         }
+    }
+
+    fn codec(&self, of: PayloadOf<'_>) -> Option<&JsonCodec> {
+        match of {
+            PayloadOf::WorkflowInput { name, version } => {
+                self.get_workflow(name, version).map(|w| &w.input)
+            }
+            PayloadOf::WorkflowOutput { name, version } => {
+                self.get_workflow(name, version).map(|w| &w.output)
+            }
+            PayloadOf::StepOutput(name) => self.step_outputs.get(name),
+            PayloadOf::Event(name) => self.event_codecs.get(name),
+        }
+    }
+
+    /// A stored payload as JSON, decoded through the type registered for it: `None` when
+    /// this registry has no type for it, `Some(Err(why))` when the bytes do not decode.
+    pub fn payload_to_json(
+        &self,
+        of: PayloadOf<'_>,
+        bytes: &[u8],
+    ) -> Option<Result<serde_json::Value, String>> {
+        self.codec(of).map(|c| (c.to_json)(bytes))
+    }
+
+    /// A JSON text encoded as the stored payload of its registered type (bincode for
+    /// workflow inputs, sealed JSON for events): `None` when this registry has no type for
+    /// it, `Some(Err(why))` when the JSON does not decode as that type.
+    pub fn payload_from_json(
+        &self,
+        of: PayloadOf<'_>,
+        json: &str,
+    ) -> Option<Result<Vec<u8>, String>> {
+        self.codec(of).map(|c| (c.from_json)(json))
+    }
+
+    /// The Rust type registered for a payload (for messages), if any.
+    pub fn payload_type_name(&self, of: PayloadOf<'_>) -> Option<&'static str> {
+        self.codec(of).map(|c| c.type_name)
+    }
+
+    /// `(name, version)` of every registered workflow, sorted.
+    pub fn workflows(&self) -> Vec<(String, u32)> {
+        let mut v: Vec<(String, u32)> = self.workflows.keys().cloned().collect();
+        v.sort();
+        v
     }
 
     /// Is workflow `name` registered at `version`?

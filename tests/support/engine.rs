@@ -28,8 +28,8 @@ pub fn child_config(dir: &Path) -> Config {
 /// which registers the real function under the same name.
 pub fn child_step<I, O>(reg: &mut Registry, step: Step<I, O>) -> &mut StepOptions
 where
-    I: DeserializeOwned + 'static,
-    O: Serialize + 'static,
+    I: Serialize + DeserializeOwned + 'static,
+    O: Serialize + DeserializeOwned + 'static,
 {
     reg.step(step, |_, _: I| -> Result<O, StepError> {
         Err(StepError::permanent("this step runs in a child process"))

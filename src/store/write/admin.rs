@@ -37,6 +37,11 @@ pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                     stmt.execute(params![id]).map_err(sql("purging a run"))?;
                 }
             }
+            // The change log's entries as old as the horizon serve no watcher any more (one
+            // that fell that far behind re-reads what it watches): retention covers them too.
+            conn.prepare_cached("DELETE FROM run_changes WHERE at <= ?1")
+                .and_then(|mut s| s.execute(params![before]))
+                .map_err(sql("purging the change log"))?;
             Ok(Done::Count(ids.len()))
         }
         Op::IncrementalVacuum { pages } => {

@@ -1,20 +1,9 @@
 //! `runs`, `show`, `stats`, `resume`: read (and nudge) a database without running an engine.
 
-use super::{parse_run_id, when, CliResult};
+use super::{client, parse_run_id, plain_client, when, BuildRegistry, CliResult};
+use crate::{AttemptRow, Client, PayloadOf, Registry, RunFilter, RunRow, RunStatus, StepRow};
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
-use waymark::internal::clock::SystemClock;
-use waymark::internal::store::{queries, Op, Store, StoreOptions};
-
-fn open(db: &Path) -> Result<Store, String> {
-    let opts = StoreOptions {
-        create: false,
-        readers_max: 1,
-        ..Default::default()
-    };
-    Store::open(db, &opts, Arc::new(SystemClock::from_env())).map_err(|e| e.to_string())
-}
 
 /// Every run status, for `runs --status` validation.
 const STATUSES: &[&str] = &[
@@ -28,13 +17,8 @@ const STATUSES: &[&str] = &[
     "blocked_version",
 ];
 
-fn now_ms() -> i64 {
-    use waymark::internal::clock::Clock;
-    SystemClock::from_env().now_ms()
-}
-
 /// A run as JSON: the stored fields (milliseconds kept) plus ISO-8601 strings of its times.
-fn run_json(r: &queries::RunRow) -> serde_json::Value {
+fn run_json(r: &RunRow) -> serde_json::Value {
     let mut v = serde_json::to_value(r).unwrap_or_default();
     v["created_at_iso"] = when::iso(r.created_at).into();
     v["updated_at_iso"] = when::iso(r.updated_at).into();
@@ -54,14 +38,19 @@ pub fn runs(db: &Path, status: Option<&str>, json: bool) -> CliResult {
             ));
         }
     }
-    let store = open(db)?;
-    let now = now_ms();
+    let filter = match status {
+        Some(s) => RunFilter::new().status(s.parse::<RunStatus>().map_err(|e| e.to_string())?),
+        None => RunFilter::new(),
+    }
+    .limit(RunFilter::LIMIT_MAX);
+    let client = plain_client(db)?;
+    let now = client.now_ms();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut after = 0;
     loop {
-        let page = store
-            .read(|c| queries::runs_page(c, status, after, 1000))
+        let page = client
+            .list(&filter.clone().after(after))
             .map_err(|e| e.to_string())?;
         let Some(last) = page.last() else { break };
         after = last.id;
@@ -91,100 +80,113 @@ pub fn runs(db: &Path, status: Option<&str>, json: bool) -> CliResult {
     Ok(0)
 }
 
-fn is_final(status: &str) -> bool {
-    matches!(status, "completed" | "failed" | "cancelled")
-}
-
-/// What became of an attempt with no recorded outcome: still running, or cut off when
-/// its owner died or lost its lease (the run moved on: a later epoch, or finished).
-fn open_attempt_state(store: &Store, run: &queries::RunRow, a: &queries::AttemptRow) -> String {
-    let moved_on = is_final(run.status.as_str()) || run.epoch != a.epoch || run.status != "running";
-    if !moved_on {
-        return "running".into();
-    }
-    // The reaper's reason names the owner and its pid ("owner engine ID (pid N) is dead");
-    // it is kept for the run's last interruption only.
-    if let Some(why) = run
-        .last_interruption
-        .as_deref()
-        .filter(|w| w.contains(a.owner.as_str()))
-    {
-        let pid = why
-            .split("(pid ")
-            .nth(1)
-            .and_then(|r| r.split(')').next())
-            .and_then(|p| p.parse::<i64>().ok());
-        return match pid {
-            Some(pid) if why.ends_with("is dead") => format!("interrupted: owner pid {pid} died"),
-            _ => format!("interrupted: owner lost its lease ({why})"),
-        };
-    }
-    let engine = store.read(|c| queries::engine(c, &a.owner)).ok().flatten();
-    let Some(e) = engine else {
-        return "interrupted: owner lost its lease (its engine record is gone)".into();
-    };
-    let Some(pid) = e.pid else {
-        return "interrupted: owner lost its lease".into();
-    };
-    let alive = e.boot_id.as_deref() == Some(waymark::internal::host::boot_id().as_str())
-        && u32::try_from(pid)
-            .ok()
-            .and_then(waymark::internal::host::pid_start_time)
-            .is_some_and(|start| Some(start as i64) == e.pid_start);
-    if alive {
-        format!("interrupted: owner (pid {pid}) lost its lease")
-    } else {
-        format!("interrupted: owner pid {pid} died")
-    }
-}
-
 /// An attempt as JSON: stored fields plus ISO times, its duration and, for an attempt
 /// without an outcome, what became of it (`state`).
-fn attempt_json(
-    store: &Store,
-    run: &queries::RunRow,
-    a: &queries::AttemptRow,
-) -> serde_json::Value {
+fn attempt_json(client: &Client, run: &RunRow, a: &AttemptRow) -> serde_json::Value {
     let mut v = serde_json::to_value(a).unwrap_or_default();
     v["started_at_iso"] = when::iso(a.started_at).into();
     if let Some(e) = a.ended_at {
         v["ended_at_iso"] = when::iso(e).into();
         v["duration_ms"] = (e - a.started_at).into();
     }
-    v["state"] = match &a.outcome {
-        Some(o) => o.clone(),
-        None => open_attempt_state(store, run, a),
-    }
-    .into();
+    v["state"] = client
+        .attempt_state(run, a)
+        .unwrap_or_else(|e| format!("unknown: {e}"))
+        .into();
     v
 }
 
-pub fn show(db: &Path, run_id: &str, json: bool) -> CliResult {
+/// A stored payload as JSON through `registry`'s type for it; without one (or when it
+/// does not decode) its bytes in hex, with a note saying why.
+fn payload_json(registry: &Registry, of: PayloadOf<'_>, bytes: &[u8]) -> serde_json::Value {
+    match registry.payload_to_json(of, bytes) {
+        Some(Ok(v)) => v,
+        Some(Err(why)) => serde_json::json!({
+            "hex": hex(bytes),
+            "note": format!("does not decode as {}: {why}", registry.payload_type_name(of).unwrap_or("its registered type")),
+        }),
+        None => serde_json::json!({
+            "hex": hex(bytes),
+            "note": "no registered type for this payload in this binary (use the application's own binary)",
+        }),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A journal entry's output as JSON: a step's through its registered output type, an
+/// event's through its registered payload type (events are stored as JSON, so shown even
+/// without one), other entries (sleeps, children) in hex.
+fn step_output_json(registry: &Registry, s: &StepRow, bytes: &[u8]) -> serde_json::Value {
+    match s.kind.as_str() {
+        "step" => payload_json(registry, PayloadOf::StepOutput(&s.name), bytes),
+        "event" => match registry.payload_to_json(PayloadOf::Event(&s.name), bytes) {
+            Some(Ok(v)) => v,
+            _ => sealed_json(bytes)
+                .unwrap_or_else(|| payload_json(registry, PayloadOf::Event(&s.name), bytes)),
+        },
+        _ => serde_json::json!({ "hex": hex(bytes), "note": format!("a {} entry", s.kind) }),
+    }
+}
+
+/// A sealed JSON payload's value, read without knowing its type.
+fn sealed_json(bytes: &[u8]) -> Option<serde_json::Value> {
+    let mut any = Registry::new();
+    any.event(crate::Event::<serde_json::Value>::new("any"));
+    any.payload_to_json(PayloadOf::Event("any"), bytes)?.ok()
+}
+
+pub fn show(build: BuildRegistry, db: &Path, run_id: &str, json: bool) -> CliResult {
     let id = parse_run_id(run_id)?;
-    let store = open(db)?;
-    let now = now_ms();
-    let run = store
-        .read(|c| queries::run(c, id))
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no run with id {id} in {}", db.display()))?;
-    let journal = store
-        .read(|c| queries::journal(c, id))
-        .map_err(|e| e.to_string())?;
-    let attempts = store
-        .read(|c| queries::attempts(c, id))
-        .map_err(|e| e.to_string())?;
+    let registry = build();
+    let client = client(build, db)?;
+    let now = client.now_ms();
+    let not_found = |e: crate::Error| match e {
+        crate::Error::Store(crate::StoreError::NotFound { .. }) => {
+            format!("no run with id {id} in {}", db.display())
+        }
+        e => e.to_string(),
+    };
+    let run = client.run(id).map_err(not_found)?;
+    let journal = client.journal(id).map_err(|e| e.to_string())?;
+    let attempts = client.attempts(id).map_err(|e| e.to_string())?;
     if json {
+        let version = u32::try_from(run.version).unwrap_or(0);
         let mut v = run_json(&run);
+        let input = client.run_input(id).map_err(|e| e.to_string())?;
+        v["input"] = payload_json(
+            &registry,
+            PayloadOf::WorkflowInput {
+                name: &run.workflow,
+                version,
+            },
+            &input,
+        );
+        if let Some(out) = &run.output {
+            v["output"] = payload_json(
+                &registry,
+                PayloadOf::WorkflowOutput {
+                    name: &run.workflow,
+                    version,
+                },
+                out,
+            );
+        }
         let mut steps = serde_json::to_value(&journal).unwrap_or_default();
         if let Some(list) = steps.as_array_mut() {
             for (s, row) in list.iter_mut().zip(&journal) {
                 s["recorded_at_iso"] = when::iso(row.recorded_at).into();
+                if let Some(out) = &row.output {
+                    s["output"] = step_output_json(&registry, row, out);
+                }
             }
         }
         v["steps"] = steps;
         v["attempts"] = attempts
             .iter()
-            .map(|a| attempt_json(&store, &run, a))
+            .map(|a| attempt_json(&client, &run, a))
             .collect();
         if let Some(n) = &run.note {
             v["note_readable"] = when::humanize_note(n, now).into();
@@ -238,7 +240,9 @@ pub fn show(db: &Path, run_id: &str, json: bool) -> CliResult {
         };
         let state = match &a.outcome {
             Some(o) => format!("{o}: {}", a.reason.as_deref().unwrap_or("")),
-            None => open_attempt_state(&store, &run, a),
+            None => client
+                .attempt_state(&run, a)
+                .unwrap_or_else(|e| format!("unknown: {e}")),
         };
         println!(
             "  attempt seq={} #{} started {} took {} pid={}{} {}",
@@ -259,7 +263,7 @@ pub fn show(db: &Path, run_id: &str, json: bool) -> CliResult {
 }
 
 /// An attempt's captured logs, indented under it.
-fn print_logs(a: &queries::AttemptRow) {
+fn print_logs(a: &AttemptRow) {
     let Some(logs) = a.logs.as_deref().filter(|l| !l.is_empty()) else {
         return;
     };
@@ -270,18 +274,17 @@ fn print_logs(a: &queries::AttemptRow) {
 }
 
 pub fn stats(db: &Path, json: bool) -> CliResult {
-    let store = open(db)?;
-    let counts = store.read(queries::stats).map_err(|e| e.to_string())?;
+    let counts = plain_client(db)?.stats().map_err(|e| e.to_string())?;
     if json {
         let map: serde_json::Map<String, serde_json::Value> = counts
             .iter()
-            .map(|(s, n)| (s.clone(), serde_json::Value::from(*n)))
+            .map(|(s, n)| (s.to_string(), serde_json::Value::from(*n)))
             .collect();
         println!("{}", serde_json::Value::Object(map));
     } else {
-        let total: i64 = counts.iter().map(|(_, n)| n).sum();
+        let total: u64 = counts.values().sum();
         for (s, n) in &counts {
-            println!("{s:<16} {n}");
+            println!("{:<16} {n}", s.to_string());
         }
         println!("{:<16} {total}", "total");
     }
@@ -290,8 +293,7 @@ pub fn stats(db: &Path, json: bool) -> CliResult {
 
 pub fn resume(db: &Path, run_id: &str) -> CliResult {
     let id = parse_run_id(run_id)?;
-    let store = open(db)?;
-    store.call(Op::Resume { run_id: id }).map_err(|_| {
+    plain_client(db)?.resume(id).map_err(|_| {
         format!(
             "run {id} is not blocked (or does not exist) in {}",
             db.display()

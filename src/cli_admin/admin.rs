@@ -1,14 +1,12 @@
 //! `waymark send`, `waymark cancel`, `waymark gc`: act on a database from scripts, with or
 //! without an engine running on it (the engines see the change through the database).
 
-use super::{parse_run_id, CliResult};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use super::{client, parse_run_id, BuildRegistry, CliResult};
+use std::path::PathBuf;
 use std::time::Duration;
-use waymark::internal::clock::{Clock, SystemClock};
-use waymark::internal::store::{Store, StoreOptions};
 
 #[derive(clap::Args, Debug)]
+#[doc(hidden)]
 pub struct SendArgs {
     pub run_id: String,
     /// Event name.
@@ -21,6 +19,7 @@ pub struct SendArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[doc(hidden)]
 pub struct RetryArgs {
     pub run_id: String,
     #[arg(long)]
@@ -28,6 +27,7 @@ pub struct RetryArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[doc(hidden)]
 pub struct RestartArgs {
     pub run_id: String,
     #[arg(long)]
@@ -39,6 +39,7 @@ pub struct RestartArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[doc(hidden)]
 pub struct CancelArgs {
     pub run_id: String,
     #[arg(long)]
@@ -46,6 +47,7 @@ pub struct CancelArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[doc(hidden)]
 pub struct GcArgs {
     #[arg(long)]
     pub db: PathBuf,
@@ -58,6 +60,7 @@ pub struct GcArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[doc(hidden)]
 pub struct QueueArgs {
     /// Queue name.
     pub name: String,
@@ -75,7 +78,7 @@ pub struct QueueArgs {
     pub unlimited: bool,
 }
 
-pub fn queue(args: QueueArgs) -> CliResult {
+pub fn queue(build: BuildRegistry, args: QueueArgs) -> CliResult {
     if args.limit.is_some_and(|n| n < 0) {
         return Err("--limit must be 0 or more".into());
     }
@@ -83,13 +86,14 @@ pub fn queue(args: QueueArgs) -> CliResult {
         .limit
         .map(|n| u32::try_from(n).map_err(|_| format!("--limit {n} is too large")))
         .transpose()?;
-    client(&args.db)?
+    client(build, &args.db)?
         .set_queue_limit(&args.name, limit)
         .map_err(|e| e.to_string())?;
     Ok(0)
 }
 
 #[derive(clap::Args, Debug)]
+#[doc(hidden)]
 pub struct ScheduleArgs {
     /// Schedule name (one run per due time, keyed sched:NAME:DUE).
     pub name: String,
@@ -98,7 +102,7 @@ pub struct ScheduleArgs {
     /// Cron expression, UTC (5 fields, or 6-7 with seconds first).
     #[arg(long)]
     pub cron: String,
-    /// Built-in workflow to start.
+    /// Registered workflow to start.
     #[arg(long)]
     pub workflow: String,
     /// Input as JSON.
@@ -109,66 +113,48 @@ pub struct ScheduleArgs {
     pub catch_up: bool,
 }
 
-pub fn schedule(args: ScheduleArgs) -> CliResult {
-    let input = super::fixtures_durable::encode_any(&args.workflow, &args.json)?;
-    let (store, clock) = open_with(&args.db, true)?;
-    waymark::internal::engine::schedule::put_schedule(
-        &store,
-        clock.now_ms(),
-        waymark::ScheduleSpec {
+pub fn schedule(build: BuildRegistry, args: ScheduleArgs) -> CliResult {
+    let registry = build();
+    let (version, input) = super::serve::encode_input(&registry, &args.workflow, None, &args.json)?;
+    client(build, &args.db)?
+        .put_schedule(crate::ScheduleSpec {
             name: &args.name,
             cron: &args.cron,
             workflow: &args.workflow,
-            version: 1,
+            version: i64::from(version),
             input,
             missed: if args.catch_up {
-                waymark::Missed::CatchUp
+                crate::Missed::CatchUp
             } else {
-                waymark::Missed::Skip
+                crate::Missed::Skip
             },
-        },
-    )
-    .map_err(|e| e.to_string())?;
+        })
+        .map_err(|e| e.to_string())?;
     Ok(0)
 }
 
-fn open_with(db: &Path, create: bool) -> Result<(Store, Arc<SystemClock>), String> {
-    let opts = StoreOptions {
-        create,
-        readers_max: 1,
-        ..Default::default()
-    };
-    let clock = Arc::new(SystemClock::from_env());
-    let store = Store::open(db, &opts, clock.clone()).map_err(|e| e.to_string())?;
-    Ok((store, clock))
-}
-
-/// A client on an existing file, checking sends against the built-in registry.
-fn client(db: &Path) -> Result<waymark::Client, String> {
-    waymark::Client::open_with(waymark::ClientConfig::new(db).registry(super::registry()))
-        .map_err(|e| e.to_string())
-}
-
-pub fn send(args: SendArgs) -> CliResult {
+pub fn send(build: BuildRegistry, args: SendArgs) -> CliResult {
     let id = parse_run_id(&args.run_id)?;
     let Some(json) = args.json else {
         return Err(format!(
             "send needs a payload: --json JSON (e.g. --json true; --json null sends null); nothing was sent to run {id}"
         ));
     };
-    let event = client(&args.db)?
+    let event = client(build, &args.db)?
         .send_event_json(id, &args.name, &json)
         .map_err(|e| e.to_string())?;
     println!("{event}");
     Ok(0)
 }
 
-pub fn cancel(args: CancelArgs) -> CliResult {
+pub fn cancel(build: BuildRegistry, args: CancelArgs) -> CliResult {
     let id = parse_run_id(&args.run_id)?;
-    let status = client(&args.db)?.cancel(id).map_err(|e| e.to_string())?;
+    let status = client(build, &args.db)?
+        .cancel(id)
+        .map_err(|e| e.to_string())?;
     if matches!(
         status,
-        waymark::RunStatus::Completed | waymark::RunStatus::Failed
+        crate::RunStatus::Completed | crate::RunStatus::Failed
     ) {
         return Err(format!(
             "run {id} already finished ({status}); nothing to cancel"
@@ -178,16 +164,18 @@ pub fn cancel(args: CancelArgs) -> CliResult {
     Ok(0)
 }
 
-pub fn retry(args: RetryArgs) -> CliResult {
+pub fn retry(build: BuildRegistry, args: RetryArgs) -> CliResult {
     let id = parse_run_id(&args.run_id)?;
-    let new = client(&args.db)?.retry(id).map_err(|e| e.to_string())?;
+    let new = client(build, &args.db)?
+        .retry(id)
+        .map_err(|e| e.to_string())?;
     println!("{new}");
     Ok(0)
 }
 
-pub fn restart(args: RestartArgs) -> CliResult {
+pub fn restart(build: BuildRegistry, args: RestartArgs) -> CliResult {
     let id = parse_run_id(&args.run_id)?;
-    let new = client(&args.db)?
+    let new = client(build, &args.db)?
         .restart(id, args.from_step)
         .map_err(|e| e.to_string())?;
     println!("{new}");
@@ -213,9 +201,9 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(n.saturating_mul(secs)))
 }
 
-pub fn gc(args: GcArgs) -> CliResult {
+pub fn gc(build: BuildRegistry, args: GcArgs) -> CliResult {
     let age = parse_age(&args.older_than)?;
-    let client = client(&args.db)?;
+    let client = client(build, &args.db)?;
     if !args.yes {
         let young = client
             .purge_would_delete_recent(age, Duration::from_secs(3600))

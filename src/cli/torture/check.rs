@@ -491,7 +491,11 @@ fn check_events(
     let Some(event_id) = sent.event_id else {
         return Ok(ok);
     };
-    let want = serde_json::to_vec(&sent.payload).unwrap_or_default();
+    // Stored sealed (header + CRC + JSON body): compare the body.
+    let want = waymark::internal::codec::seal(
+        waymark::internal::codec::Format::Json,
+        &serde_json::to_vec(&sent.payload).unwrap_or_default(),
+    );
     match rows.iter().find(|(e, ..)| *e == event_id) {
         None => {
             ok = false;

@@ -329,7 +329,10 @@ impl Driver {
             return;
         };
         let p = &self.plans[i];
-        let bytes = serde_json::to_vec(&payload).unwrap_or_default();
+        let bytes = waymark::internal::codec::seal(
+            waymark::internal::codec::Format::Json,
+            &serde_json::to_vec(&payload).unwrap_or_default(),
+        );
         let event_id = match self.store.call(Op::SendEvent {
             run_id: p.id,
             name: EVENT.into(),

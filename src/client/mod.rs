@@ -167,7 +167,8 @@ impl Client {
         let opts = StoreOptions {
             create: config.create,
             busy_timeout: config.busy_timeout,
-            quick_check: false,
+            // A damaged file is refused here as in an engine (same open-time policy).
+            quick_check: true,
             readers_max: 2,
             lock_wait_max: Some(config.lock_wait_max),
             ..StoreOptions::default()

@@ -68,7 +68,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // engine's admin helpers; nothing but lib.rs and the CLI imports it (no module lists it).
     (
         "console",
-        &["client", "clock", "codec", "engine", "error", "host", "store"],
+        &[
+            "client", "clock", "codec", "engine", "error", "host", "store",
+        ],
     ),
     // The admin CLI (`waymark::cli`) uses the public API only: nothing by module path.
     ("cli_admin", &[]),

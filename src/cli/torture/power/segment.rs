@@ -242,7 +242,7 @@ pub const DB_NAME: &str = "power.db";
 /// Run one segment; never returns (the process ends as a power cut ends it: abruptly).
 pub fn run(spec: &Spec) -> Result<i32, String> {
     vfs::register(spec.cut_at, spec.cut_at_sync, spec.drop_wal_sync)?;
-    vfs::adopt_dir(&spec.dir)?;
+    vfs::adopt_dir(&spec.dir, DB_NAME)?;
     RECORD.store(true, Ordering::SeqCst);
     let sync = if spec.normal {
         Synchronous::Normal
@@ -281,6 +281,12 @@ pub fn run(spec: &Spec) -> Result<i32, String> {
         ..Default::default()
     };
     (report.ops, report.syncs, report.syncs_dropped) = vfs::counters();
+    // Post-mortem trace of this segment: every recorded operation, then the draw per file.
+    let mut trace = vfs::trace();
+    trace.extend(images.iter().map(|i| i.trace.clone()));
+    let trace_path = spec.out.join("trace.txt");
+    std::fs::write(&trace_path, trace.join("\n"))
+        .map_err(|e| format!("{}: {e}", trace_path.display()))?;
     for img in images {
         let Some(name) = img.path.file_name() else {
             continue;

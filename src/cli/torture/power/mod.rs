@@ -250,6 +250,7 @@ impl Harness {
                         let _ = std::fs::create_dir_all(keep.join("from"));
                         let _ = copy_db_files(&out, &keep);
                         let _ = copy_db_files(&pre, &keep.join("from"));
+                        let _ = std::fs::copy(out.join("trace.txt"), keep.join("trace.txt"));
                         let _ = std::fs::write(
                             keep.join("report.txt"),
                             format!("{spec:#?}\n{:#?}\n", report.files),
@@ -408,7 +409,44 @@ impl Harness {
         engine
             .shutdown()
             .map_err(|e| format!("cycle {cycle}: shutdown: {e}"))?;
-        Ok(())
+        // The next segment adopts these files as what the disk holds at boot: nothing else
+        // may change them afterwards. `shutdown` can return while the engine's store is
+        // still held for up to the client watch's backstop (500 ms); its last connection
+        // then checkpoints the WAL into the database and deletes the WAL. Had a segment
+        // adopted the files before that, its images put new WAL frames (written against the
+        // checkpointed database) over the old database: `row missing from index`.
+        wait_closed(dir, cycle)
+    }
+}
+
+/// Longest the harness waits for its own descriptors on a directory's files to close.
+const CLOSE_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Wait until no descriptor of this process refers to a file in `dir`.
+fn wait_closed(dir: &Path, cycle: u64) -> Result<(), String> {
+    // Descriptors name absolute, resolved paths.
+    let dir = &dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let open = || -> Vec<PathBuf> {
+        std::fs::read_dir("/proc/self/fd")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter(|t| t.starts_with(dir))
+            .collect()
+    };
+    let deadline = Instant::now() + CLOSE_WAIT_MAX;
+    loop {
+        let still = open();
+        if still.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "cycle {cycle}: the final engine still holds {still:?} {CLOSE_WAIT_MAX:?} after its shutdown"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -242,7 +242,17 @@ pub const DB_NAME: &str = "power.db";
 /// Run one segment; never returns (the process ends as a power cut ends it: abruptly).
 pub fn run(spec: &Spec) -> Result<i32, String> {
     vfs::register(spec.cut_at, spec.cut_at_sync, spec.drop_wal_sync)?;
-    vfs::adopt_dir(&spec.dir)?;
+    // The files are the disk at boot: the simulation is void if another process can still
+    // change them (the harness's own engines must have closed them).
+    // SAFETY: getppid has no preconditions.
+    let harness = unsafe { libc::getppid() };
+    let held = held_by(harness, &spec.dir);
+    if !held.is_empty() {
+        return Err(format!(
+            "the harness (pid {harness}) still holds {held:?}: a segment must not start on files another process can change"
+        ));
+    }
+    vfs::adopt_dir(&spec.dir, DB_NAME)?;
     RECORD.store(true, Ordering::SeqCst);
     let sync = if spec.normal {
         Synchronous::Normal
@@ -281,6 +291,12 @@ pub fn run(spec: &Spec) -> Result<i32, String> {
         ..Default::default()
     };
     (report.ops, report.syncs, report.syncs_dropped) = vfs::counters();
+    // Post-mortem trace of this segment: every recorded operation, then the draw per file.
+    let mut trace = vfs::trace();
+    trace.extend(images.iter().map(|i| i.trace.clone()));
+    let trace_path = spec.out.join("trace.txt");
+    std::fs::write(&trace_path, trace.join("\n"))
+        .map_err(|e| format!("{}: {e}", trace_path.display()))?;
     for img in images {
         let Some(name) = img.path.file_name() else {
             continue;
@@ -304,6 +320,18 @@ pub fn run(spec: &Spec) -> Result<i32, String> {
     std::fs::write(&spec.report, text).map_err(|e| format!("{}: {e}", spec.report.display()))?;
     // SAFETY: ends the process at once, as a power cut does: no destructor, no clean-up.
     unsafe { libc::_exit(0) }
+}
+
+/// Files in `dir` that a descriptor of process `pid` refers to.
+fn held_by(pid: i32, dir: &std::path::Path) -> Vec<PathBuf> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|t| t.starts_with(&dir))
+        .collect()
 }
 
 fn submit_and_watch(engines: &[Arc<Engine>], submit: &[u64], mut watch: Vec<i64>) {

@@ -52,6 +52,8 @@ struct FileLog {
     path: PathBuf,
     durable: Option<Vec<u8>>,
     pending: Vec<PendOp>,
+    /// Recorded operation number of each pending operation (for the post-mortem trace).
+    pending_seq: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +70,8 @@ struct State {
     /// Syncs seen, and syncs ignored by `drop_wal_sync`.
     syncs: u64,
     syncs_dropped: u64,
+    /// Every recorded operation, in order (post-mortem trace: kind, file, offset, length).
+    trace: Vec<String>,
 }
 
 struct Sim {
@@ -138,14 +142,18 @@ pub fn register(cut_at: u64, cut_at_sync: u64, drop_wal_sync: bool) -> Result<()
     Ok(())
 }
 
-/// Adopt the files already in `dir` as durable (they are what the disk holds at start).
-pub fn adopt_dir(dir: &Path) -> Result<(), String> {
+/// Adopt the database's files already in `dir` (names starting with `db_name`, except the
+/// shared-memory index) as durable: they are what the disk holds at start.
+pub fn adopt_dir(dir: &Path, db_name: &str) -> Result<(), String> {
     let mut st = sim().state.lock();
     let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for ent in rd.flatten() {
         let path = ent.path();
         let name = path.to_string_lossy();
-        if name.ends_with("-shm") || !path.is_file() {
+        let ours = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(db_name));
+        if !ours || name.ends_with("-shm") || !path.is_file() {
             continue;
         }
         let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -164,6 +172,7 @@ fn file_id(st: &mut State, path: &Path) -> usize {
         path: path.to_path_buf(),
         durable: None,
         pending: Vec::new(),
+        pending_seq: Vec::new(),
     });
     st.by_path.insert(path.to_path_buf(), id);
     id
@@ -198,6 +207,37 @@ fn powered(s: &Sim, st: &mut State) -> bool {
         return false;
     }
     true
+}
+
+fn describe(op: &PendOp) -> String {
+    match op {
+        PendOp::Create => "create".into(),
+        PendOp::Delete => "delete".into(),
+        PendOp::Write { off, data } => format!("write@{off}+{}", data.len()),
+        PendOp::Truncate(n) => format!("truncate({n})"),
+    }
+}
+
+fn file_name(st: &State, id: usize) -> String {
+    st.files[id]
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Add an unsynced operation to a file's pending list (and to the trace).
+fn record(st: &mut State, id: usize, op: PendOp) {
+    let line = format!("{} {} {}", st.ops, file_name(st, id), describe(&op));
+    st.trace.push(line);
+    let seq = st.ops;
+    st.files[id].pending.push(op);
+    st.files[id].pending_seq.push(seq);
+}
+
+/// Every recorded operation so far, one a line (post-mortem trace).
+pub fn trace() -> Vec<String> {
+    sim().state.lock().trace.clone()
 }
 
 fn apply(img: &mut Option<Vec<u8>>, op: &PendOp) {
@@ -259,6 +299,8 @@ pub struct Image {
     pub choice: Choice,
     pub pending: usize,
     pub torn: bool,
+    /// Post-mortem: the pending operations and which reached the disk, in what order.
+    pub trace: String,
 }
 
 /// Draw one state the disk could hold at the cut (call after the cut).
@@ -278,23 +320,23 @@ pub fn crash_images(rng: &mut Rng) -> Vec<Image> {
                 _ => Choice::Prefix,
             }
         };
-        let mut picked: Vec<PendOp> = match choice {
+        let mut picked: Vec<usize> = match choice {
             Choice::NothingPending | Choice::None => Vec::new(),
-            Choice::All => f.pending.clone(),
-            Choice::Subset | Choice::Reordered => f
-                .pending
-                .iter()
-                .filter(|_| rng.below(2) == 0)
-                .cloned()
-                .collect(),
-            Choice::Prefix => f.pending[..rng.below(n as u64 + 1) as usize].to_vec(),
+            Choice::All => (0..n).collect(),
+            Choice::Subset | Choice::Reordered => (0..n).filter(|_| rng.below(2) == 0).collect(),
+            Choice::Prefix => (0..rng.below(n as u64 + 1) as usize).collect(),
         };
         if choice == Choice::Reordered {
             // Writes and truncates change places; creation and deletion keep theirs.
             let slots: Vec<usize> = (0..picked.len())
-                .filter(|&i| matches!(picked[i], PendOp::Write { .. } | PendOp::Truncate(_)))
+                .filter(|&i| {
+                    matches!(
+                        f.pending[picked[i]],
+                        PendOp::Write { .. } | PendOp::Truncate(_)
+                    )
+                })
                 .collect();
-            let mut moved: Vec<PendOp> = slots.iter().map(|&i| picked[i].clone()).collect();
+            let mut moved: Vec<usize> = slots.iter().map(|&i| picked[i]).collect();
             for i in (1..moved.len()).rev() {
                 let j = rng.below(i as u64 + 1) as usize;
                 moved.swap(i, j);
@@ -303,8 +345,11 @@ pub fn crash_images(rng: &mut Rng) -> Vec<Image> {
                 picked[slot] = op;
             }
         }
+        let seqs: Vec<u64> = picked.iter().map(|&i| f.pending_seq[i]).collect();
+        let mut picked: Vec<PendOp> = picked.iter().map(|&i| f.pending[i].clone()).collect();
         // Tear the last write that reaches the disk: only a prefix of its sectors lands.
         let mut torn = false;
+        let mut torn_at = None;
         if rng.below(3) == 0 {
             if let Some(PendOp::Write { off, data }) = picked
                 .iter_mut()
@@ -320,6 +365,7 @@ pub fn crash_images(rng: &mut Rng) -> Vec<Image> {
                     // Either the prefix lands, or nothing of the write but the first sector.
                     data.truncate(keep);
                     torn = true;
+                    torn_at = Some((*off, keep));
                 }
             }
         }
@@ -327,12 +373,24 @@ pub fn crash_images(rng: &mut Rng) -> Vec<Image> {
         for op in &picked {
             apply(&mut img, op);
         }
+        let pending_seqs: Vec<String> = f
+            .pending
+            .iter()
+            .zip(&f.pending_seq)
+            .map(|(op, seq)| format!("{seq}:{}", describe(op)))
+            .collect();
+        let trace = format!(
+            "{}: {choice:?}; pending [{}]; applied in order {seqs:?}; torn {torn_at:?} (offset, bytes kept)",
+            f.path.display(),
+            pending_seqs.join(" ")
+        );
         out.push(Image {
             path: f.path.clone(),
             data: img,
             choice,
             pending: n,
             torn,
+            trace,
         });
     }
     out
@@ -377,7 +435,7 @@ unsafe extern "C" fn x_open(
                     st.files[id].durable = std::fs::read(p).ok();
                 }
                 if creates {
-                    st.files[id].pending.push(PendOp::Create);
+                    record(&mut st, id, PendOp::Create);
                 }
                 (*f).id = id;
             }
@@ -410,12 +468,15 @@ unsafe extern "C" fn x_delete(
     }
     let rc = real_delete(s.real, name, sync_dir);
     if rc == ffi::SQLITE_OK {
-        let log = &mut st.files[id];
         if sync_dir & 1 != 0 {
+            let line = format!("{} {} delete (durable)", st.ops, file_name(&st, id));
+            st.trace.push(line);
+            let log = &mut st.files[id];
             log.durable = None;
             log.pending.clear();
+            log.pending_seq.clear();
         } else {
-            log.pending.push(PendOp::Delete);
+            record(&mut st, id, PendOp::Delete);
         }
     }
     rc
@@ -471,10 +532,14 @@ unsafe extern "C" fn x_write(
     let rc = m(real, buf, amt, off);
     if rc == ffi::SQLITE_OK {
         let data = std::slice::from_raw_parts(buf as *const u8, amt.max(0) as usize).to_vec();
-        st.files[id].pending.push(PendOp::Write {
-            off: off as u64,
-            data,
-        });
+        record(
+            &mut st,
+            id,
+            PendOp::Write {
+                off: off as u64,
+                data,
+            },
+        );
     }
     rc
 }
@@ -494,7 +559,7 @@ unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3
     }
     let rc = m(real, size);
     if rc == ffi::SQLITE_OK {
-        st.files[id].pending.push(PendOp::Truncate(size as u64));
+        record(&mut st, id, PendOp::Truncate(size as u64));
     }
     rc
 }
@@ -515,6 +580,8 @@ unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int
         return ffi::SQLITE_IOERR_FSYNC;
     }
     st.syncs += 1;
+    let line = format!("{} {} sync", st.ops, file_name(&st, id));
+    st.trace.push(line);
     let st = &mut *st;
     let log = &mut st.files[id];
     if st.drop_wal_sync && log.path.to_string_lossy().ends_with("-wal") {
@@ -523,6 +590,7 @@ unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int
     }
     // The real fsync is not needed: durability is what is simulated here.
     let pending = std::mem::take(&mut log.pending);
+    log.pending_seq.clear();
     for op in &pending {
         apply(&mut log.durable, op);
     }

@@ -142,7 +142,7 @@ struct Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         if let Some(w) = self.watcher.lock().take() {
-            w.stop();
+            w.stop_and_join();
         }
     }
 }

@@ -73,6 +73,8 @@ pub(crate) struct Watcher {
     state: Mutex<State>,
     cond: Condvar,
     stop: AtomicBool,
+    /// The watch thread, joined when the client goes away (it holds a connection).
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Watcher {
@@ -83,10 +85,11 @@ impl Watcher {
             state: Mutex::new(State::default()),
             cond: Condvar::new(),
             stop: AtomicBool::new(false),
+            thread: Mutex::new(None),
         });
         let weak_store: Weak<dyn Storage> = Arc::downgrade(store);
         let weak_self = Arc::downgrade(&watcher);
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("waymark-client-watch".into())
             .spawn(move || loop {
                 let changed = match watch.wait_change(BACKSTOP) {
@@ -109,11 +112,25 @@ impl Watcher {
                 }
             })
             .map_err(|e| Error::Config(format!("cannot start the client's watch thread: {e}")))?;
+        *watcher.thread.lock() = Some(handle);
         Ok(watcher)
     }
 
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Stop the watch thread and wait until it has ended (closing its connection: after
+    /// this, nothing of the client holds the database files). Waits at most one backstop
+    /// interval of the watch.
+    pub(crate) fn stop_and_join(&self) {
+        self.stop();
+        let handle = self.thread.lock().take();
+        if let Some(h) = handle {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
     }
 
     /// Wake every waiter to look again.

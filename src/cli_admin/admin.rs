@@ -116,20 +116,26 @@ pub struct ScheduleArgs {
 pub fn schedule(build: BuildRegistry, args: ScheduleArgs) -> CliResult {
     let registry = build();
     let (version, input) = super::serve::encode_input(&registry, &args.workflow, None, &args.json)?;
-    client(build, &args.db)?
-        .put_schedule(crate::ScheduleSpec {
-            name: &args.name,
-            cron: &args.cron,
-            workflow: &args.workflow,
-            version: i64::from(version),
-            input,
-            missed: if args.catch_up {
-                crate::Missed::CatchUp
-            } else {
-                crate::Missed::Skip
-            },
-        })
-        .map_err(|e| e.to_string())?;
+    // A schedule may be set up before any engine ran on the file: create it if missing.
+    crate::Client::open_with({
+        let mut c = crate::ClientConfig::new(&args.db).registry(registry);
+        c.create = true;
+        c
+    })
+    .map_err(|e| e.to_string())?
+    .put_schedule(crate::ScheduleSpec {
+        name: &args.name,
+        cron: &args.cron,
+        workflow: &args.workflow,
+        version: i64::from(version),
+        input,
+        missed: if args.catch_up {
+            crate::Missed::CatchUp
+        } else {
+            crate::Missed::Skip
+        },
+    })
+    .map_err(|e| e.to_string())?;
     Ok(0)
 }
 

@@ -118,7 +118,7 @@ pub fn w1_starts(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
             std::thread::spawn(move || -> Result<(), String> {
                 for i in (k..n).step_by(threads as usize) {
                     engine
-                        .start_run(PARKED, &i, StartOptions::default())
+                        .start_run(PARKED, &i, StartOptions::default().for_other_build())
                         .map_err(err)?;
                 }
                 Ok(())
@@ -139,7 +139,7 @@ pub fn w1_starts(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
     let mut i = 0;
     while i < n {
         let inputs: Vec<(u64, StartOptions)> = (i..(i + batch).min(n))
-            .map(|x| (x, StartOptions::default()))
+            .map(|x| (x, StartOptions::default().for_other_build()))
             .collect();
         i += inputs.len() as u64;
         engine.start_many(PARKED, &inputs).map_err(err)?;

@@ -91,9 +91,12 @@ mod workflow;
 #[cfg(feature = "cli")]
 #[path = "cli_admin/mod.rs"]
 pub mod cli;
-pub use client::{Client, ClientConfig, RunEvent, StartOptions, Subscription};
+pub use client::{
+    Client, ClientConfig, PayloadJson, RunEvent, StartOptions, Subscription, Undecodable,
+};
 pub use codec::{CodecError, Format as PayloadFormat};
 pub use config::{Config, Isolation, RetryPolicy, StepLimits};
+pub use engine::counters::EngineCounters;
 pub use engine::schedule::{Missed, ScheduleSpec};
 pub use engine::{AttemptRow, Engine, RunRow, StepRow};
 pub use error::{Error, StepError, WorkflowError};

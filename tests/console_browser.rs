@@ -205,6 +205,11 @@ fn one(db: &Path, workflow: &str, input: &str, extra: &[&str]) -> i64 {
 
 struct Runs {
     flaky: i64,
+    /// `fixture.chatty`: its step logs, fails its first attempt, succeeds on the second.
+    chatty: i64,
+    chatty_input: Value,
+    /// `fixture.slow@9`: a version this binary does not register (its payloads have no type).
+    unknown: i64,
     waiter: i64,
     waiter2: i64,
     hostile: i64,
@@ -222,12 +227,19 @@ fn populate(dir: &Path) -> (PathBuf, Runs) {
         &["--key", "flaky-1"],
     );
     one(&db, "fixture.slow_then_fail", r#"{"steps":1,"ms":10}"#, &[]);
+    let chatty_input = json!({"flood_bytes": 0, "fail_marker": dir.join("chatty.marker")});
+    let chatty = one(
+        &db,
+        "fixture.chatty",
+        &chatty_input.to_string(),
+        &["--key", "chatty-1"],
+    );
     let waiter_in = r#"{"name":"go","timeout_ms":3600000}"#;
     let waiter = one(&db, "fixture.waiter", waiter_in, &["--key", "waiter-1"]);
     let waiter2 = one(&db, "fixture.waiter", waiter_in, &["--key", "waiter-2"]);
     let cancelled = one(&db, "fixture.waiter", waiter_in, &[]);
     let running = one(&db, "fixture.slow", r#"{"steps":1,"ms":600000}"#, &[]);
-    one(
+    let unknown = one(
         &db,
         "fixture.slow",
         r#"{"steps":1,"ms":10}"#,
@@ -286,7 +298,7 @@ fn populate(dir: &Path) -> (PathBuf, Runs) {
         v.push(format!("running-step-started={started}"));
         v.join(",")
     };
-    let want = "blocked_version=1,completed=1,failed=1,pending=1,running=1,suspended=4,running-step-started=1";
+    let want = "blocked_version=1,completed=2,failed=1,pending=1,running=1,suspended=4,running-step-started=1";
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut seen = String::new();
     while std::time::Instant::now() < deadline && seen != want {
@@ -316,6 +328,9 @@ fn populate(dir: &Path) -> (PathBuf, Runs) {
         db,
         Runs {
             flaky,
+            chatty,
+            chatty_input,
+            unknown,
             waiter,
             waiter2,
             hostile,
@@ -386,6 +401,33 @@ fn console_in_a_real_browser() {
     if let Ok(out) = std::env::var("WAYMARK_SCREENSHOTS") {
         browser.screenshot(&Path::new(&out).join("console-run-retried.png"));
     }
+
+    // Payloads as JSON through the registry's types (issue 14: not bincode hex), and each
+    // attempt's captured logs under it.
+    browser.goto(&format!("{url}/runs/{}", runs.chatty));
+    let shown = |css: &str| -> Value {
+        let texts = browser.texts(css);
+        assert_eq!(texts.len(), 1, "one {css}: {texts:?}");
+        serde_json::from_str(&texts[0]).unwrap_or_else(|e| panic!("{css} {:?}: {e}", texts[0]))
+    };
+    assert_eq!(shown("#run-input"), runs.chatty_input);
+    assert_eq!(shown("#run-output"), json!(2), "the attempt that succeeded");
+    assert_eq!(
+        browser.texts("table.journal td.output"),
+        vec!["2".to_string()]
+    );
+    let logs = browser.texts("table.attempts pre.logs");
+    assert_eq!(logs.len(), 2, "one log block per attempt: {logs:?}");
+    assert!(logs[0].contains("chatty stderr 1 (attempt 1)"), "{logs:?}");
+    assert!(logs[1].contains("chatty stderr 1 (attempt 2)"), "{logs:?}");
+    assert!(!logs[1].contains("(attempt 1)"), "{logs:?}");
+    // A payload without a registered type: said so, the page still served.
+    browser.goto(&format!("{url}/runs/{}", runs.unknown));
+    let input = browser.texts("#run-input");
+    assert!(
+        input.len() == 1 && input[0].starts_with("undecodable: "),
+        "{input:?}"
+    );
 
     // Cancel a waiting run with the button: the database changes.
     browser.goto(&format!("{url}/runs/{}", runs.waiter));
@@ -462,6 +504,10 @@ fn console_over_plain_http() {
     let (mut server, url) = ui(&db, &["--read-only"]);
     let (code, metrics) = get(&format!("{url}/metrics"));
     assert_eq!(code, 200);
+    assert!(
+        !metrics.contains("waymark_engine_"),
+        "a console without an engine shows no engine counters:\n{metrics}"
+    );
     for line in [
         "waymark_runs{status=\"completed\"} 1",
         "waymark_runs{status=\"suspended\"} 1",
@@ -493,6 +539,17 @@ fn console_over_plain_http() {
     assert_eq!(code, 200);
     let detail: Value = serde_json::from_str(&detail).unwrap();
     assert_eq!(detail["attempts"].as_array().unwrap().len(), 2);
+    // Payloads as JSON through the registry's types (the `ui` of the binary's admin CLI).
+    assert_eq!(
+        detail["input"],
+        json!({"ms": 10, "marker": marker}),
+        "{detail}"
+    );
+    assert!(detail["output"].is_u64(), "{detail}");
+    assert_eq!(
+        detail["journal"][0]["output_json"], detail["output"],
+        "{detail}"
+    );
     assert_eq!(get(&format!("{url}/api/runs?status=bogus")).0, 400);
     assert_eq!(get(&format!("{url}/runs/99999")).0, 404);
 
@@ -528,4 +585,131 @@ fn console_over_plain_http() {
         .is_some_and(|c| c.contains("script-src 'self'") && !c.contains("unsafe-inline")));
     kill9(&mut server);
     assert_eq!(try_status(&db, waiter).as_deref(), Some("suspended"));
+}
+
+/// The session cookie and anti-forgery token a run page hands out (what a browser keeps).
+fn session(url: &str, run: i64) -> (String, String) {
+    let r = ureq::get(&format!("{url}/runs/{run}")).call().unwrap();
+    let cookie = r
+        .header("Set-Cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_string();
+    let page = r.into_string().unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("an anti-forgery token in the page")
+        .to_string();
+    (cookie, csrf)
+}
+
+/// POST a form with the session; (status, body). Redirects are not followed.
+fn post_form(url: &str, cookie: &str, form: &[(&str, &str)]) -> (u16, String) {
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    match agent.post(url).set("Cookie", cookie).send_form(form) {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("POST {url}: {e}"),
+    }
+}
+
+/// The event form is checked through the registered `Event<T>` converter: a payload of
+/// the wrong type is 400 with the decode error and nothing is sent (the run keeps
+/// waiting); the right one resumes the run.
+#[test]
+fn console_event_form_checks_the_registered_type() {
+    let dir = tempdir();
+    let db = dir.path().join("wm.db");
+    let id = one(&db, "fixture.approve", "null", &[]);
+    let _engine = serve(dir.path(), "engine", &db, 2, 3000, &[]);
+    wait_for("the run waits for approve", Duration::from_secs(60), || {
+        (try_status(&db, id).as_deref() == Some("suspended")).then_some(())
+    });
+    let (mut server, url) = ui(&db, &[]);
+    let (cookie, csrf) = session(&url, id);
+    let event_url = format!("{url}/runs/{id}/event");
+
+    let (code, body) = post_form(
+        &event_url,
+        &cookie,
+        &[("csrf", &csrf), ("name", "approve"), ("json", "\"yes\"")],
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("does not decode as bool"), "{body}");
+    assert_eq!(try_query_i64(&db, "SELECT count(*) FROM events"), Some(0));
+    assert_eq!(try_status(&db, id).as_deref(), Some("suspended"));
+    // Not JSON at all: refused the same way.
+    let (code, _) = post_form(
+        &event_url,
+        &cookie,
+        &[("csrf", &csrf), ("name", "approve"), ("json", "{nope")],
+    );
+    assert_eq!(code, 400);
+    assert_eq!(try_query_i64(&db, "SELECT count(*) FROM events"), Some(0));
+
+    let (code, body) = post_form(
+        &event_url,
+        &cookie,
+        &[("csrf", &csrf), ("name", "approve"), ("json", "true")],
+    );
+    assert_eq!(code, 303, "{body}");
+    wait_for(
+        "the approved run completes",
+        Duration::from_secs(60),
+        || (try_status(&db, id).as_deref() == Some("completed")).then_some(()),
+    );
+    kill9(&mut server);
+}
+
+/// A `/metrics` line's value.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The console inside an engine process (`serve --ui`) adds that engine's own counters to
+/// `/metrics`, and they grow as runs complete.
+#[test]
+fn console_in_an_engine_serves_its_counters() {
+    let dir = tempdir();
+    let db = dir.path().join("wm.db");
+    let (_engine, url) = serve_with_ui(dir.path(), "engine", &db, 2, 1500);
+    let names = [
+        "waymark_engine_writer_commits_total",
+        "waymark_engine_writer_commands_total",
+        "waymark_engine_lease_renewals_total",
+        "waymark_engine_claim_latency_seconds_count",
+    ];
+    let read = || {
+        let (code, text) = get(&format!("{url}/metrics"));
+        assert_eq!(code, 200);
+        let values: Vec<f64> = names
+            .iter()
+            .map(|n| metric(&text, n).unwrap_or_else(|| panic!("no {n} in\n{text}")))
+            .collect();
+        (values, text)
+    };
+    let (before, text) = read();
+    assert!(
+        text.contains("# TYPE waymark_engine_claim_latency_seconds histogram"),
+        "{text}"
+    );
+    let ids = start(&db, "fixture.slow", r#"{"steps":2,"ms":1}"#, 5);
+    wait_for("the runs complete", Duration::from_secs(60), || {
+        ids.iter()
+            .all(|id| try_status(&db, *id).as_deref() == Some("completed"))
+            .then_some(())
+    });
+    // Renewals come every heartbeat (a third of the 1.5 s lease): wait for one more.
+    let after = wait_for("every counter grows", Duration::from_secs(30), || {
+        let (after, _) = read();
+        after
+            .iter()
+            .zip(&before)
+            .all(|(a, b)| a > b)
+            .then_some(after)
+    });
+    assert!(after[1] >= after[0], "commands >= commits: {after:?}");
 }

@@ -1,9 +1,10 @@
 //! Fixtures of the step-log tests (tests/step_logs.rs): a step that writes to stdout and
-//! stderr and logs through `log`, optionally floods stdout, and optionally fails once.
+//! stderr and logs through `log`, optionally floods stdout, and optionally fails once; and
+//! the workflow `fixture.chatty` (that one step; the console's tests show its logs).
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use waymark::{Registry, Step, StepError};
+use waymark::{Registry, Step, StepError, Workflow};
 
 /// Input of `fixture.chatty`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -15,6 +16,8 @@ pub struct ChattyIn {
 }
 
 pub const CHATTY: Step<ChattyIn, u32> = Step::new("fixture.chatty");
+/// `fixture.chatty`: the `fixture.chatty` step once; its output is the attempt that succeeded.
+pub const CHATTY_WF: Workflow<ChattyIn, u32> = Workflow::new("fixture.chatty");
 
 fn chatty(ctx: &waymark::StepCtx, input: ChattyIn) -> Result<u32, StepError> {
     let attempt = ctx.attempt();
@@ -58,4 +61,5 @@ fn chatty(ctx: &waymark::StepCtx, input: ChattyIn) -> Result<u32, StepError> {
 
 pub fn register(reg: &mut Registry) {
     reg.step(CHATTY, chatty);
+    reg.workflow(CHATTY_WF, |ctx, input: ChattyIn| ctx.step(CHATTY, &input));
 }

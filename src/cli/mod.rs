@@ -8,7 +8,6 @@ mod fixtures_durable;
 mod fixtures_logs;
 mod serve;
 mod torture;
-mod ui;
 
 use clap::Subcommand;
 
@@ -38,8 +37,6 @@ pub enum Extra {
     /// A command step's work in `waymark torture` (the grandchild that holds the step's lock).
     #[command(hide = true)]
     TortureStep(torture::StepArgs),
-    /// Serve the web console over a database (prints its URL).
-    Ui(ui::UiArgs),
 }
 
 impl waymark::cli::ExtraCommands for Extra {
@@ -51,7 +48,6 @@ impl waymark::cli::ExtraCommands for Extra {
             Extra::Torture(args) => torture::run(args),
             Extra::TortureEngine(args) => torture::engine(args),
             Extra::TortureStep(args) => torture::step_helper(args),
-            Extra::Ui(args) => ui::ui(args),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `runs`, `show`, `stats`, `resume`: read (and nudge) a database without running an engine.
 
 use super::{client, parse_run_id, plain_client, when, BuildRegistry, CliResult};
-use crate::{AttemptRow, Client, PayloadOf, Registry, RunFilter, RunRow, RunStatus, StepRow};
+use crate::{AttemptRow, Client, RunFilter, RunRow, RunStatus};
 use std::io::Write;
 use std::path::Path;
 
@@ -96,51 +96,18 @@ fn attempt_json(client: &Client, run: &RunRow, a: &AttemptRow) -> serde_json::Va
     v
 }
 
-/// A stored payload as JSON through `registry`'s type for it; without one (or when it
-/// does not decode) its bytes in hex, with a note saying why.
-fn payload_json(registry: &Registry, of: PayloadOf<'_>, bytes: &[u8]) -> serde_json::Value {
-    match registry.payload_to_json(of, bytes) {
-        Some(Ok(v)) => v,
-        Some(Err(why)) => serde_json::json!({
-            "hex": hex(bytes),
-            "note": format!("does not decode as {}: {why}", registry.payload_type_name(of).unwrap_or("its registered type")),
-        }),
-        None => serde_json::json!({
-            "hex": hex(bytes),
-            "note": "no registered type for this payload in this binary (use the application's own binary)",
-        }),
-    }
+/// A payload shown as JSON (through the client's registry), or its bytes in hex with a
+/// note saying why not.
+fn shown(json: crate::PayloadJson, bytes: &[u8]) -> serde_json::Value {
+    json.unwrap_or_else(|why| serde_json::json!({ "hex": hex(bytes), "note": why.reason }))
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A journal entry's output as JSON: a step's through its registered output type, an
-/// event's through its registered payload type (events are stored as JSON, so shown even
-/// without one), other entries (sleeps, children) in hex.
-fn step_output_json(registry: &Registry, s: &StepRow, bytes: &[u8]) -> serde_json::Value {
-    match s.kind.as_str() {
-        "step" => payload_json(registry, PayloadOf::StepOutput(&s.name), bytes),
-        "event" => match registry.payload_to_json(PayloadOf::Event(&s.name), bytes) {
-            Some(Ok(v)) => v,
-            _ => sealed_json(bytes)
-                .unwrap_or_else(|| payload_json(registry, PayloadOf::Event(&s.name), bytes)),
-        },
-        _ => serde_json::json!({ "hex": hex(bytes), "note": format!("a {} entry", s.kind) }),
-    }
-}
-
-/// A sealed JSON payload's value, read without knowing its type.
-fn sealed_json(bytes: &[u8]) -> Option<serde_json::Value> {
-    let mut any = Registry::new();
-    any.event(crate::Event::<serde_json::Value>::new("any"));
-    any.payload_to_json(PayloadOf::Event("any"), bytes)?.ok()
-}
-
 pub fn show(build: BuildRegistry, db: &Path, run_id: &str, json: bool) -> CliResult {
     let id = parse_run_id(run_id)?;
-    let registry = build();
     let client = client(build, db)?;
     let now = client.now_ms();
     let not_found = |e: crate::Error| match e {
@@ -153,33 +120,18 @@ pub fn show(build: BuildRegistry, db: &Path, run_id: &str, json: bool) -> CliRes
     let journal = client.journal(id).map_err(|e| e.to_string())?;
     let attempts = client.attempts(id).map_err(|e| e.to_string())?;
     if json {
-        let version = u32::try_from(run.version).unwrap_or(0);
         let mut v = run_json(&run);
         let input = client.run_input(id).map_err(|e| e.to_string())?;
-        v["input"] = payload_json(
-            &registry,
-            PayloadOf::WorkflowInput {
-                name: &run.workflow,
-                version,
-            },
-            &input,
-        );
-        if let Some(out) = &run.output {
-            v["output"] = payload_json(
-                &registry,
-                PayloadOf::WorkflowOutput {
-                    name: &run.workflow,
-                    version,
-                },
-                out,
-            );
+        v["input"] = shown(client.input_json(&run, &input), &input);
+        if let (Some(out), Some(json)) = (&run.output, client.output_json(&run)) {
+            v["output"] = shown(json, out);
         }
         let mut steps = serde_json::to_value(&journal).unwrap_or_default();
         if let Some(list) = steps.as_array_mut() {
             for (s, row) in list.iter_mut().zip(&journal) {
                 s["recorded_at_iso"] = when::iso(row.recorded_at).into();
-                if let Some(out) = &row.output {
-                    s["output"] = step_output_json(&registry, row, out);
+                if let (Some(out), Some(json)) = (&row.output, client.entry_output_json(row)) {
+                    s["output"] = shown(json, out);
                 }
             }
         }

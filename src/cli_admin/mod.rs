@@ -1,7 +1,7 @@
 //! The admin command line an application embeds in its own binary:
 //! `std::process::exit(waymark::cli::main(build_registry))` gives it `runs`, `show`,
 //! `stats`, `start`, `send`, `cancel`, `retry`, `restart`, `resume`, `gc`, `queue`,
-//! `schedule` and `serve`, with payloads shown and accepted as JSON through the types the
+//! `schedule`, `serve` and `ui` (the web console), with payloads shown and accepted as JSON through the types the
 //! application registered ([`crate::Registry::payload_to_json`]).
 //!
 //! ```no_run
@@ -22,6 +22,8 @@ pub mod admin;
 mod inspect;
 #[doc(hidden)]
 pub mod serve;
+#[doc(hidden)]
+pub mod ui;
 mod when;
 
 use crate::Registry;
@@ -93,6 +95,8 @@ pub enum Command {
     Queue(admin::QueueArgs),
     /// Create or replace a cron schedule of a registered workflow.
     Schedule(admin::ScheduleArgs),
+    /// Serve the web console over a database (prints its URL).
+    Ui(ui::UiArgs),
 }
 
 impl Command {
@@ -112,6 +116,7 @@ impl Command {
             Command::Gc(args) => admin::gc(build, args),
             Command::Queue(args) => admin::queue(build, args),
             Command::Schedule(args) => admin::schedule(build, args),
+            Command::Ui(args) => ui::ui(build, args),
         }
     }
 }

@@ -39,6 +39,13 @@ pub struct ServeArgs {
     /// engine starts (a host that ignores SIGCHLD must not turn failed steps into successes).
     #[arg(long, hide = true)]
     pub ignore_sigchld: Option<String>,
+    /// Serve the web console in this engine's process on this address (its URL is the
+    /// first line of stdout); its `/metrics` adds this engine's own counters.
+    #[arg(long, value_name = "ADDR")]
+    pub ui: Option<std::net::SocketAddr>,
+    /// A token every console request must carry (needed for a non-loopback --ui).
+    #[arg(long, requires = "ui")]
+    pub ui_token: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -106,11 +113,24 @@ pub fn serve(build: BuildRegistry, args: ServeArgs) -> CliResult {
     if args.ignore_sigchld.as_deref() == Some("after") {
         ignore_sigchld();
     }
+    let console = match args.ui {
+        Some(addr) => {
+            let console = crate::console::serve_engine(
+                &engine,
+                super::ui::options(addr, false, args.ui_token.clone()),
+            )
+            .map_err(|e| e.to_string())?;
+            super::ui::announce(&console);
+            Some(console)
+        }
+        None => None,
+    };
     let terminate = super::on_sigterm();
     loop {
         std::thread::sleep(Duration::from_millis(100));
         if terminate.load(std::sync::atomic::Ordering::SeqCst) {
             log::info!("SIGTERM: shutting down cleanly");
+            drop(console);
             engine.shutdown().map_err(|e| e.to_string())?;
             return Ok(0);
         }
@@ -127,6 +147,7 @@ pub fn serve(build: BuildRegistry, args: ServeArgs) -> CliResult {
                 .map(|(_, n)| n)
                 .sum::<u64>();
             if active == 0 {
+                drop(console);
                 engine.shutdown().map_err(|e| e.to_string())?;
                 return Ok(0);
             }

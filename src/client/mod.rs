@@ -11,6 +11,7 @@
 //! - Waits and subscriptions learn of commits by change detection ([`watcher`]): one thread
 //!   per client, started by the first wait or subscription, blocked in `poll(2)` when idle.
 
+mod payloads;
 mod watcher;
 
 use crate::clock::{Clock, SystemClock};
@@ -29,6 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use payloads::{PayloadJson, Undecodable};
 pub use watcher::{RunEvent, Subscription};
 
 /// Options for starting a run.

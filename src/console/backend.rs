@@ -1,13 +1,14 @@
 //! The console's only door to the data: [`Backend`]. Every page and action goes through
-//! it, so the storage seam (today) or the worker-less `Client` (once it lands) can serve
-//! the console without a page changing.
+//! it; [`StoreBackend`] serves it from a [`Client`] (payloads decoded and events checked
+//! through the client's registry, when it has one) and the storage seam under it.
 //!
 //! Invariant: reads go through the store's reader pool (no write lock is held while a page
 //! renders); each action is one guarded transition of the storage seam.
 
-use crate::client::send_event_bytes;
+use crate::client::{Client, PayloadJson, Undecodable};
 use crate::clock::Clock;
-use crate::codec::PAYLOAD_BYTES_MAX;
+use crate::engine::counters::EngineCounters;
+use crate::error::Error;
 use crate::store::{
     AttemptRow, EngineInfo, EventInfo, QueueInfo, RunQuery, RunRow, RunStatus, RunTotals,
     ScheduleInfo, StepDurations, StepRow, Storage, StoreError,
@@ -44,9 +45,15 @@ impl From<StoreError> for BackendError {
     }
 }
 
-impl From<crate::error::Error> for BackendError {
-    fn from(e: crate::error::Error) -> Self {
-        BackendError::Failed(e.to_string())
+impl From<Error> for BackendError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Store(StoreError::NotFound { run_id }) => {
+                BackendError::NotFound(format!("no run {run_id}"))
+            }
+            e @ Error::EventType { .. } => BackendError::Bad(e.to_string()),
+            e => BackendError::Failed(e.to_string()),
+        }
     }
 }
 
@@ -58,12 +65,20 @@ pub type BResult<T> = Result<T, BackendError>;
 pub struct RunDetail {
     /// The run's row.
     pub run: RunRow,
+    /// Its input as JSON (through the registered type), or why not.
+    pub input: PayloadJson,
+    /// Its output as JSON, if it has one.
+    pub output: Option<PayloadJson>,
     /// Its journal.
     pub journal: Vec<StepRow>,
+    /// Each journal entry's output as JSON (same order as `journal`), if it has one.
+    pub outputs: Vec<Option<PayloadJson>>,
     /// Its attempts.
     pub attempts: Vec<AttemptRow>,
     /// Events sent to it.
     pub events: Vec<EventInfo>,
+    /// Each event's payload as JSON (same order as `events`).
+    pub payloads: Vec<PayloadJson>,
     /// Its child runs (newest first, at most [`CHILDREN_MAX`]).
     pub children: Vec<RunRow>,
     /// The engine holding its lease: `(last heartbeat counter, when, ms)`.
@@ -82,6 +97,8 @@ pub struct MetricsData {
     pub durations: Vec<StepDurations>,
     /// Totals.
     pub totals: RunTotals,
+    /// The counters of the engine this console runs in, if it runs in one.
+    pub engine: Option<EngineCounters>,
 }
 
 /// The console's data access: reads for the pages, one call per action.
@@ -112,11 +129,24 @@ pub trait Backend: Send + Sync {
     fn restart(&self, id: i64, seq: i64) -> BResult<()>;
 }
 
-/// [`Backend`] over the storage seam.
-#[derive(Debug)]
+/// Reads the counters of the engine a console runs in.
+pub type CountersReader = Box<dyn Fn() -> EngineCounters + Send + Sync>;
+
+/// [`Backend`] over a [`Client`] and its storage seam.
 pub struct StoreBackend {
+    client: Client,
     store: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
+    engine: Option<CountersReader>,
+}
+
+impl std::fmt::Debug for StoreBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreBackend")
+            .field("client", &self.client)
+            .field("engine", &self.engine.is_some())
+            .finish()
+    }
 }
 
 impl StoreBackend {
@@ -130,9 +160,16 @@ impl StoreBackend {
         }
     }
 
-    /// Serve `store`, reading time from `clock`.
-    pub fn new(store: Arc<dyn Storage>, clock: Arc<dyn Clock>) -> Self {
-        StoreBackend { store, clock }
+    /// Serve `client`'s file; `engine` reads the counters of the engine the console runs
+    /// in, if it does.
+    pub fn new(client: Client, engine: Option<CountersReader>) -> Self {
+        let (store, clock) = client.storage();
+        StoreBackend {
+            client,
+            store,
+            clock,
+            engine,
+        }
     }
 }
 
@@ -158,6 +195,26 @@ impl Backend for StoreBackend {
             Vec::new()
         });
         let events = self.store.events_of(id)?;
+        let input = match self.store.run_input(id) {
+            Ok(Some(bytes)) => self.client.input_json(&run, &bytes),
+            Ok(None) => Err(Undecodable {
+                reason: "no stored input".into(),
+                bytes: 0,
+            }),
+            Err(e) => Err(Undecodable {
+                reason: e.to_string(),
+                bytes: 0,
+            }),
+        };
+        let output = self.client.output_json(&run);
+        let outputs = journal
+            .iter()
+            .map(|s| self.client.entry_output_json(s))
+            .collect();
+        let payloads = events
+            .iter()
+            .map(|e| self.client.event_json(&e.name, &e.payload))
+            .collect();
         let children = self.store.runs_filtered(
             &RunQuery {
                 parent: Some(id),
@@ -177,9 +234,13 @@ impl Backend for StoreBackend {
         };
         Ok(Some(RunDetail {
             run,
+            input,
+            output,
             journal,
+            outputs,
             attempts,
             events,
+            payloads,
             children,
             lease_beat,
         }))
@@ -198,6 +259,7 @@ impl Backend for StoreBackend {
             counts: self.store.stats()?,
             durations: self.store.step_durations()?,
             totals: self.store.run_totals(self.now_ms(), LIVE_BEAT_AGE_MS)?,
+            engine: self.engine.as_ref().map(|read| read()),
         })
     }
     fn now_ms(&self) -> i64 {
@@ -216,19 +278,11 @@ impl Backend for StoreBackend {
         if name.is_empty() {
             return Err(BackendError::Bad("an event needs a name".into()));
         }
-        let value: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| BackendError::Bad(format!("the payload is not JSON: {e}")))?;
-        let payload = serde_json::to_vec(&value).map_err(|e| BackendError::Bad(e.to_string()))?;
         if self.store.run(id)?.is_none() {
             return Err(BackendError::NotFound(format!("no run {id}")));
         }
-        Ok(send_event_bytes(
-            &*self.store,
-            id,
-            name,
-            payload,
-            PAYLOAD_BYTES_MAX,
-        )?)
+        // The client's checked send: JSON, and of the registered type where known.
+        Ok(self.client.send_event_json(id, name, json)?)
     }
     fn retry(&self, id: i64) -> BResult<()> {
         self.retry_from(id, None)

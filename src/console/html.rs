@@ -4,7 +4,7 @@
 //! notes, errors, payloads, event names) reaches the page only through [`esc`].
 
 use super::backend::BackendError;
-use crate::codec::{self, Format};
+use crate::client::PayloadJson;
 use std::fmt::Write as _;
 
 /// Payload bytes shown (as JSON text or hex) before the rest is cut.
@@ -92,39 +92,27 @@ pub fn duration(ms: i64) -> String {
     }
 }
 
-/// A stored payload for people, escaped: JSON as text; bincode as its size and hex (typed
-/// decoding through registered types comes with the Client).
-pub fn payload(bytes: Option<&[u8]>) -> String {
-    let Some(bytes) = bytes else {
-        return "–".into();
-    };
-    match codec::open(bytes) {
-        Ok((Format::Json, body)) => {
-            let text = String::from_utf8_lossy(&body[..body.len().min(PAYLOAD_SHOWN_BYTES_MAX)]);
-            let cut = if body.len() > PAYLOAD_SHOWN_BYTES_MAX {
-                "…"
-            } else {
-                ""
-            };
-            format!("<code class=\"json\">{}{cut}</code>", esc(&text))
-        }
-        Ok((format, body)) => {
-            let shown = &body[..body.len().min(PAYLOAD_SHOWN_BYTES_MAX / 2)];
-            let mut hex = String::with_capacity(shown.len() * 2);
-            for b in shown {
-                let _ = write!(hex, "{b:02x}");
+/// A stored payload for people, escaped: its JSON (decoded through the registered type,
+/// see [`crate::Client::input_json`]) in a `<pre class="json">`, or "undecodable: why (N
+/// bytes)". `attrs` go into the element (an `id`).
+pub fn payload(shown: &PayloadJson, attrs: &str) -> String {
+    match shown {
+        Ok(v) => {
+            let text = serde_json::to_string_pretty(v).unwrap_or_else(|e| e.to_string());
+            let mut cut = text.len().min(PAYLOAD_SHOWN_BYTES_MAX);
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
             }
-            let cut = if body.len() > shown.len() { "…" } else { "" };
-            let name = match format {
-                Format::Bincode1Fixint => "bincode",
-                _ => "other",
-            };
+            let more = if cut < text.len() { "…" } else { "" };
             format!(
-                "<span class=\"size\">{name}, {} bytes</span> <code class=\"hex\">{hex}{cut}</code>",
-                body.len()
+                "<pre class=\"json\"{attrs}>{}{more}</pre>",
+                esc(&text[..cut])
             )
         }
-        Err(e) => format!("<span class=\"bad\">{}</span>", esc(&e.to_string())),
+        Err(why) => format!(
+            "<span class=\"bad\"{attrs}>undecodable: {}</span>",
+            esc(&why.to_string())
+        ),
     }
 }
 

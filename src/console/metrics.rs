@@ -1,6 +1,7 @@
 //! `/metrics` in the Prometheus text format (0.0.4), read from the database, so a console
 //! over any file serves them. Counters are totals over the runs the file still holds
-//! (purging runs lowers them, as a counter reset).
+//! (purging runs lowers them, as a counter reset). A console inside an engine process adds
+//! that engine's own counters (`waymark_engine_...`, since the engine started).
 
 use super::backend::{BResult, Backend};
 use crate::store::{RunStatus, DURATION_BUCKETS_MS};
@@ -75,5 +76,50 @@ pub fn render(b: &dyn Backend) -> BResult<String> {
             c = d.count
         );
     }
+    if let Some(e) = &m.engine {
+        engine_counters(&mut t, e);
+    }
     Ok(t)
+}
+
+/// The counters of the engine the console runs in.
+fn engine_counters(t: &mut String, e: &crate::engine::counters::EngineCounters) {
+    for (name, help, v) in [
+        (
+            "writer_commits",
+            "Write transactions this engine's writer committed (group commits).",
+            e.writer_commits,
+        ),
+        (
+            "writer_commands",
+            "Commands those transactions applied (commands / commits = group size).",
+            e.writer_commands,
+        ),
+        (
+            "lease_renewals",
+            "Lease renewals (heartbeats) this engine committed.",
+            e.lease_renewals,
+        ),
+    ] {
+        let _ = write!(
+            t,
+            "# HELP waymark_engine_{name}_total {help}\n# TYPE waymark_engine_{name}_total counter\nwaymark_engine_{name}_total {v}\n"
+        );
+    }
+    t.push_str("# HELP waymark_engine_claim_latency_seconds Claim transactions of this engine by latency.\n# TYPE waymark_engine_claim_latency_seconds histogram\n");
+    for (le_us, n) in &e.claim_latency_buckets {
+        let _ = writeln!(
+            t,
+            "waymark_engine_claim_latency_seconds_bucket{{le=\"{}\"}} {n}",
+            *le_us as f64 / 1e6
+        );
+    }
+    let _ = write!(
+        t,
+        "waymark_engine_claim_latency_seconds_bucket{{le=\"+Inf\"}} {c}\n\
+         waymark_engine_claim_latency_seconds_sum {}\n\
+         waymark_engine_claim_latency_seconds_count {c}\n",
+        e.claim_latency_us_sum as f64 / 1e6,
+        c = e.claims
+    );
 }

@@ -13,6 +13,12 @@
 //! # }
 //! ```
 //!
+//! Payloads are shown as JSON through the application's types when the console knows its
+//! registry ([`serve_client`] with a client made with one, [`serve_engine`], or the admin
+//! CLI's `ui`); without it, a payload says it cannot be decoded, and why. The same registry
+//! checks the payload of an event sent from the console before anything is sent. A console
+//! inside an engine ([`serve_engine`]) adds that engine's counters to `/metrics`.
+//!
 //! Security of a local admin tool: loopback by default (a non-loopback address needs a
 //! token, which every request must carry); no CORS; every user or step string escaped; a
 //! Content-Security-Policy without inline script; reads only through the reader pool.
@@ -27,8 +33,9 @@ mod metrics;
 mod pages;
 mod timeline;
 
+use crate::client::Client;
 use crate::clock::{Clock, SystemClock};
-use crate::store::{Storage, Store, StoreError, StoreOptions};
+use crate::store::{Store, StoreError, StoreOptions};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -172,7 +179,9 @@ impl Drop for Console {
     }
 }
 
-/// Serve the console over the waymark file `db` (which must exist).
+/// Serve the console over the waymark file `db` (which must exist), without a registry:
+/// payloads other than events' JSON are shown as undecodable, and event payloads are
+/// checked only for being JSON (see [`serve_client`]).
 pub fn serve(db: impl AsRef<Path>, options: Options) -> Result<Console, ConsoleError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::from_env());
     let store = Store::open(
@@ -185,18 +194,36 @@ pub fn serve(db: impl AsRef<Path>, options: Options) -> Result<Console, ConsoleE
         clock.clone(),
     )
     .map_err(ConsoleError::Store)?;
-    serve_storage(Arc::new(store), clock, options)
+    let client = Client::over(
+        Arc::new(store),
+        None,
+        crate::codec::PAYLOAD_BYTES_MAX,
+        clock,
+        None,
+    );
+    serve_backend(backend::StoreBackend::new(client, None), options)
 }
 
-/// Serve the console over the file of a running engine, in its process.
+/// Serve the console over `client`'s file. With a client made with the application's
+/// registry ([`crate::ClientConfig::registry`]), payloads are shown as JSON through the
+/// registered types and an event's payload is checked against its registered type.
+pub fn serve_client(client: &Client, options: Options) -> Result<Console, ConsoleError> {
+    serve_backend(backend::StoreBackend::new(client.clone(), None), options)
+}
+
+/// Serve the console over the file of a running engine, in its process: payloads through
+/// the engine's registry, and `/metrics` with the engine's own counters
+/// ([`crate::Engine::counters`]). The console does not keep the engine running.
 pub fn serve_engine(engine: &crate::Engine, options: Options) -> Result<Console, ConsoleError> {
-    let (store, clock) = engine.storage();
-    serve_storage(store, clock, options)
+    let reader: backend::CountersReader = Box::new(engine.counters_reader());
+    serve_backend(
+        backend::StoreBackend::new(engine.client().clone(), Some(reader)),
+        options,
+    )
 }
 
-fn serve_storage(
-    store: Arc<dyn Storage>,
-    clock: Arc<dyn Clock>,
+fn serve_backend(
+    backend: backend::StoreBackend,
     options: Options,
 ) -> Result<Console, ConsoleError> {
     let loopback = options.listen.ip().is_loopback();
@@ -212,7 +239,7 @@ fn serve_storage(
     let addr = server.server_addr().to_ip().unwrap_or(options.listen);
     let server = Arc::new(server);
     let app = Arc::new(http::App::new(
-        Box::new(backend::StoreBackend::new(store, clock)),
+        Box::new(backend),
         http::Settings {
             read_only: options.read_only,
             token: options.token,

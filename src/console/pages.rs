@@ -4,6 +4,7 @@ use super::backend::{BResult, Backend, BackendError, RunDetail};
 use super::html::{duration, esc, opt_time, page, payload, time, url_enc};
 use super::http::Params;
 use super::timeline::{self, css_word};
+use crate::client::PayloadJson;
 use crate::store::{RunQuery, RunRow, RunStatus};
 use serde_json::json;
 use std::fmt::Write as _;
@@ -299,7 +300,10 @@ pub fn run_page(b: &dyn Backend, d: &RunDetail, csrf: Option<&str>) -> String {
     if let Some(p) = r.parent_id {
         dd("parent", run_link(p));
     }
-    dd("output", payload(r.output.as_deref()));
+    dd("input", payload(&d.input, " id=\"run-input\""));
+    if let Some(out) = &d.output {
+        dd("output", payload(out, " id=\"run-output\""));
+    }
     h.push_str("</dl><h2>Timeline</h2>");
     h.push_str(&timeline::render(d, now));
     h.push_str(&actions(r, csrf));
@@ -307,14 +311,15 @@ pub fn run_page(b: &dyn Backend, d: &RunDetail, csrf: Option<&str>) -> String {
         "<h2>Journal</h2><table class=\"journal\"><thead><tr><th>#</th><th>name</th><th>kind</th>\
          <th>status</th><th>attempts</th><th>recorded</th><th>output / error</th></tr></thead><tbody>",
     );
-    for s in &d.journal {
-        let out = match &s.error {
-            Some(e) => format!("<span class=\"error\">{}</span>", esc(e)),
-            None => payload(s.output.as_deref()),
+    for (s, shown) in d.journal.iter().zip(&d.outputs) {
+        let out = match (&s.error, shown) {
+            (Some(e), _) => format!("<span class=\"error\">{}</span>", esc(e)),
+            (None, Some(shown)) => payload(shown, ""),
+            (None, None) => "–".into(),
         };
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{out}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"output\">{out}</td></tr>",
             s.seq,
             esc(&s.name),
             esc(&s.kind),
@@ -349,11 +354,19 @@ pub fn run_page(b: &dyn Backend, d: &RunDetail, csrf: Option<&str>) -> String {
             a.epoch,
             a.pid.map_or("–".into(), |p| p.to_string())
         );
+        // The attempt's captured output and `log` records, under it.
+        if let Some(logs) = a.logs.as_deref().filter(|l| !l.is_empty()) {
+            let _ = write!(
+                h,
+                "<tr class=\"logs\"><td colspan=\"8\"><pre class=\"logs\">{}</pre></td></tr>",
+                esc(logs)
+            );
+        }
     }
     h.push_str("</tbody></table>");
     if !d.events.is_empty() {
         h.push_str("<h2>Events</h2><table class=\"events\"><thead><tr><th>id</th><th>name</th><th>sent</th><th>consumed by</th><th>payload</th></tr></thead><tbody>");
-        for e in &d.events {
+        for (e, shown) in d.events.iter().zip(&d.payloads) {
             let _ = write!(
                 h,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -361,7 +374,7 @@ pub fn run_page(b: &dyn Backend, d: &RunDetail, csrf: Option<&str>) -> String {
                 esc(&e.name),
                 time(e.sent_at),
                 e.consumed_seq.map_or("–".into(), |s| format!("#{s}")),
-                payload(Some(&e.payload))
+                payload(shown, "")
             );
         }
         h.push_str("</tbody></table>");
@@ -384,21 +397,34 @@ pub fn run_page(b: &dyn Backend, d: &RunDetail, csrf: Option<&str>) -> String {
 }
 
 /// `GET /api/runs/ID`.
+/// Payloads are JSON values, or `{"undecodable": why, "bytes": N}`.
 pub fn run_json(d: &RunDetail) -> serde_json::Value {
+    let shown = |p: &PayloadJson| match p {
+        Ok(v) => v.clone(),
+        Err(why) => json!({"undecodable": why.reason, "bytes": why.bytes}),
+    };
     let events: Vec<_> = d
         .events
         .iter()
-        .map(|e| {
-            let text = crate::codec::open(&e.payload)
-                .ok()
-                .filter(|(f, _)| *f == crate::codec::Format::Json)
-                .and_then(|(_, body)| serde_json::from_slice::<serde_json::Value>(body).ok());
+        .zip(&d.payloads)
+        .map(|(e, p)| {
             json!({"id": e.id, "name": e.name, "sent_at": e.sent_at,
-                   "consumed_seq": e.consumed_seq, "payload": text, "bytes": e.payload.len()})
+                   "consumed_seq": e.consumed_seq, "payload": shown(p), "bytes": e.payload.len()})
+        })
+        .collect();
+    let journal: Vec<_> = d
+        .journal
+        .iter()
+        .zip(&d.outputs)
+        .map(|(s, out)| {
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            v["output_json"] = out.as_ref().map_or(serde_json::Value::Null, shown);
+            v
         })
         .collect();
     json!({
-        "run": d.run, "journal": d.journal, "attempts": d.attempts, "events": events,
+        "run": d.run, "input": shown(&d.input), "output": d.output.as_ref().map(shown),
+        "journal": journal, "attempts": d.attempts, "events": events,
         "children": d.children.iter().map(|c| c.id).collect::<Vec<_>>(),
         "lease": d.lease_beat.map(|(beat, at)| json!({"owner": d.run.owner, "epoch": d.run.epoch, "beat": beat, "beat_at": at})),
     })

@@ -49,16 +49,3 @@ impl Engine {
         self.inner.client.purge(older_than)
     }
 }
-
-impl Engine {
-    /// The engine's storage and clock, for an in-process reader (the console).
-    #[cfg_attr(not(feature = "console"), allow(dead_code))]
-    pub(crate) fn storage(
-        &self,
-    ) -> (
-        std::sync::Arc<dyn crate::store::Storage>,
-        std::sync::Arc<dyn crate::clock::Clock>,
-    ) {
-        self.inner.client.storage()
-    }
-}

@@ -30,6 +30,7 @@ pub fn dispatch_loop(
         let mut claimed_all = false;
         if can_claim {
             let owner = inner.owner();
+            let claim_started = std::time::Instant::now();
             match inner.store.claim(
                 &owner,
                 free,
@@ -37,6 +38,7 @@ pub fn dispatch_loop(
                 inner.config.lease_ttl.as_millis() as i64,
             ) {
                 Ok(runs) => {
+                    inner.counters.claimed(claim_started.elapsed());
                     claimed_all = runs.len() as i64 == free;
                     for run in runs {
                         inner.in_flight.fetch_add(1, Ordering::SeqCst);

@@ -130,7 +130,10 @@ pub fn heartbeat_loop(inner: &Inner, stop: crossbeam_channel::Receiver<()>) {
             .store
             .heartbeat(&owner, inner.config.lease_ttl.as_millis() as i64)
         {
-            Ok(_) => inner.lease.renewed(sent),
+            Ok(_) => {
+                inner.lease.renewed(sent);
+                inner.counters.renewed();
+            }
             Err(StoreError::LeaseLost { .. }) => reincarnate(inner, &owner),
             Err(e) => {
                 log::error!("heartbeat failed: {e}");

@@ -8,6 +8,7 @@
 pub mod admin;
 #[doc(hidden)]
 pub mod control;
+pub mod counters;
 #[doc(hidden)]
 pub mod dispatch;
 #[doc(hidden)]
@@ -66,6 +67,8 @@ pub struct Inner {
     child: crate::isolation::ChildExecutor,
     pool: crate::isolation::PoolExecutor,
     pub(crate) control: control::Control,
+    /// Renewals and claim latency (see [`counters`]).
+    pub(crate) counters: Arc<counters::Counters>,
     /// The reads, waits and run operations the engine shares with [`Client`].
     pub(crate) client: Client,
 }
@@ -233,6 +236,7 @@ impl Engine {
             pool,
             child,
             control: control::Control::default(),
+            counters: Arc::default(),
         });
         log::info!(
             "engine {} started on {} (pid {pid}, {} workers)",
@@ -283,6 +287,20 @@ impl Engine {
     /// under a new id.
     pub fn owner_id(&self) -> Arc<str> {
         self.inner.owner()
+    }
+
+    /// This engine's counters since it started: writer commits and commands, lease
+    /// renewals, claim latency (what `/metrics` of a console in this process adds).
+    pub fn counters(&self) -> counters::EngineCounters {
+        self.inner.counters.snapshot(self.inner.store.write_stats())
+    }
+
+    /// A reader of [`Engine::counters`] that does not keep the engine running (the
+    /// console's `/metrics`).
+    #[cfg_attr(not(feature = "console"), allow(dead_code))]
+    pub(crate) fn counters_reader(&self) -> impl Fn() -> counters::EngineCounters + Send + Sync {
+        let (counters, store) = (self.inner.counters.clone(), self.inner.store.clone());
+        move || counters.snapshot(store.write_stats())
     }
 
     /// The database file this engine runs on (for tools that read it directly).

@@ -117,6 +117,51 @@ pub fn serve_with(
     }
 }
 
+/// `waymark serve --db DB --workers W --lease-ttl-ms TTL --ui 127.0.0.1:0` (an engine with
+/// the web console in its process): the engine and the console's URL (without the final
+/// `/`), read from the first line of its stdout. Stderr to `dir/NAME.log`.
+pub fn serve_with_ui(
+    dir: &Path,
+    name: &str,
+    db: &Path,
+    workers: usize,
+    ttl_ms: u64,
+) -> (Proc, String) {
+    use std::io::BufRead as _;
+    let log = dir.join(format!("{name}.log"));
+    let mut child = Command::new(bin())
+        .arg("serve")
+        .arg("--db")
+        .arg(db)
+        .args([
+            "--workers",
+            &workers.to_string(),
+            "--lease-ttl-ms",
+            &ttl_ms.to_string(),
+            "--ui",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .env("WAYMARK_DEMO_EFFECTS", dir.join("effects"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+    let proc = Proc {
+        child,
+        log: Some(log),
+    };
+    assert!(
+        line.starts_with("http://127.0.0.1:"),
+        "serve --ui printed {line:?}; its log: {}",
+        proc.log_text()
+    );
+    (proc, line.trim().trim_end_matches('/').to_string())
+}
+
 /// `unshare --pid --fork --mount-proc --kill-child waymark serve --workers W --lease-ttl-ms
 /// TTL EXTRA... --db DB`: an engine in its own PID namespace (as in another container on this
 /// host), stderr to `log` (or discarded). Killing the returned `unshare` takes the engine

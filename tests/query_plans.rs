@@ -6,6 +6,7 @@
 use rusqlite::Connection;
 use std::sync::Arc;
 use waymark::internal::clock::SystemClock;
+use waymark::internal::store::queries::{ATTEMPTS_SQL, JOURNAL_SQL};
 use waymark::internal::store::write::{CLAIM_SQL, HEARTBEAT_SQL, WAKE_SQL};
 use waymark::internal::store::{NewRun, Op, Store, StoreOptions};
 
@@ -81,4 +82,60 @@ fn hot_statements_use_their_partial_indexes() {
         "heartbeat does not use runs_owner: {beat:?}"
     );
     assert_no_scan_or_sort(&beat, "heartbeat");
+}
+
+/// Hot statements are prepared once and then reused from the statement cache: the bundled
+/// SQLite prepares a statement again at every execution when its plan depends on a bound
+/// value (found by profiling `bench --only W2`: the claim and the journal and attempts reads
+/// were prepared again once per run, parsing and planning each time).
+#[test]
+fn hot_statements_are_not_prepared_again_at_each_execution() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("reprepare.db");
+    let store = Store::open(
+        &db,
+        &StoreOptions::default(),
+        Arc::new(SystemClock::from_env()),
+    )
+    .expect("open");
+    drop(store);
+    let conn = Connection::open(&db).expect("raw connection");
+    let now = 1_700_000_000_000i64;
+    let wf = r#"["a@1","b@1"]"#;
+    let cases: Vec<(&str, &str, Vec<rusqlite::types::Value>)> = vec![
+        ("journal", JOURNAL_SQL, vec![1i64.into()]),
+        ("attempts", ATTEMPTS_SQL, vec![1i64.into()]),
+        (
+            "claim",
+            CLAIM_SQL,
+            vec![
+                "owner".to_string().into(),
+                (now + 1000).into(),
+                now.into(),
+                wf.to_string().into(),
+                4i64.into(),
+            ],
+        ),
+        ("wake", WAKE_SQL, vec![now.into()]),
+        (
+            "heartbeat",
+            HEARTBEAT_SQL,
+            vec!["owner".to_string().into(), now.into()],
+        ),
+    ];
+    for (what, sql, params) in cases {
+        for round in 0..4 {
+            let mut stmt = conn.prepare_cached(sql).expect("prepare");
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(params.iter()))
+                .expect("execute");
+            while rows.next().expect("step").is_some() {}
+            drop(rows);
+            let again = stmt.get_status(rusqlite::StatementStatus::RePrepare);
+            assert_eq!(
+                again, 0,
+                "{what}: prepared again {again} times by round {round}: {sql}"
+            );
+        }
+    }
 }

@@ -206,7 +206,7 @@ fn stop_ending(why: u8, fence: &Fence, deadline_at: Option<i64>) -> Ending {
 }
 
 fn finish(inner: &Inner, fence: &Fence, ending: Ending) {
-    match ending.record(&*inner.store, fence) {
+    match inner.store.finish(fence, Vec::new(), ending, None) {
         Ok(_) | Err(StoreError::LeaseLost { .. }) => {}
         Err(e) => {
             log::error!("recording a cancellation or deadline failed: {e}");

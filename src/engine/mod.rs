@@ -61,6 +61,8 @@ pub struct Inner {
     pub(crate) storage_failed: AtomicBool,
     pub(crate) health: health::Health,
     pub(crate) in_flight: AtomicI64,
+    /// When a worker's claim last woke due suspended runs (see `claim_next`).
+    pub(crate) last_sweep: Mutex<Instant>,
     wake_tx: Sender<()>,
     finished: (Mutex<u64>, Condvar),
     in_process: crate::exec::InProcess,
@@ -99,6 +101,32 @@ impl Inner {
 
     pub(crate) fn wake_dispatcher(&self) {
         let _ = self.wake_tx.try_send(());
+    }
+
+    /// What a worker that is ending a run may claim for itself in the same commit: one
+    /// run, under the conditions the dispatcher claims under (not stopping, storage
+    /// healthy, our lease valid). Its worker slot stays taken, so the dispatcher's
+    /// invariant (never more claimed runs than workers) holds.
+    pub(crate) fn claim_next(&self) -> Option<crate::store::ClaimNext> {
+        if self.shutting_down() || self.storage_failed.load(Ordering::SeqCst) || !self.lease.valid()
+        {
+            return None;
+        }
+        // Waking due suspended runs costs two statements: at most once per poll interval.
+        let sweep = match self.last_sweep.try_lock() {
+            Some(mut last) if last.elapsed() >= self.config.poll_interval => {
+                *last = Instant::now();
+                true
+            }
+            _ => false,
+        };
+        Some(crate::store::ClaimNext {
+            owner: self.owner(),
+            limit: 1,
+            workflows_json: self.workflows_json.clone(),
+            lease_ms: self.config.lease_ttl.as_millis() as i64,
+            sweep,
+        })
     }
 
     pub(crate) fn notify_finished(&self) {
@@ -230,6 +258,7 @@ impl Engine {
             storage_failed: AtomicBool::new(false),
             health: health::Health::default(),
             in_flight: AtomicI64::new(0),
+            last_sweep: Mutex::new(Instant::now()),
             wake_tx,
             finished: (Mutex::new(0), Condvar::new()),
             in_process: crate::exec::InProcess,
@@ -476,8 +505,13 @@ impl Drop for Engine {
 }
 
 fn worker_loop(inner: &Inner, rx: Receiver<Work>) {
-    while let Ok((owner, claimed)) = rx.recv() {
-        worker::execute_run(inner, owner, claimed);
+    while let Ok(work) = rx.recv() {
+        // A worker that ends a run claims its next one in the same commit (see
+        // `Inner::claim_next`): no hand-off through the dispatcher while work is queued.
+        let mut next = Some(work);
+        while let Some((owner, claimed)) = next.take() {
+            next = worker::execute_run(inner, owner, claimed);
+        }
         inner.in_flight.fetch_sub(1, Ordering::SeqCst);
         inner.wake_dispatcher();
     }

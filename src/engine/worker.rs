@@ -4,16 +4,18 @@
 //! writer, fenced by the claim's `(owner, epoch)`. A `LeaseLost` answer means: stop, write
 //! nothing more for this run.
 
-use crate::engine::Inner;
+use crate::engine::{Inner, Work};
 use crate::exec::panic_message;
-use crate::store::{Claimed, Fence, Storage, StoreError};
+pub(crate) use crate::store::Ending;
+use crate::store::{Claimed, Entry, Fence, StoreError};
 use crate::workflow::ctx::{Ctx, Interrupt};
 use crate::workflow::registry::WorkflowFailure;
 use std::collections::HashMap;
 
 /// Run `claimed` to its next stop (completion, failure, suspension, or loss of lease).
-/// `owner` is the incarnation that claimed it: every write is fenced by it.
-pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) {
+/// `owner` is the incarnation that claimed it: every write is fenced by it. Returns the run
+/// this worker claimed for itself in the same commit as this one's ending, if any.
+pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) -> Option<Work> {
     let run_id = claimed.run_id;
     let fence = Fence {
         run_id,
@@ -29,19 +31,17 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
             "workflow '{}' version {} is not registered in this engine",
             claimed.workflow, claimed.version
         );
-        finish(
+        return finish(
             inner,
             &fence,
+            Vec::new(),
             Ending::Block {
                 status: "blocked_version",
                 note,
             },
         );
-        return;
     };
-    let Some(guard) = inner.control.admit(inner, &claimed, &fence) else {
-        return;
-    };
+    let guard = inner.control.admit(inner, &claimed, &fence)?;
     // The run is ours (claimed): only we change its journal and attempts meanwhile.
     let loaded = (|| -> Result<_, StoreError> {
         let journal = inner.store.journal(run_id)?;
@@ -69,14 +69,12 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
         Err(e @ StoreError::Undecodable { .. }) => {
             let note = format!("{e}; fix the row, then `waymark resume {run_id}`");
             log::error!("{note}");
-            block(inner, fence, note);
-            return;
+            return block(inner, fence, note);
         }
         Err(e) => {
             log::error!("run {run_id}: cannot read its journal ({e}); releasing it");
             inner.note_store_error(&e);
-            finish(inner, &fence, Ending::Release);
-            return;
+            return finish(inner, &fence, Vec::new(), Ending::Release);
         }
     };
     if let Some((i, e)) = journal.iter().enumerate().find(|(i, e)| e.seq != *i as i64) {
@@ -84,8 +82,7 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
             "run {run_id}: journal has seq {} where {i} was expected",
             e.seq
         );
-        block(inner, fence, note);
-        return;
+        return block(inner, fence, note);
     }
     let mut ctx = Ctx {
         env: inner,
@@ -96,12 +93,14 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
         next_seq: 0,
         interrupt: None,
         cancel: guard.cancel(),
+        pending: Vec::new(),
     };
     let run = wf.run.clone();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run(&mut ctx, &claimed.input)
     }));
     let interrupt = ctx.interrupt.take();
+    let pending = std::mem::take(&mut ctx.pending);
     let ending = match (interrupt, result) {
         (Some(Interrupt::LeaseLost), _) => {
             log::warn!(
@@ -163,58 +162,52 @@ pub fn execute_run(inner: &Inner, owner: std::sync::Arc<str>, claimed: Claimed) 
             panic_message(&*payload)
         ))),
     };
-    if let Some(ending) = ending {
-        finish(inner, &fence, ending);
-    }
-}
-
-/// How a claimed run's execution ends, as recorded (each a fenced transition).
-#[derive(Debug)]
-pub(crate) enum Ending {
-    Complete(Vec<u8>),
-    Fail(String),
-    Suspend { until: i64, note: String },
-    Release,
-    Block { status: &'static str, note: String },
-    Cancelled(String),
-}
-
-impl Ending {
-    pub(crate) fn record(self, store: &dyn Storage, fence: &Fence) -> Result<(), StoreError> {
-        match self {
-            Ending::Complete(output) => store.complete(fence, output),
-            Ending::Fail(error) => store.fail(fence, error),
-            Ending::Suspend { until, note } => store.suspend(fence, until, note),
-            Ending::Release => store.release(fence),
-            Ending::Block { status, note } => store.block(fence, status, note),
-            Ending::Cancelled(reason) => store.finish_cancelled(fence, reason),
-        }
+    match ending {
+        Some(ending) => finish(inner, &fence, pending, ending),
+        None => None,
     }
 }
 
 /// Park the run as `blocked` (bad data: an operator fixes it and resumes it).
-fn block(inner: &Inner, fence: Fence, note: String) {
+fn block(inner: &Inner, fence: Fence, note: String) -> Option<Work> {
     finish(
         inner,
         &fence,
+        Vec::new(),
         Ending::Block {
             status: "blocked",
             note,
         },
-    );
+    )
 }
 
-fn finish(inner: &Inner, fence: &Fence, ending: Ending) {
+/// Record how the run ended, with its step results not committed yet, in one commit; in
+/// the same commit claim this worker's next run unless the engine is stopping or unable to.
+fn finish(inner: &Inner, fence: &Fence, entries: Vec<Entry>, ending: Ending) -> Option<Work> {
     let run_id = fence.run_id;
-    match ending.record(&*inner.store, fence) {
-        Ok(()) => {}
+    let next = inner.claim_next();
+    let owner = next.as_ref().map(|n| n.owner.clone());
+    let n = entries.len();
+    let work = match inner.store.finish(fence, entries, ending, next) {
+        Ok(mut claimed) => {
+            for _ in 0..n {
+                crate::fault::point(crate::fault::Point::AfterCheckpoint);
+            }
+            match (owner, claimed.pop()) {
+                (Some(owner), Some(c)) => Some((owner, c)),
+                _ => None,
+            }
+        }
         Err(StoreError::LeaseLost { .. }) => {
-            log::warn!("run {run_id}: lease lost before its outcome was recorded")
+            log::warn!("run {run_id}: lease lost before its outcome was recorded");
+            None
         }
         Err(e) => {
             log::error!("run {run_id}: recording its outcome failed: {e}");
             inner.note_store_error(&e);
+            None
         }
-    }
+    };
     inner.notify_finished();
+    work
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod pragmas;
 #[doc(hidden)]
 pub mod queries;
+mod reply;
 #[doc(hidden)]
 pub mod schema;
 pub mod seam;
@@ -31,7 +32,9 @@ pub use views::{
 };
 pub use watch::ChangeWatch;
 pub use write::{Awaited, ScheduleRow};
-pub use write::{Claimed, Done, EngineRow, Entry, Fence, NewRun, OnKeyConflict, Op};
+pub use write::{
+    ClaimNext, Claimed, Done, Ending, EngineRow, Entry, Fence, NewRun, OnKeyConflict, Op,
+};
 pub use writer::{Writer, WriterStats};
 
 /// Default of [`StoreOptions::lock_wait_max`] and `Config::lock_wait_max`: how long an API
@@ -297,6 +300,7 @@ fn migrate_when_needed(conn: &mut Connection, path: &Path) -> StoreResult<()> {
 impl Store {
     /// Open (and if allowed create and migrate) the database at `path`.
     pub fn open(path: &Path, opts: &StoreOptions, clock: Arc<dyn Clock>) -> StoreResult<Store> {
+        memstatus_off();
         let mut conn = open_checked(path, opts)?;
         let settings = ConnSettings {
             synchronous: opts.synchronous,
@@ -428,6 +432,27 @@ fn writer_connection(
     pragmas::install_busy_handler(&mut conn)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// Turn SQLite's memory statistics off, once, before SQLite initialises: with them on,
+/// every allocation of every connection of the process takes one global mutex (measured:
+/// `pthread_mutex_lock`/`unlock` were 20 % of the writer thread's time under
+/// `bench --only W2 --workers 32`, contended by the readers). If the application already
+/// used SQLite, `sqlite3_config` refuses (SQLITE_MISUSE) and nothing changes; waymark
+/// reads no memory statistic.
+fn memstatus_off() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: called before any connection of ours is opened; SQLite checks that it is
+        // not initialised yet and otherwise returns SQLITE_MISUSE without changing anything.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS,
+                0 as std::ffi::c_int,
+            )
+        };
+        log::debug!("SQLITE_CONFIG_MEMSTATUS=0: rc {rc}");
+    });
 }
 
 /// r2d2 manager for read connections (query_only, same pragmas).

@@ -56,7 +56,7 @@ pub fn runs_page(
     limit: i64,
 ) -> StoreResult<Vec<RunRow>> {
     conn.prepare_cached(&format!(
-        "SELECT {RUN_COLS} FROM runs WHERE id > ?1 AND (?2 IS NULL OR status = ?2) ORDER BY id LIMIT ?3"
+        "SELECT {RUN_COLS} FROM runs WHERE id > ?1 AND (?2 IS NULL OR status = ?2) ORDER BY id LIMIT +?3"
     ))
     .and_then(|mut s| s.query_map(params![after, status, limit], run_row)?.collect())
     .map_err(sql("listing runs"))
@@ -81,7 +81,7 @@ pub fn list(conn: &Connection, filter: &RunFilter) -> StoreResult<Vec<RunRow>> {
            AND (?4 IS NULL OR substr(idempotency_key, 1, length(?4)) = ?4)
            AND (?5 IS NULL OR created_at >= ?5)
            AND (?6 IS NULL OR created_at < ?6)
-         ORDER BY id {order} LIMIT ?7"
+         ORDER BY id {order} LIMIT +?7"
     );
     conn.prepare_cached(&sql_text)
         .and_then(|mut s| {
@@ -119,7 +119,7 @@ pub fn run_input(conn: &Connection, id: i64) -> StoreResult<Option<Vec<u8>>> {
 /// Up to `limit` run state changes after change `after`, oldest first.
 pub fn changes(conn: &Connection, after: i64, limit: i64) -> StoreResult<Vec<RunChange>> {
     conn.prepare_cached(
-        "SELECT seq, run_id, status, at FROM run_changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        "SELECT seq, run_id, status, at FROM run_changes WHERE seq > ?1 ORDER BY seq LIMIT +?2",
     )
     .and_then(|mut s| {
         s.query_map(params![after, limit], |r| {
@@ -163,11 +163,24 @@ pub fn next_event(
 /// The journal of a run, in sequence order. A row whose columns do not have the types we
 /// write is [`StoreError::Undecodable`] naming the entry and the column (the run's data is
 /// bad, the storage is fine): the caller parks the run instead of retrying it.
+/// A run's journal in order. `+?1`: with a plain `?1` the bundled SQLite (3.54) marks the
+/// plan as depending on the parameter's value (equality on the primary key's prefix plus
+/// ORDER BY on the rest) and prepares the statement again at every execution (measured:
+/// once per claimed run on every reader; `tests/query_plans.rs` guards it). The unary
+/// plus keeps the index lookup.
+pub const JOURNAL_SQL: &str =
+    "SELECT seq, name, kind, status, attempts, error, recorded_at, output, copied_from
+     FROM steps WHERE run_id = +?1 ORDER BY seq";
+
+/// A run's attempts in order (`+?1`: see [`JOURNAL_SQL`]).
+pub const ATTEMPTS_SQL: &str =
+    "SELECT seq, attempt, name, owner, epoch, pid, pid_start, started_at, ended_at, outcome, reason,
+            logs, memory_cap
+     FROM attempts WHERE run_id = +?1 ORDER BY seq, attempt";
+
 pub fn journal(conn: &Connection, run_id: i64) -> StoreResult<Vec<StepRow>> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT seq, name, kind, status, attempts, error, recorded_at, output, copied_from FROM steps WHERE run_id = ?1 ORDER BY seq",
-        )
+        .prepare_cached(JOURNAL_SQL)
         .map_err(sql("reading a journal"))?;
     let mut rows = stmt
         .query(params![run_id])
@@ -219,11 +232,7 @@ pub fn fence_holds(conn: &Connection, fence: &super::Fence) -> StoreResult<bool>
 /// [`StoreError::Undecodable`].
 pub fn attempts(conn: &Connection, run_id: i64) -> StoreResult<Vec<AttemptRow>> {
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT seq, attempt, name, owner, epoch, pid, pid_start, started_at, ended_at, outcome, reason,
-                    logs, memory_cap
-             FROM attempts WHERE run_id = ?1 ORDER BY seq, attempt",
-        )
+        .prepare_cached(ATTEMPTS_SQL)
         .map_err(sql("reading attempts"))?;
     let mut rows = stmt
         .query(params![run_id])
@@ -530,7 +539,7 @@ pub fn cancel_requested(conn: &Connection, run_id: i64) -> StoreResult<bool> {
 pub fn parked_cancel_requests(conn: &Connection, limit: i64) -> StoreResult<Vec<i64>> {
     conn.prepare_cached(
         "SELECT id FROM runs WHERE status IN ('suspended', 'blocked', 'blocked_version')
-           AND cancel_requested = 1 LIMIT ?1",
+           AND cancel_requested = 1 LIMIT +?1",
     )
     .and_then(|mut s| {
         s.query_map(params![limit], |r| r.get(0))?
@@ -629,7 +638,7 @@ pub fn runs_filtered(
     };
     args.push(Value::Integer(limit));
     conn.prepare_cached(&format!(
-        "SELECT {RUN_COLS} FROM runs {where_} ORDER BY id DESC LIMIT ?"
+        "SELECT {RUN_COLS} FROM runs {where_} ORDER BY id DESC LIMIT +?"
     ))
     .and_then(|mut s| {
         s.query_map(rusqlite::params_from_iter(args), run_row)?

@@ -22,7 +22,7 @@ use super::views::{
 use super::watch::ChangeWatch;
 use super::write::OnKeyConflict;
 use super::write::{Awaited, ScheduleRow};
-use super::write::{Claimed, Done, EngineRow, Entry, Fence, NewRun, Op};
+use super::write::{ClaimNext, Claimed, Done, Ending, EngineRow, Entry, Fence, NewRun, Op};
 use super::Store;
 use std::sync::Arc;
 
@@ -139,6 +139,19 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         logs: String,
         memory_cap: Option<String>,
     ) -> StoreResult<()>;
+    /// Record several journal entries in one commit (each write-once, fenced; all or none).
+    fn checkpoints(&self, fence: &Fence, entries: Vec<Entry>) -> StoreResult<()>;
+    /// End an execution slice in one commit: record `entries` (journal entries whose
+    /// checkpoint was deferred to this point), then `ending`, all or none (fenced); then,
+    /// if `next` is given, claim up to `next.limit` runs for `next.owner` as
+    /// [`Storage::claim`] does. A failing claim claims nothing and undoes nothing else.
+    fn finish(
+        &self,
+        fence: &Fence,
+        entries: Vec<Entry>,
+        ending: Ending,
+        next: Option<ClaimNext>,
+    ) -> StoreResult<Vec<Claimed>>;
     /// The run completed with `output` (fenced).
     fn complete(&self, fence: &Fence, output: Vec<u8>) -> StoreResult<()>;
     /// The run failed (fenced).
@@ -532,6 +545,39 @@ impl Storage for Store {
                 memory_cap,
             },
         )
+    }
+    fn checkpoints(&self, fence: &Fence, entries: Vec<Entry>) -> StoreResult<()> {
+        let ops = entries
+            .into_iter()
+            .map(|entry| Op::Checkpoint {
+                fence: fence.clone(),
+                entry,
+            })
+            .collect();
+        match self.call(Op::Batch { ops, next: None })? {
+            Done::Claimed(_) => Ok(()),
+            other => unexpected("checkpoints", other),
+        }
+    }
+    fn finish(
+        &self,
+        fence: &Fence,
+        entries: Vec<Entry>,
+        ending: Ending,
+        next: Option<ClaimNext>,
+    ) -> StoreResult<Vec<Claimed>> {
+        let mut ops: Vec<Op> = entries
+            .into_iter()
+            .map(|entry| Op::Checkpoint {
+                fence: fence.clone(),
+                entry,
+            })
+            .collect();
+        ops.push(ending.into_op(fence.clone()));
+        match self.call(Op::Batch { ops, next })? {
+            Done::Claimed(v) => Ok(v),
+            other => unexpected("finish", other),
+        }
     }
     fn complete(&self, fence: &Fence, output: Vec<u8>) -> StoreResult<()> {
         unit(

@@ -19,6 +19,7 @@
 //!   fresh one is opened, so a later COMMIT cannot commit what was reported failed.
 
 use super::error::{StoreError, StoreResult};
+use super::reply::{oneshot, RecvTimeoutError};
 use super::write::{apply, Done, Op};
 use crate::clock::Clock;
 use crate::fault;
@@ -35,7 +36,7 @@ pub const GATHER_MAX: Duration = Duration::from_micros(200);
 /// Commands that may wait for the writer before callers block.
 pub const QUEUE_COMMANDS_MAX: usize = 4096;
 
-type Reply = Sender<StoreResult<Done>>;
+type Reply = super::reply::Sender<StoreResult<Done>>;
 
 /// Opens a fresh writing connection (same file, same pragmas) when the current one cannot
 /// be trusted any more.
@@ -122,7 +123,7 @@ impl Writer {
     /// Apply `op` and wait until it committed (or failed), however long another process
     /// holds the write lock (the engine's own threads; their leases self-fence).
     pub fn call(&self, op: Op) -> StoreResult<Done> {
-        let (reply_tx, reply_rx) = bounded(1);
+        let (reply_tx, reply_rx) = oneshot();
         self.tx
             .send(Cmd {
                 op,
@@ -139,7 +140,7 @@ impl Writer {
     /// (after COMMIT) is awaited: the lock is ours by then.
     pub fn call_within(&self, op: Op, wait: Duration) -> StoreResult<Done> {
         let started = Instant::now();
-        let (reply_tx, reply_rx) = bounded(1);
+        let (reply_tx, reply_rx) = oneshot();
         let claim = Arc::new(AtomicU8::new(QUEUED));
         self.tx
             .send_timeout(
@@ -159,10 +160,8 @@ impl Writer {
         let left = wait.saturating_sub(started.elapsed());
         match reply_rx.recv_timeout(left) {
             Ok(answer) => answer,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                Err(StoreError::WriterStopped)
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+            Err(RecvTimeoutError::Closed) => Err(StoreError::WriterStopped),
+            Err(RecvTimeoutError::Timeout) => {
                 if claim
                     .compare_exchange(QUEUED, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
@@ -257,7 +256,7 @@ fn run(
                     log::error!("cannot reopen the database after a failed rollback: {e}");
                     for cmd in batch.drain(..) {
                         if cmd.take() {
-                            let _ = cmd.reply.send(Err(StoreError::sqlite(
+                            cmd.reply.send(Err(StoreError::sqlite(
                                 "reopening the database after a failed rollback",
                                 rusqlite::Error::SqliteFailure(
                                     rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
@@ -418,8 +417,15 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Cmd>, clock: &dyn Clock) 
         }
     }
     for (result, reply) in results {
-        let _ = reply.send(result);
+        reply.send(result);
     }
+}
+
+/// Run a statement without parameters through the statement cache: the savepoint
+/// statements run twice per command, and parsing them each time cost the writer thread
+/// more than the commands' own SQL (profile of `bench --only W2`).
+pub(crate) fn cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 fn apply_in_savepoint(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
@@ -430,13 +436,12 @@ fn apply_in_savepoint(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> 
             detail: "transaction aborted by an earlier error in its batch".into(),
         });
     }
-    conn.execute_batch("SAVEPOINT cmd")
-        .map_err(|e| StoreError::sqlite("opening a savepoint", e))?;
+    cached(conn, "SAVEPOINT cmd").map_err(|e| StoreError::sqlite("opening a savepoint", e))?;
     let result = apply(conn, op, now);
     let end = if result.is_ok() {
-        conn.execute_batch("RELEASE cmd")
+        cached(conn, "RELEASE cmd")
     } else {
-        conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd")
+        cached(conn, "ROLLBACK TO cmd").and_then(|()| cached(conn, "RELEASE cmd"))
     };
     match (result, end) {
         (Ok(done), Ok(())) => Ok(done),

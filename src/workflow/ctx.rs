@@ -92,6 +92,13 @@ pub struct Ctx<'a> {
     pub(crate) next_seq: i64,
     pub(crate) interrupt: Option<Interrupt>,
     pub(crate) cancel: Arc<AtomicBool>,
+    /// Step results not committed yet: recorded at the run's next durable operation (the
+    /// next step, wait or write) or with the run's ending, whichever comes first. Nothing
+    /// outside the deterministic workflow code has seen them by then, so a crash before
+    /// that commit costs only a re-run of the step (at-least-once), as a crash just before
+    /// an immediate checkpoint would; and a three-step run commits its last step with its
+    /// completion.
+    pub(crate) pending: Vec<Entry>,
 }
 
 impl std::fmt::Debug for Ctx<'_> {
@@ -176,11 +183,33 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Write through the store, turning fencing and storage errors into interrupts.
+    /// Commit the step results not committed yet (one transaction, fenced).
+    pub(crate) fn flush(&mut self) -> Result<(), WorkflowError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let entries = std::mem::take(&mut self.pending);
+        let n = entries.len();
+        let fence = self.fence.clone();
+        match self.env.store().checkpoints(&fence, entries) {
+            Ok(()) => {
+                for _ in 0..n {
+                    fault::point(fault::Point::AfterCheckpoint);
+                }
+                Ok(())
+            }
+            Err(StoreError::LeaseLost { .. }) => Err(self.interrupt(Interrupt::LeaseLost)),
+            Err(e) => Err(self.interrupt(Interrupt::Storage(e))),
+        }
+    }
+
+    /// Write through the store (after the pending step results), turning fencing and
+    /// storage errors into interrupts.
     pub(crate) fn write<T>(
         &mut self,
         f: impl FnOnce(&dyn Storage, &Fence) -> Result<T, StoreError>,
     ) -> Result<T, WorkflowError> {
+        self.flush()?;
         let fence = self.fence.clone();
         match f(self.env.store(), &fence) {
             Ok(v) => Ok(v),
@@ -237,10 +266,10 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    /// Record a journal entry (write-once, fenced).
+    /// Record a journal entry (write-once, fenced): committed with the run's next durable
+    /// operation or its ending (see `pending`).
     pub(crate) fn record(&mut self, entry: Entry) -> Result<(), WorkflowError> {
-        self.write(|s, fence| s.checkpoint(fence, entry))?;
-        fault::point(fault::Point::AfterCheckpoint);
+        self.pending.push(entry);
         Ok(())
     }
 
@@ -319,6 +348,8 @@ impl<'a> Ctx<'a> {
                 .isolation
                 .unwrap_or(self.env.config().isolation)
         };
+        // Earlier results are committed before this step can have any effect.
+        self.flush()?;
         if isolation == crate::config::Isolation::InProcess {
             // A child step's fenced AttemptStart commit proves the run is still ours before
             // it can have any effect; an in-process step gets the same proof from a read, so

@@ -17,7 +17,7 @@ pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                     "SELECT id FROM runs r WHERE finished_at <= ?1 AND status IN {FINAL}
                        AND NOT EXISTS (SELECT 1 FROM runs p WHERE p.id = r.parent_id
                                          AND p.status NOT IN {FINAL})
-                     ORDER BY finished_at LIMIT ?2"
+                     ORDER BY finished_at LIMIT +?2"
                 ))
                 .and_then(|mut s| {
                     s.query_map(params![before, limit], |r| r.get(0))?

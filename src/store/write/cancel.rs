@@ -36,7 +36,7 @@ pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                     "UPDATE runs SET status = 'failed', note = NULL, finished_at = ?1, updated_at = ?1,
                             error = 'deadline passed (deadline_at ' || deadline_at || ' ms) before the run finished'
                      WHERE id IN (SELECT id FROM runs WHERE deadline_at <= ?1 AND finished_at IS NULL
-                                    AND status IN ('pending', 'suspended') LIMIT ?2)",
+                                    AND status IN ('pending', 'suspended') LIMIT +?2)",
                 )
                 .and_then(|mut s| s.execute(params![now, limit]))
                 .map_err(sql("expiring deadlines"))?;
@@ -58,7 +58,7 @@ pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                                   WHERE status = 'pending' AND ready_at <= ?3
                                     AND workflow IN (SELECT value FROM json_each(?1))
                                     AND (workflow || '@' || version) NOT IN (SELECT value FROM json_each(?2))
-                                  LIMIT ?4)",
+                                  LIMIT +?4)",
                 )
                 .and_then(|mut s| s.execute(params![&*names_json, &*workflows_json, now, limit]))
                 .map_err(sql("parking runs of unknown versions"))?;

@@ -39,23 +39,8 @@ pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             // does not compare ready_at with `now` again: after the wall clock jumps back, runs
             // that were already due stay claimable instead of stalling for the jump's length.
             unpark_known_versions(conn, &workflows_json, now)?;
-            // Queues with a concurrency limit first (bounded by their limits), then the rest.
-            let mut limited = claim_limited(conn, &owner, limit, &workflows_json, lease_ms, now)?;
-            let limit = limit - limited.len() as i64;
-            let mut stmt = conn
-                .prepare_cached(CLAIM_SQL)
-                .map_err(sql("preparing the claim"))?;
-            let rows = stmt
-                .query_map(
-                    params![&*owner, now + lease_ms, now, &*workflows_json, limit],
-                    claimed_row,
-                )
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(sql("claiming runs"))?;
-            drop(stmt);
-            let rows = park_undecodable(conn, &owner, rows, now)?;
-            limited.extend(rows);
-            Ok(Done::Claimed(limited))
+            let claimed = claim_ready(conn, &owner, limit, &workflows_json, lease_ms, now)?;
+            Ok(Done::Claimed(claimed))
         }
         Op::Heartbeat { owner, lease_ms } => {
             let alive = conn
@@ -149,14 +134,16 @@ pub const WAKE_SQL: &str =
 /// Claim up to ?5 ready runs in one statement. `INDEXED BY runs_claim`: the partial index is
 /// already in claim order, so the claim walks it and stops at the limit; without the hint
 /// the planner picks `runs_status`, reads every pending run and sorts them (O(pending) per
-/// claim). Checked by tests/query_plans.rs.
+/// claim). `LIMIT +?5`: with a plain `?5` the bundled SQLite (3.54) plans with the limit's
+/// value and prepares the statement again at every execution (parsing and planning: most
+/// of the writer thread's own time per claim). Both checked by tests/query_plans.rs.
 pub const CLAIM_SQL: &str = "UPDATE runs SET status = 'running', owner = ?1, epoch = epoch + 1,
                             lease_expires_at = ?2, updated_at = ?3, note = NULL
                      WHERE id IN (SELECT id FROM runs INDEXED BY runs_claim
                                   WHERE status = 'pending'
                                     AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
                                     AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = runs.queue)
-                                  ORDER BY priority DESC, ready_at, id LIMIT ?5)
+                                  ORDER BY priority DESC, ready_at, id LIMIT +?5)
                      RETURNING id, workflow, version, input, epoch, interruptions, deadline_at, cancel_requested";
 
 /// Decode one row of a claim's `RETURNING id, workflow, version, input, epoch,
@@ -276,6 +263,38 @@ pub(super) fn reclaim(
     Ok(n == 1)
 }
 
+/// The claim proper (part of `Op::Claim`, and all of a worker's claim of its next run):
+/// up to `limit` pending runs of registered workflows, queues with a concurrency limit
+/// first (bounded by their limits), then the rest.
+pub(crate) fn claim_ready(
+    conn: &Connection,
+    owner: &Arc<str>,
+    limit: i64,
+    workflows_json: &str,
+    lease_ms: i64,
+    now: i64,
+) -> StoreResult<Vec<Claimed>> {
+    let mut limited = claim_limited(conn, owner, limit, workflows_json, lease_ms, now)?;
+    let limit = limit - limited.len() as i64;
+    if limit <= 0 {
+        return Ok(limited);
+    }
+    let mut stmt = conn
+        .prepare_cached(CLAIM_SQL)
+        .map_err(sql("preparing the claim"))?;
+    let rows = stmt
+        .query_map(
+            params![&**owner, now + lease_ms, now, workflows_json, limit],
+            claimed_row,
+        )
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(sql("claiming runs"))?;
+    drop(stmt);
+    let rows = park_undecodable(conn, owner, rows, now)?;
+    limited.extend(rows);
+    Ok(limited)
+}
+
 /// Part of `Op::Claim`: runs parked as `blocked_version` whose `workflow@version` this
 /// claimer registers become pending again, so a build that has the version claims them.
 pub fn unpark_known_versions(conn: &Connection, workflows_json: &str, now: i64) -> StoreResult<()> {
@@ -324,7 +343,7 @@ pub fn claim_limited(
                  WHERE id IN (SELECT id FROM runs
                               WHERE status = 'pending' AND queue = ?6 AND ready_at <= ?3
                                 AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
-                              ORDER BY priority DESC, ready_at, id LIMIT ?5)
+                              ORDER BY priority DESC, ready_at, id LIMIT +?5)
                  RETURNING id, workflow, version, input, epoch, interruptions, deadline_at, cancel_requested",
             )
             .map_err(sql("preparing a queue claim"))?;

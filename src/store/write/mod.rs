@@ -102,6 +102,54 @@ pub struct Entry {
     pub error: Option<String>,
 }
 
+/// How an execution slice of a claimed run ends (each a fenced transition).
+#[derive(Debug)]
+pub enum Ending {
+    /// The workflow returned this output.
+    Complete(Vec<u8>),
+    /// The run failed with this error.
+    Fail(String),
+    /// Suspended until a time (a retry's backoff).
+    Suspend { until: i64, note: String },
+    /// Given back to `pending` (shutdown, lease expiry, storage failure).
+    Release,
+    /// Parked (`blocked` or `blocked_version`) with a note.
+    Block { status: &'static str, note: String },
+    /// Ended `cancelled` with a reason.
+    Cancelled(String),
+}
+
+impl Ending {
+    /// The command that records this ending for `fence`.
+    pub fn into_op(self, fence: Fence) -> Op {
+        match self {
+            Ending::Complete(output) => Op::Complete { fence, output },
+            Ending::Fail(error) => Op::Fail { fence, error },
+            Ending::Suspend { until, note } => Op::Suspend { fence, until, note },
+            Ending::Release => Op::Release { fence },
+            Ending::Block { status, note } => Op::Block {
+                fence,
+                status,
+                note,
+            },
+            Ending::Cancelled(reason) => Op::FinishCancelled { fence, reason },
+        }
+    }
+}
+
+/// A claim for an owner made in the same transaction as another change (a worker that
+/// just ended a run claims its next one).
+#[derive(Debug, Clone)]
+pub struct ClaimNext {
+    pub owner: Arc<str>,
+    pub limit: i64,
+    pub workflows_json: Arc<str>,
+    pub lease_ms: i64,
+    /// Also wake due suspended runs and unpark known versions first, as `Op::Claim` does
+    /// (the caller does it every poll interval, not at every claim).
+    pub sweep: bool,
+}
+
 /// A live engine incarnation.
 #[derive(Debug, Clone)]
 pub struct EngineRow {
@@ -139,6 +187,16 @@ pub enum Op {
         limit: i64,
         workflows_json: Arc<str>,
         lease_ms: i64,
+    },
+    /// Apply `ops` in order as one unit (the first error is the answer and nothing of
+    /// them is written), then, if they all applied, claim `next` in its own savepoint (a
+    /// failing claim is logged and claims nothing; it never undoes `ops`). Answers
+    /// `Done::Claimed` (empty without `next`). Used to record deferred checkpoints with a
+    /// run's ending and to let the worker that ended a run claim its next one, in one
+    /// commit instead of three.
+    Batch {
+        ops: Vec<Op>,
+        next: Option<ClaimNext>,
     },
     Heartbeat {
         owner: Arc<str>,
@@ -409,7 +467,7 @@ pub struct ScheduleRow {
 pub fn due_schedules(conn: &Connection, now: i64, limit: i64) -> StoreResult<Vec<ScheduleRow>> {
     conn.prepare_cached(
         "SELECT name, cron, workflow, version, input, queue, catch_up, next_due FROM schedules
-         WHERE next_due <= ?1 ORDER BY next_due LIMIT ?2",
+         WHERE next_due <= ?1 ORDER BY next_due LIMIT +?2",
     )
     .and_then(|mut s| {
         s.query_map(params![now, limit], |r| {
@@ -495,7 +553,12 @@ pub(super) fn insert_entry(
 
 /// Apply one command inside the writer's open transaction. `now` is the batch's wall time (ms).
 pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
+    let op = match op {
+        Op::Batch { ops, next } => return batch(conn, ops, next, now),
+        op => op,
+    };
     match &op {
+        Op::Batch { .. } => Ok(Done::Unit), // taken above
         Op::RegisterEngine(_)
         | Op::StopEngine { .. }
         | Op::Claim { .. }
@@ -534,5 +597,55 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
         | Op::SetQueueLimit { .. }
         | Op::PutSchedule(_)
         | Op::FireSchedule { .. } => admin::apply(conn, op, now),
+    }
+}
+
+/// `Op::Batch`: see its docs.
+fn batch(conn: &Connection, ops: Vec<Op>, next: Option<ClaimNext>, now: i64) -> StoreResult<Done> {
+    for op in ops {
+        apply(conn, op, now)?;
+    }
+    let Some(next) = next else {
+        return Ok(Done::Claimed(Vec::new()));
+    };
+    crate::store::writer::cached(conn, "SAVEPOINT claim_next")
+        .map_err(sql("opening a savepoint"))?;
+    let claimed = if next.sweep {
+        apply(
+            conn,
+            Op::Claim {
+                owner: next.owner,
+                limit: next.limit,
+                workflows_json: next.workflows_json,
+                lease_ms: next.lease_ms,
+            },
+            now,
+        )
+    } else {
+        leases::claim_ready(
+            conn,
+            &next.owner,
+            next.limit,
+            &next.workflows_json,
+            next.lease_ms,
+            now,
+        )
+        .map(Done::Claimed)
+    };
+    match claimed {
+        Ok(Done::Claimed(runs)) => {
+            crate::store::writer::cached(conn, "RELEASE claim_next")
+                .map_err(sql("releasing a savepoint"))?;
+            Ok(Done::Claimed(runs))
+        }
+        other => {
+            if let Err(e) = &other {
+                log::warn!("claiming the next run with an ending failed: {e}");
+            }
+            crate::store::writer::cached(conn, "ROLLBACK TO claim_next")
+                .and_then(|()| crate::store::writer::cached(conn, "RELEASE claim_next"))
+                .map_err(sql("rolling back a savepoint"))?;
+            Ok(Done::Claimed(Vec::new()))
+        }
     }
 }

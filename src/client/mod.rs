@@ -317,6 +317,26 @@ impl Client {
             .ok_or_else(|| Error::internal("start answered no run"))
     }
 
+    /// [`Client::start_run`] whose commit also claims a run for an engine's idle worker
+    /// (see `Storage::start_runs_claiming`): the engine's start path.
+    pub(crate) fn start_claiming<I: Serialize, O>(
+        &self,
+        wf: Workflow<I, O>,
+        input: &I,
+        opts: StartOptions,
+        next: crate::store::ClaimNext,
+    ) -> Result<(i64, Vec<crate::store::Claimed>), Error> {
+        let input = self.encode(input)?;
+        let run = self.new_run(wf.name(), wf.get_version(), input, opts)?;
+        let (started, claimed) = self.store().start_runs_claiming(vec![run], next)?;
+        self.changed();
+        let id = started
+            .first()
+            .map(|s| s.id)
+            .ok_or_else(|| Error::internal("start answered no run"))?;
+        Ok((id, claimed))
+    }
+
     /// Send event `event` (a typed [`crate::Event`] handle, or a name) with `payload` to a
     /// run. Kept until the run waits for it ([`crate::Ctx::wait_event`]); a run suspended
     /// waiting for it is woken at once. Returns the event id. A finished run refuses events.

@@ -149,17 +149,15 @@ impl Control {
         claimed: &Claimed,
         fence: &Fence,
     ) -> Option<RunGuard<'a>> {
-        let cancel_requested = inner.store.cancel_requested(claimed.run_id);
+        // The claim read the flag in its own transaction; a cancel requested since is
+        // flagged by the poller (`running_cancel_requests`) like any cancel of a running run.
         let now = inner.clock.now_ms();
-        let stop = match cancel_requested {
-            Ok(true) => Some(WHY_CANCEL),
-            Ok(_) if claimed.deadline_at.is_some_and(|d| d <= now) => Some(WHY_DEADLINE),
-            Ok(_) => None,
-            Err(e) => {
-                log::error!("run {}: {e}; releasing it", claimed.run_id);
-                finish(inner, fence, Ending::Release);
-                return None;
-            }
+        let stop = if claimed.cancel_requested {
+            Some(WHY_CANCEL)
+        } else if claimed.deadline_at.is_some_and(|d| d <= now) {
+            Some(WHY_DEADLINE)
+        } else {
+            None
         };
         if let Some(why) = stop {
             finish(inner, fence, stop_ending(why, fence, claimed.deadline_at));

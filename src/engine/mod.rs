@@ -107,6 +107,22 @@ impl Inner {
     /// run, under the conditions the dispatcher claims under (not stopping, storage
     /// healthy, our lease valid). Its worker slot stays taken, so the dispatcher's
     /// invariant (never more claimed runs than workers) holds.
+    /// Take an idle worker's slot (as the dispatcher does before it claims); false if
+    /// every worker is busy.
+    pub(crate) fn reserve_worker(&self) -> bool {
+        let workers = self.config.workers as i64;
+        self.in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < workers).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Give back a slot taken by [`Inner::reserve_worker`] that got no run.
+    pub(crate) fn unreserve_worker(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
     pub(crate) fn claim_next(&self) -> Option<crate::store::ClaimNext> {
         if self.shutting_down() || self.storage_failed.load(Ordering::SeqCst) || !self.lease.valid()
         {
@@ -359,7 +375,54 @@ impl Engine {
         input: &I,
         opts: StartOptions,
     ) -> Result<i64, Error> {
-        self.inner.client.start_run(wf, input, opts)
+        // With an idle worker, the run is started already claimed by it (one commit less,
+        // no hand-off through the dispatcher). The claim takes the next run in claim order,
+        // which is this one unless older runs wait.
+        if !self.inner.reserve_worker() {
+            return self.inner.client.start_run(wf, input, opts);
+        }
+        let Some(next) = self.inner.claim_next() else {
+            self.inner.unreserve_worker();
+            return self.inner.client.start_run(wf, input, opts);
+        };
+        let owner = next.owner.clone();
+        match self.inner.client.start_claiming(wf, input, opts, next) {
+            Ok((id, mut claimed)) => {
+                match claimed.pop() {
+                    Some(run) => self.dispatch_claimed(owner, run),
+                    None => self.inner.unreserve_worker(),
+                }
+                Ok(id)
+            }
+            Err(e) => {
+                self.inner.unreserve_worker();
+                Err(e)
+            }
+        }
+    }
+
+    /// Hand a run claimed for a reserved worker slot to the workers; if they are gone
+    /// (shutdown), give it back (fenced release) so that no claimed run is left unowned.
+    fn dispatch_claimed(&self, owner: Arc<str>, run: crate::store::Claimed) {
+        let fence = crate::store::Fence {
+            run_id: run.run_id,
+            owner: owner.clone(),
+            epoch: run.epoch,
+        };
+        let sent = match self.work_tx.lock().as_ref() {
+            Some(tx) => tx.try_send((owner, run)).is_ok(),
+            None => false,
+        };
+        if !sent {
+            self.inner.unreserve_worker();
+            if let Err(e) = self.inner.store.release(&fence) {
+                log::warn!(
+                    "run {}: releasing a run claimed at start failed: {e}",
+                    fence.run_id
+                );
+            }
+            self.inner.wake_dispatcher();
+        }
     }
 
     /// Start many runs in one transaction. Returns their ids in order.

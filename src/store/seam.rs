@@ -103,6 +103,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Start runs in one transaction, each under its key-conflict policy; a conflict under
     /// [`OnKeyConflict::Error`] is [`StoreError::KeyConflict`] and starts none of them.
     fn start_runs(&self, runs: Vec<(NewRun, OnKeyConflict)>) -> StoreResult<Vec<Started>>;
+    /// [`Storage::start_runs`], then in the same commit claim as `next` says (an engine
+    /// with an idle worker starts a run already claimed: no separate claim commit). A
+    /// failing claim claims nothing and undoes nothing else.
+    fn start_runs_claiming(
+        &self,
+        runs: Vec<(NewRun, OnKeyConflict)>,
+        next: ClaimNext,
+    ) -> StoreResult<(Vec<Started>, Vec<Claimed>)>;
     /// A new run from finished run `run_id` whose journal starts with copies of its entries
     /// before `from_seq` (before its first failed entry when `None`); the old run is not
     /// changed. [`StoreError::RunNotFinished`] unless it is completed, failed or cancelled.
@@ -468,6 +476,30 @@ impl Storage for Store {
             other => unexpected("start_runs", other),
         }
     }
+    fn start_runs_claiming(
+        &self,
+        runs: Vec<(NewRun, OnKeyConflict)>,
+        next: ClaimNext,
+    ) -> StoreResult<(Vec<Started>, Vec<Claimed>)> {
+        match self.call(Op::Batch {
+            ops: vec![Op::Start(runs)],
+            next: Some(next),
+        })? {
+            Done::Batch {
+                mut answers,
+                claimed,
+            } => match answers.pop() {
+                Some(Done::Runs(v)) => Ok((
+                    v.into_iter()
+                        .map(|(id, created)| Started { id, created })
+                        .collect(),
+                    claimed,
+                )),
+                other => unexpected("start_runs_claiming", other.unwrap_or(Done::Unit)),
+            },
+            other => unexpected("start_runs_claiming", other),
+        }
+    }
     fn retry(&self, run_id: i64, from_seq: Option<i64>) -> StoreResult<i64> {
         match self.call(Op::Retry { run_id, from_seq })? {
             Done::Run { id, .. } => Ok(id),
@@ -555,7 +587,7 @@ impl Storage for Store {
             })
             .collect();
         match self.call(Op::Batch { ops, next: None })? {
-            Done::Claimed(_) => Ok(()),
+            Done::Batch { .. } => Ok(()),
             other => unexpected("checkpoints", other),
         }
     }
@@ -575,7 +607,7 @@ impl Storage for Store {
             .collect();
         ops.push(ending.into_op(fence.clone()));
         match self.call(Op::Batch { ops, next })? {
-            Done::Claimed(v) => Ok(v),
+            Done::Batch { claimed, .. } => Ok(claimed),
             other => unexpected("finish", other),
         }
     }

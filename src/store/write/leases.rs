@@ -163,10 +163,10 @@ pub(crate) fn claimed_row(
             epoch: int(r, 4, "runs.epoch")?,
             interruptions: int(r, 5, "runs.interruptions")?,
             deadline_at: opt_int(r, 6, "runs.deadline_at")?,
+            // Decoded here so a bad value parks the run instead of failing a later read,
+            // releasing the run, claiming it again.
+            cancel_requested: int(r, 7, "runs.cancel_requested")? != 0,
         })
-        // Read again right after the claim (Features::admit): checked here so a bad value
-        // parks the run instead of failing that read, releasing the run, claiming it again.
-        .and_then(|c| int(r, 7, "runs.cancel_requested").map(|_| c))
     })();
     Ok(decoded.map_err(|e: crate::store::queries::decode::BadColumn| (run_id, e.to_string())))
 }

@@ -88,6 +88,8 @@ pub struct Claimed {
     pub epoch: i64,
     pub interruptions: i64,
     pub deadline_at: Option<i64>,
+    /// A cancel was requested (read in the claim's own transaction).
+    pub cancel_requested: bool,
 }
 
 /// A journal entry to record.
@@ -191,7 +193,7 @@ pub enum Op {
     /// Apply `ops` in order as one unit (the first error is the answer and nothing of
     /// them is written), then, if they all applied, claim `next` in its own savepoint (a
     /// failing claim is logged and claims nothing; it never undoes `ops`). Answers
-    /// `Done::Claimed` (empty without `next`). Used to record deferred checkpoints with a
+    /// `Done::Batch` (no claimed run without `next`). Used to record deferred checkpoints with a
     /// run's ending and to let the worker that ended a run claim its next one, in one
     /// commit instead of three.
     Batch {
@@ -417,6 +419,11 @@ pub enum Done {
         event_id: i64,
         woke: bool,
     },
+    /// Answer of `Batch`: each command's answer in order, and the runs claimed after them.
+    Batch {
+        answers: Vec<Done>,
+        claimed: Vec<Claimed>,
+    },
 }
 
 pub(crate) fn sql(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -602,11 +609,15 @@ pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
 
 /// `Op::Batch`: see its docs.
 fn batch(conn: &Connection, ops: Vec<Op>, next: Option<ClaimNext>, now: i64) -> StoreResult<Done> {
+    let mut answers = Vec::with_capacity(ops.len());
     for op in ops {
-        apply(conn, op, now)?;
+        answers.push(apply(conn, op, now)?);
     }
     let Some(next) = next else {
-        return Ok(Done::Claimed(Vec::new()));
+        return Ok(Done::Batch {
+            answers,
+            claimed: Vec::new(),
+        });
     };
     crate::store::writer::cached(conn, "SAVEPOINT claim_next")
         .map_err(sql("opening a savepoint"))?;
@@ -633,10 +644,10 @@ fn batch(conn: &Connection, ops: Vec<Op>, next: Option<ClaimNext>, now: i64) -> 
         .map(Done::Claimed)
     };
     match claimed {
-        Ok(Done::Claimed(runs)) => {
+        Ok(Done::Claimed(claimed)) => {
             crate::store::writer::cached(conn, "RELEASE claim_next")
                 .map_err(sql("releasing a savepoint"))?;
-            Ok(Done::Claimed(runs))
+            Ok(Done::Batch { answers, claimed })
         }
         other => {
             if let Err(e) = &other {
@@ -645,7 +656,10 @@ fn batch(conn: &Connection, ops: Vec<Op>, next: Option<ClaimNext>, now: i64) -> 
             crate::store::writer::cached(conn, "ROLLBACK TO claim_next")
                 .and_then(|()| crate::store::writer::cached(conn, "RELEASE claim_next"))
                 .map_err(sql("rolling back a savepoint"))?;
-            Ok(Done::Claimed(Vec::new()))
+            Ok(Done::Batch {
+                answers,
+                claimed: Vec::new(),
+            })
         }
     }
 }

@@ -151,17 +151,45 @@ fn a_command_over_its_cgroup_cap_is_a_memory_limit() {
 }
 
 // Scenario: `waymark serve` runs a command step (`sleep 60`) in its cgroup and is
-// SIGKILLed; its step dies with it (death watch), leaving an empty cgroup nobody removes.
-// Must hold: the next engine that starts removes it. Without cgroups: the attempt names
-// the rlimit mechanism.
+// SIGKILLed. Must hold: the next engine that starts removes the cgroup left behind.
 #[test]
 fn a_killed_engines_step_cgroup_is_removed_by_the_next_engine() {
+    killed_engine_cgroup_is_removed_by_the_next(
+        "fixture.probe",
+        r#"{"Cmd":{"program":"sleep","args":["60"],"env":[],"cwd":null,"stdin":[]}}"#,
+        &[],
+        "-r",
+    );
+}
+
+// Scenario: `waymark serve --pool` runs a pooled step (`fixture.sleep`, 60 s) in its pooled
+// child's cgroup and is SIGKILLed. Must hold: the next engine removes the pooled cgroup
+// (the stale sweep covers pooled children as it does cold ones).
+#[test]
+fn a_killed_engines_pooled_cgroup_is_removed_by_the_next_engine() {
+    killed_engine_cgroup_is_removed_by_the_next(
+        "fixture.slow",
+        r#"{"steps":1,"ms":60000}"#,
+        &["--pool"],
+        "-pool-fixture.sleep-",
+    );
+}
+
+/// `waymark serve SERVE_EXTRA...` runs `workflow` (`input`: a step that sleeps a minute)
+/// and is SIGKILLed once a step cgroup whose name contains `label_part` exists; its step dies
+/// with it (death watch), leaving an empty cgroup nobody removes. Must hold: the next
+/// engine that starts removes it. Without cgroups: the attempt names the rlimit mechanism.
+fn killed_engine_cgroup_is_removed_by_the_next(
+    workflow: &str,
+    input: &str,
+    serve_extra: &[&str],
+    label_part: &str,
+) {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("c.db");
     let db_s = db.to_str().unwrap();
-    let spec = r#"{"Cmd":{"program":"sleep","args":["60"],"env":[],"cwd":null,"stdin":[]}}"#;
     let out = std::process::Command::new(bin())
-        .args(["start", "fixture.probe", "--db", db_s, "--json", spec])
+        .args(["start", workflow, "--db", db_s, "--json", input])
         .output()
         .unwrap();
     assert!(
@@ -173,6 +201,7 @@ fn a_killed_engines_step_cgroup_is_removed_by_the_next_engine() {
     let mut serve = Reaped(
         std::process::Command::new(bin())
             .args(["serve", "--db", db_s])
+            .args(serve_extra)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(log)
@@ -208,7 +237,10 @@ fn a_killed_engines_step_cgroup_is_removed_by_the_next_engine() {
     };
     let mine = format!("p{}.", serve.0.id());
     let created = poll(Duration::from_secs(30), || {
-        let v = step_cgroups(parent.dir(), &mine);
+        let v: Vec<PathBuf> = step_cgroups(parent.dir(), &mine)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(label_part))
+            .collect();
         (!v.is_empty()).then_some(v)
     })
     .expect("the step's cgroup");

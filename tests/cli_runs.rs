@@ -209,4 +209,10 @@ fn bad_runs_filter_values_are_errors_naming_the_valid_form() {
         assert!(out.stdout.is_empty(), "{args:?} printed runs");
         assert!(err.contains(expect), "{args:?}: {err}");
     }
+    // Checked before the file is opened: a missing file is not the first complaint.
+    let missing = dir.path().join("missing.db");
+    let out = run(&["runs", "--db", missing.to_str().unwrap(), "--limit", "0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("positive integer"), "{err}");
 }

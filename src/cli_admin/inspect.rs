@@ -134,9 +134,13 @@ fn run_line(r: &RunRow, now: i64, json: bool) -> String {
 /// `runs`: the runs matching the filters, oldest first, one a line; with `--limit`, one
 /// page (and, on stderr, the `--after` that continues it when more runs match).
 pub fn runs(args: RunsArgs) -> CliResult {
+    // Bad arguments are reported before the file is opened (a missing file or not).
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let (filter, limit) = runs_filter(&args, wall_ms)?;
     let client = plain_client(&args.db)?;
     let now = client.now_ms();
-    let (filter, limit) = runs_filter(&args, now)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut after = filter.cursor.unwrap_or(0);

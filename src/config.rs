@@ -63,6 +63,18 @@ pub struct RetryPolicy {
     /// Fraction of the delay randomised (0.0 to 1.0).
     pub jitter: f64,
     /// Failure classes worth retrying. A `StepError` marked permanent is never retried.
+    ///
+    /// The default retries `StepError`, `Panic`, `Timeout`, `Signal`, `Protocol` and `Spawn`,
+    /// but **not** `MemoryLimit` nor `CpuLimit`: a step over its cap fails the same way
+    /// again, so retrying it only burns the cap twice more. A step whose use depends on
+    /// something outside it (a shared cache, a varying input size) can add them back:
+    ///
+    /// ```
+    /// use waymark::{FailureClass, RetryPolicy};
+    /// let mut policy = RetryPolicy::default();
+    /// assert!(!policy.retry_on.contains(&FailureClass::MemoryLimit));
+    /// policy.retry_on.push(FailureClass::MemoryLimit);
+    /// ```
     pub retry_on: Vec<FailureClass>,
 }
 
@@ -77,8 +89,7 @@ impl Default for RetryPolicy {
             retry_on: vec![
                 FailureClass::StepError,
                 FailureClass::Panic,
-                FailureClass::MemoryLimit,
-                FailureClass::CpuLimit,
+                // Not MemoryLimit nor CpuLimit: over its cap, a step fails the same way again.
                 FailureClass::Timeout,
                 FailureClass::Signal,
                 FailureClass::Protocol,

@@ -13,49 +13,12 @@
 //! once.
 
 mod support;
-use std::path::PathBuf;
-use std::process::Child;
 use std::time::Duration;
 use support::*;
-use waymark::{Client, RunStatus, StartOptions, Workflow};
+use waymark::{RunStatus, StartOptions, Workflow};
 
 const LONG: Duration = Duration::from_secs(60);
 const APPROVE_WF: Workflow<(), String> = Workflow::new("fixture.approve");
-
-struct Served {
-    child: Child,
-    db: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        kill9(&mut self.child);
-    }
-}
-
-fn serve() -> (Served, Client) {
-    let dir = tempdir();
-    let db = dir.path().join("events.db");
-    let child = spawn(
-        &["serve", "--db", db.to_str().unwrap(), "--workers", "2"],
-        &[],
-        &dir.path().join("serve.log"),
-    );
-    wait_for("the engine to create the file", LONG, || {
-        try_query_i64(&db, "SELECT count(*) FROM engines WHERE stopped_at IS NULL")
-            .filter(|n| *n > 0)
-    });
-    let client = Client::open(&db).expect("client");
-    (
-        Served {
-            child,
-            db,
-            _dir: dir,
-        },
-        client,
-    )
-}
 
 /// `(event id, consumed_seq)` of the run's events, oldest first.
 fn events(served: &Served, run: i64) -> Vec<(String, Option<i64>)> {
@@ -75,7 +38,7 @@ fn events(served: &Served, run: i64) -> Vec<(String, Option<i64>)> {
 
 #[test]
 fn attack2_wrong_event_queued_before_good_ones_is_set_aside_and_the_oldest_good_one_delivered() {
-    let (served, client) = serve();
+    let (served, client) = serve_with_client("events.db");
     let id = client
         .start_run(APPROVE_WF, &(), StartOptions::default())
         .unwrap();
@@ -130,7 +93,7 @@ fn attack2_wrong_event_queued_before_good_ones_is_set_aside_and_the_oldest_good_
 
 #[test]
 fn attack2_good_event_before_a_wrong_one_is_delivered_and_the_wrong_one_never_looked_at() {
-    let (served, client) = serve();
+    let (served, client) = serve_with_client("events.db");
     let id = client
         .start_run(APPROVE_WF, &(), StartOptions::default())
         .unwrap();

@@ -13,8 +13,6 @@
 
 mod support;
 use serde::Serialize;
-use std::path::PathBuf;
-use std::process::Child;
 use std::time::Duration;
 use support::*;
 use waymark::{Client, RunStatus, StartOptions, Workflow};
@@ -32,41 +30,6 @@ struct ParentThirdIn {
     fail_file: String,
 }
 const PARENT_THIRD: Workflow<ParentThirdIn, u64> = Workflow::new("fixture.parent_then_third");
-
-struct Served {
-    child: Child,
-    db: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        kill9(&mut self.child);
-    }
-}
-
-fn serve() -> (Served, Client) {
-    let dir = tempdir();
-    let db = dir.path().join("retry_child.db");
-    let child = spawn(
-        &["serve", "--db", db.to_str().unwrap(), "--workers", "2"],
-        &[],
-        &dir.path().join("serve.log"),
-    );
-    wait_for("the engine to create the file", LONG, || {
-        try_query_i64(&db, "SELECT count(*) FROM engines WHERE stopped_at IS NULL")
-            .filter(|n| *n > 0)
-    });
-    let client = Client::open(&db).expect("client");
-    (
-        Served {
-            child,
-            db,
-            _dir: dir,
-        },
-        client,
-    )
-}
 
 /// Start the parent with its fail file present and wait until it failed at `third`.
 /// Returns `(parent, child)`.
@@ -102,7 +65,7 @@ fn slow_runs(db: &std::path::Path) -> i64 {
 
 #[test]
 fn attack2_retry_joins_the_child_it_copied_while_that_child_still_runs() {
-    let (served, client) = serve();
+    let (served, client) = serve_with_client("retry_child.db");
     let (old, child) = failed_parent(&served, &client, 3_000);
     assert_eq!(
         status(&served.db, child),
@@ -128,7 +91,7 @@ fn attack2_retry_joins_the_child_it_copied_while_that_child_still_runs() {
 
 #[test]
 fn attack2_retry_joins_the_child_it_copied_after_that_child_completed() {
-    let (served, client) = serve();
+    let (served, client) = serve_with_client("retry_child.db");
     let (old, child) = failed_parent(&served, &client, 10);
     let row = client.wait(child, LONG).unwrap();
     assert_eq!(row.status, RunStatus::Completed, "{row:?}");

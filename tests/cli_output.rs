@@ -249,3 +249,75 @@ fn cancel_of_a_finished_run_and_gc_of_young_runs_fail_unless_asked() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
     assert_eq!(try_status(&db, id), None);
 }
+
+/// The `demo: ...` lines of a demo's stderr that report progress ("N/T finished (...)").
+fn progress_lines(stderr: &str) -> Vec<(usize, usize, String)> {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("demo: ")?;
+            let (counts, tail) = rest.split_once(" finished (")?;
+            let (n, t) = counts.split_once('/')?;
+            Some((n.parse().ok()?, t.parse().ok()?, tail.to_string()))
+        })
+        .collect()
+}
+
+// Scenario: `waymark demo --runs 8 --hog-every 4` with stderr piped (not a terminal); every
+// 4th run hits its memory cap. Must hold: progress comes as plain lines (no carriage
+// return, no escape codes), their counts never go down and the last one is 8/8 with 6
+// completed and 2 failed; the final summary is the one the demo always printed
+// ("demo: 6/8 completed, 2 failed, 0 not as expected"); a second demo on the same file
+// (every run already finished) starts its progress at 8/8 and exits at once.
+#[test]
+fn demo_prints_plain_progress_lines_ending_at_the_total_when_stderr_is_not_a_terminal() {
+    let dir = tempdir();
+    let db = dir.path().join("demo.db");
+    let args = [
+        "demo",
+        "--db",
+        db_arg(&db),
+        "--runs",
+        "8",
+        "--hog-every",
+        "4",
+        "--memory-mib",
+        "64",
+    ];
+    let out = cmd(&args)
+        .env("WAYMARK_DEMO_EFFECTS", dir.path().join("effects"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains('\r') && !err.contains('\x1b'), "{err:?}");
+    let lines = progress_lines(&err);
+    assert!(!lines.is_empty(), "no progress lines: {err}");
+    assert!(lines.iter().all(|(_, t, _)| *t == 8), "{lines:?}");
+    assert!(
+        lines.windows(2).all(|w| w[0].0 <= w[1].0),
+        "progress went down: {lines:?}"
+    );
+    let (n, _, by) = lines.last().unwrap();
+    assert_eq!(*n, 8, "{err}");
+    assert_eq!(by, "6 completed, 2 failed)", "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l == "demo: 6/8 completed, 2 failed, 0 not as expected"),
+        "{err}"
+    );
+
+    let again = cmd(&args)
+        .env("WAYMARK_DEMO_EFFECTS", dir.path().join("effects"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    let lines = progress_lines(&err);
+    assert_eq!(lines.first().map(|l| l.0), Some(8), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l == "demo: 6/8 completed, 2 failed, 0 not as expected"),
+        "{err}"
+    );
+}

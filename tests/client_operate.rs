@@ -9,8 +9,7 @@
 
 mod support;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::path::Path;
 use std::time::Duration;
 use support::*;
 use waymark::{
@@ -34,45 +33,6 @@ const THREE: Workflow<ThreeIn, u64> = Workflow::new("fixture.three");
 const APPROVE_WF: Workflow<(), String> = Workflow::new("fixture.approve");
 const APPROVE: Event<bool> = Event::new("approve");
 
-struct Served {
-    child: Child,
-    db: PathBuf,
-    effects: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        kill9(&mut self.child);
-    }
-}
-
-/// `waymark serve` on a fresh file, and a client on it once the engine created it.
-fn serve() -> (Served, Client) {
-    let dir = tempdir();
-    let db = dir.path().join("operate.db");
-    let effects = dir.path().join("effects.log");
-    let child = spawn(
-        &["serve", "--db", db.to_str().unwrap(), "--workers", "2"],
-        &[("WAYMARK_DEMO_EFFECTS", effects.to_str().unwrap())],
-        &dir.path().join("serve.log"),
-    );
-    wait_for("the engine to create the file", LONG, || {
-        try_query_i64(&db, "SELECT count(*) FROM engines WHERE stopped_at IS NULL")
-            .filter(|n| *n > 0)
-    });
-    let client = Client::open(&db).expect("client");
-    (
-        Served {
-            child,
-            db,
-            effects,
-            _dir: dir,
-        },
-        client,
-    )
-}
-
 /// Side effects of run `run`: `(seq, step)` in the order they happened.
 fn effects_of(path: &Path, run: i64) -> Vec<(i64, String)> {
     effects(path)
@@ -84,7 +44,7 @@ fn effects_of(path: &Path, run: i64) -> Vec<(i64, String)> {
 
 #[test]
 fn client_process_starts_runs_and_receives_completion_events() {
-    let (served, client) = serve();
+    let (served, client) = serve_with_client("operate.db");
     let sub = client.subscribe().unwrap();
     let ids: Vec<i64> = (0..3)
         .map(|_| {
@@ -139,7 +99,7 @@ fn client_process_starts_runs_and_receives_completion_events() {
 
 #[test]
 fn retry_copies_successful_steps_and_restart_reruns_from_a_step() {
-    let (served, client) = serve();
+    let (served, client) = serve_with_client("operate.db");
     let fail = served.db.with_extension("fail");
     std::fs::write(&fail, b"").unwrap();
     let input = ThreeIn {
@@ -218,7 +178,7 @@ fn retry_copies_successful_steps_and_restart_reruns_from_a_step() {
 
 #[test]
 fn a_bad_event_parks_the_run_and_a_correct_send_resumes_it() {
-    let (served, client) = serve();
+    let (served, client) = serve_with_client("operate.db");
     let db = served.db.to_str().unwrap().to_string();
     let out = run(&["start", "fixture.approve", "--db", &db, "--json", "null"]);
     assert!(

@@ -12,11 +12,16 @@ use std::time::Duration;
 use support::*;
 use waymark::internal::isolation::cgroup::CgroupParent;
 use waymark::{CommandOutput, CommandSpec};
-use waymark::{Engine, Registry, RetryPolicy, StartOptions, Step, StepLimits, Workflow};
+use waymark::{Engine, Isolation, Registry, RetryPolicy, StartOptions, Step, StepLimits, Workflow};
 
 const CMD: Step<CommandSpec, CommandOutput> = Step::new("fixture.cmd");
 const CMD_WF: Workflow<CommandSpec, CommandOutput> = Workflow::new("t.cmd");
 const CAP: u64 = 256 * 1024 * 1024;
+const QUICK: Step<u64, u64> = Step::new("fixture.quick");
+const HOG: Step<u64, u64> = Step::new("fixture.hog");
+const QUICK_WF: Workflow<u64, u64> = Workflow::new("t.pool.quick");
+const HOG_WF: Workflow<u64, u64> = Workflow::new("t.pool.hog");
+const POOL_CAP: u64 = 128 * 1024 * 1024;
 
 fn registry() -> Registry {
     let mut reg = Registry::new();
@@ -31,6 +36,23 @@ fn registry() -> Registry {
         ..RetryPolicy::default()
     });
     reg.workflow(CMD_WF, |ctx, c| ctx.step(CMD, &c));
+    reg
+}
+
+/// Pooled Rust steps: `fixture.quick` (default limits) and `fixture.hog` (capped at
+/// `POOL_CAP`), both under the default retry policy.
+fn pool_registry() -> Registry {
+    let mut reg = Registry::new();
+    child_step(&mut reg, QUICK).isolation = Some(Isolation::Pool);
+    let hog = child_step(&mut reg, HOG);
+    hog.isolation = Some(Isolation::Pool);
+    hog.limits = Some(StepLimits {
+        memory_bytes: Some(POOL_CAP),
+        timeout: Some(Duration::from_secs(120)),
+        ..StepLimits::default()
+    });
+    reg.workflow(QUICK_WF, |ctx, n| ctx.step(QUICK, &n));
+    reg.workflow(HOG_WF, |ctx, n| ctx.step(HOG, &n));
     reg
 }
 
@@ -76,11 +98,11 @@ fn step_cgroups(parent: &Path, part: &str) -> Vec<PathBuf> {
 }
 
 // Scenario: a command step (Python, or a shell where there is none) allocates 600 MiB
-// under a 256 MiB cap, default retry policy (3 attempts). Must hold where a memory cgroup
-// can be made: every attempt is classified `memory_limit` with the reason "memory limit
-// exceeded (256 MiB)" (not `error` from Python's MemoryError), names "cgroup v1 256 MiB" or
-// "cgroup v2 256 MiB" as its mechanism, and no step cgroup of the run is left behind.
-// Elsewhere: the attempts name "rlimit data 256 MiB".
+// under a 256 MiB cap, default retry policy (which does not retry memory_limit). Must hold
+// where a memory cgroup can be made: exactly one attempt, classified `memory_limit` with the
+// reason "memory limit exceeded (256 MiB)" (not `error` from Python's MemoryError, which
+// would be retried), naming "cgroup v1 256 MiB" or "cgroup v2 256 MiB" as its mechanism, and
+// no step cgroup of the run is left behind. Elsewhere: the attempts name "rlimit data 256 MiB".
 #[test]
 fn a_command_over_its_cgroup_cap_is_a_memory_limit() {
     let cgroups = CgroupParent::detect();
@@ -96,7 +118,7 @@ fn a_command_over_its_cgroup_cap_is_a_memory_limit() {
     match &cgroups {
         Some(parent) => {
             let want = format!("{} 256 MiB", parent.version().name());
-            assert_eq!(attempts.len(), 3, "{attempts:?}");
+            assert_eq!(attempts.len(), 1, "{attempts:?}");
             for a in &attempts {
                 assert_eq!(a.memory_cap.as_deref(), Some(want.as_str()), "{a:?}");
                 assert_eq!(a.outcome.as_deref(), Some("memory_limit"), "{a:?}");
@@ -129,17 +151,45 @@ fn a_command_over_its_cgroup_cap_is_a_memory_limit() {
 }
 
 // Scenario: `waymark serve` runs a command step (`sleep 60`) in its cgroup and is
-// SIGKILLed; its step dies with it (death watch), leaving an empty cgroup nobody removes.
-// Must hold: the next engine that starts removes it. Without cgroups: the attempt names
-// the rlimit mechanism.
+// SIGKILLed. Must hold: the next engine that starts removes the cgroup left behind.
 #[test]
 fn a_killed_engines_step_cgroup_is_removed_by_the_next_engine() {
+    killed_engine_cgroup_is_removed_by_the_next(
+        "fixture.probe",
+        r#"{"Cmd":{"program":"sleep","args":["60"],"env":[],"cwd":null,"stdin":[]}}"#,
+        &[],
+        "-r",
+    );
+}
+
+// Scenario: `waymark serve --pool` runs a pooled step (`fixture.sleep`, 60 s) in its pooled
+// child's cgroup and is SIGKILLed. Must hold: the next engine removes the pooled cgroup
+// (the stale sweep covers pooled children as it does cold ones).
+#[test]
+fn a_killed_engines_pooled_cgroup_is_removed_by_the_next_engine() {
+    killed_engine_cgroup_is_removed_by_the_next(
+        "fixture.slow",
+        r#"{"steps":1,"ms":60000}"#,
+        &["--pool"],
+        "-pool-fixture.sleep-",
+    );
+}
+
+/// `waymark serve SERVE_EXTRA...` runs `workflow` (`input`: a step that sleeps a minute)
+/// and is SIGKILLed once a step cgroup whose name contains `label_part` exists; its step dies
+/// with it (death watch), leaving an empty cgroup nobody removes. Must hold: the next
+/// engine that starts removes it. Without cgroups: the attempt names the rlimit mechanism.
+fn killed_engine_cgroup_is_removed_by_the_next(
+    workflow: &str,
+    input: &str,
+    serve_extra: &[&str],
+    label_part: &str,
+) {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("c.db");
     let db_s = db.to_str().unwrap();
-    let spec = r#"{"Cmd":{"program":"sleep","args":["60"],"env":[],"cwd":null,"stdin":[]}}"#;
     let out = std::process::Command::new(bin())
-        .args(["start", "fixture.probe", "--db", db_s, "--json", spec])
+        .args(["start", workflow, "--db", db_s, "--json", input])
         .output()
         .unwrap();
     assert!(
@@ -151,6 +201,7 @@ fn a_killed_engines_step_cgroup_is_removed_by_the_next_engine() {
     let mut serve = Reaped(
         std::process::Command::new(bin())
             .args(["serve", "--db", db_s])
+            .args(serve_extra)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(log)
@@ -186,7 +237,10 @@ fn a_killed_engines_step_cgroup_is_removed_by_the_next_engine() {
     };
     let mine = format!("p{}.", serve.0.id());
     let created = poll(Duration::from_secs(30), || {
-        let v = step_cgroups(parent.dir(), &mine);
+        let v: Vec<PathBuf> = step_cgroups(parent.dir(), &mine)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(label_part))
+            .collect();
         (!v.is_empty()).then_some(v)
     })
     .expect("the step's cgroup");
@@ -218,4 +272,116 @@ fn a_killed_engines_step_cgroup_is_removed_by_the_next_engine() {
     });
     drop(next);
     assert!(gone.is_some(), "stale step cgroups left: {created:?}");
+}
+
+// Scenario: pooled children (recycled after 2 executions) serve four quick runs one after
+// another, then a pooled step allocates 4x its 128 MiB cap (default retry policy). Must hold
+// where a memory cgroup can be made: each pooled child lives in a step cgroup of its own
+// (`...-pool-<step>-...` below the engine's parent) while it is alive, and the cgroup is
+// gone once the child is recycled; every pooled attempt names "cgroup v1/v2 <cap>" as its
+// mechanism; the hog's OOM kill is classified `memory_limit` ("memory limit exceeded
+// (128 MiB)", one attempt) from the cgroup's counter, not `signal`; after shutdown no pooled
+// cgroup of this process is left. Elsewhere: the attempts name the rlimit.
+#[test]
+fn a_pooled_child_lives_in_its_own_cgroup_and_its_oom_is_a_memory_limit() {
+    let cgroups = CgroupParent::detect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = child_config(dir.path());
+    cfg.pool_runs_max = 2;
+    let engine = Engine::start(pool_registry(), cfg).unwrap();
+    let mine = format!("p{}.", std::process::id());
+    let mut served = Vec::new();
+    for i in 0..4u64 {
+        let id = engine
+            .start_run(QUICK_WF, &i, StartOptions::default())
+            .unwrap();
+        assert_eq!(
+            engine
+                .wait_output(QUICK_WF, id, Duration::from_secs(60))
+                .unwrap(),
+            i + 1
+        );
+        let a = engine.attempts(id).unwrap();
+        assert_eq!(a.len(), 1, "{a:?}");
+        let pid = a[0].pid.unwrap() as u32;
+        // Idle in the pool after executions 1 and 3; recycled after 2 and 4.
+        served.push((pid, a[0].memory_cap.clone(), memory_cgroup_of(pid)));
+    }
+    assert_eq!(served[0].0, served[1].0, "{served:?}");
+    assert_eq!(served[2].0, served[3].0, "{served:?}");
+    assert_ne!(served[0].0, served[2].0, "{served:?}");
+    let hog = engine
+        .start_run(HOG_WF, &(4 * POOL_CAP), StartOptions::default())
+        .unwrap();
+    let row = engine.wait(hog, Duration::from_secs(120)).unwrap();
+    assert_eq!(row.status, "failed");
+    let hog_attempts = engine.attempts(hog).unwrap();
+    assert_eq!(hog_attempts.len(), 1, "{hog_attempts:?}");
+    let h = &hog_attempts[0];
+    assert_eq!(h.outcome.as_deref(), Some("memory_limit"), "{h:?}");
+    assert_eq!(
+        h.reason.as_deref(),
+        Some("memory limit exceeded (128 MiB)"),
+        "{h:?}"
+    );
+    let Some(parent) = cgroups else {
+        engine.shutdown().unwrap();
+        eprintln!("no writable memory cgroup here: asserting the rlimit mechanism");
+        for (_, cap, _) in &served {
+            assert_eq!(cap.as_deref(), Some("rlimit data 512 MiB"));
+        }
+        assert_eq!(h.memory_cap.as_deref(), Some("rlimit data 128 MiB"));
+        return;
+    };
+    let v = parent.version().name();
+    for (pid, cap, _) in &served {
+        assert_eq!(
+            cap.as_deref(),
+            Some(format!("{v} 512 MiB").as_str()),
+            "{pid}"
+        );
+    }
+    assert_eq!(
+        h.memory_cap.as_deref(),
+        Some(format!("{v} 128 MiB").as_str()),
+        "{h:?}"
+    );
+    // The idle children were each in a pooled cgroup of their own, made by this engine.
+    let mut names = Vec::new();
+    for i in [0, 2] {
+        let (pid, _, cg) = &served[i];
+        let cg = cg
+            .as_deref()
+            .unwrap_or_else(|| panic!("child {pid} gone while idle"));
+        let name = cg.rsplit('/').next().unwrap().to_string();
+        assert!(
+            name.starts_with(&mine) && name.contains("-pool-fixture.quick-"),
+            "pooled child {pid} is in {cg}, not a pooled step cgroup of this engine"
+        );
+        names.push(name);
+    }
+    assert_ne!(names[0], names[1], "two children share a cgroup");
+    // The first child was recycled after its second execution: its cgroup is gone.
+    assert!(
+        !parent.dir().join(&names[0]).exists(),
+        "cgroup of the recycled child {} left",
+        served[0].0
+    );
+    // The hog's child died: its cgroup is gone too.
+    let hog_left = step_cgroups(parent.dir(), "-pool-fixture.hog-");
+    assert!(
+        hog_left
+            .iter()
+            .all(|p| !p.file_name().unwrap().to_string_lossy().starts_with(&mine)),
+        "{hog_left:?}"
+    );
+    engine.shutdown().unwrap();
+    let left: Vec<_> = step_cgroups(parent.dir(), "-pool-")
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&mine))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "pooled cgroups left after shutdown: {left:?}"
+    );
 }

@@ -94,9 +94,13 @@ fn command_step_ends_when_its_process_exits_even_if_a_grandchild_floods_the_pipe
 }
 
 fn limited_registry(limits: StepLimits) -> Registry {
+    limited_registry_retrying(limits, waymark::RetryPolicy::never())
+}
+
+fn limited_registry_retrying(limits: StepLimits, retry: waymark::RetryPolicy) -> Registry {
     let mut reg = Registry::new();
     let opts = reg.command(CMD);
-    opts.retry = Some(waymark::RetryPolicy::never());
+    opts.retry = Some(retry);
     opts.limits = Some(limits);
     reg.workflow(CMD_WF, |ctx, c| ctx.step(CMD, &c));
     reg
@@ -108,7 +112,8 @@ fn limited_registry(limits: StepLimits) -> Registry {
 // spins in `sh`. Must hold: the first fails as timeout (the engine's SIGTERM reached the
 // program through the group; the leader waited for it) and its `sleep 600` is gone; the
 // second fails as cpu_limit, "CPU limit exceeded (1 s)": the program's SIGXCPU death is
-// re-raised by the leader, so the engine sees the same signal.
+// re-raised by the leader, so the engine sees the same signal; under the default retry
+// policy cpu_limit is not retried (one attempt).
 #[test]
 fn command_leader_mirrors_timeout_and_cpu_cap_of_its_program() {
     let dir = tempfile::tempdir().unwrap();
@@ -149,11 +154,17 @@ fn command_leader_mirrors_timeout_and_cpu_cap_of_its_program() {
 
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::start(
-        limited_registry(StepLimits {
-            cpu_seconds: Some(1),
-            timeout: Some(Duration::from_secs(60)),
-            ..StepLimits::default()
-        }),
+        limited_registry_retrying(
+            StepLimits {
+                cpu_seconds: Some(1),
+                timeout: Some(Duration::from_secs(60)),
+                ..StepLimits::default()
+            },
+            waymark::RetryPolicy {
+                backoff_initial: Duration::from_millis(10),
+                ..waymark::RetryPolicy::default()
+            },
+        ),
         child_config(dir.path()),
     )
     .unwrap();
@@ -168,6 +179,7 @@ fn command_leader_mirrors_timeout_and_cpu_cap_of_its_program() {
     let err = row.error.unwrap_or_default();
     let a = engine.attempts(id).unwrap();
     assert_eq!(a[0].outcome.as_deref(), Some("cpu_limit"), "{err} {a:?}");
+    assert_eq!(a.len(), 1, "cpu_limit retried by default: {a:?}");
     assert!(err.contains("CPU limit exceeded (1 s)"), "{err}");
     engine.shutdown().unwrap();
 }

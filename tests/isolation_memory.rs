@@ -51,10 +51,10 @@ fn registry() -> Registry {
 }
 
 // Scenario: one run's step allocates 4x its 128 MiB cap while 20 other runs execute in the
-// same engine. Must hold: the hog run fails with "memory limit exceeded (128 MiB)"; the
-// default retry policy (3 attempts, memory_limit retryable) runs it three times, each attempt
-// journaled with its number, child pid and the class memory_limit; all 20 other runs complete
-// with their outputs.
+// same engine. Must hold: the hog run fails with "memory limit exceeded (128 MiB)"; under the
+// default retry policy memory_limit is not retried (the same step over the same cap fails
+// the same way again), so exactly one attempt is journaled, with its number, child pid and
+// the class memory_limit; all 20 other runs complete with their outputs.
 #[test]
 fn oom_step_fails_alone_with_the_memory_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -74,8 +74,8 @@ fn oom_step_fails_alone_with_the_memory_reason() {
     let err = row.error.unwrap_or_default();
     assert!(err.contains("memory limit exceeded (128 MiB)"), "{err}");
     let attempts = engine.attempts(hog).unwrap();
-    assert!(err.ends_with("(attempt 3)"), "{err}");
-    assert_eq!(attempts.len(), 3, "{attempts:?}");
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert!(err.ends_with("(attempt 1)"), "{err}");
     for (i, a) in attempts.iter().enumerate() {
         assert_eq!(a.attempt, i as i64 + 1);
         assert_eq!(a.outcome.as_deref(), Some("memory_limit"));

@@ -3,14 +3,16 @@
 
 use super::CliResult;
 use serde::{Deserialize, Serialize};
+use std::io::IsTerminal;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use waymark::{
     Config, Ctx, Engine, Registry, StartOptions, Step, StepCtx, StepError, Workflow, WorkflowError,
 };
+
+/// Silence on the change subscription after which the demo re-reads its runs' statuses.
+const PROGRESS_BACKSTOP: Duration = Duration::from_secs(5);
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -235,6 +237,7 @@ pub fn run(args: DemoArgs) -> CliResult {
             )
         })
         .collect();
+    let changes = engine.subscribe().map_err(|e| e.to_string())?;
     let mut ids = Vec::with_capacity(inputs.len());
     for chunk in inputs.chunks(1000) {
         ids.extend(engine.start_many(DEMO, chunk).map_err(|e| e.to_string())?);
@@ -244,23 +247,39 @@ pub fn run(args: DemoArgs) -> CliResult {
         ids.len(),
         args.db.display()
     );
-    let done = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let progress = {
-        let (done, stop, total) = (done.clone(), stop.clone(), ids.len());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                eprintln!("demo: {}/{total} finished", done.load(Ordering::Relaxed));
-                std::thread::sleep(Duration::from_millis(500));
+    // Progress from the engine's own run state changes (subscribed before the runs were
+    // started, so none is missed); a snapshot first, since runs of an earlier demo on this
+    // file may have finished already.
+    let mut progress =
+        super::progress::Progress::new("demo", &ids, std::io::stderr().is_terminal());
+    progress.snapshot(&engine)?;
+    progress.draw(true);
+    let mut quiet_since = Instant::now();
+    while !progress.all_done() {
+        match changes.recv_timeout(Duration::from_secs(1)) {
+            Some(first) => {
+                progress.apply(first.run_id, first.status);
+                for ev in changes.drain() {
+                    progress.apply(ev.run_id, ev.status);
+                }
+                quiet_since = Instant::now();
             }
-        })
-    };
+            // Backstop: the change log drops its oldest entries when it grows long, so a
+            // long silence re-reads the runs once instead of trusting it.
+            None if quiet_since.elapsed() >= PROGRESS_BACKSTOP => {
+                progress.snapshot(&engine)?;
+                quiet_since = Instant::now();
+            }
+            None => {}
+        }
+        progress.draw(false);
+    }
+    progress.finish();
+    drop(changes);
     let mut failed = Vec::new();
     let mut unexpected = Vec::new();
     for (n, id) in ids.iter().enumerate() {
-        let row = engine
-            .wait(*id, Duration::from_secs(24 * 3600))
-            .map_err(|e| e.to_string())?;
+        let row = engine.run(*id).map_err(|e| e.to_string())?;
         let hog_run = is_hog(n as u64 + 1);
         let error = row.error.clone().unwrap_or_default();
         let expected = if hog_run {
@@ -283,10 +302,7 @@ pub fn run(args: DemoArgs) -> CliResult {
                 }
             ));
         }
-        done.fetch_add(1, Ordering::Relaxed);
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = progress.join();
     engine.shutdown().map_err(|e| e.to_string())?;
     eprintln!(
         "demo: {}/{} completed, {} failed, {} not as expected",

@@ -6,6 +6,7 @@ mod demo;
 mod fixtures;
 mod fixtures_durable;
 mod fixtures_logs;
+mod progress;
 mod serve;
 mod torture;
 

@@ -3,7 +3,7 @@
 use super::{client, parse_run_id, plain_client, when, BuildRegistry, CliResult};
 use crate::{AttemptRow, Client, RunFilter, RunRow, RunStatus};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Every run status, for `runs --status` validation.
 const STATUSES: &[&str] = &[
@@ -29,52 +29,145 @@ fn run_json(r: &RunRow) -> serde_json::Value {
     v
 }
 
-pub fn runs(db: &Path, status: Option<&str>, json: bool) -> CliResult {
-    if let Some(s) = status {
+#[derive(clap::Args, Debug)]
+#[doc(hidden)]
+pub struct RunsArgs {
+    /// Database file.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Only runs with this status.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only runs of this workflow.
+    #[arg(long)]
+    pub workflow: Option<String>,
+    /// Only runs whose idempotency key starts with this.
+    #[arg(long)]
+    pub key_prefix: Option<String>,
+    /// Only runs created at or after this time: an age (`2h`, `30m`, `7d`) or an
+    /// ISO-8601 UTC time (`2026-11-30T12:00:00Z`).
+    #[arg(long, allow_hyphen_values = true)]
+    pub since: Option<String>,
+    /// Only runs created before this time (same forms as --since).
+    #[arg(long, allow_hyphen_values = true)]
+    pub until: Option<String>,
+    /// At most this many runs (default: all); stderr names the --after of the next page.
+    #[arg(long, allow_hyphen_values = true)]
+    pub limit: Option<String>,
+    /// Only runs after this run id (the last id of the previous page).
+    #[arg(long, allow_hyphen_values = true)]
+    pub after: Option<String>,
+    /// One JSON object a line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The listing `args` ask for, and at most how many runs to print (`None`: all).
+fn runs_filter(args: &RunsArgs, now: i64) -> Result<(RunFilter, Option<u64>), String> {
+    let mut filter = RunFilter::new();
+    if let Some(s) = args.status.as_deref() {
         if !STATUSES.contains(&s) {
             return Err(format!(
                 "unknown status '{s}': valid statuses are {}",
                 STATUSES.join(", ")
             ));
         }
+        filter = filter.status(s.parse::<RunStatus>().map_err(|e| e.to_string())?);
     }
-    let filter = match status {
-        Some(s) => RunFilter::new().status(s.parse::<RunStatus>().map_err(|e| e.to_string())?),
-        None => RunFilter::new(),
+    if let Some(w) = &args.workflow {
+        filter = filter.workflow(w.clone());
     }
-    .limit(RunFilter::LIMIT_MAX);
-    let client = plain_client(db)?;
+    if let Some(p) = &args.key_prefix {
+        filter = filter.key_prefix(p.clone());
+    }
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| when::parse_point(s, now).map_err(|e| format!("--since: {e}")))
+        .transpose()?;
+    let until = args
+        .until
+        .as_deref()
+        .map(|s| when::parse_point(s, now).map_err(|e| format!("--until: {e}")))
+        .transpose()?;
+    filter = filter.created_between(since, until);
+    if let Some(a) = args.after.as_deref() {
+        let id = a
+            .parse::<i64>()
+            .ok()
+            .filter(|&n| n >= 0)
+            .ok_or_else(|| format!("bad --after '{a}': expected a run id (0 or more)"))?;
+        filter = filter.after(id);
+    }
+    let limit = args
+        .limit
+        .as_deref()
+        .map(|l| {
+            l.parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("bad --limit '{l}': expected a positive integer"))
+        })
+        .transpose()?;
+    Ok((filter, limit))
+}
+
+fn run_line(r: &RunRow, now: i64, json: bool) -> String {
+    if json {
+        return run_json(r).to_string();
+    }
+    format!(
+        "{:>8}  {:<16} {:<16} steps={:<4} age={:<8} key={} {}",
+        r.id,
+        format!("{}@{}", r.workflow, r.version),
+        r.status,
+        r.steps_completed,
+        when::span(now - r.created_at),
+        r.idempotency_key.as_deref().unwrap_or("-"),
+        r.error
+            .clone()
+            .or_else(|| r.note.as_deref().map(|n| when::humanize_note(n, now)))
+            .unwrap_or_default()
+    )
+}
+
+/// `runs`: the runs matching the filters, oldest first, one a line; with `--limit`, one
+/// page (and, on stderr, the `--after` that continues it when more runs match).
+pub fn runs(args: RunsArgs) -> CliResult {
+    // Bad arguments are reported before the file is opened (a missing file or not).
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let (filter, limit) = runs_filter(&args, wall_ms)?;
+    let client = plain_client(&args.db)?;
     let now = client.now_ms();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut after = 0;
-    loop {
+    let mut after = filter.cursor.unwrap_or(0);
+    let mut left = limit.unwrap_or(u64::MAX);
+    while left > 0 {
+        let page_len = left.min(u64::from(RunFilter::LIMIT_MAX)) as u32;
         let page = client
-            .list(&filter.clone().after(after))
+            .list(&filter.clone().after(after).limit(page_len))
             .map_err(|e| e.to_string())?;
         let Some(last) = page.last() else { break };
         after = last.id;
+        left -= page.len() as u64;
         for r in &page {
-            let line = if json {
-                run_json(r).to_string()
-            } else {
-                format!(
-                    "{:>8}  {:<16} {:<16} steps={:<4} age={:<8} key={} {}",
-                    r.id,
-                    format!("{}@{}", r.workflow, r.version),
-                    r.status,
-                    r.steps_completed,
-                    when::span(now - r.created_at),
-                    r.idempotency_key.as_deref().unwrap_or("-"),
-                    r.error
-                        .clone()
-                        .or_else(|| r.note.as_deref().map(|n| when::humanize_note(n, now)))
-                        .unwrap_or_default()
-                )
-            };
-            if writeln!(out, "{line}").is_err() {
+            if writeln!(out, "{}", run_line(r, now, args.json)).is_err() {
                 return Ok(0); // stdout closed (e.g. piped into head)
             }
+        }
+        if (page.len() as u32) < page_len {
+            break;
+        }
+    }
+    if limit.is_some() && left == 0 {
+        let more = client
+            .list(&filter.clone().after(after).limit(1))
+            .map_err(|e| e.to_string())?;
+        if !more.is_empty() {
+            eprintln!("more runs match: continue with --after {after}");
         }
     }
     Ok(0)

@@ -19,7 +19,8 @@
 
 #[doc(hidden)]
 pub mod admin;
-mod inspect;
+#[doc(hidden)]
+pub mod inspect;
 #[doc(hidden)]
 pub mod serve;
 #[doc(hidden)]
@@ -38,17 +39,7 @@ pub type BuildRegistry = fn() -> Registry;
 #[non_exhaustive]
 pub enum Command {
     /// List runs, one a line.
-    Runs {
-        /// Database file.
-        #[arg(long)]
-        db: PathBuf,
-        /// Only runs with this status.
-        #[arg(long)]
-        status: Option<String>,
-        /// One JSON object a line.
-        #[arg(long)]
-        json: bool,
-    },
+    Runs(inspect::RunsArgs),
     /// Show one run: its journal, its attempts, and (with --json) its payloads as JSON.
     Show {
         /// The run's id.
@@ -103,7 +94,7 @@ impl Command {
     /// Run the command against the application's registry; the exit code.
     fn run(self, build: BuildRegistry) -> CliResult {
         match self {
-            Command::Runs { db, status, json } => inspect::runs(&db, status.as_deref(), json),
+            Command::Runs(args) => inspect::runs(args),
             Command::Show { run_id, db, json } => inspect::show(build, &db, &run_id, json),
             Command::Stats { db, json } => inspect::stats(&db, json),
             Command::Resume { run_id, db } => inspect::resume(&db, &run_id),

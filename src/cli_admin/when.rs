@@ -31,6 +31,88 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Days from 1970-01-01 to the civil date (y, m, d) (the inverse of [`civil_from_days`]).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A UTC time in ms since the epoch from `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM`,
+/// `YYYY-MM-DDTHH:MM:SS` or `YYYY-MM-DDTHH:MM:SS.fff`, each with an optional trailing `Z`
+/// (what [`iso`] prints parses back to the same millisecond).
+pub fn parse_iso(s: &str) -> Option<i64> {
+    let s = s.strip_suffix('Z').unwrap_or(s);
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (s, None),
+    };
+    let num = |t: &str, len: usize| -> Option<i64> {
+        (t.len() == len && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse().ok())
+            .flatten()
+    };
+    let mut d = date.split('-');
+    let (y, mo, da) = (num(d.next()?, 4)?, num(d.next()?, 2)?, num(d.next()?, 2)?);
+    if d.next().is_some() || !(1..=12).contains(&mo) || !(1..=31).contains(&da) {
+        return None;
+    }
+    let (mo, da) = (mo as u32, da as u32);
+    let days = days_from_civil(y, mo, da);
+    if civil_from_days(days) != (y, mo, da) {
+        return None; // e.g. February 30
+    }
+    let mut ms = days * 86_400_000;
+    if let Some(t) = time {
+        let (hms, frac) = match t.split_once('.') {
+            Some((h, f)) => (h, Some(f)),
+            None => (t, None),
+        };
+        let mut p = hms.split(':');
+        let h = num(p.next()?, 2)?;
+        let mi = num(p.next()?, 2)?;
+        let sec = match p.next() {
+            Some(x) => num(x, 2)?,
+            None if frac.is_none() => 0,
+            None => return None,
+        };
+        if p.next().is_some() || h > 23 || mi > 59 || sec > 59 {
+            return None;
+        }
+        let milli = match frac {
+            Some(f) if (1..=3).contains(&f.len()) => {
+                num(f, f.len())? * 10_i64.pow(3 - f.len() as u32)
+            }
+            Some(_) => return None,
+            None => 0,
+        };
+        ms += ((h * 60 + mi) * 60 + sec) * 1000 + milli;
+    }
+    Some(ms)
+}
+
+/// A point in time (ms since the epoch) from an age before `now` (`2h`, `30m`, `7d`, as
+/// `gc --older-than` takes) or an ISO-8601 UTC time ([`parse_iso`]).
+pub fn parse_point(s: &str, now: i64) -> Result<i64, String> {
+    let s = s.trim();
+    let looks_like_age = s.len() < 10 && s.starts_with(|c: char| c.is_ascii_digit());
+    if looks_like_age {
+        if let Ok(age) = super::admin::parse_age(s) {
+            return Ok(now.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)));
+        }
+    }
+    parse_iso(s).ok_or_else(|| {
+        format!(
+            "bad time '{s}': expected an age (30s, 15m, 2h, 7d) or an ISO-8601 UTC time \
+             (2026-11-30, 2026-11-30T12:00:00Z, 2026-11-30T12:00:00.000Z)"
+        )
+    })
+}
+
 /// A span of milliseconds, roughly: "850 ms", "12 s", "42 min", "5 h", "3 d".
 pub fn span(ms: i64) -> String {
     let ms = ms.unsigned_abs();
@@ -104,6 +186,22 @@ mod tests {
             ),
             "sleeping until 2026-11-29T22:33:40.161Z (in 42 min)"
         );
+        for ms in [0, 951_782_400_000, 1_795_991_620_161, 4_102_444_799_999] {
+            assert_eq!(parse_iso(&iso(ms)), Some(ms), "{}", iso(ms));
+        }
+        assert_eq!(parse_iso("2026-11-29T22:33"), Some(1_795_991_580_000));
+        assert_eq!(parse_iso("1970-01-02"), Some(86_400_000));
+        for bad in [
+            "2026-02-30",
+            "2026-13-01",
+            "2026-11-29T24:00",
+            "26-11-29",
+            "yesterday",
+        ] {
+            assert_eq!(parse_iso(bad), None, "{bad}");
+        }
+        assert_eq!(parse_point("2h", 10_000_000), Ok(10_000_000 - 7_200_000));
+        assert!(parse_point("2x", 0).unwrap_err().contains("ISO-8601"));
         assert_eq!(
             humanize_note("waiting for child 17", 0),
             "waiting for child 17"

@@ -1,13 +1,15 @@
 //! Memory caps by cgroup: where this process may create memory cgroups (cgroup v2 with
 //! the memory controller, or the v1 memory controller), each cold child step runs in a
-//! cgroup of its own, created below `<our cgroup>/waymark` with the step's cap, and an
+//! cgroup of its own, and each pooled child in one of its own for its whole life (label
+//! `pool-<step>`), created below `<our cgroup>/waymark` with the step's cap, and an
 //! out-of-memory kill is read from the cgroup's own counter (`oom_kill` in v1
 //! `memory.oom_control` / v2 `memory.events`), whatever the program is.
 //!
 //! Invariants:
 //! - The child moves itself into its cgroup as one of its first acts (before it starts a
 //!   command's program or reads its input), so every process of the step is in it.
-//! - A step cgroup is removed after its attempt (what is left in it is killed first);
+//! - A step cgroup is removed after its attempt, a pooled child's when the child is
+//!   recycled or dies (what is left in it is killed first);
 //!   one left by a killed engine is removed by the next engine that starts (a cgroup named
 //!   after a creator pid that is gone, and holding no process).
 //! - Under a cgroup the child sets no memory rlimit: RLIMIT_DATA would make a Python or

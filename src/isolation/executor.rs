@@ -9,7 +9,7 @@
 //!   alive, and its whole process group even if the leader is dead (members started no
 //!   earlier than the leader; see [`super::group`]): never two copies of one step at once.
 
-use super::cgroup::CgroupParent;
+use super::cgroup::{CgroupParent, StepCgroup};
 use super::classify::classify;
 use super::group::{self, TreeKill};
 use super::limits::{ChildLimits, MemoryRlimit};
@@ -208,6 +208,25 @@ pub(crate) fn record_detail(
     }
 }
 
+/// A failed execution `finished` is a memory-limit failure if the cgroup's own OOM-kill
+/// counter rose past `oom_before` (its value when the execution began), whatever the
+/// program printed or how it died; an ending the engine caused (timeout, cancel) stays as
+/// classified.
+pub(crate) fn oom_from_cgroup(
+    outcome: &mut Outcome,
+    finished: &Finished,
+    cg: &StepCgroup,
+    oom_before: u64,
+    limits: &StepLimits,
+) {
+    if outcome.is_err() && finished.intent.is_none() && cg.oom_kills() > oom_before {
+        *outcome = Err(Failure::new(
+            FailureClass::MemoryLimit,
+            super::classify::memory_reason(limits),
+        ));
+    }
+}
+
 pub(crate) fn spawn_failure(program: &Path, e: std::io::Error) -> Failure {
     Failure::new(
         FailureClass::Spawn,
@@ -251,6 +270,40 @@ impl ChildExecutor {
     /// The program children are started from.
     pub fn program(&self) -> &Path {
         &self.program
+    }
+
+    /// A memory cgroup for the child `spec` will start, labelled `label`, capped at the
+    /// step's memory cap (its path passed in `spec`'s environment: the child enters it and
+    /// sets no memory rlimit), and the mechanism for the attempt record. No cgroup where
+    /// the host offers none, the step has no cap, or it cannot be made (then the rlimit).
+    pub(crate) fn child_cgroup(
+        &self,
+        spec: &mut SpawnSpec<'_>,
+        label: &str,
+        limits: &StepLimits,
+    ) -> (Option<StepCgroup>, Option<String>) {
+        let rlimit = || memory_cap_text(self.memory_rlimit, limits);
+        let (Some(parent), Some(cap)) = (&self.cgroup, limits.memory_bytes) else {
+            return (None, rlimit());
+        };
+        match parent.create(label, cap) {
+            Ok(cg) => {
+                spec.env.push((
+                    super::ENV_CGROUP.to_string(),
+                    cg.path().display().to_string(),
+                ));
+                let text = format!(
+                    "{} {}",
+                    parent.version().name(),
+                    super::limits::human_bytes(cap)
+                );
+                (Some(cg), Some(text))
+            }
+            Err(e) => {
+                log::warn!("no memory cgroup for child '{label}' ({e}); capped by rlimit instead");
+                (None, rlimit())
+            }
+        }
     }
 
     pub(crate) fn kill_survivors(
@@ -328,36 +381,8 @@ impl Executor for ChildExecutor {
         )?;
         let mut p = p;
         p.exchange.log = Some(step_log(attempts, req));
-        let cgroup = match (&self.cgroup, req.limits.memory_bytes) {
-            (Some(parent), Some(cap)) => {
-                let label = format!("r{}-s{}-a{}", req.fence.run_id, req.seq, req.attempt);
-                match parent.create(&label, cap) {
-                    Ok(cg) => Some((cg, parent.version(), cap)),
-                    Err(e) => {
-                        log::warn!(
-                            "run {}: no memory cgroup for step '{step}' ({e}); capped by rlimit instead",
-                            req.fence.run_id
-                        );
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        let memory_cap = match &cgroup {
-            Some((cg, version, cap)) => {
-                p.spec.env.push((
-                    super::ENV_CGROUP.to_string(),
-                    cg.path().display().to_string(),
-                ));
-                Some(format!(
-                    "{} {}",
-                    version.name(),
-                    super::limits::human_bytes(*cap)
-                ))
-            }
-            None => memory_cap_text(self.memory_rlimit, req.limits),
-        };
+        let label = format!("r{}-s{}-a{}", req.fence.run_id, req.seq, req.attempt);
+        let (cgroup, memory_cap) = self.child_cgroup(&mut p.spec, &label, req.limits);
         let running = spawn::spawn(&p.spec).map_err(|e| spawn_failure(&self.program, e))?;
         let pid = running.pid;
         // Record the child before it can have any effect (it has no input yet).
@@ -368,14 +393,8 @@ impl Executor for ChildExecutor {
         crate::fault::point(crate::fault::Point::InStep);
         let mut finished = running.exchange(p.exchange);
         let mut outcome = outcome_of(&finished, req.limits, step, p.command, req.payload_limit);
-        if let Some((cg, _, _)) = cgroup {
-            // The cgroup's own counter names an out-of-memory kill, whatever the program.
-            if outcome.is_err() && finished.intent.is_none() && cg.oom_kills() > 0 {
-                outcome = Err(Failure::new(
-                    FailureClass::MemoryLimit,
-                    super::classify::memory_reason(req.limits),
-                ));
-            }
+        if let Some(cg) = cgroup {
+            oom_from_cgroup(&mut outcome, &finished, &cg, 0, req.limits);
             cg.remove();
         }
         record_detail(attempts, req, finished.log.take(), memory_cap);
@@ -410,13 +429,14 @@ fn hook_missing(program: &Path, detail: &str) -> Error {
     ))
 }
 
-/// Names of the steps `registry` would run in a child under `config`.
+/// Names of the steps `registry` would run in a child (cold or pooled) under `config`.
 pub(crate) fn child_steps(config: &Config, registry: &dyn StepSource) -> Vec<String> {
     registry
         .all_steps()
         .into_iter()
         .filter(|d| {
-            d.is_command() || d.options().isolation.unwrap_or(config.isolation) == Isolation::Child
+            d.is_command()
+                || d.options().isolation.unwrap_or(config.isolation) != Isolation::InProcess
         })
         .map(|d| d.name().to_string())
         .collect()

@@ -16,10 +16,16 @@
 //! - A child goes back to the pool alone: whatever the step left running in its process
 //!   group (a background process) is killed when the step returns, as it is when a cold
 //!   child exits.
+//! - Where the host offers memory cgroups, each pooled child lives in a cgroup of its own
+//!   for its whole life (made before it is spawned, entered by the child before it serves
+//!   anything, removed when the child is recycled, dies or is dropped; one left by a dead
+//!   engine is removed by the next engine's sweep), so its OOM kill is classified
+//!   `memory_limit` from the cgroup's counter, as for cold children.
 //! - Dropping the pool kills and reaps every idle child.
 
+use super::cgroup::StepCgroup;
 use super::classify::classify_response;
-use super::executor::{outcome_of, prepare, spawn_failure, ChildExecutor};
+use super::executor::{oom_from_cgroup, outcome_of, prepare, spawn_failure, ChildExecutor};
 use super::spawn::{self, HeadTail, Running};
 use crate::exec::{record_start, Attempts, ExecRequest, Executor};
 use crate::outcome::Outcome;
@@ -29,8 +35,14 @@ use std::time::Instant;
 
 #[derive(Debug)]
 struct Pooled {
+    /// Dropped first: stdin closed, the group killed, the child reaped.
     running: Running,
     served: u64,
+    /// The child's own memory cgroup for its lifetime (removed when it drops, after the
+    /// child): `None` where the host offers none or the step has no memory cap.
+    cgroup: Option<StepCgroup>,
+    /// How the child's memory cap is enforced, for the attempt record.
+    memory_cap: Option<String>,
 }
 
 /// Runs steps on warm pooled children (see module docs).
@@ -85,6 +97,19 @@ impl PoolExecutor {
     }
 }
 
+/// `step` as part of a cgroup directory name: no `/`, nothing but `[A-Za-z0-9._]`.
+fn cgroup_label(step: &str) -> String {
+    step.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 impl Executor for PoolExecutor {
     fn execute(&self, attempts: &dyn Attempts, req: &ExecRequest<'_>) -> Outcome {
         if req.step.is_command() {
@@ -110,7 +135,6 @@ impl Executor for PoolExecutor {
             &mut cwd,
         )?;
         p.exchange.log = Some(super::executor::step_log(attempts, req));
-        let memory_cap = super::executor::memory_cap_text(self.cold.memory_rlimit, req.limits);
         let mut pooled = match self.checkout(step) {
             Some(p) => p,
             None => {
@@ -118,10 +142,21 @@ impl Executor for PoolExecutor {
                 p.spec
                     .env
                     .push((super::ENV_POOL_RUNS.to_string(), self.runs_max.to_string()));
+                let label = format!("pool-{}", cgroup_label(step));
+                let (cgroup, memory_cap) = self.cold.child_cgroup(&mut p.spec, &label, req.limits);
                 let running = spawn::spawn(&p.spec).map_err(|e| spawn_failure(&program, e))?;
-                Pooled { running, served: 0 }
+                Pooled {
+                    running,
+                    served: 0,
+                    cgroup,
+                    memory_cap,
+                }
             }
         };
+        let memory_cap = pooled.memory_cap.clone();
+        // OOM kills counted before this execution (an earlier one may have lost a
+        // grandchild to the OOM killer and still returned).
+        let oom_before = pooled.cgroup.as_ref().map_or(0, StepCgroup::oom_kills);
         let pid = pooled.running.pid;
         if let Err(f) = record_start(attempts, req, pid) {
             // The child may be fine, but it has no input yet: put it back.
@@ -186,7 +221,11 @@ impl Executor for PoolExecutor {
             }
             _ => {
                 let mut finished = pooled.running.finish(p.exchange, talk, stderr, started);
-                let outcome = outcome_of(&finished, req.limits, step, false, req.payload_limit);
+                let mut outcome = outcome_of(&finished, req.limits, step, false, req.payload_limit);
+                if let Some(cg) = pooled.cgroup.take() {
+                    oom_from_cgroup(&mut outcome, &finished, &cg, oom_before, req.limits);
+                    cg.remove();
+                }
                 super::executor::record_detail(attempts, req, finished.log.take(), memory_cap);
                 outcome
             }

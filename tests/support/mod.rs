@@ -3,8 +3,9 @@
 //!
 //! - this file: the binary under test ([`bin`]), a temp dir per test, starting, signalling,
 //!   killing and waiting for processes, and polling for a condition;
-//! - [`serve`]: engines as real `waymark serve` processes ([`Proc`]), the `waymark start`
-//!   and other subcommands, and [`Tmp`] (a temp dir with a database and an effects file);
+//! - [`serve`]: engines as real `waymark serve` processes ([`Proc`]; [`Served`] with a
+//!   `waymark::Client` from [`serve_with_client`]), the `waymark start` and other
+//!   subcommands, and [`Tmp`] (a temp dir with a database and an effects file);
 //! - [`db`]: read-only peeks at the database with plain rusqlite;
 //! - [`effects`]: the effects file the fixture steps append to;
 //! - [`procfs`]: what `/proc` says about processes;

@@ -80,3 +80,18 @@ pub fn vm_hwm_kb(pid: u32) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// The memory cgroup of `pid` as `/proc/PID/cgroup` names it (relative to the controller's
+/// mount): the v1 `memory` line, else the v2 `0::` line; `None` if the process is gone.
+pub fn memory_cgroup_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let field = |line: &str| line.splitn(3, ':').nth(2).map(str::to_string);
+    text.lines()
+        .find(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|c| c == "memory"))
+        })
+        .and_then(field)
+        .or_else(|| text.lines().find(|l| l.starts_with("0::")).and_then(field))
+}

@@ -316,3 +316,53 @@ impl Tmp {
         }
     }
 }
+
+/// A `waymark serve` engine on a fresh file in a temp dir of its own, for tests whose own
+/// process holds only a `waymark::Client` ([`serve_with_client`]). SIGKILLed when dropped.
+pub struct Served {
+    pub child: Child,
+    /// The database file.
+    pub db: PathBuf,
+    /// The effects file the engine's fixture steps append to.
+    pub effects: PathBuf,
+    /// The temp dir holding both (and the engine's stderr, `serve.log`).
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        super::kill9(&mut self.child);
+    }
+}
+
+/// `waymark serve --workers 2` on a fresh file `DIR/DB_NAME` (effects to
+/// `DIR/effects.log`, stderr to `DIR/serve.log`), and a client on the file once the engine
+/// registered itself in it.
+pub fn serve_with_client(db_name: &str) -> (Served, waymark::Client) {
+    let dir = super::tempdir();
+    let db = dir.path().join(db_name);
+    let effects = dir.path().join("effects.log");
+    let child = super::spawn(
+        &["serve", "--db", db.to_str().unwrap(), "--workers", "2"],
+        &[("WAYMARK_DEMO_EFFECTS", effects.to_str().unwrap())],
+        &dir.path().join("serve.log"),
+    );
+    super::wait_for(
+        "the engine to create the file",
+        Duration::from_secs(60),
+        || {
+            super::try_query_i64(&db, "SELECT count(*) FROM engines WHERE stopped_at IS NULL")
+                .filter(|n| *n > 0)
+        },
+    );
+    let client = waymark::Client::open(&db).expect("client");
+    (
+        Served {
+            child,
+            db,
+            effects,
+            dir,
+        },
+        client,
+    )
+}

@@ -156,13 +156,15 @@ pub fn c1_client_watch(ctx: &BenchCtx, samples: u64) -> Result<Vec<Row>, String>
             "commit to Client subscriber in another process, p99",
             percentile(&lat, 0.99),
             "ms",
-        ),
+        )
+        .cost(cost),
         Row::new(
             "C1",
             "idle Client (subscribed, waiting) CPU, share of one core",
             idle * 100.0,
             "%",
         )
-        .max_goal(1.0),
+        .max_goal(1.0)
+        .cost(cost),
     ])
 }

@@ -557,14 +557,16 @@ pub fn w7_recovery(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
             format!("recovery of {n} runs: engine open"),
             ms(open),
             "ms",
-        ),
+        )
+        .cost(cost),
         Row::new(
             "W7",
             format!("recovery of {n} runs: open to all reclaimed (dead pid)"),
             ms(reclaimed),
             "ms",
         )
-        .max_goal(1000.0),
+        .max_goal(1000.0)
+        .cost(cost),
         Row::new(
             "W7",
             format!(
@@ -574,7 +576,8 @@ pub fn w7_recovery(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
             ms(claimed),
             "ms",
         )
-        .max_goal(1000.0),
+        .max_goal(1000.0)
+        .cost(cost),
         Row::new(
             "W7",
             format!("recovery of {n} runs: open to all completed"),

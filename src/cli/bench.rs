@@ -4,12 +4,18 @@
 //!
 //! Child modes (`--child MODE`, hidden) are the processes the bench itself spawns: a no-op
 //! child (spawn baseline), a pipe echo child (round-trip baseline), an engine holding many
-//! in-flight runs (W7, killed by the bench), an open probe (W8) and a fairness writer.
+//! in-flight runs (W7, killed by the bench), an open probe (W8), a fairness writer and an
+//! engine process draining the queue (M1).
+//!
+//! Every row carries what its measurement cost per unit of work (`cost.rs`): context
+//! switches and CPU time (getrusage), and SQLite commits where the writers count them.
 
 mod baseline;
 mod children;
 mod client_watch;
+mod cost;
 mod report;
+mod scale;
 mod workloads;
 
 pub use workloads::register;
@@ -30,12 +36,17 @@ pub struct BenchArgs {
     /// Directory whose file system holds the temporary databases (default: current dir).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
-    /// Run only these workloads (comma-separated ids: W1,W2,W3,W4,W5,W6,W7,W8,C1,F; baselines always run).
+    /// Run only these workloads (comma-separated ids: W1,W2,W3,W4,W5,W6,W7,W8,C1,F,M1,Q1;
+    /// baselines always run).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Worker threads of the benchmarked engines.
     #[arg(long, default_value_t = 16)]
     pub workers: usize,
+    /// W2 enqueues all its runs before its engine starts (the peer bench's workload:
+    /// pre-queued jobs drained by N workers) instead of while it runs.
+    #[arg(long)]
+    pub prequeue: bool,
     /// Internal: run as one of the bench's own child processes.
     #[arg(long, hide = true)]
     pub child: Option<String>,
@@ -64,6 +75,11 @@ pub struct Sizes {
     pub w8_runs: u64,
     pub fairness_ms: u64,
     pub fairness_procs: u64,
+    /// M1: pre-queued runs drained by 1, 2, 4 and 8 engine processes.
+    pub m1_runs: u64,
+    /// Q1: pre-queued runs of the shallow and of the deep queue.
+    pub q1_shallow: u64,
+    pub q1_deep: u64,
 }
 
 impl Sizes {
@@ -83,6 +99,9 @@ impl Sizes {
             w8_runs: 1_000_000,
             fairness_ms: 5_000,
             fairness_procs: 3,
+            m1_runs: 20_000,
+            q1_shallow: 2_000,
+            q1_deep: 200_000,
         }
     }
 
@@ -102,6 +121,9 @@ impl Sizes {
             w8_runs: 50_000,
             fairness_ms: 1_000,
             fairness_procs: 3,
+            m1_runs: 2_000,
+            q1_shallow: 1_000,
+            q1_deep: 10_000,
         }
     }
 }
@@ -142,6 +164,7 @@ pub fn run(args: BenchArgs) -> CliResult {
         dir: dir.path().to_path_buf(),
         sizes,
         workers: args.workers.max(1),
+        prequeue: args.prequeue,
     };
 
     progress("baselines: raw SQLite commits");
@@ -191,6 +214,14 @@ pub fn run(args: BenchArgs) -> CliResult {
     if want("F") {
         progress("fairness: several engine processes on one file");
         rows.extend(workloads::fairness(&ctx, &base)?);
+    }
+    if want("M1") {
+        progress("M1: 1, 2, 4, 8 engine processes on one file");
+        rows.extend(scale::m1_processes(&ctx)?);
+    }
+    if want("Q1") {
+        progress("Q1: shallow and deep queue");
+        rows.extend(scale::q1_depth(&ctx)?);
     }
 
     let total = started.elapsed();

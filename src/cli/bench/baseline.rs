@@ -2,6 +2,7 @@
 //! commits at the engine's synchronous setting on the same file system, bare spawn-and-wait
 //! of this binary, and round trips with a warm child of this binary over pipes.
 
+use super::cost::{Cost, Meter};
 use super::report::Row;
 use super::workloads::BenchCtx;
 use rusqlite::{params, Connection};
@@ -23,6 +24,8 @@ pub struct Baselines {
     pub spawns_per_s: f64,
     /// Warm pipe round trips (100-byte messages) per second.
     pub round_trips_per_s: f64,
+    /// What B1, B2, B3 and B4 cost per commit, row, spawn and round trip.
+    pub costs: [Cost; 4],
 }
 
 impl Baselines {
@@ -33,37 +36,43 @@ impl Baselines {
                 "raw SQLite one-row commits (WAL, synchronous=FULL)",
                 self.commits_per_s,
                 "commits/s",
-            ),
+            )
+            .cost(self.costs[0]),
             Row::new(
                 "B1",
                 "raw SQLite one-row commit latency, p50",
                 self.commit_p50_ms,
                 "ms",
-            ),
+            )
+            .cost(self.costs[0]),
             Row::new(
                 "B1",
                 "raw SQLite one-row commit latency, worst",
                 self.commit_max_ms,
                 "ms",
-            ),
+            )
+            .cost(self.costs[0]),
             Row::new(
                 "B2",
                 "raw SQLite inserts, 100 rows a transaction",
                 self.batch_rows_per_s,
                 "rows/s",
-            ),
+            )
+            .cost(self.costs[1]),
             Row::new(
                 "B3",
                 "spawn-and-wait of the waymark binary",
                 self.spawns_per_s,
                 "spawns/s",
-            ),
+            )
+            .cost(self.costs[2]),
             Row::new(
                 "B4",
                 "warm child pipe round trips (100 bytes)",
                 self.round_trips_per_s,
                 "round trips/s",
-            ),
+            )
+            .cost(self.costs[3]),
         ]
     }
 }
@@ -178,11 +187,24 @@ pub fn round_trips(n: u64) -> Result<f64, String> {
 
 /// Measure every baseline.
 pub fn measure(ctx: &BenchCtx, progress: &dyn Fn(&str)) -> Result<Baselines, String> {
-    let (commits_per_s, commit_p50_ms, commit_max_ms) = raw_commits(ctx, ctx.sizes.raw_commits)?;
-    let batch_rows_per_s = raw_batches(ctx, ctx.sizes.raw_batch_rows)?;
+    let sizes = ctx.sizes;
+    let meter = Meter::start(Some(0));
+    let (commits_per_s, commit_p50_ms, commit_max_ms) = raw_commits(ctx, sizes.raw_commits)?;
+    let b1 = meter.finish("commit", sizes.raw_commits, Some(sizes.raw_commits));
+    let meter = Meter::start(Some(0));
+    let batch_rows_per_s = raw_batches(ctx, sizes.raw_batch_rows)?;
+    let b2 = meter.finish(
+        "row",
+        sizes.raw_batch_rows,
+        Some(sizes.raw_batch_rows / 100),
+    );
     progress("baselines: spawn-and-wait, pipe round trips");
-    let spawns_per_s = spawns(ctx.sizes.spawns)?;
-    let round_trips_per_s = round_trips(ctx.sizes.round_trips)?;
+    let meter = Meter::start(None);
+    let spawns_per_s = spawns(sizes.spawns)?;
+    let b3 = meter.finish("spawn", sizes.spawns, None);
+    let meter = Meter::start(None);
+    let round_trips_per_s = round_trips(sizes.round_trips)?;
+    let b4 = meter.finish("round trip", sizes.round_trips, None);
     Ok(Baselines {
         commits_per_s,
         commit_p50_ms,
@@ -190,5 +212,6 @@ pub fn measure(ctx: &BenchCtx, progress: &dyn Fn(&str)) -> Result<Baselines, Str
         batch_rows_per_s,
         spawns_per_s,
         round_trips_per_s,
+        costs: [b1, b2, b3, b4],
     })
 }

@@ -8,6 +8,8 @@
 //!   policy / check at every open), print the open time and resident memory as JSON (W8).
 //! - `fair`: commit one-row writes through the engine's writer for `n` ms, print the worst
 //!   and p99 wait per commit as JSON (cross-process fairness).
+//! - `serve`: an engine of `n` in-process workers until no run is left, then its commit
+//!   count and lock failures as JSON (M1: several engine processes on one file).
 
 use super::workloads::{bench_registry, ONE};
 use crate::cli::CliResult;
@@ -28,6 +30,7 @@ pub fn run(mode: &str, db: Option<&Path>, n: u64) -> CliResult {
         "open" => open(need_db()?, false),
         "open-always" => open(need_db()?, true),
         "fair" => fair(need_db()?, n),
+        "serve" => serve(need_db()?, n),
         other => Err(format!("unknown bench child mode '{other}'")),
     }
 }
@@ -164,5 +167,64 @@ fn fair(db: &Path, ms: u64) -> CliResult {
         "{}",
         serde_json::json!({"commits": waits.len(), "max_ms": p(1.0), "p99_ms": p(0.99)})
     );
+    Ok(0)
+}
+
+/// `serve`: what `waymark serve --db DB --in-process --exit-when-idle --workers N` does
+/// (same configuration, same idle check every 100 ms), then one JSON line: the writer's
+/// commits and commands, and how many calls failed with the lock (BUSY reaching a caller:
+/// the engine's start, its idle checks, its shutdown).
+fn serve(db: &Path, workers: u64) -> CliResult {
+    let err = |e: waymark::Error| e.to_string();
+    let print = |commits: u64, commands: u64, busy: u64| {
+        println!(
+            "{}",
+            serde_json::json!({"commits": commits, "commands": commands, "busy": busy})
+        );
+    };
+    let mut config = Config::new(db).with_lease_ttl(Duration::from_millis(15_000));
+    config.workers = (workers as usize).max(1);
+    config.isolation = waymark::Isolation::InProcess;
+    let engine = match Engine::start(bench_registry(), config) {
+        Ok(e) => e,
+        Err(e) if super::scale::is_busy(&e.to_string()) => {
+            log::warn!("engine start failed with the lock: {e}");
+            print(0, 0, 1);
+            return Ok(0);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut busy = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        match engine.stats() {
+            Ok(counts) => {
+                let active: u64 = counts
+                    .iter()
+                    .filter(|(s, _)| {
+                        matches!(
+                            s,
+                            waymark::RunStatus::Pending
+                                | waymark::RunStatus::Running
+                                | waymark::RunStatus::Suspended
+                        )
+                    })
+                    .map(|(_, n)| n)
+                    .sum();
+                if active == 0 {
+                    break;
+                }
+            }
+            Err(e) if super::scale::is_busy(&e.to_string()) => busy += 1,
+            Err(e) => return Err(err(e)),
+        }
+    }
+    let (commits, commands) = engine.store().write_stats();
+    match engine.shutdown() {
+        Ok(()) => {}
+        Err(e) if super::scale::is_busy(&e.to_string()) => busy += 1,
+        Err(e) => return Err(err(e)),
+    }
+    print(commits, commands, busy);
     Ok(0)
 }

@@ -1,5 +1,6 @@
 //! Bench results: one row per figure, printed as a table or as JSON.
 
+use super::cost::Cost;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,6 +15,8 @@ pub struct Row {
     pub baseline: Option<(&'static str, f64)>,
     /// Human-readable goal, and whether it was met.
     pub goal: Option<(String, bool)>,
+    /// What the measurement behind this figure cost per unit of work.
+    pub cost: Option<Cost>,
 }
 
 impl Row {
@@ -25,7 +28,13 @@ impl Row {
             unit,
             baseline: None,
             goal: None,
+            cost: None,
         }
+    }
+
+    pub fn cost(mut self, cost: Cost) -> Self {
+        self.cost = Some(cost);
+        self
     }
 
     pub fn baseline(mut self, name: &'static str, value: f64) -> Self {
@@ -85,8 +94,10 @@ pub fn table(rows: &[Row], quick: bool, total: Duration) -> String {
         load_average(),
         total.as_secs_f64()
     ));
-    out.push_str("| id | workload | result | baseline | ratio | goal |\n");
-    out.push_str("|---|---|---|---|---|---|\n");
+    out.push_str(
+        "| id | workload | result | baseline | ratio | goal | per | commits | ctx switches | CPU µs |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let base = r
             .baseline
@@ -101,8 +112,17 @@ pub fn table(rows: &[Row], quick: bool, total: Duration) -> String {
             .as_ref()
             .map(|(g, met)| format!("{g} {}", if *met { "met" } else { "MISSED" }))
             .unwrap_or_else(|| "-".into());
+        let (per, commits, switches, cpu) = match &r.cost {
+            Some(c) => (
+                c.per,
+                c.commits.map(fmt_num).unwrap_or_else(|| "-".into()),
+                fmt_num(c.switches),
+                fmt_num(c.cpu_us),
+            ),
+            None => ("-", "-".into(), "-".into(), "-".into()),
+        };
         out.push_str(&format!(
-            "| {} | {} | {} {} | {} | {} | {} |\n",
+            "| {} | {} | {} {} | {} | {} | {} | {per} | {commits} | {switches} | {cpu} |\n",
             r.id,
             r.what,
             fmt_num(r.value),
@@ -115,7 +135,10 @@ pub fn table(rows: &[Row], quick: bool, total: Duration) -> String {
     out
 }
 
-/// One JSON object: `{"quick":..,"dir":..,"seconds":..,"results":[..]}`.
+/// One JSON object: `{"quick":..,"dir":..,"seconds":..,"results":[..]}`. A result's
+/// `cost` (null where not measured) is per unit of work (`per`: a run, a start, a commit
+/// ...): `commits` (null where the writers do not count them), `context_switches` and
+/// `cpu_us` (getrusage of the bench process and its reaped children).
 pub fn json(rows: &[Row], quick: bool, dir: &Path, total: Duration) -> String {
     let results: Vec<serde_json::Value> = rows
         .iter()
@@ -130,6 +153,13 @@ pub fn json(rows: &[Row], quick: bool, dir: &Path, total: Duration) -> String {
                 "ratio": r.ratio(),
                 "goal": r.goal.as_ref().map(|(g, _)| g.clone()),
                 "goal_met": r.goal.as_ref().map(|(_, m)| *m),
+                "cost": r.cost.map(|c| serde_json::json!({
+                    "per": c.per,
+                    "units": c.units,
+                    "commits": c.commits,
+                    "context_switches": c.switches,
+                    "cpu_us": c.cpu_us,
+                })),
             })
         })
         .collect();

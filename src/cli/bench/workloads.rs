@@ -4,6 +4,7 @@
 
 use super::baseline::Baselines;
 use super::children::rss_kib;
+use super::cost::{Cost, Meter};
 use super::report::Row;
 use super::Sizes;
 use rusqlite::{params, Connection};
@@ -24,15 +25,17 @@ pub struct BenchCtx {
     pub dir: PathBuf,
     pub sizes: Sizes,
     pub workers: usize,
+    /// W2 pre-queues its runs before its engine starts (the peer bench's workload).
+    pub prequeue: bool,
 }
 
 impl BenchCtx {
-    fn db(&self, name: &str) -> PathBuf {
+    pub(super) fn db(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
     /// Engine config of the in-process workloads.
-    fn config(&self, db: &Path) -> Config {
+    pub(super) fn config(&self, db: &Path) -> Config {
         let mut c = Config::new(db);
         c.workers = self.workers;
         c.isolation = Isolation::InProcess;
@@ -69,28 +72,37 @@ pub fn bench_registry() -> Registry {
     crate::cli::registry()
 }
 
-fn err(e: impl std::fmt::Display) -> String {
+pub(super) fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-fn count(engine: &Engine, sql: &'static str) -> Result<i64, String> {
-    // A read-only connection of its own: the bench reads the file as any tool would.
-    let conn = rusqlite::Connection::open_with_flags(
-        engine.db_path(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .map_err(|e| e.to_string())?;
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
-    conn.query_row(sql, [], |r| r.get(0))
-        .map_err(|e| e.to_string())
+/// A read-only connection of its own: the bench reads the file as any tool would.
+fn reader(db: &Path) -> Result<Connection, String> {
+    let conn =
+        Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+    Ok(conn)
 }
 
-/// Poll until `sql` counts at least `n`, or fail after `timeout`.
-fn wait_count(engine: &Engine, sql: &'static str, n: i64, timeout: Duration) -> Result<(), String> {
+pub(super) fn count_at(db: &Path, sql: &'static str) -> Result<i64, String> {
+    reader(db)?.query_row(sql, [], |r| r.get(0)).map_err(err)
+}
+
+fn count(engine: &Engine, sql: &'static str) -> Result<i64, String> {
+    count_at(engine.db_path(), sql)
+}
+
+/// Poll (one connection, every 2 ms) until `sql` counts at least `n`, or fail after `timeout`.
+pub(super) fn wait_count_at(
+    db: &Path,
+    sql: &'static str,
+    n: i64,
+    timeout: Duration,
+) -> Result<(), String> {
+    let conn = reader(db)?;
     let end = Instant::now() + timeout;
     loop {
-        let got = count(engine, sql)?;
+        let got: i64 = conn.query_row(sql, [], |r| r.get(0)).map_err(err)?;
         if got >= n {
             return Ok(());
         }
@@ -101,8 +113,18 @@ fn wait_count(engine: &Engine, sql: &'static str, n: i64, timeout: Duration) -> 
     }
 }
 
-const FINISHED: &str = "SELECT count(*) FROM runs WHERE status IN ('completed', 'failed')";
-const FAILED: &str = "SELECT count(*) FROM runs WHERE status = 'failed'";
+fn wait_count(engine: &Engine, sql: &'static str, n: i64, timeout: Duration) -> Result<(), String> {
+    wait_count_at(engine.db_path(), sql, n, timeout)
+}
+
+pub(super) const FINISHED: &str =
+    "SELECT count(*) FROM runs WHERE status IN ('completed', 'failed')";
+pub(super) const FAILED: &str = "SELECT count(*) FROM runs WHERE status = 'failed'";
+
+/// The writer's commit count of `engine` so far.
+fn commits(engine: &Engine) -> u64 {
+    engine.store().write_stats().0
+}
 
 /// W1: single-call starts from 8 threads, and starts through `Engine::start_many`.
 pub fn w1_starts(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
@@ -111,6 +133,7 @@ pub fn w1_starts(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
     let engine =
         Arc::new(Engine::start(bench_registry(), ctx.config(&ctx.db("w1a.db"))).map_err(err)?);
     let before = engine.store().write_stats();
+    let meter = Meter::start(Some(before.0));
     let t = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|k| {
@@ -131,10 +154,12 @@ pub fn w1_starts(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
     }
     let single = n as f64 / t.elapsed().as_secs_f64();
     let group = group_size(&engine, before);
+    let single_cost = meter.finish("start", n, Some(commits(&engine)));
     drop(engine);
 
     let engine = Engine::start(bench_registry(), ctx.config(&ctx.db("w1b.db"))).map_err(err)?;
     let batch = 1000u64;
+    let meter = Meter::start(Some(commits(&engine)));
     let t = Instant::now();
     let mut i = 0;
     while i < n {
@@ -145,6 +170,7 @@ pub fn w1_starts(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
         engine.start_many(PARKED, &inputs).map_err(err)?;
     }
     let many = n as f64 / t.elapsed().as_secs_f64();
+    let many_cost = meter.finish("start", n, Some(commits(&engine)));
     engine.shutdown().map_err(err)?;
     Ok(vec![
         Row::new(
@@ -154,7 +180,8 @@ pub fn w1_starts(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
             "runs/s",
         )
         .baseline("B1", base.commits_per_s)
-        .ratio_goal(4.0),
+        .ratio_goal(4.0)
+        .cost(single_cost),
         Row::new(
             "W1b",
             format!("{n} starts, start_many in batches of {batch}"),
@@ -162,7 +189,8 @@ pub fn w1_starts(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
             "runs/s",
         )
         .baseline("B2", base.batch_rows_per_s)
-        .ratio_goal(0.5),
+        .ratio_goal(0.5)
+        .cost(many_cost),
     ])
 }
 
@@ -172,8 +200,9 @@ fn group_size(engine: &Engine, before: (u64, u64)) -> f64 {
     (c - before.1) as f64 / ((b - before.0).max(1)) as f64
 }
 
-/// Start `n` runs of `wf` and time until all finished; returns seconds and the mean
-/// number of writer commands per commit.
+/// Start `n` runs of `wf` and time until all finished; returns seconds, the mean number
+/// of writer commands per commit, and the cost per run (measured until the engine was shut
+/// down, so that pooled step children are reaped and counted).
 fn run_all(
     ctx: &BenchCtx,
     db: &str,
@@ -181,12 +210,13 @@ fn run_all(
     n: u64,
     isolation: Isolation,
     workers: usize,
-) -> Result<(f64, f64), String> {
+) -> Result<(f64, f64, Cost), String> {
     let mut config = ctx.config(&ctx.db(db));
     config.isolation = isolation;
     config.workers = workers;
     let engine = Engine::start(bench_registry(), config).map_err(err)?;
     let before = engine.store().write_stats();
+    let meter = Meter::start(Some(before.0));
     let t = Instant::now();
     let mut i = 0;
     while i < n {
@@ -199,29 +229,90 @@ fn run_all(
     wait_count(&engine, FINISHED, n as i64, Duration::from_secs(600))?;
     let secs = t.elapsed().as_secs_f64();
     let group = group_size(&engine, before);
+    let done_commits = commits(&engine);
     let failed = count(&engine, FAILED)?;
     engine.shutdown().map_err(err)?;
+    let cost = meter.finish("run", n, Some(done_commits));
     if failed > 0 {
         return Err(format!("{failed} runs of {} failed", wf.name()));
     }
-    Ok((secs, group))
+    Ok((secs, group, cost))
+}
+
+/// Pre-queue `n` runs of `wf` (through a Client, before any engine runs), then start an
+/// engine of `workers` in-process workers and time until all finished: seconds, mean
+/// commands per commit, cost per run (engine start to shutdown; the pre-queueing is not
+/// measured).
+pub(super) fn drain(
+    ctx: &BenchCtx,
+    db: &str,
+    wf: Workflow<u64, u64>,
+    n: u64,
+    workers: usize,
+) -> Result<(f64, f64, Cost), String> {
+    let path = ctx.db(db);
+    prequeue(&path, wf, n)?;
+    let mut config = ctx.config(&path);
+    config.workers = workers;
+    let meter = Meter::start(Some(0));
+    let t = Instant::now();
+    let engine = Engine::start(bench_registry(), config).map_err(err)?;
+    wait_count(&engine, FINISHED, n as i64, Duration::from_secs(1200))?;
+    let secs = t.elapsed().as_secs_f64();
+    let group = group_size(&engine, (0, 0));
+    let done_commits = commits(&engine);
+    let failed = count(&engine, FAILED)?;
+    engine.shutdown().map_err(err)?;
+    let cost = meter.finish("run", n, Some(done_commits));
+    if failed > 0 {
+        return Err(format!("{failed} runs of {} failed", wf.name()));
+    }
+    Ok((secs, group, cost))
+}
+
+/// Runs enqueued per transaction when pre-queueing.
+const PREQUEUE_BATCH: u64 = 5_000;
+
+/// Create the file at `db` and enqueue `n` runs of `wf` through a Client (no engine).
+pub(super) fn prequeue(db: &Path, wf: Workflow<u64, u64>, n: u64) -> Result<(), String> {
+    let client = waymark::Client::open_with({
+        let mut c = waymark::ClientConfig::new(db).registry(bench_registry());
+        c.create = true;
+        c
+    })
+    .map_err(err)?;
+    let mut i = 0;
+    while i < n {
+        let inputs: Vec<(u64, StartOptions)> = (i..(i + PREQUEUE_BATCH).min(n))
+            .map(|x| (x, StartOptions::default()))
+            .collect();
+        i += inputs.len() as u64;
+        client.start_many(wf, &inputs).map_err(err)?;
+    }
+    Ok(())
 }
 
 /// W2: one-step in-process no-op runs.
 pub fn w2_one_step(ctx: &BenchCtx, base: &Baselines) -> Result<Row, String> {
     let n = ctx.sizes.w2_runs;
-    let (secs, group) = run_all(ctx, "w2.db", ONE, n, Isolation::InProcess, ctx.workers)?;
+    let (secs, group, cost) = if ctx.prequeue {
+        drain(ctx, "w2.db", ONE, n, ctx.workers)?
+    } else {
+        run_all(ctx, "w2.db", ONE, n, Isolation::InProcess, ctx.workers)?
+    };
     Ok(Row::new(
         "W2",
         format!(
-            "{n} one-step in-process runs, {} workers ({group:.1} commands/commit)",
+            "{n} one-step in-process runs{}, {} workers ({group:.1} commands/commit)",
+            if ctx.prequeue { " (pre-queued)" } else { "" },
             ctx.workers
         ),
         n as f64 / secs,
         "runs/s",
     )
     .baseline("B1", base.commits_per_s)
-    .ratio_goal(4.0))
+    .ratio_goal(4.0)
+    .cost(cost))
 }
 
 /// W3: ten-step in-process runs; step checkpoints per second, at the bench's worker count
@@ -230,7 +321,7 @@ pub fn w3_ten_steps(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String
     let n = ctx.sizes.w3_runs;
     let mut rows = Vec::new();
     for (db, workers) in [("w3.db", ctx.workers), ("w3b.db", 64)] {
-        let (secs, group) = run_all(ctx, db, TEN, n, Isolation::InProcess, workers)?;
+        let (secs, group, cost) = run_all(ctx, db, TEN, n, Isolation::InProcess, workers)?;
         rows.push(
             Row::new(
                 "W3",
@@ -241,7 +332,8 @@ pub fn w3_ten_steps(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String
                 "steps/s",
             )
             .baseline("B2", base.batch_rows_per_s)
-            .ratio_goal(0.25),
+            .ratio_goal(0.25)
+            .cost(cost),
         );
     }
     Ok(rows)
@@ -251,13 +343,13 @@ pub fn w3_ten_steps(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String
 /// (engine) process holds 1 GiB resident: posix_spawn's cost must not grow with it.
 pub fn w4_cold_child(ctx: &BenchCtx, base: &Baselines) -> Result<(Vec<Row>, f64), String> {
     let n = ctx.sizes.w4_runs;
-    let (secs, _) = run_all(ctx, "w4.db", ONE, n, Isolation::Child, ctx.workers)?;
+    let (secs, _, cost) = run_all(ctx, "w4.db", ONE, n, Isolation::Child, ctx.workers)?;
     let rate = n as f64 / secs;
     let mut ballast = vec![1u8; 1 << 30];
     for i in (0..ballast.len()).step_by(4096) {
         ballast[i] = (i % 251) as u8;
     }
-    let (secs_big, _) = run_all(ctx, "w4b.db", ONE, n, Isolation::Child, ctx.workers)?;
+    let (secs_big, _, cost_big) = run_all(ctx, "w4b.db", ONE, n, Isolation::Child, ctx.workers)?;
     std::hint::black_box(&ballast);
     drop(ballast);
     let rate_big = n as f64 / secs_big;
@@ -272,7 +364,8 @@ pub fn w4_cold_child(ctx: &BenchCtx, base: &Baselines) -> Result<(Vec<Row>, f64)
             "runs/s",
         )
         .baseline("B3", base.spawns_per_s)
-        .ratio_goal(0.8),
+        .ratio_goal(0.8)
+        .cost(cost),
         Row::new(
             "W4",
             format!("{n} one-step child-process runs, engine holding 1 GiB resident"),
@@ -280,7 +373,8 @@ pub fn w4_cold_child(ctx: &BenchCtx, base: &Baselines) -> Result<(Vec<Row>, f64)
             "runs/s",
         )
         .baseline("W4", rate)
-        .ratio_goal(0.8),
+        .ratio_goal(0.8)
+        .cost(cost_big),
     ];
     Ok((rows, rate))
 }
@@ -288,7 +382,7 @@ pub fn w4_cold_child(ctx: &BenchCtx, base: &Baselines) -> Result<(Vec<Row>, f64)
 /// W5: one-step runs on the warm child pool.
 pub fn w5_pool(ctx: &BenchCtx, cold_rate: f64) -> Result<Row, String> {
     let n = ctx.sizes.w5_runs;
-    let (secs, _) = run_all(ctx, "w5.db", ONE, n, Isolation::Pool, ctx.workers)?;
+    let (secs, _, cost) = run_all(ctx, "w5.db", ONE, n, Isolation::Pool, ctx.workers)?;
     Ok(Row::new(
         "W5",
         format!(
@@ -299,7 +393,8 @@ pub fn w5_pool(ctx: &BenchCtx, cold_rate: f64) -> Result<Row, String> {
         "runs/s",
     )
     .baseline("W4", cold_rate)
-    .ratio_goal(20.0))
+    .ratio_goal(20.0)
+    .cost(cost))
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -309,8 +404,8 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// W6: end-to-end latency (start to result) of a three-step run on an idle engine, at the
 /// default synchronous=FULL and, to separate the engine's own cost from fsync, at NORMAL.
 pub fn w6_latency(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
-    let (full, commits) = w6_samples(ctx, "w6.db", waymark::Synchronous::Full)?;
-    let (normal, _) = w6_samples(ctx, "w6n.db", waymark::Synchronous::Normal)?;
+    let (full, commits, cost) = w6_samples(ctx, "w6.db", waymark::Synchronous::Full)?;
+    let (normal, _, cost_normal) = w6_samples(ctx, "w6n.db", waymark::Synchronous::Normal)?;
     Ok(vec![
         Row::new(
             "W6",
@@ -319,39 +414,44 @@ pub fn w6_latency(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> 
             "ms",
         )
         .baseline("B1 p50 x commits/run", base.commit_p50_ms * commits)
-        .max_goal(2.0),
+        .max_goal(2.0)
+        .cost(cost),
         Row::new(
             "W6",
             "three-step run, start to result, p99 (idle engine)",
             percentile(&full, 0.99),
             "ms",
-        ),
+        )
+        .cost(cost),
         Row::new(
             "W6",
             "three-step run p50 at synchronous=NORMAL (engine cost without fsync)",
             percentile(&normal, 0.5),
             "ms",
-        ),
+        )
+        .cost(cost_normal),
         Row::new(
             "W6",
             "three-step run p99 at synchronous=NORMAL",
             percentile(&normal, 0.99),
             "ms",
-        ),
+        )
+        .cost(cost_normal),
     ])
 }
 
-/// Sorted latencies (ms) and writer commits per run.
+/// Sorted latencies (ms), writer commits per run, cost per run (the measured samples).
 fn w6_samples(
     ctx: &BenchCtx,
     db: &str,
     sync: waymark::Synchronous,
-) -> Result<(Vec<f64>, f64), String> {
+) -> Result<(Vec<f64>, f64, Cost), String> {
     let mut config = ctx.config(&ctx.db(db));
     config.synchronous = sync;
     let engine = Engine::start(bench_registry(), config).map_err(err)?;
     let n = ctx.sizes.w6_samples;
     let mut before = engine.store().write_stats();
+    let mut meter = Meter::start(Some(before.0));
     let mut lat = Vec::with_capacity(n as usize);
     for i in 0..(n + 10) {
         let t = Instant::now();
@@ -369,14 +469,17 @@ fn w6_samples(
             lat.push(ms);
         } else {
             before = engine.store().write_stats();
+            meter = Meter::start(Some(before.0));
         }
         // Idle engine: let the dispatcher go back to sleep between samples.
         std::thread::sleep(Duration::from_millis(2));
     }
-    let commits = (engine.store().write_stats().0 - before.0) as f64 / n as f64;
+    let now = engine.store().write_stats().0;
+    let commits = (now - before.0) as f64 / n as f64;
+    let cost = meter.finish("run", n, Some(now));
     engine.shutdown().map_err(err)?;
     lat.sort_by(f64::total_cmp);
-    Ok((lat, commits))
+    Ok((lat, commits, cost))
 }
 
 fn this_binary() -> Result<PathBuf, String> {
@@ -416,6 +519,7 @@ pub fn w7_recovery(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
     child.kill().map_err(err)?; // SIGKILL
     child.wait().map_err(err)?;
 
+    let meter = Meter::start(Some(0));
     let t = Instant::now();
     let engine = Engine::start(bench_registry(), ctx.config(&db)).map_err(err)?;
     let open = t.elapsed();
@@ -444,6 +548,7 @@ pub fn w7_recovery(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
     };
     wait_count(&engine, FINISHED, n as i64, Duration::from_secs(120))?;
     let finished = t.elapsed();
+    let cost = meter.finish("run", n, Some(commits(&engine)));
     engine.shutdown().map_err(err)?;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     Ok(vec![
@@ -452,14 +557,16 @@ pub fn w7_recovery(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
             format!("recovery of {n} runs: engine open"),
             ms(open),
             "ms",
-        ),
+        )
+        .cost(cost),
         Row::new(
             "W7",
             format!("recovery of {n} runs: open to all reclaimed (dead pid)"),
             ms(reclaimed),
             "ms",
         )
-        .max_goal(1000.0),
+        .max_goal(1000.0)
+        .cost(cost),
         Row::new(
             "W7",
             format!(
@@ -469,13 +576,15 @@ pub fn w7_recovery(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
             ms(claimed),
             "ms",
         )
-        .max_goal(1000.0),
+        .max_goal(1000.0)
+        .cost(cost),
         Row::new(
             "W7",
             format!("recovery of {n} runs: open to all completed"),
             ms(finished),
             "ms",
-        ),
+        )
+        .cost(cost),
     ])
 }
 
@@ -548,8 +657,12 @@ pub fn w8_open(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
     let size_mb = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
     // Warm the page cache the same way for both probes: the first open reads the file.
     open_probe(&db, "open")?;
+    let meter = Meter::start(None);
     let checked = open_probe(&db, "open")?;
+    let checked_cost = meter.finish("open", 1, None);
+    let meter = Meter::start(None);
     let always = open_probe(&db, "open-always")?;
+    let always_cost = meter.finish("open", 1, None);
     let f = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
     let (own_rss, _) = rss_kib();
     log::debug!("bench process RSS {own_rss} KiB");
@@ -560,20 +673,23 @@ pub fn w8_open(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
             f(&checked, "open_ms"),
             "ms",
         )
-        .max_goal(500.0),
+        .max_goal(500.0)
+        .cost(checked_cost),
         Row::new(
             "W8",
             format!("open with {n} finished runs, quick_check_always (opt-in)"),
             f(&always, "open_ms"),
             "ms",
-        ),
+        )
+        .cost(always_cost),
         Row::new(
             "W8",
             format!("engine RSS after open, {n} finished runs"),
             f(&checked, "rss_kib") / 1024.0,
             "MiB",
         )
-        .max_goal(50.0),
+        .max_goal(50.0)
+        .cost(checked_cost),
     ])
 }
 
@@ -581,8 +697,8 @@ pub fn w8_open(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
 /// to one engine process alone on the same disk (what the disk itself costs).
 pub fn fairness(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
     let procs = ctx.sizes.fairness_procs;
-    let (solo_rate, solo_p99, solo_worst) = fair_run(ctx, "fair1.db", 1)?;
-    let (rate, p99, worst) = fair_run(ctx, "fair.db", procs)?;
+    let (solo_rate, solo_p99, solo_worst, solo_cost) = fair_run(ctx, "fair1.db", 1)?;
+    let (rate, p99, worst, cost) = fair_run(ctx, "fair.db", procs)?;
     Ok(vec![
         Row::new(
             "F",
@@ -590,27 +706,31 @@ pub fn fairness(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
             solo_rate,
             "commits/s",
         )
-        .baseline("B1", base.commits_per_s),
+        .baseline("B1", base.commits_per_s)
+        .cost(solo_cost),
         Row::new(
             "F",
             "1 engine process alone: worst commit wait",
             solo_worst,
             "ms",
-        ),
+        )
+        .cost(solo_cost),
         Row::new(
             "F",
             format!("{procs} engine processes on one file: commits/s in all"),
             rate,
             "commits/s",
         )
-        .baseline("F solo", solo_rate),
+        .baseline("F solo", solo_rate)
+        .cost(cost),
         Row::new(
             "F",
             format!("{procs} engine processes on one file: worst p99 commit wait"),
             p99,
             "ms",
         )
-        .baseline("F solo p99", solo_p99),
+        .baseline("F solo p99", solo_p99)
+        .cost(cost),
         Row::new(
             "F",
             format!("{procs} engine processes on one file: worst commit wait"),
@@ -618,13 +738,14 @@ pub fn fairness(ctx: &BenchCtx, base: &Baselines) -> Result<Vec<Row>, String> {
             "ms",
         )
         .baseline("F solo worst", solo_worst)
-        .max_goal(100.0),
+        .max_goal(100.0)
+        .cost(cost),
     ])
 }
 
 /// `procs` processes each committing one-row writes through the writer for the configured
-/// time: (commits/s in all, worst p99 wait, worst wait), waits in ms.
-fn fair_run(ctx: &BenchCtx, name: &str, procs: u64) -> Result<(f64, f64, f64), String> {
+/// time: (commits/s in all, worst p99 wait, worst wait, cost per commit), waits in ms.
+fn fair_run(ctx: &BenchCtx, name: &str, procs: u64) -> Result<(f64, f64, f64, Cost), String> {
     let db = ctx.db(name);
     drop(
         Store::open(
@@ -635,6 +756,7 @@ fn fair_run(ctx: &BenchCtx, name: &str, procs: u64) -> Result<(f64, f64, f64), S
         .map_err(err)?,
     );
     let ms = ctx.sizes.fairness_ms;
+    let meter = Meter::start(None);
     let children = (0..procs)
         .map(|_| {
             Command::new(this_binary()?)
@@ -668,5 +790,6 @@ fn fair_run(ctx: &BenchCtx, name: &str, procs: u64) -> Result<(f64, f64, f64), S
         p99 = p99.max(v["p99_ms"].as_f64().unwrap_or(f64::NAN));
         commits += v["commits"].as_f64().unwrap_or(0.0);
     }
-    Ok((commits / (ms as f64 / 1000.0), p99, worst))
+    let cost = meter.finish("commit", commits as u64, Some(commits as u64));
+    Ok((commits / (ms as f64 / 1000.0), p99, worst, cost))
 }

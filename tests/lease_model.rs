@@ -300,6 +300,11 @@ const COUNTERPARTS: &[(&str, &str)] = &[
     ("Enqueue", "model: initial state (one pending run)"),
     ("EnqueueMany", "model: initial state (one pending run)"),
     ("Claim", "model: claim"),
+    (
+        "Batch",
+        "model: its ops in order in one transaction (finish_step, complete/fail/release, claim): \
+         each is modelled; one transaction only removes interleavings",
+    ),
     ("Heartbeat", "model: heartbeat"),
     ("Checkpoint", "model: finish_step"),
     (

@@ -231,7 +231,9 @@ fn reclaim_kills_the_group_of_a_dead_leader_before_running_again() {
         (tagged(&tag).len() >= 4 && dir.path().join("pids").exists()).then_some(())
     })
     .expect("the step's tree never came up");
-    let leader = first_leader(&db, id).expect("attempt 1 recorded with its pid");
+    // Polled: a single read can miss (a busy file under a loaded machine reads as None).
+    let leader = poll(Duration::from_secs(10), || first_leader(&db, id))
+        .expect("attempt 1 recorded with its pid");
     // SAFETY: kill(2) of processes this test started.
     unsafe {
         libc::kill(engine.id() as i32, libc::SIGSTOP);

@@ -7,7 +7,7 @@ use rusqlite::Connection;
 use std::sync::Arc;
 use waymark::internal::clock::SystemClock;
 use waymark::internal::store::queries::{ATTEMPTS_SQL, JOURNAL_SQL};
-use waymark::internal::store::write::{CLAIM_SQL, HEARTBEAT_SQL, WAKE_SQL};
+use waymark::internal::store::write::{CLAIM_ONE_SQL, CLAIM_SQL, HEARTBEAT_SQL, WAKE_SQL};
 use waymark::internal::store::{NewRun, Op, Store, StoreOptions};
 
 fn plan(conn: &Connection, sql: &str) -> Vec<String> {
@@ -69,6 +69,14 @@ fn hot_statements_use_their_partial_indexes() {
     );
     assert_no_scan_or_sort(&claim, "claim");
 
+    let one = plan(&conn, CLAIM_ONE_SQL);
+    assert!(
+        one.iter()
+            .any(|l| l.contains("SEARCH runs USING INTEGER PRIMARY KEY")),
+        "claim by id is not a rowid lookup: {one:?}"
+    );
+    assert_no_scan_or_sort(&one, "claim by id");
+
     let wake = plan(&conn, WAKE_SQL);
     assert!(
         wake.iter().any(|l| l.contains("INDEX runs_wake")),
@@ -114,6 +122,17 @@ fn hot_statements_are_not_prepared_again_at_each_execution() {
                 now.into(),
                 wf.to_string().into(),
                 4i64.into(),
+            ],
+        ),
+        (
+            "claim by id",
+            CLAIM_ONE_SQL,
+            vec![
+                "owner".to_string().into(),
+                (now + 1000).into(),
+                now.into(),
+                wf.to_string().into(),
+                1i64.into(),
             ],
         ),
         ("wake", WAKE_SQL, vec![now.into()]),

@@ -142,6 +142,7 @@ impl Inner {
             workflows_json: self.workflows_json.clone(),
             lease_ms: self.config.lease_ttl.as_millis() as i64,
             sweep,
+            only_started: false,
         })
     }
 
@@ -376,15 +377,16 @@ impl Engine {
         opts: StartOptions,
     ) -> Result<i64, Error> {
         // With an idle worker, the run is started already claimed by it (one commit less,
-        // no hand-off through the dispatcher). The claim takes the next run in claim order,
-        // which is this one unless older runs wait.
+        // no hand-off through the dispatcher). Only the run just created is claimed (one
+        // row lookup); older pending runs are the dispatcher's and the workers'.
         if !self.inner.reserve_worker() {
             return self.inner.client.start_run(wf, input, opts);
         }
-        let Some(next) = self.inner.claim_next() else {
+        let Some(mut next) = self.inner.claim_next() else {
             self.inner.unreserve_worker();
             return self.inner.client.start_run(wf, input, opts);
         };
+        next.only_started = true;
         let owner = next.owner.clone();
         match self.inner.client.start_claiming(wf, input, opts, next) {
             Ok((id, mut claimed)) => {

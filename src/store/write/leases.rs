@@ -295,6 +295,42 @@ pub(crate) fn claim_ready(
     Ok(limited)
 }
 
+/// Claim these runs by id, each only if it is pending, of a workflow in `workflows_json`
+/// and in a queue without a concurrency limit (a limited queue's runs are claimed in order
+/// by `claim_limited`, which keeps the limit).
+pub(crate) fn claim_runs(
+    conn: &Connection,
+    owner: &Arc<str>,
+    ids: &[i64],
+    workflows_json: &str,
+    lease_ms: i64,
+    now: i64,
+) -> StoreResult<Vec<Claimed>> {
+    let mut rows = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let mut stmt = conn
+            .prepare_cached(CLAIM_ONE_SQL)
+            .map_err(sql("preparing a claim by id"))?;
+        let got = stmt
+            .query_map(
+                params![&**owner, now + lease_ms, now, workflows_json, id],
+                claimed_row,
+            )
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(sql("claiming a run by id"))?;
+        rows.extend(got);
+    }
+    park_undecodable(conn, owner, rows, now)
+}
+
+/// Claim run ?5 if it is claimable by this engine (see [`claim_runs`]).
+pub const CLAIM_ONE_SQL: &str = "UPDATE runs SET status = 'running', owner = ?1, epoch = epoch + 1,
+                            lease_expires_at = ?2, updated_at = ?3, note = NULL
+                     WHERE id = +?5 AND status = 'pending'
+                       AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
+                       AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = runs.queue)
+                     RETURNING id, workflow, version, input, epoch, interruptions, deadline_at, cancel_requested";
+
 /// Part of `Op::Claim`: runs parked as `blocked_version` whose `workflow@version` this
 /// claimer registers become pending again, so a build that has the version claims them.
 pub fn unpark_known_versions(conn: &Connection, workflows_json: &str, now: i64) -> StoreResult<()> {

@@ -77,7 +77,7 @@ pub(super) fn err(e: impl std::fmt::Display) -> String {
 }
 
 /// A read-only connection of its own: the bench reads the file as any tool would.
-fn reader(db: &Path) -> Result<Connection, String> {
+pub(super) fn reader(db: &Path) -> Result<Connection, String> {
     let conn =
         Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;

@@ -12,9 +12,7 @@
 
 use super::cost::Meter;
 use super::report::Row;
-use super::workloads::{
-    count_at, drain, err, prequeue, wait_count_at, BenchCtx, FAILED, FINISHED, ONE,
-};
+use super::workloads::{count_at, drain, err, prequeue, wait_finished_at, BenchCtx, FAILED, ONE};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -107,7 +105,7 @@ fn m1_run(ctx: &BenchCtx, procs: usize, workers: usize, n: u64) -> Result<M1Resu
             }
         }
     }
-    let drained = drained.and_then(|()| wait_count_at(&db, FINISHED, n as i64, DRAIN_TIMEOUT));
+    let drained = drained.and_then(|()| wait_finished_at(&db, n as i64, DRAIN_TIMEOUT));
     let secs = t.elapsed().as_secs_f64();
     if let Err(e) = drained {
         for mut c in children {

@@ -77,7 +77,7 @@ pub(super) fn err(e: impl std::fmt::Display) -> String {
 }
 
 /// A read-only connection of its own: the bench reads the file as any tool would.
-fn reader(db: &Path) -> Result<Connection, String> {
+pub(super) fn reader(db: &Path) -> Result<Connection, String> {
     let conn =
         Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
@@ -92,31 +92,39 @@ fn count(engine: &Engine, sql: &'static str) -> Result<i64, String> {
     count_at(engine.db_path(), sql)
 }
 
-/// Poll (one connection, every 2 ms) until `sql` counts at least `n`, or fail after `timeout`.
-pub(super) fn wait_count_at(
-    db: &Path,
-    sql: &'static str,
-    n: i64,
-    timeout: Duration,
-) -> Result<(), String> {
+/// Poll (one connection, every 2 ms) until at least `n` runs are finished, or fail after
+/// `timeout`. Each poll asks only whether an unfinished run is left ([`UNFINISHED`]: index
+/// seeks, O(1)); finished runs are counted ([`FINISHED`]: O(finished)) only when none is.
+/// Counting at every poll cost the bench process itself O(n) per 2 ms: with 200,000 runs
+/// the observer, not the engine, spent about a third of a core (Q1 deep: 145 us CPU per run).
+pub(super) fn wait_finished_at(db: &Path, n: i64, timeout: Duration) -> Result<(), String> {
     let conn = reader(db)?;
     let end = Instant::now() + timeout;
     loop {
-        let got: i64 = conn.query_row(sql, [], |r| r.get(0)).map_err(err)?;
+        let unfinished: bool = conn.query_row(UNFINISHED, [], |r| r.get(0)).map_err(err)?;
+        let got: i64 = if unfinished {
+            -1
+        } else {
+            conn.query_row(FINISHED, [], |r| r.get(0)).map_err(err)?
+        };
         if got >= n {
             return Ok(());
         }
         if Instant::now() > end {
-            return Err(format!("timed out: {got} of {n} ({sql})"));
+            let got: i64 = conn.query_row(FINISHED, [], |r| r.get(0)).map_err(err)?;
+            return Err(format!("timed out: {got} of {n} runs finished"));
         }
         std::thread::sleep(Duration::from_millis(2));
     }
 }
 
-fn wait_count(engine: &Engine, sql: &'static str, n: i64, timeout: Duration) -> Result<(), String> {
-    wait_count_at(engine.db_path(), sql, n, timeout)
+fn wait_finished(engine: &Engine, n: i64, timeout: Duration) -> Result<(), String> {
+    wait_finished_at(engine.db_path(), n, timeout)
 }
 
+/// Is any run left that is not final? Seeks in `runs_status`, one per status listed.
+const UNFINISHED: &str = "SELECT EXISTS (SELECT 1 FROM runs WHERE status IN \
+     ('pending', 'running', 'suspended', 'blocked', 'blocked_version'))";
 pub(super) const FINISHED: &str =
     "SELECT count(*) FROM runs WHERE status IN ('completed', 'failed')";
 pub(super) const FAILED: &str = "SELECT count(*) FROM runs WHERE status = 'failed'";
@@ -226,7 +234,7 @@ fn run_all(
         i += inputs.len() as u64;
         engine.start_many(wf, &inputs).map_err(err)?;
     }
-    wait_count(&engine, FINISHED, n as i64, Duration::from_secs(600))?;
+    wait_finished(&engine, n as i64, Duration::from_secs(600))?;
     let secs = t.elapsed().as_secs_f64();
     let group = group_size(&engine, before);
     let done_commits = commits(&engine);
@@ -257,7 +265,7 @@ pub(super) fn drain(
     let meter = Meter::start(Some(0));
     let t = Instant::now();
     let engine = Engine::start(bench_registry(), config).map_err(err)?;
-    wait_count(&engine, FINISHED, n as i64, Duration::from_secs(1200))?;
+    wait_finished(&engine, n as i64, Duration::from_secs(1200))?;
     let secs = t.elapsed().as_secs_f64();
     let group = group_size(&engine, (0, 0));
     let done_commits = commits(&engine);
@@ -546,7 +554,7 @@ pub fn w7_recovery(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
         }
         std::thread::sleep(Duration::from_millis(1));
     };
-    wait_count(&engine, FINISHED, n as i64, Duration::from_secs(120))?;
+    wait_finished(&engine, n as i64, Duration::from_secs(120))?;
     let finished = t.elapsed();
     let cost = meter.finish("run", n, Some(commits(&engine)));
     engine.shutdown().map_err(err)?;

@@ -215,6 +215,38 @@ impl StepCgroup {
             .unwrap_or(0)
     }
 
+    /// Kill every process in this cgroup but `keep` (the step's own leader) and wait until
+    /// none is left, at most `wait`: true when only `keep` (or nothing) is left. `None` when
+    /// the cgroup cannot be read (then the caller falls back to the process-group scan).
+    /// Only the child and its descendants ever enter a step's cgroup, so this reaches what
+    /// the step started, `setsid` escapes included, in O(members) instead of a scan of /proc
+    /// (measured: the /proc scan after every pooled execution was most of the workers' CPU
+    /// in `bench --only W5`).
+    pub fn kill_all_but(&self, keep: u32, wait: Duration) -> Option<bool> {
+        let end = Instant::now() + wait;
+        loop {
+            let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).ok()?;
+            let others: Vec<i32> = procs
+                .lines()
+                .filter_map(|p| p.trim().parse::<i32>().ok())
+                .filter(|&p| p != keep as i32 && p > 1)
+                .collect();
+            if others.is_empty() {
+                return Some(true);
+            }
+            if Instant::now() >= end {
+                return Some(false);
+            }
+            for pid in others {
+                // SAFETY: kill(2) of a process listed in our step's own cgroup.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Kill what is left in it, then remove it (retrying while the kernel finishes the
     /// kills, up to 2 s). Idempotent.
     pub fn remove(mut self) {

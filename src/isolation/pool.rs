@@ -175,14 +175,18 @@ impl Executor for PoolExecutor {
                 // The step returned, but what it started in its group (a background
                 // process) is still running: it ends with the step, as it does when a cold
                 // child exits. A child whose group cannot be emptied is not reused.
+                let wait = std::time::Duration::from_secs(1);
                 let emptied = outcome.is_ok()
-                    && pooled.running.start_time().is_some_and(|start| {
-                        super::group::kill_group_except_leader(
-                            pid,
-                            start,
-                            std::time::Duration::from_secs(1),
-                        )
-                    });
+                    && match pooled
+                        .cgroup
+                        .as_ref()
+                        .and_then(|c| c.kill_all_but(pid, wait))
+                    {
+                        Some(emptied) => emptied,
+                        None => pooled.running.start_time().is_some_and(|start| {
+                            super::group::kill_group_except_leader(pid, start, wait)
+                        }),
+                    };
                 // Close the attempt while the child is still checked out. An attempt left
                 // open names a live pid; a later reclaimer's survivor kill would hit that
                 // child while it serves another run. So a child whose attempt could not be

@@ -1,0 +1,147 @@
+//! Attacks on issue 15's hot path (a run started on an engine with an idle worker is inserted
+//! and claimed in one commit; a worker that ends a run claims its next one in the same
+//! commit). Each test runs a real engine on a real SQLite file and reads the outcome with
+//! plain rusqlite.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::*;
+use waymark::{Client, Ctx, Engine, Registry, StartOptions, Step, StepCtx, Workflow};
+
+const NAP: Step<u64, u64> = Step::new("nap");
+const ONE_NAP: Workflow<u64, u64> = Workflow::new("one_nap");
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn registry() -> Registry {
+    let mut reg = Registry::new();
+    reg.step(NAP, |_: &StepCtx, ms: u64| {
+        std::thread::sleep(Duration::from_millis(ms));
+        Ok(ms)
+    });
+    reg.workflow(ONE_NAP, |ctx: &mut Ctx<'_>, ms: u64| ctx.step(NAP, &ms));
+    reg
+}
+
+/// Samples the number of `running` runs until dropped; `max` is the highest seen.
+struct RunningMonitor {
+    stop: Arc<AtomicBool>,
+    max: Arc<AtomicI64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningMonitor {
+    fn start(db: &std::path::Path) -> RunningMonitor {
+        let (stop, max) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicI64::new(0)),
+        );
+        let (s, m, db) = (stop.clone(), max.clone(), db.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let c = peek(&db);
+            while !s.load(Ordering::SeqCst) {
+                if let Ok(n) = c.query_row(
+                    "SELECT count(*) FROM runs WHERE status = 'running'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                ) {
+                    m.fetch_max(n, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        RunningMonitor {
+            stop,
+            max,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> i64 {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.max.load(Ordering::SeqCst)
+    }
+}
+
+// Scenario: an engine with ONE worker and an idle dispatcher; another process's run becomes
+// due, the dispatcher sees a free worker and asks to claim it, but another process holds the
+// write lock, so the claim waits. Meanwhile `Engine::start_run` finds the worker idle too,
+// reserves it and waits for the same lock. The lock is released.
+// Must hold: never more runs `running` under the engine than it has workers (a claimed run
+// never waits in a queue for a worker: its lease renewed, its cancel flag unseen, starved
+// by the worker's own claims), and each run is claimed exactly once (epoch 1: no run was
+// claimed only to be handed back for lack of a worker).
+#[test]
+fn start_run_racing_the_dispatcher_never_claims_more_runs_than_workers() {
+    let dir = tempdir();
+    let db = dir.path().join("race.db");
+    let mut config = in_process_config(&db);
+    config.workers = 1;
+    config.poll_interval = Duration::from_millis(20);
+    let engine = Engine::start(registry(), config).unwrap();
+    let client = Client::open(&db).unwrap();
+    let monitor = RunningMonitor::start(&db);
+
+    // Due in 400 ms: the dispatcher will find it at its first poll after that.
+    let due = now_ms() + 400;
+    let theirs = client
+        .start_run(
+            ONE_NAP,
+            &300,
+            StartOptions {
+                not_before_ms: Some(due),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // Another process takes the write lock before the run is due, and keeps it until the
+    // dispatcher has surely read "one idle worker" and queued its claim.
+    std::thread::sleep(Duration::from_millis(200));
+    let blocker = rusqlite::Connection::open(&db).unwrap();
+    blocker.busy_timeout(Duration::from_secs(10)).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    while now_ms() < due + 150 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ours = std::thread::scope(|s| {
+        let started = s.spawn(|| engine.start_run(ONE_NAP, &300, StartOptions::default()));
+        std::thread::sleep(Duration::from_millis(150));
+        blocker.execute_batch("COMMIT").unwrap();
+        started.join().unwrap().unwrap()
+    });
+    for id in [theirs, ours] {
+        let row = engine.wait(id, Duration::from_secs(30)).unwrap();
+        assert_eq!(row.status, "completed", "run {id}: {row:?}");
+    }
+    let max_running = monitor.finish();
+    let epochs: Vec<(i64, i64)> = {
+        let c = reader(&db);
+        let mut s = c.prepare("SELECT id, epoch FROM runs ORDER BY id").unwrap();
+        let rows = s
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows
+    };
+    engine.shutdown().unwrap();
+    assert!(
+        max_running <= 1,
+        "{max_running} runs were running at once under an engine with 1 worker (epochs {epochs:?})"
+    );
+    assert!(
+        epochs.iter().all(|&(_, e)| e == 1),
+        "every run is claimed once: (id, epoch) {epochs:?}"
+    );
+}

@@ -145,3 +145,42 @@ fn start_run_racing_the_dispatcher_never_claims_more_runs_than_workers() {
         "every run is claimed once: (id, epoch) {epochs:?}"
     );
 }
+
+// Scenario: a run's engine is SIGKILLed during its first step (of two); the run is
+// cancelled from another process while it is still `running` under the dead owner (the
+// cancel is acknowledged as `running`); a new engine reclaims and claims it. Admission now
+// trusts the `cancel_requested` its claim returned (no second read).
+// Must hold: the run ends `cancelled` and no step of it runs again after the acknowledged
+// cancel (one execution of seq 0 in the effects file, none of seq 1).
+#[test]
+fn a_run_cancelled_while_its_owner_was_dead_runs_no_step_again() {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    let id = tmp.start("fixture.slow", r#"{"steps":2,"ms":2000}"#, 1)[0];
+    let mut first = tmp.serve(1, &[]);
+    wait_until("the first step started", Duration::from_secs(30), || {
+        tmp.effect_steps().iter().any(|e| e.0 == id)
+    });
+    first.kill();
+    let answer = tmp.waymark(&["cancel", &id.to_string(), "--db", db.to_str().unwrap()]);
+    assert!(answer.contains("running"), "cancel answered {answer:?}");
+    let mut second = tmp.serve(1, &[]);
+    wait_until("the run final", Duration::from_secs(60), || {
+        matches!(
+            try_status(&db, id).as_deref(),
+            Some("completed" | "failed" | "cancelled")
+        )
+    });
+    second.kill();
+    assert_eq!(status(&db, id), "cancelled");
+    let executions: Vec<_> = tmp
+        .effect_steps()
+        .into_iter()
+        .filter(|e| e.0 == id)
+        .collect();
+    assert_eq!(
+        executions.len(),
+        1,
+        "only the execution killed with its engine: {executions:?}"
+    );
+}

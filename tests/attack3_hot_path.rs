@@ -9,10 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::*;
-use waymark::{Client, Ctx, Engine, Registry, StartOptions, Step, StepCtx, Workflow};
+use waymark::{Client, Ctx, Engine, Registry, StartOptions, Step, StepCtx, StepError, Workflow};
 
 const NAP: Step<u64, u64> = Step::new("nap");
 const ONE_NAP: Workflow<u64, u64> = Workflow::new("one_nap");
+const FLOP: Step<u64, u64> = Step::new("flop");
+const ONE_FLOP: Workflow<u64, u64> = Workflow::new("one_flop");
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -28,6 +30,11 @@ fn registry() -> Registry {
         Ok(ms)
     });
     reg.workflow(ONE_NAP, |ctx: &mut Ctx<'_>, ms: u64| ctx.step(NAP, &ms));
+    reg.step(FLOP, |_: &StepCtx, ms: u64| {
+        std::thread::sleep(Duration::from_millis(ms));
+        Err(StepError::permanent("fails by design"))
+    });
+    reg.workflow(ONE_FLOP, |ctx: &mut Ctx<'_>, ms: u64| ctx.step(FLOP, &ms));
     reg
 }
 
@@ -182,5 +189,51 @@ fn a_run_cancelled_while_its_owner_was_dead_runs_no_step_again() {
         executions.len(),
         1,
         "only the execution killed with its engine: {executions:?}"
+    );
+}
+
+// Scenario: an in-process step fails by itself while the engine is healthy; recording the
+// failed attempt waits for the write lock (another process holds it); meanwhile the engine
+// is shut down and its shutdown grace ends, which raises every run's stop flag without a
+// reason (to kill child steps). Nobody cancels the run.
+// Must hold: the run does not end `cancelled` (no cancel was requested): a stop flag raised
+// for a shutdown (or a lapsed lease) hands the run back, it is never read as a cancel.
+#[test]
+fn a_stop_flag_raised_by_the_shutdown_grace_never_ends_a_run_cancelled() {
+    let dir = tempdir();
+    let db = dir.path().join("grace.db");
+    let mut config = in_process_config(&db);
+    config.workers = 1;
+    config.shutdown_grace = Duration::from_millis(100);
+    config.retry = waymark::RetryPolicy::never();
+    let engine = Engine::start(registry(), config).unwrap();
+    let id = engine
+        .start_run(ONE_FLOP, &600, StartOptions::default())
+        .unwrap();
+    wait_until("the run claimed", Duration::from_secs(30), || {
+        try_status(&db, id).as_deref() == Some("running")
+    });
+    // The step runs (600 ms, no write): take the write lock, so that recording its failure
+    // waits until after the shutdown grace ended.
+    std::thread::sleep(Duration::from_millis(150));
+    let blocker = rusqlite::Connection::open(&db).unwrap();
+    blocker.busy_timeout(Duration::from_secs(10)).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let stopping = std::thread::spawn(move || engine.shutdown());
+    std::thread::sleep(Duration::from_millis(400));
+    blocker.execute_batch("COMMIT").unwrap();
+    stopping.join().unwrap().unwrap();
+    let (status, cancel_requested): (String, i64) = reader(&db)
+        .query_row(
+            "SELECT status, cancel_requested FROM runs WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(cancel_requested, 0);
+    assert_eq!(
+        status, "pending",
+        "run {id}: nobody cancelled it; the shutdown hands it back"
     );
 }

@@ -277,7 +277,14 @@ fn shutdown_while_workers_claim_their_next_runs_leaves_no_run_running() {
             running, 0,
             "round {round}: runs left running after shutdown"
         );
+        if query_i64(&db, "SELECT count(*) FROM runs WHERE status = 'pending'") > 0 {
+            interrupted_rounds += 1;
+        }
     }
+    assert!(
+        interrupted_rounds > 0,
+        "no shutdown came while runs were left: the scenario did not happen"
+    );
     let engine = Engine::start(registry(), config()).unwrap();
     for &id in &ids {
         let row = engine.wait(id, Duration::from_secs(60)).unwrap();

@@ -1,7 +1,9 @@
 //! The dispatcher: claims ready runs in short transactions and hands them to workers.
 //!
 //! Invariant: it never claims more runs than there are idle workers, so a claimed run
-//! starts executing at once and its lease is never held by a queue. It takes the write lock
+//! starts executing at once and its lease is never held by a queue. It takes the idle
+//! workers' slots (`in_flight`) before its claim, as every other claimer does
+//! (`Engine::start_run`; a worker claiming at its run's end keeps its own slot). It takes the write lock
 //! only when a read shows something claimable.
 
 use crate::engine::Inner;

@@ -178,13 +178,21 @@ impl Control {
         })
     }
 
-    /// How a run whose stop flag interrupted it ends.
+    /// How a run whose stop flag interrupted it ends. Only a cancel or a passed deadline
+    /// ends it: a flag raised without a reason (the end of the shutdown grace) or for a
+    /// lapsed lease hands the run back (fenced release), as `Ctx` does when it sees the
+    /// shutdown or the lapse first; no cancel was requested, so it must not end `cancelled`.
     pub(crate) fn stopped(&self, guard: &RunGuard<'_>, fence: &Fence) -> Ending {
-        stop_ending(
-            guard.flags.why.load(Ordering::SeqCst),
-            fence,
-            guard.flags.deadline_at,
-        )
+        match guard.flags.why.load(Ordering::SeqCst) {
+            why @ (WHY_CANCEL | WHY_DEADLINE) => stop_ending(why, fence, guard.flags.deadline_at),
+            _ => {
+                log::warn!(
+                    "run {}: stopped without a cancel or deadline (shutdown or lapsed lease); releasing it",
+                    fence.run_id
+                );
+                Ending::Release
+            }
+        }
     }
 }
 

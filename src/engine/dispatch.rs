@@ -1,7 +1,9 @@
 //! The dispatcher: claims ready runs in short transactions and hands them to workers.
 //!
 //! Invariant: it never claims more runs than there are idle workers, so a claimed run
-//! starts executing at once and its lease is never held by a queue. It takes the write lock
+//! starts executing at once and its lease is never held by a queue. It takes the idle
+//! workers' slots (`in_flight`) before its claim, as every other claimer does
+//! (`Engine::start_run`; a worker claiming at its run's end keeps its own slot). It takes the write lock
 //! only when a read shows something claimable.
 
 use crate::engine::Inner;
@@ -17,9 +19,9 @@ pub fn dispatch_loop(
     let workers = inner.config.workers as i64;
     while !inner.shutting_down() {
         let busy = inner.in_flight.load(Ordering::SeqCst);
-        let free = workers - busy;
-        let can_claim =
-            free > 0 && !inner.storage_failed.load(Ordering::SeqCst) && inner.lease.valid();
+        let can_claim = workers - busy > 0
+            && !inner.storage_failed.load(Ordering::SeqCst)
+            && inner.lease.valid();
         // Look before taking the write lock: an idle engine polls with a read, not a write
         // transaction (which would contend with other engine processes on the file).
         let can_claim = can_claim
@@ -27,8 +29,16 @@ pub fn dispatch_loop(
                 .store
                 .claimable(inner.clock.now_ms(), &inner.workflows_json)
                 .unwrap_or(true);
+        // Take the idle workers' slots before claiming for them: `Engine::start_run` also
+        // claims for an idle worker (`Inner::reserve_worker`), and a slot counted here but
+        // taken there meanwhile would leave a claimed run queued with no worker.
+        let free = if can_claim {
+            reserve_idle(inner, workers)
+        } else {
+            0
+        };
         let mut claimed_all = false;
-        if can_claim {
+        if free > 0 {
             let owner = inner.owner();
             let claim_started = std::time::Instant::now();
             match inner.store.claim(
@@ -40,21 +50,38 @@ pub fn dispatch_loop(
                 Ok(runs) => {
                     inner.counters.claimed(claim_started.elapsed());
                     claimed_all = runs.len() as i64 == free;
+                    // Give back the slots that got no run.
+                    inner
+                        .in_flight
+                        .fetch_sub(free - runs.len() as i64, Ordering::SeqCst);
                     for run in runs {
-                        inner.in_flight.fetch_add(1, Ordering::SeqCst);
                         if work.send((owner.clone(), run)).is_err() {
                             return;
                         }
                     }
                 }
                 Err(e) => {
+                    inner.in_flight.fetch_sub(free, Ordering::SeqCst);
                     log::error!("claiming runs failed: {e}");
                     inner.note_store_error(&e);
                 }
             }
         }
-        if !claimed_all || !can_claim {
+        if !claimed_all || free == 0 {
             let _ = wake.recv_timeout(inner.config.poll_interval);
         }
+    }
+}
+
+/// Take every idle worker's slot (`in_flight` up to `workers`) in one atomic step; returns
+/// how many were taken.
+fn reserve_idle(inner: &Inner, workers: i64) -> i64 {
+    match inner
+        .in_flight
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < workers).then_some(workers)
+        }) {
+        Ok(before) => workers - before,
+        Err(_) => 0,
     }
 }

@@ -323,7 +323,7 @@ pub(crate) fn claim_runs(
     park_undecodable(conn, owner, rows, now)
 }
 
-/// Claim run ?5 if it is claimable by this engine (see [`claim_runs`]).
+/// Claim run ?5 if it is claimable by this engine (see `claim_runs`).
 pub const CLAIM_ONE_SQL: &str = "UPDATE runs SET status = 'running', owner = ?1, epoch = epoch + 1,
                             lease_expires_at = ?2, updated_at = ?3, note = NULL
                      WHERE id = +?5 AND status = 'pending'

@@ -19,9 +19,7 @@ pub fn dispatch_loop(
     let workers = inner.config.workers as i64;
     while !inner.shutting_down() {
         let busy = inner.in_flight.load(Ordering::SeqCst);
-        let can_claim = workers - busy > 0
-            && !inner.storage_failed.load(Ordering::SeqCst)
-            && inner.lease.valid();
+        let can_claim = workers - busy > 0 && inner.may_claim();
         // Look before taking the write lock: an idle engine polls with a read, not a write
         // transaction (which would contend with other engine processes on the file).
         let can_claim = can_claim

@@ -123,9 +123,13 @@ impl Inner {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// Storage healthy and our lease valid: the condition every claimer claims under.
+    pub(crate) fn may_claim(&self) -> bool {
+        !self.storage_failed.load(Ordering::SeqCst) && self.lease.valid()
+    }
+
     pub(crate) fn claim_next(&self) -> Option<crate::store::ClaimNext> {
-        if self.shutting_down() || self.storage_failed.load(Ordering::SeqCst) || !self.lease.valid()
-        {
+        if self.shutting_down() || !self.may_claim() {
             return None;
         }
         // Waking due suspended runs costs two statements: at most once per poll interval.

@@ -339,6 +339,17 @@ fn unexpected<T>(op: &'static str, done: Done) -> StoreResult<T> {
 }
 
 /// Apply `op` and expect the plain answer.
+/// One fenced `Checkpoint` command per journal entry.
+fn checkpoint_ops(fence: &Fence, entries: Vec<Entry>) -> Vec<Op> {
+    entries
+        .into_iter()
+        .map(|entry| Op::Checkpoint {
+            fence: fence.clone(),
+            entry,
+        })
+        .collect()
+}
+
 fn unit(store: &Store, name: &'static str, op: Op) -> StoreResult<()> {
     match store.call(op)? {
         Done::Unit => Ok(()),
@@ -579,13 +590,7 @@ impl Storage for Store {
         )
     }
     fn checkpoints(&self, fence: &Fence, entries: Vec<Entry>) -> StoreResult<()> {
-        let ops = entries
-            .into_iter()
-            .map(|entry| Op::Checkpoint {
-                fence: fence.clone(),
-                entry,
-            })
-            .collect();
+        let ops = checkpoint_ops(fence, entries);
         match self.call(Op::Batch { ops, next: None })? {
             Done::Batch { .. } => Ok(()),
             other => unexpected("checkpoints", other),
@@ -598,13 +603,7 @@ impl Storage for Store {
         ending: Ending,
         next: Option<ClaimNext>,
     ) -> StoreResult<Vec<Claimed>> {
-        let mut ops: Vec<Op> = entries
-            .into_iter()
-            .map(|entry| Op::Checkpoint {
-                fence: fence.clone(),
-                entry,
-            })
-            .collect();
+        let mut ops = checkpoint_ops(fence, entries);
         ops.push(ending.into_op(fence.clone()));
         match self.call(Op::Batch { ops, next })? {
             Done::Batch { claimed, .. } => Ok(claimed),

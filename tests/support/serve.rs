@@ -81,16 +81,17 @@ pub fn serve(
     serve_with(dir, name, db, workers, ttl_ms, envs, &[])
 }
 
-/// `waymark serve --db DB --workers W --lease-ttl-ms TTL EXTRA...` with `envs`.
-pub fn serve_with(
+/// `waymark serve --db DB --workers W --lease-ttl-ms TTL EXTRA...` with RUST_LOG=info, the
+/// effects file in `dir`, no stdin, stderr to `dir/NAME.log` (returned); stdout is the
+/// caller's choice.
+fn serve_command(
     dir: &Path,
     name: &str,
     db: &Path,
     workers: usize,
     ttl_ms: u64,
-    envs: &[(&str, String)],
     extra: &[&str],
-) -> Proc {
+) -> (Command, std::path::PathBuf) {
     let log = dir.join(format!("{name}.log"));
     let mut cmd = Command::new(bin());
     cmd.arg("serve")
@@ -106,8 +107,22 @@ pub fn serve_with(
         .env("RUST_LOG", "info")
         .env("WAYMARK_DEMO_EFFECTS", dir.join("effects"))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
+    (cmd, log)
+}
+
+/// `waymark serve --db DB --workers W --lease-ttl-ms TTL EXTRA...` with `envs`.
+pub fn serve_with(
+    dir: &Path,
+    name: &str,
+    db: &Path,
+    workers: usize,
+    ttl_ms: u64,
+    envs: &[(&str, String)],
+    extra: &[&str],
+) -> Proc {
+    let (mut cmd, log) = serve_command(dir, name, db, workers, ttl_ms, extra);
+    cmd.stdout(Stdio::null());
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -128,26 +143,8 @@ pub fn serve_with_ui(
     ttl_ms: u64,
 ) -> (Proc, String) {
     use std::io::BufRead as _;
-    let log = dir.join(format!("{name}.log"));
-    let mut child = Command::new(bin())
-        .arg("serve")
-        .arg("--db")
-        .arg(db)
-        .args([
-            "--workers",
-            &workers.to_string(),
-            "--lease-ttl-ms",
-            &ttl_ms.to_string(),
-            "--ui",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "info")
-        .env("WAYMARK_DEMO_EFFECTS", dir.join("effects"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut cmd, log) = serve_command(dir, name, db, workers, ttl_ms, &["--ui", "127.0.0.1:0"]);
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     let _ = std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
     let proc = Proc {

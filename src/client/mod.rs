@@ -18,8 +18,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::codec;
 use crate::error::Error;
 use crate::store::{
-    AttemptRow, NewRun, OnKeyConflict, RunFilter, RunRow, RunStatus, StepRow, Storage, Store,
-    StoreError, StoreOptions,
+    AttemptRow, NewRun, OnKeyConflict, RunFilter, RunRow, RunStatus, StepRow, Storage, StoreError,
+    StoreOptions,
 };
 use crate::workflow::registry::{Registry, Workflow};
 use crate::workflow::EventName;
@@ -176,9 +176,9 @@ impl Client {
             ..StoreOptions::default()
         };
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::from_env());
-        let store = Store::open(&config.db_path, &opts, clock.clone())?;
+        let store = crate::store::open_storage(&config.db_path, &opts, clock.clone(), 4)?.api;
         Ok(Client::over(
-            Arc::new(store),
+            store,
             config.registry,
             config.payload_bytes_max,
             clock,

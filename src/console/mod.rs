@@ -35,7 +35,7 @@ mod timeline;
 
 use crate::client::Client;
 use crate::clock::{Clock, SystemClock};
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::{StoreError, StoreOptions};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -184,7 +184,7 @@ impl Drop for Console {
 /// checked only for being JSON (see [`serve_client`]).
 pub fn serve(db: impl AsRef<Path>, options: Options) -> Result<Console, ConsoleError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::from_env());
-    let store = Store::open(
+    let store = crate::store::open_storage(
         db.as_ref(),
         &StoreOptions {
             create: false,
@@ -192,15 +192,11 @@ pub fn serve(db: impl AsRef<Path>, options: Options) -> Result<Console, ConsoleE
             ..Default::default()
         },
         clock.clone(),
+        READERS_MAX,
     )
-    .map_err(ConsoleError::Store)?;
-    let client = Client::over(
-        Arc::new(store),
-        None,
-        crate::codec::PAYLOAD_BYTES_MAX,
-        clock,
-        None,
-    );
+    .map_err(ConsoleError::Store)?
+    .api;
+    let client = Client::over(store, None, crate::codec::PAYLOAD_BYTES_MAX, clock, None);
     serve_backend(backend::StoreBackend::new(client, None), options)
 }
 

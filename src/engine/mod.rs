@@ -28,7 +28,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Isolation};
 use crate::error::Error;
 use crate::host;
-use crate::store::{EngineRow, RunStatus, Storage, Store, StoreError, StoreOptions};
+use crate::store::{EngineRow, RunStatus, Storage, StoreError, StoreOptions};
 use crate::workflow::registry::{Registry, Workflow};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
@@ -228,14 +228,19 @@ impl Engine {
         };
         // `api` bounds its wait for the write lock (API calls); the engine's own threads
         // use `store`, which waits as long as another process holds the lock.
-        let sqlite = Store::open(&config.db_path, &opts, clock.clone())?;
-        if config.quick_check_always {
+        // PostgreSQL: one connection per worker and per engine thread, plus a few for API
+        // calls.
+        let pool_max = u32::try_from(config.workers)
+            .unwrap_or(u32::MAX)
+            .saturating_add(8);
+        let opened = crate::store::open_storage(&config.db_path, &opts, clock.clone(), pool_max)?;
+        if let (true, Some(sqlite)) = (config.quick_check_always, &opened.sqlite) {
             // Opt-in: check every open whatever the size (Store::open skipped it).
             let path = config.db_path.clone();
             sqlite.read(|c| crate::store::schema::quick_check(c, &path))?;
         }
-        let store: Arc<dyn Storage> = Arc::new(sqlite.with_lock_wait(None));
-        let api: Arc<dyn Storage> = Arc::new(sqlite);
+        let store: Arc<dyn Storage> = opened.engine;
+        let api: Arc<dyn Storage> = opened.api;
         let owner: Arc<str> = host::random_id().into();
         let (pid, pid_start) = host::this_process();
         let boot_id = host::host_id();

@@ -132,6 +132,23 @@ pub enum StoreError {
     },
     /// An invariant of the store broke (a bug, not bad data): please report it.
     Internal(String),
+    /// A PostgreSQL error (the server's SQLSTATE `code` when it answered).
+    Postgres {
+        /// What the store was doing.
+        context: &'static str,
+        /// The server's SQLSTATE, when the server answered.
+        code: Option<String>,
+        /// The error's text.
+        detail: String,
+    },
+    /// The connection to the PostgreSQL server broke before the commit's answer arrived:
+    /// the change may or may not have been committed.
+    OutcomeUnknown {
+        /// What the store was doing.
+        context: &'static str,
+        /// The error's text.
+        detail: String,
+    },
     /// Any other SQLite error, with what we were doing.
     Sqlite {
         /// What we were doing.
@@ -165,13 +182,32 @@ impl StoreError {
     pub fn is_storage_failure(&self) -> bool {
         matches!(
             self,
-            StoreError::DiskFull { .. } | StoreError::ReadOnly { .. }
-        ) || matches!(self, StoreError::Sqlite { source: rusqlite::Error::SqliteFailure(e, _), .. }
+            StoreError::DiskFull { .. }
+                | StoreError::ReadOnly { .. }
+                | StoreError::OutcomeUnknown { .. }
+        ) || matches!(self, StoreError::Postgres { code, .. } if postgres_unavailable(code.as_deref()))
+            || matches!(self, StoreError::Sqlite { source: rusqlite::Error::SqliteFailure(e, _), .. }
                 if matches!(e.code, rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::DatabaseCorrupt))
     }
 }
 
 /// SQLITE_IOERR_WRITE: what a write under RLIMIT_FSIZE (EFBIG) surfaces as.
+/// A PostgreSQL failure of the server or the connection, not of one statement: no answer
+/// from the server (`None`: connection refused or closed), or SQLSTATE class 08
+/// (connection exception), 53 (insufficient resources), 57P (operator intervention:
+/// shutdown, crash recovery) or 58 (system error).
+fn postgres_unavailable(code: Option<&str>) -> bool {
+    match code {
+        None => true,
+        Some(c) => {
+            c.starts_with("08")
+                || c.starts_with("53")
+                || c.starts_with("57P")
+                || c.starts_with("58")
+        }
+    }
+}
+
 const fn libc_ioerr_write() -> i32 {
     10 | (3 << 8)
 }
@@ -239,6 +275,12 @@ impl std::fmt::Display for StoreError {
             Locked { waited } => write!(
                 f,
                 "the database is locked by another process: no write lock after waiting {waited:?}; nothing was written (retry later, or stop the process holding the lock)"
+            ),
+            Postgres { context, code: Some(code), detail } => write!(f, "postgres error while {context}: {detail} (SQLSTATE {code})"),
+            Postgres { context, code: None, detail } => write!(f, "postgres error while {context}: {detail}"),
+            OutcomeUnknown { context, detail } => write!(
+                f,
+                "the connection to PostgreSQL broke while {context} was committing ({detail}): the change may or may not have been committed"
             ),
             Internal(what) => write!(f, "internal store error (a waymark bug, please report): {what}"),
             Sqlite { context, source } => write!(f, "sqlite error while {context}: {source}"),

@@ -8,6 +8,9 @@
 //! - Only [`transitions`] writes; only the writer thread runs it.
 
 pub mod error;
+#[cfg(feature = "postgres")]
+#[doc(hidden)]
+pub mod pg;
 pub mod pragmas;
 #[doc(hidden)]
 pub mod queries;
@@ -413,6 +416,60 @@ impl Store {
         })?;
         f(&conn)
     }
+}
+
+/// A store opened from a `Config`'s database name, for the engine (`engine`: waits for
+/// the write lock as long as it takes) and for API calls (`api`: bounded by
+/// `lock_wait_max`). The same database behind both.
+pub struct Opened {
+    /// For the engine's own threads.
+    pub engine: Arc<dyn seam::Storage>,
+    /// For API calls.
+    pub api: Arc<dyn seam::Storage>,
+    /// The SQLite store, when the database is an SQLite file.
+    pub sqlite: Option<Store>,
+}
+
+/// Does `db` name a PostgreSQL database (`postgres://...` or `postgresql://...`)?
+pub fn is_postgres(db: &Path) -> bool {
+    db.to_str()
+        .is_some_and(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
+}
+
+/// Open the database `db` names: a PostgreSQL URL (feature `postgres`) or an SQLite file.
+/// `pool_max` bounds a PostgreSQL store's connections.
+pub fn open_storage(
+    db: &Path,
+    opts: &StoreOptions,
+    clock: Arc<dyn Clock>,
+    pool_max: u32,
+) -> StoreResult<Opened> {
+    if is_postgres(db) {
+        #[cfg(feature = "postgres")]
+        {
+            let url = db.to_str().unwrap_or_default();
+            let store: Arc<dyn seam::Storage> = Arc::new(pg::PgStore::open(url, pool_max, clock)?);
+            return Ok(Opened {
+                engine: store.clone(),
+                api: store,
+                sqlite: None,
+            });
+        }
+        #[cfg(not(feature = "postgres"))]
+        {
+            let _ = pool_max;
+            return Err(StoreError::Internal(format!(
+                "{} names a PostgreSQL database, but this build has no PostgreSQL support (cargo feature `postgres`)",
+                db.display()
+            )));
+        }
+    }
+    let sqlite = Store::open(db, opts, clock)?;
+    Ok(Opened {
+        engine: Arc::new(sqlite.with_lock_wait(None)),
+        api: Arc::new(sqlite.clone()),
+        sqlite: Some(sqlite),
+    })
 }
 
 /// A fresh writing connection on an existing, already checked and migrated file (the

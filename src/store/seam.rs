@@ -332,7 +332,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn run_totals(&self, now: i64, live_ms: i64) -> StoreResult<RunTotals>;
 }
 
-fn unexpected<T>(op: &'static str, done: Done) -> StoreResult<T> {
+pub(crate) fn unexpected<T>(op: &'static str, done: Done) -> StoreResult<T> {
     Err(StoreError::Internal(format!(
         "{op}: unexpected answer {done:?}"
     )))
@@ -340,7 +340,7 @@ fn unexpected<T>(op: &'static str, done: Done) -> StoreResult<T> {
 
 /// Apply `op` and expect the plain answer.
 /// One fenced `Checkpoint` command per journal entry.
-fn checkpoint_ops(fence: &Fence, entries: Vec<Entry>) -> Vec<Op> {
+pub(crate) fn checkpoint_ops(fence: &Fence, entries: Vec<Entry>) -> Vec<Op> {
     entries
         .into_iter()
         .map(|entry| Op::Checkpoint {
@@ -350,497 +350,522 @@ fn checkpoint_ops(fence: &Fence, entries: Vec<Entry>) -> Vec<Op> {
         .collect()
 }
 
-fn unit(store: &Store, name: &'static str, op: Op) -> StoreResult<()> {
+pub(crate) fn unit(store: &impl Commands, name: &'static str, op: Op) -> StoreResult<()> {
     match store.call(op)? {
         Done::Unit => Ok(()),
         other => unexpected(name, other),
     }
 }
 
-fn count(store: &Store, name: &'static str, op: Op) -> StoreResult<usize> {
+pub(crate) fn count(store: &impl Commands, name: &'static str, op: Op) -> StoreResult<usize> {
     match store.call(op)? {
         Done::Count(n) => Ok(n),
         other => unexpected(name, other),
     }
 }
 
-fn awaited(store: &Store, name: &'static str, op: Op) -> StoreResult<Awaited> {
+pub(crate) fn awaited(store: &impl Commands, name: &'static str, op: Op) -> StoreResult<Awaited> {
     match store.call(op)? {
         Done::Awaited(a) => Ok(a),
         other => unexpected(name, other),
     }
 }
 
-impl Storage for Store {
-    fn register_engine(&self, engine: EngineRow) -> StoreResult<()> {
-        unit(self, "register_engine", Op::RegisterEngine(engine))
-    }
-    fn stop_engine(&self, owner: &Arc<str>) -> StoreResult<()> {
-        unit(
-            self,
-            "stop_engine",
-            Op::StopEngine {
+/// The write half of [`Storage`] for a store with [`Commands`]: every transition is one
+/// [`Op`], so each store implements the guarded SQL of each `Op` once and this mapping
+/// from methods to commands is shared.
+macro_rules! storage_writes {
+    () => {
+        fn register_engine(&self, engine: EngineRow) -> StoreResult<()> {
+            $crate::store::seam::unit(self, "register_engine", Op::RegisterEngine(engine))
+        }
+        fn stop_engine(&self, owner: &Arc<str>) -> StoreResult<()> {
+            $crate::store::seam::unit(
+                self,
+                "stop_engine",
+                Op::StopEngine {
+                    owner: owner.clone(),
+                },
+            )
+        }
+        fn forget_engine(&self, id: &str) -> StoreResult<()> {
+            $crate::store::seam::unit(
+                self,
+                "forget_engine",
+                Op::ForgetEngine { id: id.to_string() },
+            )
+        }
+        fn heartbeat(&self, owner: &Arc<str>, lease_ms: i64) -> StoreResult<usize> {
+            $crate::store::seam::count(
+                self,
+                "heartbeat",
+                Op::Heartbeat {
+                    owner: owner.clone(),
+                    lease_ms,
+                },
+            )
+        }
+        fn probe(&self, owner: &Arc<str>) -> StoreResult<()> {
+            $crate::store::seam::unit(
+                self,
+                "probe",
+                Op::Probe {
+                    owner: owner.clone(),
+                },
+            )
+        }
+        fn claim(
+            &self,
+            owner: &Arc<str>,
+            limit: i64,
+            workflows_json: &Arc<str>,
+            lease_ms: i64,
+        ) -> StoreResult<Vec<Claimed>> {
+            match self.call(Op::Claim {
                 owner: owner.clone(),
-            },
-        )
-    }
-    fn forget_engine(&self, id: &str) -> StoreResult<()> {
-        unit(
-            self,
-            "forget_engine",
-            Op::ForgetEngine { id: id.to_string() },
-        )
-    }
-    fn heartbeat(&self, owner: &Arc<str>, lease_ms: i64) -> StoreResult<usize> {
-        count(
-            self,
-            "heartbeat",
-            Op::Heartbeat {
-                owner: owner.clone(),
-                lease_ms,
-            },
-        )
-    }
-    fn probe(&self, owner: &Arc<str>) -> StoreResult<()> {
-        unit(
-            self,
-            "probe",
-            Op::Probe {
-                owner: owner.clone(),
-            },
-        )
-    }
-    fn claim(
-        &self,
-        owner: &Arc<str>,
-        limit: i64,
-        workflows_json: &Arc<str>,
-        lease_ms: i64,
-    ) -> StoreResult<Vec<Claimed>> {
-        match self.call(Op::Claim {
-            owner: owner.clone(),
-            limit,
-            workflows_json: workflows_json.clone(),
-            lease_ms,
-        })? {
-            Done::Claimed(v) => Ok(v),
-            other => unexpected("claim", other),
-        }
-    }
-    fn reclaim(
-        &self,
-        run_id: i64,
-        epoch: i64,
-        reason: String,
-        poison_limit: i64,
-    ) -> StoreResult<bool> {
-        match self.call(Op::Reclaim {
-            run_id,
-            epoch,
-            reason,
-            poison_limit,
-        })? {
-            Done::Reclaimed(b) => Ok(b),
-            other => unexpected("reclaim", other),
-        }
-    }
-    fn reclaim_many(
-        &self,
-        owner: &Arc<str>,
-        judged_beat: Option<i64>,
-        runs: Vec<(i64, i64)>,
-        reason: String,
-        poison_limit: i64,
-    ) -> StoreResult<Vec<(i64, bool)>> {
-        match self.call(Op::ReclaimMany {
-            owner: owner.clone(),
-            judged_beat,
-            runs,
-            reason,
-            poison_limit,
-        })? {
-            Done::Runs(v) => Ok(v),
-            other => unexpected("reclaim_many", other),
-        }
-    }
-    fn enqueue(&self, run: NewRun) -> StoreResult<Started> {
-        match self.call(Op::Enqueue(run))? {
-            Done::Run { id, created } => Ok(Started { id, created }),
-            other => unexpected("enqueue", other),
-        }
-    }
-    fn enqueue_many(&self, runs: Vec<NewRun>) -> StoreResult<Vec<Started>> {
-        match self.call(Op::EnqueueMany(runs))? {
-            Done::Runs(v) => Ok(v
-                .into_iter()
-                .map(|(id, created)| Started { id, created })
-                .collect()),
-            other => unexpected("enqueue_many", other),
-        }
-    }
-    fn start_runs(&self, runs: Vec<(NewRun, OnKeyConflict)>) -> StoreResult<Vec<Started>> {
-        match self.call(Op::Start(runs))? {
-            Done::Runs(v) => Ok(v
-                .into_iter()
-                .map(|(id, created)| Started { id, created })
-                .collect()),
-            other => unexpected("start_runs", other),
-        }
-    }
-    fn start_runs_claiming(
-        &self,
-        runs: Vec<(NewRun, OnKeyConflict)>,
-        next: ClaimNext,
-    ) -> StoreResult<(Vec<Started>, Vec<Claimed>)> {
-        match self.call(Op::Batch {
-            ops: vec![Op::Start(runs)],
-            next: Some(next),
-        })? {
-            Done::Batch {
-                mut answers,
-                claimed,
-            } => match answers.pop() {
-                Some(Done::Runs(v)) => Ok((
-                    v.into_iter()
-                        .map(|(id, created)| Started { id, created })
-                        .collect(),
-                    claimed,
-                )),
-                other => unexpected("start_runs_claiming", other.unwrap_or(Done::Unit)),
-            },
-            other => unexpected("start_runs_claiming", other),
-        }
-    }
-    fn retry(&self, run_id: i64, from_seq: Option<i64>) -> StoreResult<i64> {
-        match self.call(Op::Retry { run_id, from_seq })? {
-            Done::Run { id, .. } => Ok(id),
-            other => unexpected("retry", other),
-        }
-    }
-    fn checkpoint(&self, fence: &Fence, entry: Entry) -> StoreResult<()> {
-        unit(
-            self,
-            "checkpoint",
-            Op::Checkpoint {
-                fence: fence.clone(),
-                entry,
-            },
-        )
-    }
-    fn attempt_start(
-        &self,
-        fence: &Fence,
-        seq: i64,
-        attempt: i64,
-        name: String,
-        pid: Option<u32>,
-        pid_start: Option<u64>,
-    ) -> StoreResult<()> {
-        unit(
-            self,
-            "attempt_start",
-            Op::AttemptStart {
-                fence: fence.clone(),
-                seq,
-                attempt,
-                name,
-                pid,
-                pid_start,
-            },
-        )
-    }
-    fn attempt_end(
-        &self,
-        fence: &Fence,
-        seq: i64,
-        attempt: i64,
-        outcome: &'static str,
-        reason: String,
-    ) -> StoreResult<()> {
-        unit(
-            self,
-            "attempt_end",
-            Op::AttemptEnd {
-                fence: fence.clone(),
-                seq,
-                attempt,
-                outcome,
-                reason,
-            },
-        )
-    }
-    fn attempt_detail(
-        &self,
-        fence: &Fence,
-        seq: i64,
-        attempt: i64,
-        logs: String,
-        memory_cap: Option<String>,
-    ) -> StoreResult<()> {
-        unit(
-            self,
-            "attempt_detail",
-            Op::AttemptDetail {
-                fence: fence.clone(),
-                seq,
-                attempt,
-                logs,
-                memory_cap,
-            },
-        )
-    }
-    fn checkpoints(&self, fence: &Fence, entries: Vec<Entry>) -> StoreResult<()> {
-        let ops = checkpoint_ops(fence, entries);
-        match self.call(Op::Batch { ops, next: None })? {
-            Done::Batch { .. } => Ok(()),
-            other => unexpected("checkpoints", other),
-        }
-    }
-    fn finish(
-        &self,
-        fence: &Fence,
-        entries: Vec<Entry>,
-        ending: Ending,
-        next: Option<ClaimNext>,
-    ) -> StoreResult<Vec<Claimed>> {
-        let mut ops = checkpoint_ops(fence, entries);
-        ops.push(ending.into_op(fence.clone()));
-        match self.call(Op::Batch { ops, next })? {
-            Done::Batch { claimed, .. } => Ok(claimed),
-            other => unexpected("finish", other),
-        }
-    }
-    fn complete(&self, fence: &Fence, output: Vec<u8>) -> StoreResult<()> {
-        unit(
-            self,
-            "complete",
-            Op::Complete {
-                fence: fence.clone(),
-                output,
-            },
-        )
-    }
-    fn fail(&self, fence: &Fence, error: String) -> StoreResult<()> {
-        unit(
-            self,
-            "fail",
-            Op::Fail {
-                fence: fence.clone(),
-                error,
-            },
-        )
-    }
-    fn suspend(&self, fence: &Fence, until: i64, note: String) -> StoreResult<()> {
-        unit(
-            self,
-            "suspend",
-            Op::Suspend {
-                fence: fence.clone(),
-                until,
-                note,
-            },
-        )
-    }
-    fn release(&self, fence: &Fence) -> StoreResult<()> {
-        unit(
-            self,
-            "release",
-            Op::Release {
-                fence: fence.clone(),
-            },
-        )
-    }
-    fn block(&self, fence: &Fence, status: &'static str, note: String) -> StoreResult<()> {
-        unit(
-            self,
-            "block",
-            Op::Block {
-                fence: fence.clone(),
-                status,
-                note,
-            },
-        )
-    }
-    fn resume(&self, run_id: i64) -> StoreResult<()> {
-        unit(self, "resume", Op::Resume { run_id })
-    }
-    fn note_unrunnable(&self, workflows_json: &Arc<str>, note: String) -> StoreResult<usize> {
-        count(
-            self,
-            "note_unrunnable",
-            Op::NoteUnrunnable {
-                workflows_json: workflows_json.clone(),
-                note,
-            },
-        )
-    }
-    fn timer(
-        &self,
-        fence: &Fence,
-        seq: i64,
-        name: String,
-        wake: i64,
-        suspend: bool,
-    ) -> StoreResult<bool> {
-        match self.call(Op::Timer {
-            fence: fence.clone(),
-            seq,
-            name,
-            wake,
-            suspend,
-        })? {
-            Done::Unit => Ok(false),
-            Done::Awaited(Awaited::Waiting | Awaited::Cancelled) => Ok(true),
-            other => unexpected("timer", other),
-        }
-    }
-    fn await_event(
-        &self,
-        fence: &Fence,
-        seq: i64,
-        name: String,
-        deadline: i64,
-        upto: Option<i64>,
-    ) -> StoreResult<Awaited> {
-        awaited(
-            self,
-            "await_event",
-            Op::AwaitEvent {
-                fence: fence.clone(),
-                seq,
-                name,
-                deadline,
-                upto,
-            },
-        )
-    }
-    fn reject_event(&self, fence: &Fence, event_id: i64, note: String) -> StoreResult<()> {
-        unit(
-            self,
-            "reject_event",
-            Op::RejectEvent {
-                fence: fence.clone(),
-                event_id,
-                note,
-            },
-        )
-    }
-    fn send_event(&self, run_id: i64, name: String, payload: Vec<u8>) -> StoreResult<Sent> {
-        match self.call(Op::SendEvent {
-            run_id,
-            name,
-            payload,
-        })? {
-            Done::Sent { event_id, woke } => Ok(Sent { event_id, woke }),
-            other => unexpected("send_event", other),
-        }
-    }
-    fn cancel(&self, run_id: i64) -> StoreResult<String> {
-        match self.call(Op::Cancel { run_id })? {
-            Done::Cancel { status } => Ok(status),
-            other => unexpected("cancel", other),
-        }
-    }
-    fn finish_cancelled(&self, fence: &Fence, reason: String) -> StoreResult<()> {
-        unit(
-            self,
-            "finish_cancelled",
-            Op::FinishCancelled {
-                fence: fence.clone(),
-                reason,
-            },
-        )
-    }
-    fn start_child(
-        &self,
-        fence: &Fence,
-        seq: i64,
-        name: String,
-        run: NewRun,
-    ) -> StoreResult<ChildStart> {
-        match self.call(Op::StartChild {
-            fence: fence.clone(),
-            seq,
-            name,
-            run,
-        })? {
-            Done::Run { id, .. } => Ok(ChildStart::Started(id)),
-            Done::Awaited(Awaited::Cancelled) => Ok(ChildStart::ParentCancelled),
-            other => unexpected("start_child", other),
-        }
-    }
-    fn await_child(
-        &self,
-        fence: &Fence,
-        seq: i64,
-        name: String,
-        child_id: i64,
-    ) -> StoreResult<Awaited> {
-        awaited(
-            self,
-            "await_child",
-            Op::AwaitChild {
-                fence: fence.clone(),
-                seq,
-                name,
-                child_id,
-            },
-        )
-    }
-    fn expire_deadlines(&self, limit: i64) -> StoreResult<usize> {
-        count(self, "expire_deadlines", Op::ExpireDeadlines { limit })
-    }
-    fn park_unknown_versions(
-        &self,
-        names_json: &Arc<str>,
-        workflows_json: &Arc<str>,
-        limit: i64,
-    ) -> StoreResult<usize> {
-        count(
-            self,
-            "park_unknown_versions",
-            Op::ParkUnknownVersions {
-                names_json: names_json.clone(),
-                workflows_json: workflows_json.clone(),
                 limit,
-            },
-        )
-    }
-    fn purge(&self, before: i64, limit: i64) -> StoreResult<usize> {
-        count(self, "purge", Op::Purge { before, limit })
-    }
-    fn incremental_vacuum(&self, pages: i64) -> StoreResult<usize> {
-        count(self, "incremental_vacuum", Op::IncrementalVacuum { pages })
-    }
-    fn set_queue_limit(&self, queue: String, concurrency: Option<i64>) -> StoreResult<()> {
-        unit(
-            self,
-            "set_queue_limit",
-            Op::SetQueueLimit { queue, concurrency },
-        )
-    }
-    fn put_schedule(&self, row: ScheduleRow) -> StoreResult<()> {
-        unit(self, "put_schedule", Op::PutSchedule(row))
-    }
-    fn fire_schedule(
-        &self,
-        name: String,
-        due: i64,
-        next: i64,
-        run: NewRun,
-    ) -> StoreResult<Option<Started>> {
-        match self.call(Op::FireSchedule {
-            name,
-            due,
-            next,
-            run,
-        })? {
-            Done::Count(0) => Ok(None),
-            Done::Run { id, created } => Ok(Some(Started { id, created })),
-            other => unexpected("fire_schedule", other),
+                workflows_json: workflows_json.clone(),
+                lease_ms,
+            })? {
+                Done::Claimed(v) => Ok(v),
+                other => $crate::store::seam::unexpected("claim", other),
+            }
         }
-    }
+        fn reclaim(
+            &self,
+            run_id: i64,
+            epoch: i64,
+            reason: String,
+            poison_limit: i64,
+        ) -> StoreResult<bool> {
+            match self.call(Op::Reclaim {
+                run_id,
+                epoch,
+                reason,
+                poison_limit,
+            })? {
+                Done::Reclaimed(b) => Ok(b),
+                other => $crate::store::seam::unexpected("reclaim", other),
+            }
+        }
+        fn reclaim_many(
+            &self,
+            owner: &Arc<str>,
+            judged_beat: Option<i64>,
+            runs: Vec<(i64, i64)>,
+            reason: String,
+            poison_limit: i64,
+        ) -> StoreResult<Vec<(i64, bool)>> {
+            match self.call(Op::ReclaimMany {
+                owner: owner.clone(),
+                judged_beat,
+                runs,
+                reason,
+                poison_limit,
+            })? {
+                Done::Runs(v) => Ok(v),
+                other => $crate::store::seam::unexpected("reclaim_many", other),
+            }
+        }
+        fn enqueue(&self, run: NewRun) -> StoreResult<Started> {
+            match self.call(Op::Enqueue(run))? {
+                Done::Run { id, created } => Ok(Started { id, created }),
+                other => $crate::store::seam::unexpected("enqueue", other),
+            }
+        }
+        fn enqueue_many(&self, runs: Vec<NewRun>) -> StoreResult<Vec<Started>> {
+            match self.call(Op::EnqueueMany(runs))? {
+                Done::Runs(v) => Ok(v
+                    .into_iter()
+                    .map(|(id, created)| Started { id, created })
+                    .collect()),
+                other => $crate::store::seam::unexpected("enqueue_many", other),
+            }
+        }
+        fn start_runs(&self, runs: Vec<(NewRun, OnKeyConflict)>) -> StoreResult<Vec<Started>> {
+            match self.call(Op::Start(runs))? {
+                Done::Runs(v) => Ok(v
+                    .into_iter()
+                    .map(|(id, created)| Started { id, created })
+                    .collect()),
+                other => $crate::store::seam::unexpected("start_runs", other),
+            }
+        }
+        fn start_runs_claiming(
+            &self,
+            runs: Vec<(NewRun, OnKeyConflict)>,
+            next: ClaimNext,
+        ) -> StoreResult<(Vec<Started>, Vec<Claimed>)> {
+            match self.call(Op::Batch {
+                ops: vec![Op::Start(runs)],
+                next: Some(next),
+            })? {
+                Done::Batch {
+                    mut answers,
+                    claimed,
+                } => match answers.pop() {
+                    Some(Done::Runs(v)) => Ok((
+                        v.into_iter()
+                            .map(|(id, created)| Started { id, created })
+                            .collect(),
+                        claimed,
+                    )),
+                    other => $crate::store::seam::unexpected(
+                        "start_runs_claiming",
+                        other.unwrap_or(Done::Unit),
+                    ),
+                },
+                other => $crate::store::seam::unexpected("start_runs_claiming", other),
+            }
+        }
+        fn retry(&self, run_id: i64, from_seq: Option<i64>) -> StoreResult<i64> {
+            match self.call(Op::Retry { run_id, from_seq })? {
+                Done::Run { id, .. } => Ok(id),
+                other => $crate::store::seam::unexpected("retry", other),
+            }
+        }
+        fn checkpoint(&self, fence: &Fence, entry: Entry) -> StoreResult<()> {
+            $crate::store::seam::unit(
+                self,
+                "checkpoint",
+                Op::Checkpoint {
+                    fence: fence.clone(),
+                    entry,
+                },
+            )
+        }
+        fn attempt_start(
+            &self,
+            fence: &Fence,
+            seq: i64,
+            attempt: i64,
+            name: String,
+            pid: Option<u32>,
+            pid_start: Option<u64>,
+        ) -> StoreResult<()> {
+            $crate::store::seam::unit(
+                self,
+                "attempt_start",
+                Op::AttemptStart {
+                    fence: fence.clone(),
+                    seq,
+                    attempt,
+                    name,
+                    pid,
+                    pid_start,
+                },
+            )
+        }
+        fn attempt_end(
+            &self,
+            fence: &Fence,
+            seq: i64,
+            attempt: i64,
+            outcome: &'static str,
+            reason: String,
+        ) -> StoreResult<()> {
+            $crate::store::seam::unit(
+                self,
+                "attempt_end",
+                Op::AttemptEnd {
+                    fence: fence.clone(),
+                    seq,
+                    attempt,
+                    outcome,
+                    reason,
+                },
+            )
+        }
+        fn attempt_detail(
+            &self,
+            fence: &Fence,
+            seq: i64,
+            attempt: i64,
+            logs: String,
+            memory_cap: Option<String>,
+        ) -> StoreResult<()> {
+            $crate::store::seam::unit(
+                self,
+                "attempt_detail",
+                Op::AttemptDetail {
+                    fence: fence.clone(),
+                    seq,
+                    attempt,
+                    logs,
+                    memory_cap,
+                },
+            )
+        }
+        fn checkpoints(&self, fence: &Fence, entries: Vec<Entry>) -> StoreResult<()> {
+            let ops = $crate::store::seam::checkpoint_ops(fence, entries);
+            match self.call(Op::Batch { ops, next: None })? {
+                Done::Batch { .. } => Ok(()),
+                other => $crate::store::seam::unexpected("checkpoints", other),
+            }
+        }
+        fn finish(
+            &self,
+            fence: &Fence,
+            entries: Vec<Entry>,
+            ending: Ending,
+            next: Option<ClaimNext>,
+        ) -> StoreResult<Vec<Claimed>> {
+            let mut ops = $crate::store::seam::checkpoint_ops(fence, entries);
+            ops.push(ending.into_op(fence.clone()));
+            match self.call(Op::Batch { ops, next })? {
+                Done::Batch { claimed, .. } => Ok(claimed),
+                other => $crate::store::seam::unexpected("finish", other),
+            }
+        }
+        fn complete(&self, fence: &Fence, output: Vec<u8>) -> StoreResult<()> {
+            $crate::store::seam::unit(
+                self,
+                "complete",
+                Op::Complete {
+                    fence: fence.clone(),
+                    output,
+                },
+            )
+        }
+        fn fail(&self, fence: &Fence, error: String) -> StoreResult<()> {
+            $crate::store::seam::unit(
+                self,
+                "fail",
+                Op::Fail {
+                    fence: fence.clone(),
+                    error,
+                },
+            )
+        }
+        fn suspend(&self, fence: &Fence, until: i64, note: String) -> StoreResult<()> {
+            $crate::store::seam::unit(
+                self,
+                "suspend",
+                Op::Suspend {
+                    fence: fence.clone(),
+                    until,
+                    note,
+                },
+            )
+        }
+        fn release(&self, fence: &Fence) -> StoreResult<()> {
+            $crate::store::seam::unit(
+                self,
+                "release",
+                Op::Release {
+                    fence: fence.clone(),
+                },
+            )
+        }
+        fn block(&self, fence: &Fence, status: &'static str, note: String) -> StoreResult<()> {
+            $crate::store::seam::unit(
+                self,
+                "block",
+                Op::Block {
+                    fence: fence.clone(),
+                    status,
+                    note,
+                },
+            )
+        }
+        fn resume(&self, run_id: i64) -> StoreResult<()> {
+            $crate::store::seam::unit(self, "resume", Op::Resume { run_id })
+        }
+        fn note_unrunnable(&self, workflows_json: &Arc<str>, note: String) -> StoreResult<usize> {
+            $crate::store::seam::count(
+                self,
+                "note_unrunnable",
+                Op::NoteUnrunnable {
+                    workflows_json: workflows_json.clone(),
+                    note,
+                },
+            )
+        }
+        fn timer(
+            &self,
+            fence: &Fence,
+            seq: i64,
+            name: String,
+            wake: i64,
+            suspend: bool,
+        ) -> StoreResult<bool> {
+            match self.call(Op::Timer {
+                fence: fence.clone(),
+                seq,
+                name,
+                wake,
+                suspend,
+            })? {
+                Done::Unit => Ok(false),
+                Done::Awaited(Awaited::Waiting | Awaited::Cancelled) => Ok(true),
+                other => $crate::store::seam::unexpected("timer", other),
+            }
+        }
+        fn await_event(
+            &self,
+            fence: &Fence,
+            seq: i64,
+            name: String,
+            deadline: i64,
+            upto: Option<i64>,
+        ) -> StoreResult<Awaited> {
+            $crate::store::seam::awaited(
+                self,
+                "await_event",
+                Op::AwaitEvent {
+                    fence: fence.clone(),
+                    seq,
+                    name,
+                    deadline,
+                    upto,
+                },
+            )
+        }
+        fn reject_event(&self, fence: &Fence, event_id: i64, note: String) -> StoreResult<()> {
+            $crate::store::seam::unit(
+                self,
+                "reject_event",
+                Op::RejectEvent {
+                    fence: fence.clone(),
+                    event_id,
+                    note,
+                },
+            )
+        }
+        fn send_event(&self, run_id: i64, name: String, payload: Vec<u8>) -> StoreResult<Sent> {
+            match self.call(Op::SendEvent {
+                run_id,
+                name,
+                payload,
+            })? {
+                Done::Sent { event_id, woke } => Ok(Sent { event_id, woke }),
+                other => $crate::store::seam::unexpected("send_event", other),
+            }
+        }
+        fn cancel(&self, run_id: i64) -> StoreResult<String> {
+            match self.call(Op::Cancel { run_id })? {
+                Done::Cancel { status } => Ok(status),
+                other => $crate::store::seam::unexpected("cancel", other),
+            }
+        }
+        fn finish_cancelled(&self, fence: &Fence, reason: String) -> StoreResult<()> {
+            $crate::store::seam::unit(
+                self,
+                "finish_cancelled",
+                Op::FinishCancelled {
+                    fence: fence.clone(),
+                    reason,
+                },
+            )
+        }
+        fn start_child(
+            &self,
+            fence: &Fence,
+            seq: i64,
+            name: String,
+            run: NewRun,
+        ) -> StoreResult<ChildStart> {
+            match self.call(Op::StartChild {
+                fence: fence.clone(),
+                seq,
+                name,
+                run,
+            })? {
+                Done::Run { id, .. } => Ok(ChildStart::Started(id)),
+                Done::Awaited(Awaited::Cancelled) => Ok(ChildStart::ParentCancelled),
+                other => $crate::store::seam::unexpected("start_child", other),
+            }
+        }
+        fn await_child(
+            &self,
+            fence: &Fence,
+            seq: i64,
+            name: String,
+            child_id: i64,
+        ) -> StoreResult<Awaited> {
+            $crate::store::seam::awaited(
+                self,
+                "await_child",
+                Op::AwaitChild {
+                    fence: fence.clone(),
+                    seq,
+                    name,
+                    child_id,
+                },
+            )
+        }
+        fn expire_deadlines(&self, limit: i64) -> StoreResult<usize> {
+            $crate::store::seam::count(self, "expire_deadlines", Op::ExpireDeadlines { limit })
+        }
+        fn park_unknown_versions(
+            &self,
+            names_json: &Arc<str>,
+            workflows_json: &Arc<str>,
+            limit: i64,
+        ) -> StoreResult<usize> {
+            $crate::store::seam::count(
+                self,
+                "park_unknown_versions",
+                Op::ParkUnknownVersions {
+                    names_json: names_json.clone(),
+                    workflows_json: workflows_json.clone(),
+                    limit,
+                },
+            )
+        }
+        fn purge(&self, before: i64, limit: i64) -> StoreResult<usize> {
+            $crate::store::seam::count(self, "purge", Op::Purge { before, limit })
+        }
+        fn incremental_vacuum(&self, pages: i64) -> StoreResult<usize> {
+            $crate::store::seam::count(self, "incremental_vacuum", Op::IncrementalVacuum { pages })
+        }
+        fn set_queue_limit(&self, queue: String, concurrency: Option<i64>) -> StoreResult<()> {
+            $crate::store::seam::unit(
+                self,
+                "set_queue_limit",
+                Op::SetQueueLimit { queue, concurrency },
+            )
+        }
+        fn put_schedule(&self, row: ScheduleRow) -> StoreResult<()> {
+            $crate::store::seam::unit(self, "put_schedule", Op::PutSchedule(row))
+        }
+        fn fire_schedule(
+            &self,
+            name: String,
+            due: i64,
+            next: i64,
+            run: NewRun,
+        ) -> StoreResult<Option<Started>> {
+            match self.call(Op::FireSchedule {
+                name,
+                due,
+                next,
+                run,
+            })? {
+                Done::Count(0) => Ok(None),
+                Done::Run { id, created } => Ok(Some(Started { id, created })),
+                other => $crate::store::seam::unexpected("fire_schedule", other),
+            }
+        }
+    };
+}
+pub(crate) use storage_writes;
 
+/// What a store does with a write command: apply it in one transaction and answer after
+/// its commit.
+pub trait Commands {
+    /// Apply `op` and wait for its commit.
+    fn call(&self, op: Op) -> StoreResult<Done>;
+}
+
+impl Commands for Store {
+    fn call(&self, op: Op) -> StoreResult<Done> {
+        Store::call(self, op)
+    }
+}
+
+impl Storage for Store {
+    storage_writes!();
     fn run(&self, run_id: i64) -> StoreResult<Option<RunRow>> {
         self.read(|c| queries::run(c, run_id))
     }

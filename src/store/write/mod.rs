@@ -168,7 +168,7 @@ pub struct EngineRow {
 }
 
 /// A closed set of write commands, applied by the writer thread.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Op {
     RegisterEngine(EngineRow),
     StopEngine {

@@ -1,3 +1,4 @@
+//! On both stores (SQLite and PostgreSQL).
 //! Scenario: `waymark demo` is SIGKILLed at chosen points (after a checkpoint commit, before a
 //! COMMIT, after a step finished but before its result committed, and at a random moment) and
 //! started again on the same database.
@@ -35,10 +36,10 @@ fn demo(db: &Path, effects: &Path, fault: Option<&str>, log: &Path) -> std::proc
     wait_exit(&mut child, Duration::from_secs(120))
 }
 
-fn check_kill_point(fault: &str) {
+fn check_kill_point(backend: Backend, fault: &str) {
     use std::os::unix::process::ExitStatusExt;
     let dir = tempdir();
-    let db = dir.path().join("demo.db");
+    let db = backend.fresh_db(dir.path(), "demo.db");
     let (fx1, fx2) = (dir.path().join("effects-1"), dir.path().join("effects-2"));
     let status = demo(&db, &fx1, Some(fault), &dir.path().join("log-1"));
     assert_eq!(
@@ -56,23 +57,13 @@ fn check_kill_point(fault: &str) {
     );
 
     // Every run completed, each with seq 0, 1, 2 recorded exactly once.
-    let c = peek(&db);
-    let completed: i64 = c
-        .query_row(
-            "SELECT count(*) FROM runs WHERE status = 'completed'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let completed = query_i64(&db, "SELECT count(*) FROM runs WHERE status = 'completed'");
     assert_eq!(completed, 30, "{fault}: all runs complete");
-    let bad: i64 = c
-        .query_row(
-            "SELECT count(*) FROM runs r WHERE (SELECT count(*) FROM steps s WHERE s.run_id = r.id) != 3
-               OR (SELECT count(DISTINCT seq) FROM steps s WHERE s.run_id = r.id AND s.seq BETWEEN 0 AND 2) != 3",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let bad = query_i64(
+        &db,
+        "SELECT count(*) FROM runs r WHERE (SELECT count(*) FROM steps s WHERE s.run_id = r.id) != 3
+           OR (SELECT count(DISTINCT seq) FROM steps s WHERE s.run_id = r.id AND s.seq BETWEEN 0 AND 2) != 3",
+    );
     assert_eq!(
         bad, 0,
         "{fault}: each run has exactly seq 0..2 journaled once"
@@ -113,46 +104,44 @@ fn check_kill_point(fault: &str) {
     }
 }
 
-#[test]
-fn killed_after_a_checkpoint_commit_resumes_without_rerunning_journaled_steps() {
-    check_kill_point("after_checkpoint=7");
-    check_kill_point("after_checkpoint=41");
-}
-
-#[test]
-fn killed_before_a_commit_loses_only_uncommitted_work() {
-    check_kill_point("before_commit=25");
-}
-
-#[test]
-fn killed_after_a_step_before_its_result_committed_reruns_only_that_step() {
-    check_kill_point("after_step=17");
-}
-
-#[test]
-fn killed_repeatedly_at_random_points_still_completes_every_run() {
-    use std::os::unix::process::ExitStatusExt;
-    let dir = tempdir();
-    let db = dir.path().join("demo.db");
-    let fx = dir.path().join("effects");
-    for (i, n) in [5, 13, 29].iter().enumerate() {
-        let status = demo(
-            &db,
-            &fx,
-            Some(&format!("after_commit={n}")),
-            &dir.path().join(format!("log-{i}")),
-        );
-        assert!(status.signal() == Some(libc::SIGKILL) || status.success());
+on_both_stores! {
+    fn killed_after_a_checkpoint_commit_resumes_without_rerunning_journaled_steps(backend: Backend) {
+        check_kill_point(backend, "after_checkpoint=7");
+        check_kill_point(backend, "after_checkpoint=41");
     }
-    let status = demo(&db, &fx, None, &dir.path().join("log-final"));
-    assert!(status.success());
-    assert_eq!(
-        try_query_i64(&db, "SELECT count(*) FROM runs WHERE status = 'completed'"),
-        Some(30)
-    );
-    assert_eq!(try_query_i64(&db, "SELECT count(*) FROM steps"), Some(90));
-    // Re-running the demo on a finished database starts nothing new.
-    let status = demo(&db, &fx, None, &dir.path().join("log-again"));
-    assert!(status.success());
-    assert_eq!(try_query_i64(&db, "SELECT count(*) FROM runs"), Some(30));
+
+    fn killed_before_a_commit_loses_only_uncommitted_work(backend: Backend) {
+        check_kill_point(backend, "before_commit=25");
+    }
+
+    fn killed_after_a_step_before_its_result_committed_reruns_only_that_step(backend: Backend) {
+        check_kill_point(backend, "after_step=17");
+    }
+
+    fn killed_repeatedly_at_random_points_still_completes_every_run(backend: Backend) {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = tempdir();
+        let db = backend.fresh_db(dir.path(), "demo.db");
+        let fx = dir.path().join("effects");
+        for (i, n) in [5, 13, 29].iter().enumerate() {
+            let status = demo(
+                &db,
+                &fx,
+                Some(&format!("after_commit={n}")),
+                &dir.path().join(format!("log-{i}")),
+            );
+            assert!(status.signal() == Some(libc::SIGKILL) || status.success());
+        }
+        let status = demo(&db, &fx, None, &dir.path().join("log-final"));
+        assert!(status.success());
+        assert_eq!(
+            try_query_i64(&db, "SELECT count(*) FROM runs WHERE status = 'completed'"),
+            Some(30)
+        );
+        assert_eq!(try_query_i64(&db, "SELECT count(*) FROM steps"), Some(90));
+        // Re-running the demo on a finished database starts nothing new.
+        let status = demo(&db, &fx, None, &dir.path().join("log-again"));
+        assert!(status.success());
+        assert_eq!(try_query_i64(&db, "SELECT count(*) FROM runs"), Some(30));
+    }
 }

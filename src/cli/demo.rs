@@ -207,8 +207,24 @@ pub fn register(reg: &mut Registry) {
     reg.workflow(DEMO, demo);
 }
 
-/// Where the demo writes result files for a database.
+/// Where the demo writes result files for a database: beside an SQLite file; for a
+/// PostgreSQL URL, in the temp dir under the database's name (the same directory at every
+/// run on one database, as the runs' inputs name it).
 pub fn out_dir(db: &Path) -> PathBuf {
+    if waymark::internal::store::is_postgres(db) {
+        let url = db.to_string_lossy();
+        let name: String = url
+            .rsplit('/')
+            .next()
+            .unwrap_or("db")
+            .split('?')
+            .next()
+            .unwrap_or("db")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        return std::env::temp_dir().join(format!("waymark-demo-{name}.out"));
+    }
     let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".out");
     db.with_file_name(name)

@@ -31,6 +31,50 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Which store a conformance test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An SQLite file in the test's temp dir.
+    Sqlite,
+    /// A fresh database on the test binary's throwaway PostgreSQL cluster.
+    Postgres,
+}
+
+impl Backend {
+    /// A fresh database for a test: `dir/name` for SQLite, a new database's URL for
+    /// PostgreSQL (as a path: every helper and `--db` take either).
+    pub fn fresh_db(self, dir: &Path, name: &str) -> std::path::PathBuf {
+        match self {
+            Backend::Sqlite => dir.join(name),
+            Backend::Postgres => std::path::PathBuf::from(pg::fresh_pg_db()),
+        }
+    }
+}
+
+/// Behavioural tests that must hold on every store: each `fn NAME(backend: Backend)` becomes
+/// a module `NAME` with the tests `NAME::sqlite` and `NAME::postgres`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($(#[$meta:meta])* fn $name:ident($backend:ident: Backend) $body:block)*) => {
+        $(
+            $(#[$meta])*
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                fn body($backend: Backend) $body
+                #[test]
+                fn sqlite() {
+                    body(Backend::Sqlite)
+                }
+                #[test]
+                fn postgres() {
+                    body(Backend::Postgres)
+                }
+            }
+        )*
+    };
+}
+
 /// The waymark binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_waymark")

@@ -243,16 +243,22 @@ pub fn start(db: &Path, workflow: &str, json: &str, count: usize) -> Vec<i64> {
 /// subcommands run on them.
 pub struct Tmp {
     pub dir: tempfile::TempDir,
+    /// The database: `dir/wm.db`, or a PostgreSQL URL.
+    db: PathBuf,
 }
 
 impl Tmp {
     pub fn new() -> Self {
-        Tmp {
-            dir: super::tempdir(),
-        }
+        Tmp::on(super::Backend::Sqlite)
+    }
+    /// A temp dir and a fresh database on `backend`.
+    pub fn on(backend: super::Backend) -> Self {
+        let dir = super::tempdir();
+        let db = backend.fresh_db(dir.path(), "wm.db");
+        Tmp { dir, db }
     }
     pub fn db(&self) -> PathBuf {
-        self.dir.path().join("wm.db")
+        self.db.clone()
     }
     pub fn effects(&self) -> PathBuf {
         self.dir.path().join("effects.log")

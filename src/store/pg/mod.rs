@@ -150,8 +150,15 @@ impl PgStore {
             };
             let again = this.clone();
             let result = self.with_conn(|db| {
-                db.transaction("applying a command", |db| write::apply(db, this, now))
+                db.transaction("applying a command", |db| {
+                    let done = write::apply(db, this, now)?;
+                    crate::fault::point(crate::fault::Point::BeforeCommit);
+                    Ok(done)
+                })
             });
+            if result.is_ok() {
+                crate::fault::point(crate::fault::Point::AfterCommit);
+            }
             match result {
                 Err(e) if conn::retryable(&e) && tries < TRIES_MAX => {
                     log::debug!("{}: retrying a transaction: {e}", self.name);

@@ -20,10 +20,10 @@ fn interruptions(db: &std::path::Path, run: i64) -> i64 {
     )
 }
 
-#[test]
-fn shutdown_keeps_an_in_process_step_leased_until_it_returns() {
+on_both_stores! {
+    fn shutdown_keeps_an_in_process_step_leased_until_it_returns(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("shutdown.db");
+    let db = backend.fresh_db(dir.path(), "shutdown.db");
     let run = start(&db, "fixture.slow", r#"{"steps":2,"ms":5000}"#, 1)[0];
     let mut a = serve_with(dir.path(), "a", &db, 1, TTL, &[], &["--in-process"]);
     wait_until("A to start seq 0", Duration::from_secs(30), || {
@@ -54,11 +54,12 @@ fn shutdown_keeps_an_in_process_step_leased_until_it_returns() {
     );
     assert!(!b.log_text().contains("reclaimed"), "{}", b.log_text());
 }
+}
 
-#[test]
-fn shutdown_grace_kills_child_steps_and_releases_their_runs() {
+on_both_stores! {
+    fn shutdown_grace_kills_child_steps_and_releases_their_runs(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("grace.db");
+    let db = backend.fresh_db(dir.path(), "grace.db");
     let tag = format!("grace-{}", std::process::id());
     let run = start(&db, "fixture.slow", r#"{"steps":1,"ms":8000}"#, 1)[0];
     let envs = [("WAYMARK_TEST_TAG", tag.clone())];
@@ -94,26 +95,25 @@ fn shutdown_grace_kills_child_steps_and_releases_their_runs() {
     });
     assert_eq!(overlaps(dir.path()), vec![]);
     assert_eq!(interruptions(&db, run), 0);
-    let outcomes: Vec<String> = reader(&db)
-        .prepare(
-            "SELECT coalesce(outcome, 'open') FROM attempts WHERE run_id = ?1 ORDER BY attempt",
-        )
-        .unwrap()
-        .query_map([run], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let outcomes: Vec<String> = rows(
+        &db,
+        &format!("SELECT coalesce(outcome, 'open') FROM attempts WHERE run_id = {run} ORDER BY attempt"),
+    )
+    .into_iter()
+    .map(|r| r[0].clone())
+    .collect();
     assert_eq!(
         outcomes.first().map(String::as_str),
         Some("shutdown"),
         "{outcomes:?}"
     );
 }
+}
 
-#[test]
-fn rolling_restarts_do_not_walk_a_run_toward_the_poison_limit() {
+on_both_stores! {
+    fn rolling_restarts_do_not_walk_a_run_toward_the_poison_limit(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("rolling.db");
+    let db = backend.fresh_db(dir.path(), "rolling.db");
     // interruptions_max is 5: seven clean restarts mid-step would fail the run if they counted.
     let run = start(&db, "fixture.slow", r#"{"steps":1,"ms":4000}"#, 1)[0];
     for i in 0..7 {
@@ -140,4 +140,5 @@ fn rolling_restarts_do_not_walk_a_run_toward_the_poison_limit() {
     });
     assert_eq!(interruptions(&db, run), 0);
     assert_eq!(overlaps(dir.path()), vec![]);
+}
 }

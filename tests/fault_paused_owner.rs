@@ -13,21 +13,17 @@ use support::*;
 const TTL: u64 = 1500;
 
 fn steps_by_epoch(db: &std::path::Path, run: i64) -> (i64, i64) {
-    let c = reader(db);
-    let n: i64 = c
-        .query_row("SELECT count(*) FROM steps WHERE run_id = ?1", [run], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    let epoch: i64 = c
-        .query_row("SELECT epoch FROM runs WHERE id = ?1", [run], |r| r.get(0))
-        .unwrap();
+    let n = query_i64(
+        db,
+        &format!("SELECT count(*) FROM steps WHERE run_id = {run}"),
+    );
+    let epoch = query_i64(db, &format!("SELECT epoch FROM runs WHERE id = {run}"));
     (n, epoch)
 }
 
-fn paused_owner(after_step: bool) {
+fn paused_owner(backend: Backend, after_step: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("paused.db");
+    let db = backend.fresh_db(dir.path(), "paused.db");
     let run = start(&db, "fixture.slow", r#"{"steps":3,"ms":600}"#, 1)[0];
     let go = dir.path().join("go");
     let envs = if after_step {
@@ -57,13 +53,10 @@ fn paused_owner(after_step: bool) {
     let (steps, epoch) = steps_by_epoch(&db, run);
     assert_eq!(steps, 3);
     let outcomes_by_a = |db: &std::path::Path| -> i64 {
-        reader(db)
-            .query_row(
-                "SELECT count(*) FROM attempts a JOIN engines e ON e.id = a.owner WHERE a.run_id = ?1 AND e.pid = ?2 AND a.outcome IS NOT NULL",
-                rusqlite::params![run, a_pid],
-                |r| r.get(0),
-            )
-            .unwrap()
+        query_i64(
+            db,
+            &format!("SELECT count(*) FROM attempts a JOIN engines e ON e.id = a.owner WHERE a.run_id = {run} AND e.pid = {a_pid} AND a.outcome IS NOT NULL"),
+        )
     };
     // Child steps record their outcome while A still held the lease; count only later ones.
     let by_a_before = outcomes_by_a(&db);
@@ -97,12 +90,14 @@ fn paused_owner(after_step: bool) {
     drop(b);
 }
 
-#[test]
-fn paused_mid_step_owner_is_fenced_off() {
-    paused_owner(false);
+on_both_stores! {
+    fn paused_mid_step_owner_is_fenced_off(backend: Backend) {
+    paused_owner(backend, false);
+}
 }
 
-#[test]
-fn paused_between_step_and_commit_owner_is_fenced_off() {
-    paused_owner(true);
+on_both_stores! {
+    fn paused_between_step_and_commit_owner_is_fenced_off(backend: Backend) {
+    paused_owner(backend, true);
+}
 }

@@ -1,3 +1,4 @@
+//! On both stores (SQLite and PostgreSQL).
 //! Scenario: the same run is started twice with one idempotency key (CLI and library), and the
 //! demo is run twice on one database.
 //! Must hold: the second start returns the first run's id and creates nothing.
@@ -7,10 +8,10 @@ use std::time::Duration;
 use support::*;
 use waymark::{Engine, OnKeyConflict, Registry, StartOptions, Step, Workflow};
 
-#[test]
-fn starting_twice_with_one_key_returns_the_same_run() {
+on_both_stores! {
+    fn starting_twice_with_one_key_returns_the_same_run(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("idem.db");
+    let db = backend.fresh_db(dir.path(), "idem.db");
     let a = start_runs(
         &db,
         "fixture.slow",
@@ -28,17 +29,18 @@ fn starting_twice_with_one_key_returns_the_same_run() {
     assert_eq!(a, b);
     assert_eq!(try_query_i64(&db, "SELECT count(*) FROM runs"), Some(1));
 }
+}
 
 const ADD: Step<u64, u64> = Step::new("add1");
 const WF: Workflow<u64, u64> = Workflow::new("idem");
 
-#[test]
-fn library_start_run_dedupes_by_key() {
+on_both_stores! {
+    fn library_start_run_dedupes_by_key(backend: Backend) {
     let dir = tempdir();
     let mut reg = Registry::new();
     reg.step(ADD, |_, x| Ok(x + 1));
     reg.workflow(WF, |ctx, x| ctx.step(ADD, &x));
-    let engine = Engine::start(reg, in_process_config(&dir.path().join("lib.db"))).unwrap();
+    let engine = Engine::start(reg, in_process_config(&backend.fresh_db(dir.path(), "lib.db"))).unwrap();
     let first = engine.start_run(WF, &1, StartOptions::key("k")).unwrap();
     // Another input under the same key is an error unless the caller asks for the
     // existing run (tests/client_operate.rs covers the error).
@@ -66,4 +68,5 @@ fn library_start_run_dedupes_by_key() {
         6
     );
     engine.shutdown().unwrap();
+}
 }

@@ -1,3 +1,4 @@
+//! On both stores (SQLite and PostgreSQL).
 //! Scenario: an engine is paused (SIGSTOP) in the middle of a step for several lease TTLs;
 //! a second engine reclaims the run and finishes it; then the first engine resumes.
 //! Must hold: the run completes once with the second owner's results; the resumed engine's
@@ -6,16 +7,14 @@
 //! typed LeaseLost error and changes nothing.
 
 mod support;
-use std::sync::Arc;
 use std::time::Duration;
 use support::*;
-use waymark::internal::clock::SystemClock;
-use waymark::internal::store::{Done, Entry, Fence, NewRun, Op, Store, StoreError, StoreOptions};
+use waymark::internal::store::{Ending, Entry, Fence, NewRun, StoreError};
 
-#[test]
-fn paused_owner_is_fenced_and_the_journal_stays_the_new_owners() {
+on_both_stores! {
+fn paused_owner_is_fenced_and_the_journal_stays_the_new_owners(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("lease.db");
+    let db = backend.fresh_db(dir.path(), "lease.db");
     let dbs = db.to_str().unwrap();
     let fx = dir.path().join("effects");
     let envs = [("WAYMARK_DEMO_EFFECTS", fx.to_str().unwrap())];
@@ -59,16 +58,10 @@ fn paused_owner_is_fenced_and_the_journal_stays_the_new_owners() {
         Duration::from_secs(60),
         || (try_status(&db, run).as_deref() == Some("completed")).then_some(()),
     );
-    let journal_before: Vec<(i64, String, i64)> = {
-        let c = peek(&db);
-        let mut s = c
-            .prepare("SELECT seq, name, recorded_at FROM steps WHERE run_id = ?1 ORDER BY seq")
-            .unwrap();
-        s.query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    let journal_before = rows(
+        &db,
+        &format!("SELECT seq, name, recorded_at FROM steps WHERE run_id = {run} ORDER BY seq"),
+    );
     assert_eq!(journal_before.len(), 3);
 
     signal(&a, libc::SIGCONT);
@@ -83,29 +76,17 @@ fn paused_owner_is_fenced_and_the_journal_stays_the_new_owners() {
         },
     );
     std::thread::sleep(Duration::from_millis(500));
-    let journal_after: Vec<(i64, String, i64)> = {
-        let c = peek(&db);
-        let mut s = c
-            .prepare("SELECT seq, name, recorded_at FROM steps WHERE run_id = ?1 ORDER BY seq")
-            .unwrap();
-        s.query_map([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    let journal_after = rows(
+        &db,
+        &format!("SELECT seq, name, recorded_at FROM steps WHERE run_id = {run} ORDER BY seq"),
+    );
     assert_eq!(
         journal_before, journal_after,
         "the stale owner changed nothing"
     );
     assert_eq!(try_status(&db, run).as_deref(), Some("completed"));
-    let c = peek(&db);
-    let (epoch, interruptions): (i64, i64) = c
-        .query_row(
-            "SELECT epoch, interruptions FROM runs WHERE id = ?1",
-            [run],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let epoch = query_i64(&db, &format!("SELECT epoch FROM runs WHERE id = {run}"));
+    let interruptions = query_i64(&db, &format!("SELECT interruptions FROM runs WHERE id = {run}"));
     assert!(
         epoch >= 3,
         "claim, reclaim and re-claim each bumped the epoch (got {epoch})"
@@ -115,18 +96,12 @@ fn paused_owner_is_fenced_and_the_journal_stays_the_new_owners() {
     kill9(&mut b);
 }
 
-#[test]
-fn a_write_with_a_stale_epoch_is_lease_lost_and_changes_nothing() {
+fn a_write_with_a_stale_epoch_is_lease_lost_and_changes_nothing(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("fence.db");
-    let store = Store::open(
-        &db,
-        &StoreOptions::default(),
-        Arc::new(SystemClock::from_env()),
-    )
-    .unwrap();
-    let Done::Run { id, .. } = store
-        .call(Op::Enqueue(NewRun {
+    let db = backend.fresh_db(dir.path(), "fence.db");
+    let store = storage(&db);
+    let id = store
+        .enqueue(NewRun {
             workflow: "w".into(),
             version: 1,
             input: vec![],
@@ -136,22 +111,13 @@ fn a_write_with_a_stale_epoch_is_lease_lost_and_changes_nothing() {
             ready_at: None,
             parent_id: None,
             deadline_at: None,
-        }))
-        .unwrap()
-    else {
-        panic!("enqueue")
-    };
-    let claim = |owner: &str| match store
-        .call(Op::Claim {
-            owner: owner.into(),
-            limit: 1,
-            workflows_json: r#"["w@1"]"#.into(),
-            lease_ms: 10,
         })
         .unwrap()
-    {
-        Done::Claimed(c) => c,
-        other => panic!("{other:?}"),
+        .id;
+    let claim = |owner: &str| {
+        store
+            .claim(&owner.into(), 1, &r#"["w@1"]"#.into(), 10)
+            .unwrap()
     };
     let first = claim("old-owner").pop().unwrap();
     let old = Fence {
@@ -160,29 +126,9 @@ fn a_write_with_a_stale_epoch_is_lease_lost_and_changes_nothing() {
         epoch: first.epoch,
     };
     // The reaper takes the run away (guarded by the epoch it read) and another owner claims it.
-    assert!(matches!(
-        store
-            .call(Op::Reclaim {
-                run_id: id,
-                epoch: first.epoch,
-                reason: "test".into(),
-                poison_limit: 5
-            })
-            .unwrap(),
-        Done::Reclaimed(true)
-    ));
+    assert!(store.reclaim(id, first.epoch, "test".into(), 5).unwrap());
     // A second reclaim with the same stale epoch is a no-op.
-    assert!(matches!(
-        store
-            .call(Op::Reclaim {
-                run_id: id,
-                epoch: first.epoch,
-                reason: "test".into(),
-                poison_limit: 5
-            })
-            .unwrap(),
-        Done::Reclaimed(false)
-    ));
+    assert!(!store.reclaim(id, first.epoch, "test".into(), 5).unwrap());
     let second = claim("new-owner").pop().unwrap();
     assert!(second.epoch > first.epoch);
     let entry = Entry {
@@ -194,44 +140,33 @@ fn a_write_with_a_stale_epoch_is_lease_lost_and_changes_nothing() {
         output: Some(vec![1]),
         error: None,
     };
-    let stale = store.call(Op::Checkpoint {
-        fence: old.clone(),
-        entry: entry.clone(),
-    });
+    let stale = store.checkpoint(&old, entry.clone());
     assert!(
         matches!(stale, Err(StoreError::LeaseLost { .. })),
         "{stale:?}"
     );
     assert!(matches!(
-        store.call(Op::Complete {
-            fence: old,
-            output: vec![]
-        }),
+        store.complete(&old, vec![]),
         Err(StoreError::LeaseLost { .. })
     ));
+    // A stale ending with deferred results writes none of them either.
+    let ended = store.finish(&old, vec![entry.clone()], Ending::Complete(vec![]), None);
+    assert!(matches!(ended, Err(StoreError::LeaseLost { .. })), "{ended:?}");
     let new = Fence {
         run_id: id,
         owner: "new-owner".into(),
         epoch: second.epoch,
     };
-    store
-        .call(Op::Checkpoint {
-            fence: new.clone(),
-            entry: entry.clone(),
-        })
-        .unwrap();
+    store.checkpoint(&new, entry.clone()).unwrap();
     // Journal entries are write-once.
     assert!(matches!(
-        store.call(Op::Checkpoint { fence: new, entry }),
+        store.checkpoint(&new, entry),
         Err(StoreError::JournalConflict { .. })
     ));
-    let c = peek(&db);
-    let (n, owner): (i64, String) = c
-        .query_row(
-            "SELECT (SELECT count(*) FROM steps), owner FROM runs WHERE id = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!((n, owner.as_str()), (1, "new-owner"));
+    assert_eq!(query_i64(&db, "SELECT count(*) FROM steps"), 1);
+    assert_eq!(
+        query_text(&db, &format!("SELECT owner FROM runs WHERE id = {id}")),
+        "new-owner"
+    );
+}
 }

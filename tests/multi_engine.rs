@@ -1,4 +1,5 @@
-//! Scenario: two engine processes on one database file share 500 runs.
+//! On both stores (SQLite and PostgreSQL).
+//! Scenario: two engine processes on one database share 500 runs.
 //! Must hold: every run completes; each step of each run executed exactly once; no run was
 //! executed by both engines (each run's steps all ran in one process); both engines worked.
 
@@ -7,10 +8,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 use support::*;
 
-#[test]
-fn two_engines_share_500_runs_without_running_one_twice() {
+on_both_stores! {
+fn two_engines_share_500_runs_without_running_one_twice(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("shared.db");
+    let db = backend.fresh_db(dir.path(), "shared.db");
     let fx = dir.path().join("effects");
     let ids = start_runs(&db, "fixture.slow", r#"{"steps":3,"ms":3}"#, Some("m"), 500);
     assert_eq!(ids.len(), 500);
@@ -35,23 +36,14 @@ fn two_engines_share_500_runs_without_running_one_twice() {
     assert_eq!(per_step.len(), 1500, "every step executed");
     assert!(per_step.values().all(|&n| n == 1), "no step executed twice");
     // Steps run in child processes; each attempt records the engine that owned the run.
-    let c = peek(&db);
-    let shared: i64 = c
-        .query_row(
-            "SELECT count(*) FROM (SELECT run_id FROM attempts GROUP BY run_id HAVING count(DISTINCT owner) > 1)",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let shared = query_i64(
+        &db,
+        "SELECT count(*) FROM (SELECT run_id FROM attempts GROUP BY run_id HAVING count(DISTINCT owner) > 1) t",
+    );
     assert_eq!(shared, 0, "no run executed by both engines");
-    let attempts: i64 = c
-        .query_row("SELECT count(*) FROM attempts", [], |r| r.get(0))
-        .unwrap();
+    let attempts = query_i64(&db, "SELECT count(*) FROM attempts");
     assert_eq!(attempts, 1500, "one recorded attempt per step");
-    let engines: i64 = c
-        .query_row("SELECT count(DISTINCT owner) FROM attempts", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let engines = query_i64(&db, "SELECT count(DISTINCT owner) FROM attempts");
     assert_eq!(engines, 2, "both engines took work");
+}
 }

@@ -1,3 +1,4 @@
+//! On both stores (SQLite and PostgreSQL).
 //! Scenario: a run journals step 'fixture.a' at seq 0, its engine is killed, and a build whose
 //! workflow now calls 'fixture.b' first replays it.
 //! Must hold: that run fails with a non-determinism error naming the run, the sequence number
@@ -7,10 +8,10 @@ mod support;
 use std::time::Duration;
 use support::*;
 
-#[test]
-fn replay_calling_another_step_fails_the_run_not_the_engine() {
+on_both_stores! {
+    fn replay_calling_another_step_fails_the_run_not_the_engine(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("nd.db");
+    let db = backend.fresh_db(dir.path(), "nd.db");
     let dbs = db.to_str().unwrap();
     let fx = dir.path().join("effects");
     let run = start_runs(&db, "fixture.nondet", r#"{"steps":2,"ms":60000}"#, None, 1)[0];
@@ -38,13 +39,12 @@ fn replay_calling_another_step_fails_the_run_not_the_engine() {
     );
     assert_eq!(try_status(&db, run).as_deref(), Some("failed"));
     assert_eq!(try_status(&db, other).as_deref(), Some("completed"));
-    let error: String = peek(&db)
-        .query_row("SELECT error FROM runs WHERE id = ?1", [run], |r| r.get(0))
-        .unwrap();
+    let error = query_text(&db, &format!("SELECT error FROM runs WHERE id = {run}"));
     assert!(error.contains(&format!("run {run}")), "{error}");
     assert!(error.contains("seq 0"), "{error}");
     assert!(
         error.contains("fixture.a") && error.contains("fixture.b"),
         "{error}"
     );
+}
 }

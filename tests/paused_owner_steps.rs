@@ -13,10 +13,10 @@ use support::*;
 
 const TTL: u64 = 800;
 
-#[test]
-fn a_paused_owner_starts_no_step_on_a_run_it_lost() {
+on_both_stores! {
+    fn a_paused_owner_starts_no_step_on_a_run_it_lost(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("paused.db");
+    let db = backend.fresh_db(dir.path(), "paused.db");
     let run = start(&db, "fixture.slow", r#"{"steps":3,"ms":2500}"#, 1)[0];
     let go = dir.path().join("go");
     let a = serve_with(
@@ -69,4 +69,5 @@ fn a_paused_owner_starts_no_step_on_a_run_it_lost() {
         ),
         3
     );
+}
 }

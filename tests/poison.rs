@@ -1,3 +1,4 @@
+//! On both stores (SQLite and PostgreSQL).
 //! Scenario: a run whose step kills its engine process every time it executes.
 //! Must hold: after more than `interruptions_max` (5) interruptions the run ends `failed` with
 //! the reason "interrupted 6 times" and its last interruption, instead of crashing engines forever.
@@ -7,10 +8,10 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 use support::*;
 
-#[test]
-fn a_run_that_keeps_killing_its_engine_ends_failed() {
+on_both_stores! {
+fn a_run_that_keeps_killing_its_engine_ends_failed(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("poison.db");
+    let db = backend.fresh_db(dir.path(), "poison.db");
     let dbs = db.to_str().unwrap();
     let run = start_runs(&db, "fixture.crash", "null", None, 1)[0];
     let mut crashes = 0;
@@ -32,12 +33,11 @@ fn a_run_that_keeps_killing_its_engine_ends_failed() {
         "the run crashed its engine six times, then was failed"
     );
     assert_eq!(try_status(&db, run).as_deref(), Some("failed"));
-    let error: String = peek(&db)
-        .query_row("SELECT error FROM runs WHERE id = ?1", [run], |r| r.get(0))
-        .unwrap();
+    let error = query_text(&db, &format!("SELECT error FROM runs WHERE id = {run}"));
     assert!(error.starts_with("interrupted 6 times"), "{error}");
     assert!(
         error.contains("is dead"),
         "the last interruption is named: {error}"
     );
+}
 }

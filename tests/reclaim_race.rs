@@ -14,10 +14,10 @@ use support::*;
 
 const TTL: u64 = 1000;
 
-#[test]
-fn a_reclaim_judged_before_a_renewal_does_not_commit_after_it() {
+on_both_stores! {
+    fn a_reclaim_judged_before_a_renewal_does_not_commit_after_it(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("race.db");
+    let db = backend.fresh_db(dir.path(), "race.db");
     let run = start(&db, "fixture.slow", r#"{"steps":4,"ms":2500}"#, 1)[0];
     let a = serve_with(dir.path(), "a", &db, 1, TTL, &[], &["--in-process"]);
     wait_until("A to start seq 0", Duration::from_secs(30), || {
@@ -94,4 +94,5 @@ fn a_reclaim_judged_before_a_renewal_does_not_commit_after_it() {
             "seq {seq} was started by two engines: {owners:?}"
         );
     }
+}
 }

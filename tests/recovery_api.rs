@@ -1,3 +1,4 @@
+//! On both stores (SQLite and PostgreSQL).
 //! Scenario: library-level recovery paths that need no kill: graceful shutdown in the middle of
 //! a run, and a run of a workflow this build does not register.
 //! Must hold: shutdown releases the run at its next step boundary so a new engine finishes it
@@ -30,10 +31,10 @@ fn registry() -> Registry {
     reg
 }
 
-#[test]
-fn shutdown_releases_in_flight_runs_for_the_next_engine() {
+on_both_stores! {
+    fn shutdown_releases_in_flight_runs_for_the_next_engine(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("shutdown.db");
+    let db = backend.fresh_db(dir.path(), "shutdown.db");
     // A long lease: if shutdown did not release the run, the next engine would wait a minute.
     let config = in_process_config(&db).with_lease_ttl(Duration::from_secs(60));
     let engine = Engine::start(registry(), config.clone()).unwrap();
@@ -70,6 +71,7 @@ fn shutdown_releases_in_flight_runs_for_the_next_engine() {
         "a graceful release is not an interruption"
     );
     engine.shutdown().unwrap();
+}
 }
 
 #[test]

@@ -9,10 +9,10 @@ mod support;
 use std::time::Duration;
 use support::*;
 
-#[test]
-fn attempts_cut_by_a_dead_engine_spend_no_retries() {
+on_both_stores! {
+    fn attempts_cut_by_a_dead_engine_spend_no_retries(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("budget.db");
+    let db = backend.fresh_db(dir.path(), "budget.db");
     let marker = dir.path().join("marker");
     let input = format!(r#"{{"ms":1500,"marker":"{}"}}"#, marker.display());
     let run = start(&db, "fixture.flaky", &input, 1)[0];
@@ -27,9 +27,7 @@ fn attempts_cut_by_a_dead_engine_spend_no_retries() {
     wait_until("the run to finish", Duration::from_secs(60), || {
         matches!(status(&db, run).as_str(), "completed" | "failed")
     });
-    let error: Option<String> = reader(&db)
-        .query_row("SELECT error FROM runs WHERE id = ?1", [run], |r| r.get(0))
-        .unwrap();
+    let error = query_text(&db, &format!("SELECT error FROM runs WHERE id = {run}"));
     assert_eq!(status(&db, run), "completed", "error: {error:?}");
     assert_eq!(
         query_i64(
@@ -39,4 +37,5 @@ fn attempts_cut_by_a_dead_engine_spend_no_retries() {
         3
     );
     assert!(marker.exists());
+}
 }

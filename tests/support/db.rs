@@ -165,3 +165,79 @@ fn pg_i64(url: &str, sql: &str) -> Result<i64, postgres::Error> {
     let row = c.query_one(&format!("SELECT ({sql})::bigint"), &[])?;
     Ok(row.get(0))
 }
+
+/// Every row of a query, each value as text (`NULL` for null; blobs as hex): for
+/// comparisons of whole rows on either store.
+pub fn rows(db: &Path, sql: &str) -> Vec<Vec<String>> {
+    if let Some(url) = pg_url(db) {
+        use postgres::types::Type;
+        let mut c = super::pg::pg_cluster_client(url);
+        return c
+            .query(sql, &[])
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| {
+                        let t = r.columns()[i].type_().clone();
+                        let text = if t == Type::INT8 {
+                            r.get::<_, Option<i64>>(i).map(|v| v.to_string())
+                        } else if t == Type::INT4 {
+                            r.get::<_, Option<i32>>(i).map(|v| v.to_string())
+                        } else if t == Type::BOOL {
+                            r.get::<_, Option<bool>>(i).map(|v| (v as i64).to_string())
+                        } else if t == Type::BYTEA {
+                            r.get::<_, Option<Vec<u8>>>(i).map(|v| hex(&v))
+                        } else {
+                            r.get::<_, Option<String>>(i)
+                        };
+                        text.unwrap_or_else(|| "NULL".into())
+                    })
+                    .collect()
+            })
+            .collect();
+    }
+    let c = peek(db);
+    let mut s = c.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let n = s.column_count();
+    s.query_map([], |r| {
+        Ok((0..n)
+            .map(|i| match r.get_ref(i).unwrap() {
+                rusqlite::types::ValueRef::Null => "NULL".to_string(),
+                rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                rusqlite::types::ValueRef::Real(v) => v.to_string(),
+                rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                rusqlite::types::ValueRef::Blob(b) => hex(b),
+            })
+            .collect())
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// One text value from a query.
+pub fn query_text(db: &Path, sql: &str) -> String {
+    rows(db, sql)
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next())
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The storage seam on the database `db` names (an SQLite file or a PostgreSQL URL), for
+/// store-level tests.
+pub fn storage(db: &Path) -> std::sync::Arc<dyn waymark::internal::store::Storage> {
+    waymark::internal::store::open_storage(
+        db,
+        &waymark::internal::store::StoreOptions::default(),
+        std::sync::Arc::new(waymark::internal::clock::SystemClock::from_env()),
+        4,
+    )
+    .unwrap_or_else(|e| panic!("opening {}: {e}", db.display()))
+    .api
+}

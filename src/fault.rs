@@ -5,7 +5,8 @@
 //! Points: `before_commit`, `after_commit`, `after_checkpoint`, `in_step`,
 //! `after_step` (step finished, result not yet committed). Unset, a point costs one
 //! relaxed atomic load. `WAYMARK_FAULT_PAUSE=POINT:FILE` instead blocks at `POINT`
-//! until FILE exists (deterministic race tests), e.g. `reaper_before_reclaim:/tmp/go`.
+//! until FILE exists (deterministic race tests), e.g. `reaper_before_reclaim:/tmp/go`;
+//! `POINT@N:FILE` blocks only from the N-th pass on.
 //! `WAYMARK_FAULT_FAIL=POINT=N` makes the N-th pass of a failure point ([`fails`]) report a
 //! failure instead: `commit_claim` = a batch that claimed runs behaves as if its COMMIT
 //! and then its ROLLBACK returned an error (the connection stays inside the transaction).
@@ -49,13 +50,15 @@ impl Point {
 struct Armed {
     kill: Option<(String, i64)>,
     fail: Option<(String, i64)>,
-    pause: Option<(String, std::path::PathBuf)>,
+    /// `(point, from pass N, file)`.
+    pause: Option<(String, i64, std::path::PathBuf)>,
 }
 
 static STATE: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 disarmed, 2 armed
 static ARMED: OnceLock<Armed> = OnceLock::new();
 static COUNT: AtomicI64 = AtomicI64::new(0);
 static FAIL_COUNT: AtomicI64 = AtomicI64::new(0);
+static PAUSE_COUNT: AtomicI64 = AtomicI64::new(0);
 
 fn armed() -> Option<&'static Armed> {
     match STATE.load(Ordering::Relaxed) {
@@ -72,7 +75,11 @@ fn armed() -> Option<&'static Armed> {
             let fail = counted("WAYMARK_FAULT_FAIL");
             let pause = std::env::var("WAYMARK_FAULT_PAUSE").ok().and_then(|v| {
                 let (p, f) = v.split_once(':')?;
-                Some((p.to_string(), f.into()))
+                let (p, from) = match p.split_once('@') {
+                    Some((p, n)) => (p, n.trim().parse().ok()?),
+                    None => (p, 1),
+                };
+                Some((p.to_string(), from, f.into()))
             });
             if kill.is_none() && pause.is_none() && fail.is_none() {
                 STATE.store(1, Ordering::Relaxed);
@@ -97,8 +104,11 @@ pub fn point(point: Point) {
             }
         }
     }
-    if let Some((name, file)) = &a.pause {
-        if name == point.name() && !file.exists() {
+    if let Some((name, from, file)) = &a.pause {
+        if name == point.name()
+            && PAUSE_COUNT.fetch_add(1, Ordering::SeqCst) + 1 >= *from
+            && !file.exists()
+        {
             log::warn!(
                 "fault injection: paused at {name} until {} exists",
                 file.display()

@@ -31,6 +31,13 @@ pub fn pid_start_time(pid: u32) -> Option<u64> {
 /// PID namespace (`/proc/self/ns/pid`), e.g. `3f9c…/pid:[4026531836]`. Two containers on one
 /// host share the boot id but not the namespace: a pid means something only inside one.
 pub fn host_id() -> String {
+    // Test hook: engines started with this variable act as if on another host (a boot id
+    // of their own), as engines on several hosts sharing one PostgreSQL database are.
+    if let Ok(boot) = std::env::var("WAYMARK_SIMULATED_BOOT_ID") {
+        if !boot.is_empty() && !boot.contains('/') {
+            return format!("{boot}/pid:[simulated]");
+        }
+    }
     let ns = std::fs::read_link("/proc/self/ns/pid")
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -44,16 +51,26 @@ pub enum Place {
     SameNamespace,
     /// Same boot, another (or an unknown) PID namespace: only its heartbeat tells.
     OtherNamespace,
-    /// An earlier boot of this host: it is gone.
+    /// An earlier boot of this host: it is gone. Only on a store that lives on this host
+    /// (an SQLite file): there another boot id can only be an earlier boot.
     EarlierBoot,
+    /// Another boot id on a store shared by several hosts (PostgreSQL): another host, or
+    /// an earlier boot of this one; nothing here can tell which, so only its heartbeat
+    /// tells (judging it gone would reclaim a live host's runs).
+    OtherHost,
 }
 
 /// Compare a stored host id (`theirs`) with ours (`mine`, from [`host_id`]).
-pub fn place(mine: &str, theirs: &str) -> Place {
+/// `hosts_shared`: the store is shared by engines on several hosts.
+pub fn place(mine: &str, theirs: &str, hosts_shared: bool) -> Place {
     let (my_boot, my_ns) = mine.split_once('/').unwrap_or((mine, ""));
     let (boot, ns) = theirs.split_once('/').unwrap_or((theirs, ""));
     if boot != my_boot {
-        Place::EarlierBoot
+        if hosts_shared {
+            Place::OtherHost
+        } else {
+            Place::EarlierBoot
+        }
     } else if ns.is_empty() || my_ns.is_empty() || ns != my_ns {
         Place::OtherNamespace
     } else {
@@ -224,14 +241,19 @@ mod tests {
     #[test]
     fn places_compare_boot_and_pid_namespace() {
         let me = host_id();
-        assert_eq!(place(&me, &me), Place::SameNamespace);
+        assert_eq!(place(&me, &me, false), Place::SameNamespace);
+        assert_eq!(place(&me, &me, true), Place::SameNamespace);
+        assert_eq!(place(&me, "another-boot/pid:[1]", true), Place::OtherHost);
         let (boot, _) = me.split_once('/').unwrap();
         assert_eq!(
-            place(&me, &format!("{boot}/pid:[1]")),
+            place(&me, &format!("{boot}/pid:[1]"), false),
             Place::OtherNamespace
         );
         // Rows written before the namespace was recorded: judged by heartbeat only.
-        assert_eq!(place(&me, boot), Place::OtherNamespace);
-        assert_eq!(place(&me, "another-boot/pid:[1]"), Place::EarlierBoot);
+        assert_eq!(place(&me, boot, false), Place::OtherNamespace);
+        assert_eq!(
+            place(&me, "another-boot/pid:[1]", false),
+            Place::EarlierBoot
+        );
     }
 }

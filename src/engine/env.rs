@@ -56,7 +56,8 @@ impl Attempts for Inner {
             }
             let host = self.store.engine_host(&row.owner).unwrap_or(None);
             let elsewhere = host.filter(|h| {
-                crate::host::place(&self.boot_id, h) != crate::host::Place::SameNamespace
+                crate::host::place(&self.boot_id, h, self.hosts_shared)
+                    != crate::host::Place::SameNamespace
             });
             out.push(EarlierAttempt { row, elsewhere });
         }

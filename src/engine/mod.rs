@@ -52,6 +52,9 @@ pub struct Inner {
     pub(crate) clock: Arc<dyn Clock>,
     /// This host and PID namespace ([`host::host_id`]), stored in our engine row.
     pub(crate) boot_id: String,
+    /// The store is shared by engines on several hosts (PostgreSQL): another boot id is
+    /// another host, judged by its heartbeat only (`host::place`).
+    pub(crate) hosts_shared: bool,
     pub(crate) workflows_json: Arc<str>,
     pub(crate) lease: lease::LeaseGuard,
     pub(crate) shutdown: AtomicBool,
@@ -269,6 +272,7 @@ impl Engine {
                 let _ = wake.try_send(());
             })),
         );
+        let hosts_shared = store.spans_hosts();
         let inner = Arc::new(Inner {
             store,
             client,
@@ -277,6 +281,7 @@ impl Engine {
             config,
             clock,
             boot_id,
+            hosts_shared,
             workflows_json,
             shutdown: AtomicBool::new(false),
             abort_steps: AtomicBool::new(false),
@@ -397,13 +402,31 @@ impl Engine {
         };
         next.only_started = true;
         let owner = next.owner.clone();
-        match self.inner.client.start_claiming(wf, input, opts, next) {
+        let keyed = opts.idempotency_key.is_some();
+        match self
+            .inner
+            .client
+            .start_claiming(wf, input, opts.clone(), next)
+        {
             Ok((id, mut claimed)) => {
                 match claimed.pop() {
                     Some(run) => self.dispatch_claimed(owner, run),
                     None => self.inner.unreserve_worker(),
                 }
                 Ok(id)
+            }
+            Err(Error::Store(e @ StoreError::OutcomeUnknown { .. })) => {
+                self.inner.unreserve_worker();
+                // The commit may have claimed the run for a worker that never got it: the
+                // storage-failure path hands back every run recorded as ours once no worker
+                // holds one (engine/health.rs).
+                self.inner.note_store_error(&e);
+                if keyed {
+                    // The key finds the run if the lost commit happened: start again.
+                    log::warn!("{e}; starting again by idempotency key");
+                    return self.inner.client.start_run(wf, input, opts);
+                }
+                Err(Error::Store(e))
             }
             Err(e) => {
                 self.inner.unreserve_worker();

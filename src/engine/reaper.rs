@@ -52,7 +52,7 @@ impl Reaper {
             let why = match (o.pid, o.pid_start, o.boot_id.as_deref(), o.beat) {
                 _ if o.stopped => Some("stopped while holding runs".to_string()),
                 (Some(pid), Some(start), Some(boot), Some(beat)) => {
-                    let place = host::place(my_boot, boot);
+                    let place = host::place(my_boot, boot, inner.hosts_shared);
                     if place == host::Place::EarlierBoot {
                         Some(format!("owner {} ran before a reboot", o.id))
                     } else if place == host::Place::SameNamespace
@@ -130,9 +130,13 @@ impl Reaper {
             // An engine in another PID namespace is forgotten only once stopped; forgetting a
             // live one is harmless anyway (it re-registers under a new incarnation).
             let gone = e.stopped
-                || match host::place(&inner.boot_id, e.boot_id.as_deref().unwrap_or("")) {
+                || match host::place(
+                    &inner.boot_id,
+                    e.boot_id.as_deref().unwrap_or(""),
+                    inner.hosts_shared,
+                ) {
                     host::Place::EarlierBoot => true,
-                    host::Place::OtherNamespace => false,
+                    host::Place::OtherNamespace | host::Place::OtherHost => false,
                     host::Place::SameNamespace => {
                         host::liveness(e.pid.unwrap_or(0) as u32, e.pid_start.unwrap_or(0) as u64)
                             == host::Liveness::Dead

@@ -192,18 +192,21 @@ impl StoreError {
 }
 
 /// SQLITE_IOERR_WRITE: what a write under RLIMIT_FSIZE (EFBIG) surfaces as.
-/// A PostgreSQL failure of the server or the connection, not of one statement: no answer
-/// from the server (`None`: connection refused or closed), or SQLSTATE class 08
-/// (connection exception), 53 (insufficient resources), 57P (operator intervention:
-/// shutdown, crash recovery) or 58 (system error).
+/// A PostgreSQL failure of the server, the connection or a transient condition, not of
+/// one statement's logic: no answer from the server (`None`: connection refused or
+/// closed), or SQLSTATE class 08 (connection exception), 53 (insufficient resources), 57
+/// (operator intervention: shutdown, crash recovery, statement timeout), 58 (system
+/// error), 55P03 (lock not available), 40001/40P01 (serialization failure, deadlock, once
+/// the store's own retries are spent).
 fn postgres_unavailable(code: Option<&str>) -> bool {
     match code {
         None => true,
         Some(c) => {
             c.starts_with("08")
                 || c.starts_with("53")
-                || c.starts_with("57P")
+                || c.starts_with("57")
                 || c.starts_with("58")
+                || matches!(c, "55P03" | "40001" | "40P01")
         }
     }
 }

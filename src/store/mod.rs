@@ -187,8 +187,9 @@ pub fn quick_check_needed(conn: &Connection, path: &Path) -> bool {
     match rows {
         Ok(rows) => rows.iter().any(|(pid, start, b)| {
             use crate::host::{liveness, place, Liveness, Place};
-            match place(&here, b) {
-                Place::EarlierBoot => true,
+            // An SQLite file lives on this host: another boot id is an earlier boot.
+            match place(&here, b, false) {
+                Place::EarlierBoot | Place::OtherHost => true,
                 Place::SameNamespace => liveness(*pid as u32, *start as u64) == Liveness::Dead,
                 // Another container's engine: its pid means nothing here.
                 Place::OtherNamespace => false,

@@ -309,6 +309,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn finished_between(&self, from: i64, before: i64) -> StoreResult<u64>;
     /// Commits and commands written since this store was opened (for benches and metrics).
     fn write_stats(&self) -> (u64, u64);
+    /// Can engines on several hosts share this store? (An SQLite file: no, it lives on one
+    /// host, so another boot id in it is an earlier boot. PostgreSQL: yes.)
+    fn spans_hosts(&self) -> bool {
+        false
+    }
 
     // ---- queries for people (the console)
     /// Up to `limit` runs matching `filter`, newest first, ids below `before`.

@@ -165,6 +165,15 @@ impl PgStore {
                     std::thread::sleep(Duration::from_millis(1 << tries.min(6)));
                     op = Some(again);
                 }
+                // The COMMIT's answer was lost: applying a start again is harmless when every
+                // run has an idempotency key (the key finds the run if the first commit
+                // happened). Anything else answers the unknown outcome to its caller.
+                Err(e @ StoreError::OutcomeUnknown { .. })
+                    if keyed_start(&again) && tries < TRIES_MAX =>
+                {
+                    log::warn!("{}: {e}; starting again by idempotency key", self.name);
+                    op = Some(again);
+                }
                 other => {
                     if other.is_ok() {
                         self.stats.0.fetch_add(1, Ordering::Relaxed);
@@ -180,6 +189,16 @@ impl PgStore {
     /// latest commits).
     pub fn read<T>(&self, f: impl FnOnce(&mut Db<'_>) -> StoreResult<T>) -> StoreResult<T> {
         self.with_conn(f)
+    }
+}
+
+/// A start whose every run has an idempotency key: applying it twice starts each run once.
+fn keyed_start(op: &Op) -> bool {
+    match op {
+        Op::Enqueue(run) => run.idempotency_key.is_some(),
+        Op::EnqueueMany(runs) => runs.iter().all(|r| r.idempotency_key.is_some()),
+        Op::Start(runs) => runs.iter().all(|(r, _)| r.idempotency_key.is_some()),
+        _ => false,
     }
 }
 
@@ -283,6 +302,9 @@ impl Storage for PgStore {
             self.stats.0.load(Ordering::Relaxed),
             self.stats.1.load(Ordering::Relaxed),
         )
+    }
+    fn spans_hosts(&self) -> bool {
+        true
     }
     fn runs_filtered(
         &self,

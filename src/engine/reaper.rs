@@ -3,15 +3,19 @@
 //! Policy, at open and every `reap_interval`:
 //! - An owner is dead at once if it is provably gone on this host: its engine row names a
 //!   `(pid, start time)` in *our* PID namespace that no longer exists (an unreadable /proc
-//!   proves nothing), a boot id of an earlier boot, or it stopped (or was fenced) while still
-//!   holding runs. A pid from another PID namespace (another container on this host) is never
+//!   proves nothing), a boot id of an earlier boot (only on a store that lives on this host:
+//!   on a store shared by hosts, PostgreSQL, another boot id is another host, judged by its
+//!   heartbeat alone), or it stopped (or was fenced) while still holding runs. A pid from another PID namespace (another container on this host) is never
 //!   looked up here.
 //! - Otherwise it is dead once *we* have seen its heartbeat counter not move for a full
 //!   `lease_ttl` on our own monotonic clock (a wall-clock jump cannot fake liveness or death),
 //!   counted only while our own lease is valid and from the moment it last became valid
 //!   again: a stall that kept us from writing (a write lock held by another process) kept the
 //!   owner from renewing too, so its silence then proves nothing.
-//! - An owner with no engine row falls back to the wall-clock lease expiry.
+//! - An owner with no engine row falls back to the wall-clock lease expiry on an SQLite file
+//!   (one host, one clock); on a store shared by hosts, to a `lease_ttl` of our own
+//!   monotonic clock from when we first saw it so (another host's clock is never compared
+//!   with ours).
 //!
 //! Each reclaim is guarded by the `(status, epoch)` read here, so a run that completed or was
 //! reclaimed in between is left alone; and the judgement is re-validated in the reclaim's own
@@ -79,6 +83,18 @@ impl Reaper {
                             )
                         })
                     }
+                }
+                // No engine record on a store shared by hosts: its lease's expiry was
+                // written by another host's wall clock, never compared with ours; judged by
+                // a TTL of silence on our monotonic clock from when we first saw it so.
+                _ if inner.hosts_shared => {
+                    let entry = self.seen.entry(o.id.clone()).or_insert((-1, now_mono));
+                    live.insert(o.id.clone(), *entry);
+                    let since = entry.1.max(inner.lease.resumed_at());
+                    let quiet = now_mono.saturating_duration_since(since);
+                    (inner.lease.valid() && quiet >= inner.config.lease_ttl).then(|| {
+                        format!("owner {} has no engine record for {quiet:?}", o.id)
+                    })
                 }
                 _ => o
                     .lease_expires_at

@@ -14,6 +14,7 @@ mod baseline;
 mod children;
 mod client_watch;
 mod cost;
+mod pg;
 mod report;
 mod scale;
 mod workloads;
@@ -40,6 +41,11 @@ pub struct BenchArgs {
     /// baselines always run).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Benchmark the engine on this PostgreSQL database (`postgres://...`, which must hold
+    /// no runs: the bench empties its tables) instead of SQLite files: raw INSERT commits,
+    /// W2 and W3 with 1, 2 and 4 engine processes.
+    #[arg(long)]
+    pub db: Option<String>,
     /// Worker threads of the benchmarked engines.
     #[arg(long, default_value_t = 16)]
     pub workers: usize,
@@ -167,6 +173,23 @@ pub fn run(args: BenchArgs) -> CliResult {
         prequeue: args.prequeue,
     };
 
+    if let Some(url) = &args.db {
+        if !waymark::internal::store::is_postgres(std::path::Path::new(url)) {
+            return Err(format!(
+                "--db takes a PostgreSQL URL (postgres://...), not {url}: the SQLite bench makes its own files (--dir)"
+            ));
+        }
+        let want =
+            |id: &str| args.only.is_empty() || args.only.iter().any(|o| o.eq_ignore_ascii_case(id));
+        let rows = pg::run(url, dir.path(), args.quick, &want, &progress)?;
+        let total = started.elapsed();
+        if args.json {
+            println!("{}", report::json(&rows, args.quick, &args.dir, total));
+        } else {
+            print!("{}", report::table(&rows, args.quick, total));
+        }
+        return Ok(0);
+    }
     progress("baselines: raw SQLite commits");
     let base = baseline::measure(&ctx, &progress)?;
     let mut rows: Vec<Row> = base.rows();

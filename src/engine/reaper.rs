@@ -92,9 +92,8 @@ impl Reaper {
                     live.insert(o.id.clone(), *entry);
                     let since = entry.1.max(inner.lease.resumed_at());
                     let quiet = now_mono.saturating_duration_since(since);
-                    (inner.lease.valid() && quiet >= inner.config.lease_ttl).then(|| {
-                        format!("owner {} has no engine record for {quiet:?}", o.id)
-                    })
+                    (inner.lease.valid() && quiet >= inner.config.lease_ttl)
+                        .then(|| format!("owner {} has no engine record for {quiet:?}", o.id))
                 }
                 _ => o
                     .lease_expires_at

@@ -201,11 +201,11 @@ fn serve(db: &Path, workers: u64) -> CliResult {
     // Idle detection by one EXISTS over `runs_status` (index seeks), not `engine.stats()`:
     // that counts every run by status, O(runs) per poll in every process (8 processes x 10
     // polls/s over 20,000 runs), work of the observer charged to the engines.
-    let idle_reader = super::workloads::reader(db)?;
+    let mut idle_reader = super::workloads::reader(db)?;
     let mut busy = 0;
     loop {
         std::thread::sleep(Duration::from_millis(100));
-        match idle_reader.query_row(ACTIVE, [], |r| r.get::<_, bool>(0)) {
+        match idle_reader.truth(ACTIVE) {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) if super::scale::is_busy(&e.to_string()) => busy += 1,

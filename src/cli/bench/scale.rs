@@ -67,7 +67,8 @@ pub fn m1_processes(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
     Ok(rows)
 }
 
-fn spawn_engine(db: &Path, workers: usize, log: &Path) -> Result<Child, String> {
+/// `bench --child serve` on `db` with `workers` in-process workers, stderr to `log`.
+pub(super) fn spawn_engine(db: &Path, workers: usize, log: &Path) -> Result<Child, String> {
     let stderr = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     Command::new(std::env::current_exe().map_err(err)?)
         .args([

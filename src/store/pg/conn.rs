@@ -65,7 +65,27 @@ pub fn pg(context: &'static str) -> impl Fn(postgres::Error) -> StoreError {
     move |e| StoreError::Postgres {
         context,
         code: e.code().map(|c| c.code().to_string()),
-        detail: e.to_string(),
+        detail: describe(&e),
+    }
+}
+
+/// The server's message (with its detail) when it answered; the client's text otherwise.
+pub fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{}: {detail}", db.message()),
+            None => db.message().to_string(),
+        },
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
     }
 }
 
@@ -166,7 +186,7 @@ impl<'a> Db<'a> {
                     self.conn.broken = true;
                     Err(StoreError::OutcomeUnknown {
                         context,
-                        detail: e.to_string(),
+                        detail: describe(&e),
                     })
                 }
                 Err(e) => Err(pg(context)(e)),

@@ -7,10 +7,10 @@
 
 use crate::store::error::{StoreError, StoreResult};
 use crate::store::pg::conn::{col, pg, Db};
-use crate::store::views::{RunChange, RunFilter, RunRow, RunStatus, DURATION_BUCKETS_MS};
 use crate::store::views::{
     EngineInfo, EventInfo, QueueInfo, RunQuery, RunTotals, ScheduleInfo, StepDurations,
 };
+use crate::store::views::{RunChange, RunFilter, RunRow, RunStatus, DURATION_BUCKETS_MS};
 use postgres::types::ToSql;
 use postgres::Row;
 
@@ -109,8 +109,8 @@ macro_rules! list_sql {
 pub fn list(db: &mut Db<'_>, filter: &RunFilter) -> StoreResult<Vec<RunRow>> {
     const OLDEST_FIRST: &str = list_sql!(">", "ASC");
     const NEWEST_FIRST: &str = list_sql!("<", "DESC");
-    let statuses: Option<Vec<&str>> = (!filter.statuses.is_empty())
-        .then(|| filter.statuses.iter().map(|s| s.as_str()).collect());
+    let statuses: Option<Vec<&str>> =
+        (!filter.statuses.is_empty()).then(|| filter.statuses.iter().map(|s| s.as_str()).collect());
     let limit = i64::from(filter.effective_limit());
     let sql = if filter.newest_first {
         NEWEST_FIRST
@@ -220,7 +220,8 @@ pub fn runs_filtered(
 
 /// Every engine incarnation on the database, newest first, with the runs each holds.
 pub fn engines(db: &mut Db<'_>) -> StoreResult<Vec<EngineInfo>> {
-    const SQL: &str = "SELECT e.id, e.pid, e.boot_id, e.started_at, e.beat, e.beat_at, e.stopped_at,
+    const SQL: &str =
+        "SELECT e.id, e.pid, e.boot_id, e.started_at, e.beat, e.beat_at, e.stopped_at,
                 (SELECT count(*) FROM runs WHERE owner = e.id AND status = 'running')
          FROM engines e ORDER BY e.started_at DESC LIMIT 256";
     let rows = db.query("reading engines", SQL, &[])?;

@@ -113,6 +113,7 @@ fn copy_keeps_every_row_and_engines_continue_on_postgres() {
     let db = tmp.db();
     let dbs = db.to_str().unwrap();
     let marker = tmp.dir.path().join("flaky-marker");
+    let finished = tmp.start("fixture.slow", r#"{"steps":2,"ms":5}"#, 4);
     tmp.waymark(&["queue", "default", "--db", dbs, "--limit", "8"]);
     tmp.waymark(&[
         "schedule",
@@ -126,7 +127,6 @@ fn copy_keeps_every_row_and_engines_continue_on_postgres() {
         "--json",
         r#"{"steps":1,"ms":1}"#,
     ]);
-    let finished = tmp.start("fixture.slow", r#"{"steps":2,"ms":5}"#, 4);
     let keyed = start_runs(
         &db,
         "fixture.slow",
@@ -349,4 +349,43 @@ fn copy_refuses_a_source_with_a_live_engine() {
         0
     );
     drop(engine);
+}
+
+#[test]
+fn copy_watches_the_heartbeat_of_an_engine_in_another_pid_namespace() {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    let ids = tmp.start("fixture.slow", r#"{"steps":1,"ms":1}"#, 1);
+    // Its pid means nothing here: only its heartbeat tells.
+    let mut unshare = serve_in_pid_namespace(tmp.dir.path(), &db, 1, 3000, &["--in-process"], None);
+    wait_until("the engine's run", Duration::from_secs(60), || {
+        try_status(&db, ids[0]).as_deref() == Some("completed")
+    });
+    let url = fresh_pg_db();
+    let from = db.to_str().unwrap();
+    let args = [
+        "copy",
+        "--from",
+        from,
+        "--to",
+        &url,
+        "--heartbeat-wait",
+        "3s",
+    ];
+    let out = run(&args);
+    assert!(!out.status.success(), "a copy under a beating engine");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("an engine is running") && err.contains("heartbeat moved"),
+        "stderr: {err}"
+    );
+    // Killed, its row stays (not stopped) but its heartbeat no longer moves.
+    kill9(&mut unshare);
+    let out = run(&args);
+    assert!(
+        out.status.success(),
+        "copy after the engine died: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pg_i64(&url, "SELECT count(*) FROM runs"), 1);
 }

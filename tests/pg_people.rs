@@ -457,3 +457,94 @@ fn subscribe_sees_changes_committed_by_another_connection() {
     let statuses: BTreeSet<i64> = sub.drain().iter().map(|e| e.run_id).collect();
     assert!(statuses.is_subset(&BTreeSet::from([42])));
 }
+
+fn http_get(url: &str) -> (u16, String) {
+    match ureq::get(url).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+fn json_ids(body: &str) -> Vec<i64> {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn console_api_runs_on_postgres() {
+    let url = fresh_pg_db();
+    let client = Client::open(&url).unwrap();
+    insert_runs(&url, &seeds());
+    let console = waymark::console::serve_client(
+        &client,
+        waymark::console::Options::default()
+            .listen("127.0.0.1:0".parse().unwrap())
+            .read_only(true),
+    )
+    .unwrap();
+    let base = console.url();
+    let base = base.trim_end_matches('/');
+    let (code, body) = http_get(&format!("{base}/api/runs?status=failed"));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json_ids(&body), vec![28, 23, 18, 13, 8, 3]);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["counts"]["failed"], 6);
+    // `%` is a literal prefix character (URL-encoded as %25).
+    let (_, body) = http_get(&format!("{base}/api/runs?key=p%25"));
+    assert_eq!(json_ids(&body), vec![15, 14, 13, 12, 11]);
+    let (_, body) = http_get(&format!("{base}/api/runs?workflow=b&limit=3&before=10"));
+    assert_eq!(json_ids(&body), vec![8, 6, 4]);
+    let (code, body) = http_get(&format!("{base}/api/runs/3"));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"retried_as\":4"), "{body}");
+    let (code, body) = http_get(&format!("{base}/metrics"));
+    assert_eq!(code, 200, "{body}");
+    console.shutdown();
+}
+
+#[test]
+fn wait_returns_when_another_connection_finishes_the_run() {
+    let url = fresh_pg_db();
+    let client = Client::open(&url).unwrap();
+    let mut c = pg_cluster_client(&url);
+    c.batch_execute(
+        "INSERT INTO runs(id, workflow, input, status, ready_at, created_at, updated_at)
+         VALUES (51, 'a', '\\x00', 'running', 0, 1, 1), (52, 'a', '\\x00', 'suspended', 0, 1, 1)",
+    )
+    .unwrap();
+    let finisher = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        c.batch_execute(
+            "UPDATE runs SET status = 'completed', finished_at = 2, updated_at = 2 WHERE id = 51",
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        c.batch_execute("UPDATE runs SET status = 'failed', error = 'boom', finished_at = 3, updated_at = 3 WHERE id = 52")
+            .unwrap();
+    });
+    let row = client.wait(51, Duration::from_secs(30)).unwrap();
+    assert_eq!(row.status, RunStatus::Completed);
+    let rows = client.wait_all(&[51, 52], Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![RunStatus::Completed, RunStatus::Failed]
+    );
+    finisher.join().unwrap();
+    // A run that does not settle times out with its id.
+    let mut c = pg_cluster_client(&url);
+    c.batch_execute(
+        "INSERT INTO runs(id, workflow, input, status, ready_at, created_at, updated_at)
+         VALUES (53, 'a', '\\x00', 'pending', 0, 1, 1)",
+    )
+    .unwrap();
+    match client.wait(53, Duration::from_millis(300)) {
+        Err(waymark::Error::WaitTimeout { run_id }) => assert_eq!(run_id, 53),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}

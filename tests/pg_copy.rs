@@ -389,3 +389,33 @@ fn copy_watches_the_heartbeat_of_an_engine_in_another_pid_namespace() {
     );
     assert_eq!(pg_i64(&url, "SELECT count(*) FROM runs"), 1);
 }
+
+#[test]
+fn copy_reads_a_file_left_by_a_clean_shutdown() {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    let ids = tmp.start("fixture.slow", r#"{"steps":2,"ms":1}"#, 3);
+    let mut engine = tmp.serve(1, &[]);
+    wait_until("the runs", Duration::from_secs(60), || {
+        ids.iter()
+            .all(|&id| try_status(&db, id).as_deref() == Some("completed"))
+    });
+    engine.signal(libc::SIGTERM);
+    assert!(engine.wait_exit(Duration::from_secs(60)).success());
+    // A clean stop checkpoints and removes the WAL and shared-memory files: the copy must
+    // still open the file without writing to it.
+    let url = fresh_pg_db();
+    let out = copy(&db, &url);
+    assert!(
+        out.status.success(),
+        "copy after a clean stop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (table, cols, order) in TABLES {
+        assert_eq!(
+            sqlite_rows(&db, table, cols, order),
+            pg_rows(&url, table, cols, order),
+            "{table}"
+        );
+    }
+}

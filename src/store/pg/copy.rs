@@ -38,6 +38,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+// The copy moves columns one for one: both stores must be at the same schema version (a
+// new version of either needs the copy's statements reviewed).
+const _: () = assert!(super::schema::SCHEMA_VERSION == crate::store::schema::SCHEMA_VERSION);
+
 /// How to copy.
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
@@ -80,7 +84,9 @@ pub struct CopyReport {
     pub schedules: u64,
 }
 
-/// Why a copy was refused or failed. Nothing was written to the target's tables.
+/// Why a copy was refused or failed. Nothing was written to the target's tables (but for
+/// [`StoreError::OutcomeUnknown`] in [`CopyError::Target`]: the connection was lost during
+/// the COMMIT).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum CopyError {
@@ -137,6 +143,10 @@ impl std::fmt::Display for CopyError {
             CopyError::TargetNotEmpty { target, found } => write!(
                 f,
                 "{target} already holds waymark data ({found}); copy into an empty database (nothing was written)"
+            ),
+            CopyError::Target(e @ StoreError::OutcomeUnknown { .. }) => write!(
+                f,
+                "{e}: the copy may or may not have been committed; look at the target (a second copy into it is refused if it was)"
             ),
             CopyError::Target(e) => write!(f, "copying failed, nothing was written: {e}"),
         }

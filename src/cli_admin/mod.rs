@@ -1,7 +1,7 @@
 //! The admin command line an application embeds in its own binary:
 //! `std::process::exit(waymark::cli::main(build_registry))` gives it `runs`, `show`,
 //! `stats`, `start`, `send`, `cancel`, `retry`, `restart`, `resume`, `gc`, `queue`,
-//! `schedule`, `serve` and `ui` (the web console), with payloads shown and accepted as JSON through the types the
+//! `schedule`, `serve`, `ui` (the web console) and `copy` (into PostgreSQL), with payloads shown and accepted as JSON through the types the
 //! application registered ([`crate::Registry::payload_to_json`]).
 //!
 //! ```no_run
@@ -19,6 +19,8 @@
 
 #[doc(hidden)]
 pub mod admin;
+#[doc(hidden)]
+pub mod copy;
 #[doc(hidden)]
 pub mod inspect;
 #[doc(hidden)]
@@ -88,6 +90,8 @@ pub enum Command {
     Schedule(admin::ScheduleArgs),
     /// Serve the web console over a database (prints its URL).
     Ui(ui::UiArgs),
+    /// Copy an SQLite file into an empty PostgreSQL database (ids kept; no engine may run).
+    Copy(copy::CopyArgs),
 }
 
 impl Command {
@@ -108,6 +112,7 @@ impl Command {
             Command::Queue(args) => admin::queue(build, args),
             Command::Schedule(args) => admin::schedule(build, args),
             Command::Ui(args) => ui::ui(build, args),
+            Command::Copy(args) => copy::copy(args),
         }
     }
 }

@@ -16,6 +16,7 @@
 //! `views`), never the SQLite modules' functions.
 
 pub mod conn;
+pub mod copy;
 mod queries;
 pub mod schema;
 pub mod watch;

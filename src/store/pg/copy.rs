@@ -286,8 +286,9 @@ fn refuse_live_engines(
     let mine = host::host_id();
     let mut watch = Vec::new();
     for e in read()? {
-        match host::place(&mine, &e.host) {
-            host::Place::EarlierBoot => {}
+        // The source is an SQLite file: it lives on this host.
+        match host::place(&mine, &e.host, false) {
+            host::Place::EarlierBoot | host::Place::OtherHost => {}
             host::Place::SameNamespace => match host::liveness(e.pid as u32, e.pid_start as u64) {
                 host::Liveness::Dead => {}
                 host::Liveness::Alive => {

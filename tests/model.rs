@@ -1,4 +1,6 @@
-//! Seeded model-based test of the run state machine against a plain in-memory reference.
+//! Seeded model-based test of the run state machine against a plain in-memory reference,
+//! on both stores (SQLite: a fresh file per sequence; PostgreSQL: one database emptied
+//! before each sequence, fewer sequences).
 //!
 //! Each sequence (seed = WAYMARK_MODEL_SEED or 1, plus the sequence index) opens a fresh
 //! store and applies random operations: start (with a small pool of idempotency keys, so
@@ -12,14 +14,34 @@
 //! harness with real processes; here the same transitions are driven in-process so that
 //! thousands of sequences fit in CI.
 
+mod support;
 use std::collections::{BTreeMap, HashMap};
+use support::*;
 use waymark::internal::clock::ManualClock;
+use waymark::internal::store::pg::PgStore;
 use waymark::internal::store::{
     Done, EngineRow, Entry, Fence, NewRun, Op, Store, StoreError, StoreOptions, Synchronous,
 };
 
+/// The store under test: both answer the same commands.
+enum Under {
+    Sqlite(Store),
+    Postgres(PgStore, String),
+}
+
+impl Under {
+    fn call(&self, op: Op) -> Result<Done, StoreError> {
+        match self {
+            Under::Sqlite(s) => s.call(op),
+            Under::Postgres(s, _) => s.call(op),
+        }
+    }
+}
+
 const STEPS: usize = 3;
 const SEQUENCES: u64 = 2000;
+/// Sequences on PostgreSQL (each a few round trips per operation on a shared server).
+const PG_SEQUENCES: u64 = 300;
 const OPS: usize = 40;
 
 struct Rng(u64);
@@ -81,7 +103,7 @@ fn entry(seq: usize) -> Entry {
     }
 }
 
-fn register(store: &Store, id: &str) -> Result<(), String> {
+fn register(store: &Under, id: &str) -> Result<(), String> {
     store
         .call(Op::RegisterEngine(EngineRow {
             id: id.into(),
@@ -96,22 +118,36 @@ fn register(store: &Store, id: &str) -> Result<(), String> {
 /// Per run: status, owner, epoch, journal length.
 type State = BTreeMap<i64, (String, Option<String>, i64, i64)>;
 
-fn snapshot(store: &Store) -> Result<State, String> {
-    store
-        .read(|c| {
-            let mut stmt = c
-                .prepare("SELECT id, status, owner, epoch, (SELECT count(*) FROM steps s WHERE s.run_id = runs.id) FROM runs")
-                .map_err(|e| StoreError::sqlite("snapshot", e))?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))))
-                .and_then(|it| it.collect::<Result<BTreeMap<_, _>, _>>())
-                .map_err(|e| StoreError::sqlite("snapshot", e))?;
-            Ok(rows)
-        })
-        .map_err(|e| e.to_string())
+const SNAPSHOT: &str = "SELECT id, status, owner, epoch, (SELECT count(*) FROM steps s WHERE s.run_id = runs.id) FROM runs";
+
+fn snapshot(store: &Under) -> Result<State, String> {
+    match store {
+        Under::Sqlite(store) => store
+            .read(|c| {
+                let mut stmt = c
+                    .prepare(SNAPSHOT)
+                    .map_err(|e| StoreError::sqlite("snapshot", e))?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                    })
+                    .and_then(|it| it.collect::<Result<BTreeMap<_, _>, _>>())
+                    .map_err(|e| StoreError::sqlite("snapshot", e))?;
+                Ok(rows)
+            })
+            .map_err(|e| e.to_string()),
+        Under::Postgres(_, url) => {
+            let mut c = pg_cluster_client(url);
+            Ok(c.query(SNAPSHOT, &[])
+                .map_err(|e| e.to_string())?
+                .iter()
+                .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
+                .collect())
+        }
+    }
 }
 
-fn check_state(store: &Store, m: &Model) -> Result<(), String> {
+fn check_state(store: &Under, m: &Model) -> Result<(), String> {
     let got = snapshot(store)?;
     let want: State = m
         .runs
@@ -142,7 +178,14 @@ fn holds(m: &Model, owner: &str, run: i64, epoch: i64) -> bool {
     })
 }
 
-fn sequence(seed: u64, trace: &mut Vec<String>) -> Result<(), String> {
+/// The database of the PostgreSQL sequences (one per test process), emptied before each.
+fn pg_db() -> &'static str {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(fresh_pg_db)
+}
+
+fn sequence(backend: Backend, seed: u64, trace: &mut Vec<String>) -> Result<(), String> {
+    let clock = ManualClock::new();
     // A tmpfs when there is one: thousands of fresh databases are I/O bound otherwise.
     let shm = std::path::Path::new("/dev/shm");
     let dir = if shm.is_dir() {
@@ -151,15 +194,30 @@ fn sequence(seed: u64, trace: &mut Vec<String>) -> Result<(), String> {
         tempfile::tempdir()
     }
     .map_err(|e| e.to_string())?;
-    let clock = ManualClock::new();
-    let opts = StoreOptions {
-        synchronous: Synchronous::Normal,
-        quick_check: false,
-        readers_max: 1,
-        ..StoreOptions::default()
+    let store = match backend {
+        Backend::Sqlite => {
+            let opts = StoreOptions {
+                synchronous: Synchronous::Normal,
+                quick_check: false,
+                readers_max: 1,
+                ..StoreOptions::default()
+            };
+            Under::Sqlite(
+                Store::open(&dir.path().join("m.db"), &opts, clock.clone())
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        Backend::Postgres => {
+            let url = pg_db().to_string();
+            let store = PgStore::open(&url, 2, clock.clone()).map_err(|e| e.to_string())?;
+            pg_cluster_client(&url)
+                .batch_execute(
+                    "TRUNCATE runs, steps, attempts, events, engines, run_changes RESTART IDENTITY",
+                )
+                .map_err(|e| e.to_string())?;
+            Under::Postgres(store, url)
+        }
     };
-    let store =
-        Store::open(&dir.path().join("m.db"), &opts, clock.clone()).map_err(|e| e.to_string())?;
     let mut rng = Rng(seed);
     let mut m = Model::default();
     let mut next_owner = 0;
@@ -396,25 +454,28 @@ fn sequence(seed: u64, trace: &mut Vec<String>) -> Result<(), String> {
     Ok(())
 }
 
-#[test]
-fn store_transitions_match_the_reference_model() {
+on_both_stores! {
+fn store_transitions_match_the_reference_model(backend: Backend) {
     let base: u64 = std::env::var("WAYMARK_MODEL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
     let count = if std::env::var_os("WAYMARK_MODEL_SEED").is_some() {
         1
+    } else if backend == Backend::Postgres {
+        PG_SEQUENCES
     } else {
         SEQUENCES
     };
     for i in 0..count {
         let seed = base + i;
         let mut trace = Vec::new();
-        if let Err(e) = sequence(seed, &mut trace) {
+        if let Err(e) = sequence(backend, seed, &mut trace) {
             panic!(
-                "model test failed with seed {seed} (rerun: WAYMARK_MODEL_SEED={seed} cargo test --release --test model)\n{e}\ntrace:\n  {}",
+                "model test failed on {backend:?} with seed {seed} (rerun: WAYMARK_MODEL_SEED={seed} cargo test --release --test model)\n{e}\ntrace:\n  {}",
                 trace.join("\n  ")
             );
         }
     }
+}
 }

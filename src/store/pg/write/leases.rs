@@ -345,9 +345,9 @@ pub(crate) fn reclaim(
             error = CASE WHEN interruptions + 1 > $3
                          THEN 'interrupted ' || (interruptions + 1)::text || ' times; last: ' || $4::text
                          ELSE error END,
-            finished_at = CASE WHEN interruptions + 1 > $3 THEN $5 ELSE NULL END,
+            finished_at = CASE WHEN interruptions + 1 > $3 THEN $5::bigint ELSE NULL END,
             interruptions = interruptions + 1, last_interruption = $4::text,
-            owner = NULL, epoch = epoch + 1, lease_expires_at = NULL, updated_at = $5
+            owner = NULL, epoch = epoch + 1, lease_expires_at = NULL, updated_at = $5::bigint
          WHERE id = $1 AND status = 'running' AND epoch = $2",
         &[&run_id, &epoch, &poison_limit, &reason, &now],
     )?;

@@ -387,8 +387,7 @@ fn a_sigkilled_owners_run_is_reclaimed_by_another_engine_and_completes() {
     );
     a.kill();
     let journaled_by_a: Vec<i64> = journal_rows(&mut c, id).iter().map(|r| r.0).collect();
-    let a_pid = a.pid() as u32;
-    let _b = serve(dir.path(), "b", db, 2, 2000, &[]);
+    let b = serve(dir.path(), "b", db, 2, 2000, &[]);
     wait_until("the run to complete", Duration::from_secs(90), || {
         let s: String = c
             .query_one("SELECT status FROM runs WHERE id = $1", &[&id])
@@ -413,38 +412,55 @@ fn a_sigkilled_owners_run_is_reclaimed_by_another_engine_and_completes() {
         (0..6).collect::<Vec<i64>>(),
         "each step journaled once, in order"
     );
-    // Executions: a step journaled before the kill never ran again; at most the step in
-    // flight at the kill ran twice (once per owner); no two executions overlapped.
+    // Executions (the effects file: one line per execution of a step, in its own child
+    // process; the attempts table: which owner and epoch ran it): a step journaled before
+    // the kill never ran again; only a step in flight at the kill ran twice, once per
+    // owner (epoch 1 on a, epoch 3 on b); no two executions of one step overlapped.
     let effects = effects_in(dir.path());
-    let mut runs_of: HashMap<i64, Vec<u32>> = HashMap::new();
-    for (run, seq, step, pid) in &effects {
+    let mut ran: HashMap<i64, usize> = HashMap::new();
+    for (run, seq, step, _) in &effects {
         assert_ne!(
             step, "overlap",
             "two executions of one step at once: {effects:?}"
         );
         if *run == id && step == "sleep" {
-            runs_of.entry(*seq).or_default().push(*pid);
+            *ran.entry(*seq).or_default() += 1;
         }
     }
+    let attempts = attempt_rows(&mut c, id);
     for seq in 0..6 {
-        let pids = runs_of.get(&seq).cloned().unwrap_or_default();
+        let n = ran.get(&seq).copied().unwrap_or(0);
+        let epochs: Vec<i64> = attempts
+            .iter()
+            .filter(|a| a.0 == seq)
+            .map(|a| a.2)
+            .collect();
         if journaled_by_a.contains(&seq) {
+            assert_eq!(n, 1, "seq {seq} was journaled by a and ran {n} times");
+            assert_eq!(epochs, vec![1], "seq {seq}: attempts {attempts:?}");
+        } else if n == 2 {
             assert_eq!(
-                pids,
-                vec![a_pid],
-                "seq {seq} was journaled by a and ran again"
+                epochs,
+                vec![1, 3],
+                "seq {seq} ran twice: attempts {attempts:?}"
             );
         } else {
-            assert!(
-                !pids.is_empty() && pids.len() <= 2,
-                "seq {seq} ran {pids:?} times"
-            );
-            assert!(
-                pids.len() == 1 || pids[0] == a_pid,
-                "seq {seq} ran twice without a reclaim between: {pids:?}"
-            );
+            assert_eq!(n, 1, "seq {seq} ran {n} times");
         }
     }
+    drop(b);
+}
+
+/// Attempts of `run` as `(seq, owner, epoch)`, in order.
+fn attempt_rows(c: &mut postgres::Client, run: i64) -> Vec<(i64, String, i64)> {
+    c.query(
+        "SELECT seq, owner, epoch FROM attempts WHERE run_id = $1 ORDER BY seq, attempt",
+        &[&run],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
 }
 
 #[test]
@@ -472,20 +488,46 @@ fn two_engine_processes_never_run_one_step_twice() {
     );
     assert_eq!(count(&mut c, "SELECT count(*) FROM steps"), 240);
     let effects = effects_in(dir.path());
-    let mut by_step: HashMap<(i64, i64), Vec<u32>> = HashMap::new();
-    let mut pids = HashSet::new();
-    for (run, seq, step, pid) in &effects {
+    let mut by_step: HashMap<(i64, i64), usize> = HashMap::new();
+    for (run, seq, step, _) in &effects {
         assert_ne!(step, "overlap", "two executions of one step at once");
         if step == "sleep" && ids.contains(run) {
-            by_step.entry((*run, *seq)).or_default().push(*pid);
-            pids.insert(*pid);
+            *by_step.entry((*run, *seq)).or_default() += 1;
         }
     }
     assert_eq!(by_step.len(), 240, "every step ran");
-    for (k, v) in &by_step {
-        assert_eq!(v.len(), 1, "step {k:?} ran more than once: {v:?}");
+    for (k, n) in &by_step {
+        assert_eq!(*n, 1, "step {k:?} ran {n} times");
     }
-    assert_eq!(pids.len(), 2, "both engines ran steps");
+    // Each step had one attempt, by the run's one owner at epoch 1; both engines worked.
+    let rows = c
+        .query(
+            "SELECT run_id, seq, count(*), min(owner), max(owner), max(epoch) FROM attempts
+             GROUP BY run_id, seq",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 240);
+    let mut owners = HashSet::new();
+    for r in &rows {
+        let (n, lo, hi, epoch): (i64, String, String, i64) =
+            (r.get(2), r.get(3), r.get(4), r.get(5));
+        assert_eq!(
+            (n, epoch),
+            (1, 1),
+            "attempts of {:?}",
+            (r.get::<_, i64>(0), r.get::<_, i64>(1))
+        );
+        assert_eq!(lo, hi);
+        owners.insert(lo);
+    }
+    let run_owners = count(
+        &mut c,
+        "SELECT count(*) FROM (SELECT run_id FROM attempts GROUP BY run_id
+                                HAVING count(DISTINCT owner) > 1) x",
+    );
+    assert_eq!(run_owners, 0, "a run's steps ran under two owners");
+    assert_eq!(owners.len(), 2, "both engines ran steps: {owners:?}");
 }
 
 // ---- the same scenario on SQLite and on PostgreSQL: the same answers ----

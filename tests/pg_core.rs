@@ -966,3 +966,90 @@ fn the_core_transitions_answer_as_on_sqlite() {
         "{on_pg:#?}"
     );
 }
+
+#[test]
+fn a_frozen_owner_is_fenced_by_its_judged_heartbeat_and_writes_nothing_after() {
+    let url = fresh_pg_db();
+    let dir = tempdir();
+    let db = Path::new(&url);
+    // In-process steps: SIGSTOP freezes the engine and the step it runs.
+    let a = serve_with(dir.path(), "a", db, 2, 2000, &[], &["--in-process"]);
+    let id = start(db, "fixture.slow", r#"{"steps":6,"ms":300}"#, 1)[0];
+    let mut c = pg_cluster_client(&url);
+    wait_until(
+        "engine a to journal two steps",
+        Duration::from_secs(60),
+        || journal_rows(&mut c, id).len() >= 2,
+    );
+    a.signal(libc::SIGSTOP);
+    let a_id: String = c
+        .query_one("SELECT owner FROM runs WHERE id = $1", &[&id])
+        .unwrap()
+        .get(0);
+    let at_freeze = journal_rows(&mut c, id).len();
+    // a's pid lives: b judges it by its heartbeat counter, then fences its incarnation
+    // in the reclaim's own transaction.
+    let _b = serve_with(dir.path(), "b", db, 2, 2000, &[], &["--in-process"]);
+    wait_until("the run to complete on b", Duration::from_secs(90), || {
+        let s: String = c
+            .query_one("SELECT status FROM runs WHERE id = $1", &[&id])
+            .unwrap()
+            .get(0);
+        s == "completed"
+    });
+    let fenced: Option<i64> = c
+        .query_one("SELECT stopped_at FROM engines WHERE id = $1", &[&a_id])
+        .unwrap()
+        .get(0);
+    assert!(fenced.is_some(), "a's incarnation was not fenced");
+    let before = c
+        .query_one(
+            "SELECT status, epoch, interruptions, output, updated_at,
+                    (SELECT count(*) FROM steps WHERE run_id = $1),
+                    (SELECT max(recorded_at) FROM steps WHERE run_id = $1)
+             FROM runs WHERE id = $1",
+            &[&id],
+        )
+        .unwrap();
+    let snapshot =
+        |r: &postgres::Row| -> (String, i64, i64, Option<Vec<u8>>, i64, i64, Option<i64>) {
+            (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+            )
+        };
+    let before = snapshot(&before);
+    assert_eq!((before.1, before.2, before.5), (3, 1, 6), "{before:?}");
+    assert!(at_freeze >= 2);
+    // a wakes: its heartbeat finds its incarnation fenced, it continues as a new one.
+    a.signal(libc::SIGCONT);
+    wait_until(
+        "a to continue as a new incarnation",
+        Duration::from_secs(60),
+        || count(&mut c, "SELECT count(*) FROM engines") >= 3,
+    );
+    let after = c
+        .query_one(
+            "SELECT status, epoch, interruptions, output, updated_at,
+                    (SELECT count(*) FROM steps WHERE run_id = $1),
+                    (SELECT max(recorded_at) FROM steps WHERE run_id = $1)
+             FROM runs WHERE id = $1",
+            &[&id],
+        )
+        .unwrap();
+    assert_eq!(snapshot(&after), before, "the fenced owner changed the run");
+    assert_eq!(
+        journal_rows(&mut c, id)
+            .iter()
+            .map(|r| r.0)
+            .collect::<Vec<_>>(),
+        (0..6).collect::<Vec<i64>>()
+    );
+    // (The step a was frozen in still holds its overlap lock while b runs it again: that
+    // is what a reclaim of a frozen owner means, so the effects file is not checked here.)
+}

@@ -1053,3 +1053,45 @@ fn a_frozen_owner_is_fenced_by_its_judged_heartbeat_and_writes_nothing_after() {
     // (The step a was frozen in still holds its overlap lock while b runs it again: that
     // is what a reclaim of a frozen owner means, so the effects file is not checked here.)
 }
+
+#[test]
+fn a_claimed_row_that_does_not_read_is_parked_not_claimed_again() {
+    let url = fresh_pg_db();
+    let s = store(&url);
+    let a = engine(&s, "engine-a");
+    let ids: Vec<i64> = s
+        .enqueue_many(vec![new_run(None, b"x"), new_run(None, b"y")])
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    // A column of another type than this build reads (a schema changed under it).
+    let mut c = pg_cluster_client(&url);
+    c.batch_execute("ALTER TABLE runs ALTER COLUMN deadline_at TYPE text USING deadline_at::text")
+        .unwrap();
+    let claimed = s.claim(&a, 10, &workflows(), 60_000).unwrap();
+    assert!(claimed.is_empty(), "{claimed:?}");
+    for id in &ids {
+        let r = c
+            .query_one("SELECT status, owner, note FROM runs WHERE id = $1", &[id])
+            .unwrap();
+        let (status, owner, note): (String, Option<String>, Option<String>) =
+            (r.get(0), r.get(1), r.get(2));
+        assert_eq!(status, "blocked");
+        assert_eq!(owner, None);
+        let note = note.unwrap_or_default();
+        assert!(
+            note.contains("runs.deadline_at") && note.contains(&format!("waymark resume {id}")),
+            "{note}"
+        );
+    }
+    // Parked once: the next claim finds nothing, and fails nothing.
+    assert!(s.claim(&a, 10, &workflows(), 60_000).unwrap().is_empty());
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM runs WHERE status = 'blocked' AND epoch = 1"
+        ),
+        2
+    );
+}

@@ -347,7 +347,7 @@ pub(crate) fn reclaim(
                          ELSE error END,
             finished_at = CASE WHEN interruptions + 1 > $3 THEN $5::bigint ELSE NULL END,
             interruptions = interruptions + 1, last_interruption = $4::text,
-            owner = NULL, epoch = epoch + 1, lease_expires_at = NULL, updated_at = $5
+            owner = NULL, epoch = epoch + 1, lease_expires_at = NULL, updated_at = $5::bigint
          WHERE id = $1 AND status = 'running' AND epoch = $2",
         &[&run_id, &epoch, &poison_limit, &reason, &now],
     )?;

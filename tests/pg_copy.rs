@@ -419,3 +419,57 @@ fn copy_reads_a_file_left_by_a_clean_shutdown() {
         );
     }
 }
+
+#[test]
+fn copy_refuses_a_source_written_during_the_copy() {
+    let tmp = Tmp::new();
+    let db = tmp.db();
+    tmp.start("fixture.slow", r#"{"steps":1,"ms":1}"#, 2);
+    // A writer that is not an engine (no engine row: nothing to judge) commits every few ms
+    // for as long as the copy runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (db.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.busy_timeout(Duration::from_secs(10)).unwrap();
+            let mut n = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                c.execute(
+                    "INSERT OR REPLACE INTO queues(name, concurrency) VALUES ('busy', ?1)",
+                    [n],
+                )
+                .unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            n
+        })
+    };
+    let url = fresh_pg_db();
+    let out = copy(&db, &url);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(writer.join().unwrap() > 1);
+    assert!(!out.status.success(), "a copy of a file written meanwhile");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("changed while it was copied") && err.contains("nothing was written"),
+        "stderr: {err}"
+    );
+    for table in ["runs", "steps", "attempts", "events", "queues", "schedules"] {
+        assert_eq!(
+            pg_i64(&url, &format!("SELECT count(*) FROM {table}")),
+            0,
+            "{table} after a refused copy"
+        );
+    }
+    // Once the writer is gone, the same copy succeeds.
+    let out = copy(&db, &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pg_i64(&url, "SELECT count(*) FROM runs"), 2);
+    assert_eq!(pg_i64(&url, "SELECT count(*) FROM queues"), 1);
+}

@@ -239,20 +239,35 @@ pub fn start(db: &Path, workflow: &str, json: &str, count: usize) -> Vec<i64> {
     start_runs(db, workflow, json, None, count)
 }
 
-/// A temp dir holding a database `wm.db` and an effects file `effects.log`, with the
-/// subcommands run on them.
+/// A temp dir holding a database `wm.db` (or a PostgreSQL database: [`Tmp::pg`]) and an
+/// effects file `effects.log`, with the subcommands run on them.
 pub struct Tmp {
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL database used instead of `wm.db`.
+    pub url: Option<String>,
 }
 
 impl Tmp {
     pub fn new() -> Self {
         Tmp {
             dir: super::tempdir(),
+            url: None,
         }
     }
+    /// A temp dir for the effects file, and a fresh database on the test's PostgreSQL
+    /// cluster: every subcommand and `serve` gets its URL as `--db`.
+    pub fn pg() -> Self {
+        Tmp {
+            dir: super::tempdir(),
+            url: Some(super::fresh_pg_db()),
+        }
+    }
+    /// The `--db` argument: the file `wm.db`, or the PostgreSQL URL.
     pub fn db(&self) -> PathBuf {
-        self.dir.path().join("wm.db")
+        match &self.url {
+            Some(url) => PathBuf::from(url),
+            None => self.dir.path().join("wm.db"),
+        }
     }
     pub fn effects(&self) -> PathBuf {
         self.dir.path().join("effects.log")

@@ -127,7 +127,7 @@ pub(super) fn apply(db: &mut Db<'_>, op: Op, now: i64) -> StoreResult<Done> {
                 // Another engine fired this due time first (or the schedule changed).
                 return Ok(Done::Count(0));
             }
-            let (id, created) = super::waits::enqueue(db, &run, now)?;
+            let (id, created) = enqueue(db, &run, now)?;
             Ok(Done::Run { id, created })
         }
         other => Err(StoreError::Internal(format!(

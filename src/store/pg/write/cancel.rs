@@ -2,8 +2,10 @@
 //! `store/write/cancel.rs`, statement for statement).
 //!
 //! Invariants (beyond those of [`super`]):
-//! - A cancel locks the run tree it walks in id order before changing it (one lock order
-//!   for every command that locks several runs: no deadlock between two cancels).
+//! - A cancel locks the unfinished runs of the tree it walks in id order before changing
+//!   them (one lock order for every command that locks several runs). Under READ COMMITTED
+//!   each UPDATE re-checks its status guard on the latest row version, so a run claimed or
+//!   suspended concurrently is flagged, and ended if it is parked by then.
 //! - Sweeps (`ExpireDeadlines`, `ParkUnknownVersions`) skip rows another transaction holds
 //!   (`SKIP LOCKED`): a run being claimed right now is that claim's, and the next sweep sees
 //!   it again if it still qualifies.
@@ -53,7 +55,6 @@ pub(crate) fn cancel_tree(db: &mut Db<'_>, run_id: i64, now: i64) -> StoreResult
 }
 
 /// End a claimed run `cancelled` (fenced) and cancel its descendants, in this command.
-#[allow(dead_code)] // used by the cancel family's `FinishCancelled` and the waits
 pub(crate) fn finish_cancelled(
     db: &mut Db<'_>,
     fence: &Fence,
@@ -142,61 +143,4 @@ pub(super) fn apply(db: &mut Db<'_>, op: Op, now: i64) -> StoreResult<Done> {
             "{other:?} is not a command of store::pg::write::cancel"
         ))),
     }
-}
-
-/// Request cancellation of `run_id` and its descendants: mark every unfinished one
-/// `cancel_requested`, and end `cancelled` at once those not running (a running one ends at
-/// its next boundary: its engine's poller sets its stop flag, and every transition that
-/// would suspend it ends it instead).
-///
-/// The tree (`UNION`, not `UNION ALL`: a run already in it is not walked again, so the walk
-/// ends even if `parent_id` forms a cycle) is locked first, in id order. Under READ
-/// COMMITTED each UPDATE re-checks its status guard on the latest row version, so a run
-/// claimed or suspended concurrently is flagged, and ended if it is parked by then.
-pub(crate) fn cancel_tree(db: &mut Db<'_>, run_id: i64, now: i64) -> StoreResult<()> {
-    db.query(
-        "locking the runs to cancel",
-        "WITH RECURSIVE tree(id) AS (
-             SELECT $1::bigint UNION SELECT r.id FROM runs r JOIN tree t ON r.parent_id = t.id)
-         SELECT id FROM runs WHERE id IN (SELECT id FROM tree) ORDER BY id FOR UPDATE",
-        &[&run_id],
-    )?;
-    db.exec(
-        "requesting cancellation",
-        "WITH RECURSIVE tree(id) AS (
-             SELECT $1::bigint UNION SELECT r.id FROM runs r JOIN tree t ON r.parent_id = t.id)
-         UPDATE runs SET cancel_requested = 1, updated_at = $2
-         WHERE id IN (SELECT id FROM tree)
-           AND status NOT IN ('completed', 'failed', 'cancelled')",
-        &[&run_id, &now],
-    )?;
-    db.exec(
-        "cancelling runs",
-        "WITH RECURSIVE tree(id) AS (
-             SELECT $1::bigint UNION SELECT r.id FROM runs r JOIN tree t ON r.parent_id = t.id)
-         UPDATE runs SET status = 'cancelled', error = 'cancelled', note = NULL,
-                owner = NULL, lease_expires_at = NULL, finished_at = $2, updated_at = $2
-         WHERE id IN (SELECT id FROM tree)
-           AND status IN ('pending', 'suspended', 'blocked', 'blocked_version')",
-        &[&run_id, &now],
-    )?;
-    Ok(())
-}
-
-/// End a claimed run `cancelled` (fenced) and cancel its descendants, in this command.
-pub(crate) fn finish_cancelled(
-    db: &mut Db<'_>,
-    fence: &Fence,
-    reason: &str,
-    now: i64,
-) -> StoreResult<()> {
-    let n = db.exec(
-        "cancelling a run",
-        "UPDATE runs SET status = 'cancelled', error = $4, note = NULL, owner = NULL,
-                lease_expires_at = NULL, finished_at = $5, updated_at = $5
-         WHERE id = $1 AND owner = $2 AND epoch = $3 AND status = 'running'",
-        &[&fence.run_id, &&*fence.owner, &fence.epoch, &reason, &now],
-    )?;
-    fenced(n, fence)?;
-    cancel_tree(db, fence.run_id, now)
 }

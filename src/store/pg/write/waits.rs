@@ -13,7 +13,7 @@
 
 use super::*;
 use crate::store::pg::conn::col;
-use crate::store::write::{child_note, event_note, Awaited, Fence, NewRun};
+use crate::store::write::{child_note, event_note, Awaited, Fence};
 
 /// Apply one command of this family.
 pub(super) fn apply(db: &mut Db<'_>, op: Op, now: i64) -> StoreResult<Done> {
@@ -301,80 +301,4 @@ fn parked(cancelled: bool) -> StoreResult<Done> {
 fn ended_cancelled(db: &mut Db<'_>, fence: &Fence, now: i64) -> StoreResult<Done> {
     super::cancel::finish_cancelled(db, fence, "cancelled", now)?;
     Ok(Done::Awaited(Awaited::Cancelled))
-}
-
-// ---- TEMPORARY copies of pg-core's `runs::{enqueue, suspend}` (deleted at the merge) ----
-
-pub(super) fn enqueue(db: &mut Db<'_>, run: &NewRun, now: i64) -> StoreResult<(i64, bool)> {
-    let ready_at = run.ready_at.unwrap_or(now);
-    let status = if ready_at > now {
-        "suspended"
-    } else {
-        "pending"
-    };
-    let row = db.query_opt(
-        "enqueueing a run",
-        "INSERT INTO runs(workflow, version, input, status, idempotency_key, queue, priority,
-                          ready_at, parent_id, deadline_at, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-        &[
-            &run.workflow,
-            &run.version,
-            &run.input,
-            &status,
-            &run.idempotency_key,
-            &run.queue,
-            &run.priority,
-            &ready_at,
-            &run.parent_id,
-            &run.deadline_at,
-            &now,
-        ],
-    )?;
-    if let Some(r) = row {
-        return Ok((r.get(0), true));
-    }
-    let r = db.query_one(
-        "looking up an idempotency key",
-        "SELECT id FROM runs WHERE idempotency_key = $1",
-        &[&run.idempotency_key],
-    )?;
-    Ok((r.get(0), false))
-}
-
-pub(super) fn suspend(
-    db: &mut Db<'_>,
-    fence: &Fence,
-    until: i64,
-    note: &str,
-    now: i64,
-) -> StoreResult<bool> {
-    let ended = db.query_opt(
-        "suspending a run",
-        "UPDATE runs SET
-                status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'suspended' END,
-                ready_at = CASE WHEN cancel_requested = 1 THEN ready_at ELSE $4 END,
-                note = CASE WHEN cancel_requested = 1 THEN NULL ELSE $5 END,
-                error = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE error END,
-                finished_at = CASE WHEN cancel_requested = 1 THEN $6 ELSE finished_at END,
-                owner = NULL, lease_expires_at = NULL, updated_at = $6
-         WHERE id = $1 AND owner = $2 AND epoch = $3 AND status = 'running' RETURNING status",
-        &[
-            &fence.run_id,
-            &&*fence.owner,
-            &fence.epoch,
-            &until,
-            &note,
-            &now,
-        ],
-    )?;
-    match ended.map(|r| r.get::<_, String>(0)).as_deref() {
-        None => fenced(0, fence).map(|_| false),
-        Some("cancelled") => {
-            super::cancel::cancel_tree(db, fence.run_id, now)?;
-            Ok(true)
-        }
-        Some(_) => Ok(false),
-    }
 }

@@ -99,6 +99,14 @@ pub fn signal(child: &Child, sig: i32) {
     }
 }
 
+/// Wall-clock time in ms since the Unix epoch (what the engine stamps rows with).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Poll `f` every 20 ms until it returns Some, up to `limit`; None after that.
 pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + limit;

@@ -82,3 +82,16 @@ pub fn pg_output<T: serde::de::DeserializeOwned>(url: &str, id: i64) -> Option<T
             .unwrap()
     })
 }
+
+/// `(id, consumed_seq)` of the run's events, in send order.
+pub fn pg_events(url: &str, run_id: i64) -> Vec<(i64, Option<i64>)> {
+    super::pg_cluster_client(url)
+        .query(
+            "SELECT id, consumed_seq FROM events WHERE run_id = $1 ORDER BY id",
+            &[&run_id],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}

@@ -309,6 +309,52 @@ fn pg_children_start_once_park_their_parent_and_wake_it() {
     );
 }
 
+// The race SendEvent's row lock closes: a command parking the run for event "go" holds
+// the run's row (as `check_fence` leaves it), found no event and has written the
+// suspension, not yet committed, when the event is sent. The send must wait for that
+// commit and wake the run; answering before it (its wake-up matching the old `running`
+// row, nothing) would leave the run suspended until its deadline with the event unread.
+#[test]
+fn pg_an_event_sent_while_its_run_parks_always_wakes_it() {
+    let url = fresh_pg_db();
+    let s = store(&url);
+    let mut c = pg_cluster_client(&url);
+    let f = running(&mut c, "w", None);
+    let deadline = now_ms() + 600_000;
+    let mut tx = c.transaction().unwrap();
+    tx.query(
+        "SELECT cancel_requested FROM runs WHERE id = $1 FOR UPDATE",
+        &[&f.run_id],
+    )
+    .unwrap();
+    let seen = tx
+        .query(
+            "SELECT id FROM events WHERE run_id = $1 AND consumed_seq IS NULL",
+            &[&f.run_id],
+        )
+        .unwrap();
+    assert!(seen.is_empty());
+    tx.execute(
+        "UPDATE runs SET status = 'suspended', ready_at = $2, note = 'waiting for event ''go''',
+                owner = NULL WHERE id = $1",
+        &[&f.run_id, &deadline],
+    )
+    .unwrap();
+    let send = {
+        let s = s.clone();
+        let id = f.run_id;
+        std::thread::spawn(move || s.send_event(id, "go".into(), b"1".to_vec()))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    tx.commit().unwrap();
+    let sent = send.join().unwrap().unwrap();
+    let (status, _, ready_at, _) = row(&mut c, f.run_id);
+    assert!(
+        sent.woke && status == "suspended" && ready_at < deadline,
+        "lost wake-up: the send answered {sent:?}, the run is {status} until {ready_at}"
+    );
+}
+
 // The race AwaitChild's FOR SHARE closes: the child's end is written (its trigger finds
 // the parent still running: no wake) but not yet committed when the parent's join
 // looks. The join must wait for that commit and deliver, never park the parent for

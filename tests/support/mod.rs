@@ -10,7 +10,8 @@
 //! - [`effects`]: the effects file the fixture steps append to;
 //! - [`procfs`]: what `/proc` says about processes;
 //! - [`engine`]: engine configurations for tests that run an engine in the test process;
-//! - [`pg`]: a throwaway PostgreSQL cluster (one per test binary) and a fresh database per test.
+//! - [`pg`]: a throwaway PostgreSQL cluster (one per test binary) and a fresh database per test;
+//! - [`pg_db`]: peeks at a test's PostgreSQL database.
 //!
 //! Each test binary uses a subset, hence `allow(dead_code)`.
 #![allow(dead_code)]
@@ -19,13 +20,14 @@ pub mod db;
 pub mod effects;
 pub mod engine;
 pub mod pg;
+pub mod pg_db;
 pub mod procfs;
 pub mod serve;
 
 // One glob in a test (`use support::*`) reaches every helper; a binary that uses none of a
 // file's helpers would otherwise warn.
 #[allow(unused_imports)]
-pub use {db::*, effects::*, engine::*, pg::*, procfs::*, serve::*};
+pub use {db::*, effects::*, engine::*, pg::*, pg_db::*, procfs::*, serve::*};
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -139,6 +141,14 @@ pub fn signal(child: &Child, sig: i32) {
     unsafe {
         libc::kill(child.id() as i32, sig);
     }
+}
+
+/// Wall-clock time in ms since the Unix epoch (what the engine stamps rows with).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Poll `f` every 20 ms until it returns Some, up to `limit`; None after that.

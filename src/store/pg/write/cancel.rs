@@ -1,10 +1,17 @@
-//! PostgreSQL: the `cancel` family of transitions (SQLite's `store/write/cancel.rs`).
-
-#![allow(unused_imports, unused_variables)]
+//! PostgreSQL: cancellation, deadlines and runs of unknown versions (SQLite's
+//! `store/write/cancel.rs`, statement for statement).
+//!
+//! Invariants (beyond those of [`super`]):
+//! - A cancel locks the unfinished runs of the tree it walks in id order before changing
+//!   them (one lock order for every command that locks several runs). Under READ COMMITTED
+//!   each UPDATE re-checks its status guard on the latest row version, so a run claimed or
+//!   suspended concurrently is flagged, and ended if it is parked by then.
+//! - Sweeps (`ExpireDeadlines`, `ParkUnknownVersions`) skip rows another transaction holds
+//!   (`SKIP LOCKED`): a run being claimed right now is that claim's, and the next sweep sees
+//!   it again if it still qualifies.
 
 use super::*;
-use crate::store::write::Claimed;
-use std::sync::Arc;
+use crate::store::write::Fence;
 
 // ---- shared with the `runs` family (written by the core port; keep at the top) ----
 
@@ -48,7 +55,6 @@ pub(crate) fn cancel_tree(db: &mut Db<'_>, run_id: i64, now: i64) -> StoreResult
 }
 
 /// End a claimed run `cancelled` (fenced) and cancel its descendants, in this command.
-#[allow(dead_code)] // used by the cancel family's `FinishCancelled` and the waits
 pub(crate) fn finish_cancelled(
     db: &mut Db<'_>,
     fence: &Fence,
@@ -70,7 +76,71 @@ pub(crate) fn finish_cancelled(
 
 /// Apply one command of this family.
 pub(super) fn apply(db: &mut Db<'_>, op: Op, now: i64) -> StoreResult<Done> {
-    Err(StoreError::Internal(format!(
-        "{op:?} is not implemented on PostgreSQL yet (store::pg::write::cancel)"
-    )))
+    match op {
+        Op::Cancel { run_id } => {
+            let found = db.query_opt(
+                "reading a run's status",
+                "SELECT status FROM runs WHERE id = $1",
+                &[&run_id],
+            )?;
+            if found.is_none() {
+                return Err(StoreError::NotFound { run_id });
+            }
+            cancel_tree(db, run_id, now)?;
+            let status: String = db
+                .query_one(
+                    "reading a run's status",
+                    "SELECT status FROM runs WHERE id = $1",
+                    &[&run_id],
+                )?
+                .try_get(0)
+                .map_err(|e| StoreError::Undecodable {
+                    run_id,
+                    detail: format!("its status: {e}"),
+                })?;
+            Ok(Done::Cancel { status })
+        }
+        Op::FinishCancelled { fence, reason } => {
+            finish_cancelled(db, &fence, &reason, now)?;
+            Ok(Done::Unit)
+        }
+        Op::ExpireDeadlines { limit } => {
+            let n = db.exec(
+                "expiring deadlines",
+                "UPDATE runs SET status = 'failed', note = NULL, finished_at = $1, updated_at = $1,
+                        error = 'deadline passed (deadline_at ' || deadline_at::text
+                                || ' ms) before the run finished'
+                 WHERE id IN (SELECT id FROM runs WHERE deadline_at <= $1 AND finished_at IS NULL
+                                AND status IN ('pending', 'suspended')
+                              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                &[&now, &limit],
+            )?;
+            Ok(Done::Count(n as usize))
+        }
+        Op::ParkUnknownVersions {
+            names_json,
+            workflows_json,
+            limit,
+        } => {
+            let n = db.exec(
+                "parking runs of unknown versions",
+                "UPDATE runs SET status = 'blocked_version', updated_at = $3,
+                        note = 'workflow ''' || workflow || ''' version ' || version::text
+                               || ' is not registered in this build (it has other versions of '
+                               || workflow || '); a build that registers version '
+                               || version::text || ' will claim it'
+                 WHERE id IN (SELECT id FROM runs
+                              WHERE status = 'pending' AND ready_at <= $3
+                                AND workflow = ANY(ARRAY(SELECT jsonb_array_elements_text($1::text::jsonb)))
+                                AND NOT (workflow || '@' || version::text)
+                                        = ANY(ARRAY(SELECT jsonb_array_elements_text($2::text::jsonb)))
+                              ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)",
+                &[&&*names_json, &&*workflows_json, &now, &limit],
+            )?;
+            Ok(Done::Count(n as usize))
+        }
+        other => Err(StoreError::Internal(format!(
+            "{other:?} is not a command of store::pg::write::cancel"
+        ))),
+    }
 }

@@ -19,7 +19,6 @@ mod runs;
 mod waits;
 
 // Shared between families (each family reaches them through `use super::*`).
-#[allow(unused_imports)]
 use runs::{enqueue, suspend};
 
 use super::conn::{sqlstate, Db};

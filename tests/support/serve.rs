@@ -239,12 +239,14 @@ pub fn start(db: &Path, workflow: &str, json: &str, count: usize) -> Vec<i64> {
     start_runs(db, workflow, json, None, count)
 }
 
-/// A temp dir holding a database `wm.db` and an effects file `effects.log`, with the
-/// subcommands run on them.
+/// A temp dir holding a database `wm.db` (or a PostgreSQL database: [`Tmp::pg`]) and an
+/// effects file `effects.log`, with the subcommands run on them.
 pub struct Tmp {
     pub dir: tempfile::TempDir,
     /// The database: `dir/wm.db`, or a PostgreSQL URL.
     db: PathBuf,
+    /// The PostgreSQL database used instead of `wm.db`.
+    pub url: Option<String>,
 }
 
 impl Tmp {
@@ -255,8 +257,15 @@ impl Tmp {
     pub fn on(backend: super::Backend) -> Self {
         let dir = super::tempdir();
         let db = backend.fresh_db(dir.path(), "wm.db");
-        Tmp { dir, db }
+        let url = (backend == super::Backend::Postgres).then(|| db.to_string_lossy().into_owned());
+        Tmp { dir, db, url }
     }
+    /// A temp dir for the effects file, and a fresh database on the test's PostgreSQL
+    /// cluster: every subcommand and `serve` gets its URL as `--db`.
+    pub fn pg() -> Self {
+        Tmp::on(super::Backend::Postgres)
+    }
+    /// The `--db` argument: the file `wm.db`, or the PostgreSQL URL.
     pub fn db(&self) -> PathBuf {
         self.db.clone()
     }

@@ -65,7 +65,11 @@ pub fn pg(context: &'static str) -> impl Fn(postgres::Error) -> StoreError {
     move |e| StoreError::Postgres {
         context,
         code: e.code().map(|c| c.code().to_string()),
-        detail: e.to_string(),
+        // The server's own message (the error's Display is only "db error").
+        detail: match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.severity(), db.message()),
+            None => e.to_string(),
+        },
     }
 }
 

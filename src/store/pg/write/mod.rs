@@ -18,6 +18,9 @@ mod leases;
 mod runs;
 mod waits;
 
+// Shared between families (each family reaches them through `use super::*`).
+use runs::{enqueue, suspend};
+
 use super::conn::{sqlstate, Db};
 use crate::store::error::{StoreError, StoreResult};
 use crate::store::write::{ClaimNext, Done, Fence, Op};

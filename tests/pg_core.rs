@@ -387,8 +387,7 @@ fn a_sigkilled_owners_run_is_reclaimed_by_another_engine_and_completes() {
     );
     a.kill();
     let journaled_by_a: Vec<i64> = journal_rows(&mut c, id).iter().map(|r| r.0).collect();
-    let a_pid = a.pid() as u32;
-    let _b = serve(dir.path(), "b", db, 2, 2000, &[]);
+    let b = serve(dir.path(), "b", db, 2, 2000, &[]);
     wait_until("the run to complete", Duration::from_secs(90), || {
         let s: String = c
             .query_one("SELECT status FROM runs WHERE id = $1", &[&id])
@@ -413,38 +412,55 @@ fn a_sigkilled_owners_run_is_reclaimed_by_another_engine_and_completes() {
         (0..6).collect::<Vec<i64>>(),
         "each step journaled once, in order"
     );
-    // Executions: a step journaled before the kill never ran again; at most the step in
-    // flight at the kill ran twice (once per owner); no two executions overlapped.
+    // Executions (the effects file: one line per execution of a step, in its own child
+    // process; the attempts table: which owner and epoch ran it): a step journaled before
+    // the kill never ran again; only a step in flight at the kill ran twice, once per
+    // owner (epoch 1 on a, epoch 3 on b); no two executions of one step overlapped.
     let effects = effects_in(dir.path());
-    let mut runs_of: HashMap<i64, Vec<u32>> = HashMap::new();
-    for (run, seq, step, pid) in &effects {
+    let mut ran: HashMap<i64, usize> = HashMap::new();
+    for (run, seq, step, _) in &effects {
         assert_ne!(
             step, "overlap",
             "two executions of one step at once: {effects:?}"
         );
         if *run == id && step == "sleep" {
-            runs_of.entry(*seq).or_default().push(*pid);
+            *ran.entry(*seq).or_default() += 1;
         }
     }
+    let attempts = attempt_rows(&mut c, id);
     for seq in 0..6 {
-        let pids = runs_of.get(&seq).cloned().unwrap_or_default();
+        let n = ran.get(&seq).copied().unwrap_or(0);
+        let epochs: Vec<i64> = attempts
+            .iter()
+            .filter(|a| a.0 == seq)
+            .map(|a| a.2)
+            .collect();
         if journaled_by_a.contains(&seq) {
+            assert_eq!(n, 1, "seq {seq} was journaled by a and ran {n} times");
+            assert_eq!(epochs, vec![1], "seq {seq}: attempts {attempts:?}");
+        } else if n == 2 {
             assert_eq!(
-                pids,
-                vec![a_pid],
-                "seq {seq} was journaled by a and ran again"
+                epochs,
+                vec![1, 3],
+                "seq {seq} ran twice: attempts {attempts:?}"
             );
         } else {
-            assert!(
-                !pids.is_empty() && pids.len() <= 2,
-                "seq {seq} ran {pids:?} times"
-            );
-            assert!(
-                pids.len() == 1 || pids[0] == a_pid,
-                "seq {seq} ran twice without a reclaim between: {pids:?}"
-            );
+            assert_eq!(n, 1, "seq {seq} ran {n} times");
         }
     }
+    drop(b);
+}
+
+/// Attempts of `run` as `(seq, owner, epoch)`, in order.
+fn attempt_rows(c: &mut postgres::Client, run: i64) -> Vec<(i64, String, i64)> {
+    c.query(
+        "SELECT seq, owner, epoch FROM attempts WHERE run_id = $1 ORDER BY seq, attempt",
+        &[&run],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
 }
 
 #[test]
@@ -472,18 +488,405 @@ fn two_engine_processes_never_run_one_step_twice() {
     );
     assert_eq!(count(&mut c, "SELECT count(*) FROM steps"), 240);
     let effects = effects_in(dir.path());
-    let mut by_step: HashMap<(i64, i64), Vec<u32>> = HashMap::new();
-    let mut pids = HashSet::new();
-    for (run, seq, step, pid) in &effects {
+    let mut by_step: HashMap<(i64, i64), usize> = HashMap::new();
+    for (run, seq, step, _) in &effects {
         assert_ne!(step, "overlap", "two executions of one step at once");
         if step == "sleep" && ids.contains(run) {
-            by_step.entry((*run, *seq)).or_default().push(*pid);
-            pids.insert(*pid);
+            *by_step.entry((*run, *seq)).or_default() += 1;
         }
     }
     assert_eq!(by_step.len(), 240, "every step ran");
-    for (k, v) in &by_step {
-        assert_eq!(v.len(), 1, "step {k:?} ran more than once: {v:?}");
+    for (k, n) in &by_step {
+        assert_eq!(*n, 1, "step {k:?} ran {n} times");
     }
-    assert_eq!(pids.len(), 2, "both engines ran steps");
+    // Each step had one attempt, by the run's one owner at epoch 1; both engines worked.
+    let rows = c
+        .query(
+            "SELECT run_id, seq, count(*), min(owner), max(owner), max(epoch) FROM attempts
+             GROUP BY run_id, seq",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 240);
+    let mut owners = HashSet::new();
+    for r in &rows {
+        let (n, lo, hi, epoch): (i64, String, String, i64) =
+            (r.get(2), r.get(3), r.get(4), r.get(5));
+        assert_eq!(
+            (n, epoch),
+            (1, 1),
+            "attempts of {:?}",
+            (r.get::<_, i64>(0), r.get::<_, i64>(1))
+        );
+        assert_eq!(lo, hi);
+        owners.insert(lo);
+    }
+    let run_owners = count(
+        &mut c,
+        "SELECT count(*) FROM (SELECT run_id FROM attempts GROUP BY run_id
+                                HAVING count(DISTINCT owner) > 1) x",
+    );
+    assert_eq!(run_owners, 0, "a run's steps ran under two owners");
+    assert_eq!(owners.len(), 2, "both engines ran steps: {owners:?}");
+}
+
+// ---- the same scenario on SQLite and on PostgreSQL: the same answers ----
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// An answer without its times (the two stores run at different moments).
+fn answer<T: std::fmt::Debug>(r: Result<T, StoreError>) -> String {
+    match r {
+        Ok(v) => format!("ok {v:?}"),
+        Err(
+            e @ (StoreError::LeaseLost { .. }
+            | StoreError::NotFound { .. }
+            | StoreError::KeyConflict { .. }
+            | StoreError::JournalConflict { .. }
+            | StoreError::RunNotFinished { .. }),
+        ) => format!("err {e:?}"),
+        Err(e) => format!("unexpected error: {e}"),
+    }
+}
+
+fn run_line(s: &dyn Storage, id: i64) -> String {
+    match s.run(id) {
+        Ok(Some(r)) => format!(
+            "run {} {}@{} {} key={:?} q={} prio={} steps={} finished={} owner={:?} epoch={} \
+             interruptions={} last={:?} error={:?} note={:?} parent={:?} output={:?} \
+             retry_of={:?} retried_as={:?}",
+            r.id,
+            r.workflow,
+            r.version,
+            r.status,
+            r.idempotency_key,
+            r.queue,
+            r.priority,
+            r.steps_completed,
+            r.finished_at.is_some(),
+            r.owner,
+            r.epoch,
+            r.interruptions,
+            r.last_interruption,
+            r.error,
+            r.note,
+            r.parent_id,
+            r.output,
+            r.retry_of,
+            r.retried_as
+        ),
+        other => format!("run {id}: {other:?}"),
+    }
+}
+
+fn journal_line(s: &dyn Storage, id: i64) -> String {
+    match s.journal(id) {
+        Ok(rows) => rows
+            .iter()
+            .map(|e| {
+                format!(
+                    "[{} {} {} {} {} {:?} {:?} {:?}]",
+                    e.seq, e.name, e.kind, e.status, e.attempts, e.error, e.output, e.copied_from
+                )
+            })
+            .collect(),
+        Err(e) => format!("journal {id}: {e}"),
+    }
+}
+
+fn attempts_line(rows: Result<Vec<waymark::internal::store::AttemptRow>, StoreError>) -> String {
+    match rows {
+        Ok(rows) => rows
+            .iter()
+            .map(|a| {
+                format!(
+                    "[{} {} {} {} {} {:?} {:?} ended={} {:?} {:?} {:?} {:?}]",
+                    a.seq,
+                    a.attempt,
+                    a.name,
+                    a.owner,
+                    a.epoch,
+                    a.pid,
+                    a.pid_start,
+                    a.ended_at.is_some(),
+                    a.outcome,
+                    a.reason,
+                    a.logs,
+                    a.memory_cap
+                )
+            })
+            .collect(),
+        Err(e) => format!("attempts: {e}"),
+    }
+}
+
+fn claimed_line(r: Result<Vec<waymark::internal::store::write::Claimed>, StoreError>) -> String {
+    match r {
+        Ok(mut v) => {
+            v.sort_by_key(|c| c.run_id);
+            format!("claimed {v:?}")
+        }
+        Err(e) => answer::<()>(Err(e)),
+    }
+}
+
+/// Every core transition and query once, as a transcript.
+fn scenario(s: &dyn Storage) -> Vec<String> {
+    let mut t = Vec::new();
+    let wf = workflows();
+    let reg = |id: &str| {
+        let id: Arc<str> = id.into();
+        s.register_engine(EngineRow {
+            id: id.clone(),
+            pid: 4242,
+            pid_start: 7,
+            boot_id: "host-1".into(),
+        })
+        .unwrap();
+        id
+    };
+    let e1 = reg("e1");
+    let e2 = reg("e2");
+    let now = now_ms();
+    let mut later = new_run(None, b"later");
+    later.ready_at = Some(now + 3_600_000);
+    let mut other = new_run(None, b"other");
+    other.workflow = "other".into();
+    let mut v2 = new_run(None, b"v2");
+    v2.version = 2;
+    let mut urgent = new_run(None, b"urgent");
+    urgent.priority = 5;
+    t.push(answer(s.enqueue(new_run(Some("a"), b"one"))));
+    t.push(answer(s.enqueue_many(vec![
+        new_run(None, b"two"),
+        later,
+        other,
+        v2,
+    ])));
+    t.push(answer(s.enqueue(new_run(Some("a"), b"ignored"))));
+    t.push(answer(s.claimable(now_ms(), &wf)));
+    t.push(answer(s.claimable(now_ms(), "[\"nothing@1\"]")));
+    t.push(claimed_line(s.claim(&e1, 2, &wf, 60_000)));
+    t.push(answer(s.enqueue(urgent)));
+    t.push(answer(
+        s.note_unrunnable(&wf, "no engine here runs ".into()),
+    ));
+    t.push(answer(s.heartbeat(&e1, 60_000)));
+    t.push(answer(s.probe(&e1)));
+    let f1 = Fence {
+        run_id: 1,
+        owner: e1.clone(),
+        epoch: 1,
+    };
+    let f2 = Fence {
+        run_id: 2,
+        owner: e1.clone(),
+        epoch: 1,
+    };
+    t.push(answer(s.checkpoint(&f1, entry(0, b"zero"))));
+    t.push(answer(s.attempt_start(
+        &f1,
+        1,
+        1,
+        "flaky".into(),
+        Some(99),
+        Some(5),
+    )));
+    t.push(answer(s.attempt_start(
+        &f1,
+        1,
+        1,
+        "flaky".into(),
+        Some(99),
+        Some(5),
+    )));
+    t.push(attempts_line(s.open_attempts(1)));
+    t.push(answer(s.attempt_end(&f1, 1, 1, "failed", "exit 3".into())));
+    t.push(answer(s.attempt_detail(
+        &f1,
+        1,
+        1,
+        "log text".into(),
+        Some("cgroup".into()),
+    )));
+    t.push(answer(s.attempt_end(
+        &f1,
+        1,
+        2,
+        "failed",
+        "in-process".into(),
+    )));
+    t.push(attempts_line(s.attempts(1)));
+    t.push(attempts_line(s.open_attempts(1)));
+    t.push(answer(s.checkpoint(
+        &f1,
+        Entry {
+            seq: 1,
+            name: "flaky".into(),
+            kind: "step",
+            completed: false,
+            attempts: 2,
+            output: None,
+            error: Some("boom".into()),
+        },
+    )));
+    t.push(answer(s.checkpoint(&f1, entry(1, b"dup"))));
+    t.push(answer(s.retry(1, None)));
+    t.push(answer(s.fail(&f1, "boom".into())));
+    t.push(answer(s.fail(&f1, "boom again".into())));
+    let retried = s.retry(1, None);
+    t.push(answer(retried.as_ref().map(|_| ()).map_err(|e| match e {
+        StoreError::NotFound { run_id } => StoreError::NotFound { run_id: *run_id },
+        _ => StoreError::NotFound { run_id: -1 },
+    })));
+    let r = retried.unwrap_or(0);
+    t.push(run_line(s, r));
+    t.push(journal_line(s, r));
+    t.push(answer(s.retry(1, Some(5))));
+    t.push(answer(s.retry(999, None)));
+    // Run 2: suspended into the past, woken and claimed by e2 with the others.
+    t.push(answer(s.suspend(&f2, now_ms() - 1, "sleeping".into())));
+    t.push(run_line(s, 2));
+    t.push(claimed_line(s.claim(&e2, 10, &wf, 60_000)));
+    let claimed2: Vec<(i64, i64)> = s.runs_of_owner("e2").unwrap_or_default();
+    let mut claimed2 = claimed2;
+    claimed2.sort();
+    t.push(format!("runs of e2 {claimed2:?}"));
+    let fence_of = |id: i64| Fence {
+        run_id: id,
+        owner: e2.clone(),
+        epoch: claimed2
+            .iter()
+            .find(|r| r.0 == id)
+            .map(|r| r.1)
+            .unwrap_or(-1),
+    };
+    t.push(answer(s.block(&fence_of(2), "blocked", "bad data".into())));
+    t.push(run_line(s, 2));
+    t.push(answer(s.resume(2)));
+    t.push(answer(s.resume(2)));
+    t.push(answer(s.release(&fence_of(r))));
+    t.push(answer(s.fence_holds(&fence_of(r))));
+    t.push(answer(s.cancel_requested(r)));
+    t.push(answer(s.cancel_requested(12345)));
+    let mut owners: Vec<String> = s
+        .owners()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {:?} {:?} {:?} {:?} {} lease={}",
+                o.id,
+                o.pid,
+                o.pid_start,
+                o.boot_id,
+                o.beat,
+                o.stopped,
+                o.lease_expires_at.is_some()
+            )
+        })
+        .collect();
+    owners.sort();
+    t.push(format!("owners {owners:?}"));
+    t.push(answer(s.engine_host("e1")));
+    t.push(answer(s.engine_host("nobody")));
+    // e2 judged dead at a stale heartbeat: nothing; at its heartbeat: all reclaimed.
+    let beat = s
+        .owners()
+        .unwrap()
+        .into_iter()
+        .find(|o| o.id == "e2")
+        .and_then(|o| o.beat)
+        .unwrap_or(-1);
+    t.push(answer(s.reclaim_many(
+        &e2,
+        Some(beat + 1),
+        claimed2.clone(),
+        "dead".into(),
+        10,
+    )));
+    t.push(answer(s.reclaim_many(
+        &e2,
+        Some(beat),
+        claimed2.clone(),
+        "dead".into(),
+        10,
+    )));
+    t.push(answer(s.heartbeat(&e2, 60_000)));
+    for (id, _) in &claimed2 {
+        t.push(run_line(s, *id));
+    }
+    // A run past its poison limit fails.
+    let got = s.claim(&e1, 1, &wf, 60_000).unwrap_or_default();
+    if let Some(c) = got.first() {
+        t.push(format!("e1 claimed {} at {}", c.run_id, c.epoch));
+        t.push(answer(s.reclaim(c.run_id, c.epoch, "stalled".into(), 0)));
+        t.push(run_line(s, c.run_id));
+        t.push(answer(s.reclaim(c.run_id, c.epoch, "stalled".into(), 0)));
+    }
+    let mut idle: Vec<String> = s
+        .idle_engines()
+        .unwrap()
+        .iter()
+        .map(|o| format!("{} {}", o.id, o.stopped))
+        .collect();
+    idle.sort();
+    t.push(format!("idle {idle:?}"));
+    t.push(answer(s.forget_engine("e2")));
+    t.push(answer(s.stop_engine(&e1)));
+    t.push(answer(s.heartbeat(&e1, 60_000)));
+    t.push(answer(s.run_exists(3)));
+    t.push(answer(s.run_exists(300)));
+    t.push(answer(s.run_input(4)));
+    t.push(answer(s.run_input(400)));
+    t.push(answer(s.start_runs(vec![
+        (new_run(Some("b"), b"b"), OnKeyConflict::Error),
+        (new_run(Some("a"), b"one"), OnKeyConflict::Error),
+    ])));
+    t.push(answer(s.start_runs(vec![
+        (new_run(Some("c"), b"c"), OnKeyConflict::Error),
+        (new_run(Some("a"), b"not one"), OnKeyConflict::Error),
+    ])));
+    t.push(answer(s.run_exists(10)));
+    t.push(answer(s.stats()));
+    t.push(answer(s.finished_between(0, i64::MAX)));
+    for id in 1..=10 {
+        t.push(run_line(s, id));
+        t.push(journal_line(s, id));
+    }
+    t
+}
+
+#[test]
+fn the_core_transitions_answer_as_on_sqlite() {
+    use waymark::internal::store::{open_storage, StoreOptions};
+    let dir = tempdir();
+    let clock: Arc<dyn waymark::internal::clock::Clock> = Arc::new(SystemClock::from_env());
+    let sqlite = open_storage(
+        &dir.path().join("t.db"),
+        &StoreOptions::default(),
+        clock.clone(),
+        4,
+    )
+    .unwrap()
+    .api;
+    let url = fresh_pg_db();
+    let pg = open_storage(Path::new(&url), &StoreOptions::default(), clock, 4)
+        .unwrap()
+        .api;
+    let on_sqlite = scenario(&*sqlite);
+    let on_pg = scenario(&*pg);
+    for (i, (a, b)) in on_sqlite.iter().zip(&on_pg).enumerate() {
+        assert_eq!(a, b, "step {i} differs (left: SQLite, right: PostgreSQL)");
+    }
+    assert_eq!(on_sqlite.len(), on_pg.len());
+    assert!(
+        on_pg.iter().all(|l| !l.contains("unexpected error")),
+        "{on_pg:#?}"
+    );
 }

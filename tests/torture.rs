@@ -8,7 +8,8 @@
 //! before the wait, while the run is suspended, or while an engine is killed, paused or shut
 //! down), and a few are cancelled (while waiting, while running a step, while their owner is
 //! down): every event is consumed once, by its run's wait, and every acknowledged cancel ends
-//! its run `cancelled`, none stalled.
+//! its run `cancelled`, none stalled. The mixed run also runs on PostgreSQL (a fresh database
+//! of the test binary's throwaway cluster as `--db URL`).
 
 mod support;
 

@@ -2,6 +2,10 @@
 //! that nothing was lost, recorded twice, run twice at once, re-executed without cause, or
 //! left running after its engine died.
 //!
+//! The database is an SQLite file or a PostgreSQL URL (`--db postgres://...`, a database
+//! holding no run); the harness reads it through [`db::Reader`] and writes through the
+//! store's `Storage` seam, so every check is the same on both stores.
+//!
 //! The harness owns a work directory (`DB.torture/`, or a temporary one): the effects file
 //! every step execution appends to, the per-(run, seq) lock files, and one stderr log per
 //! engine process. Steps run in-process, in child processes, or as command steps whose

@@ -8,7 +8,8 @@
 //! before the wait, while the run is suspended, or while an engine is killed, paused or shut
 //! down), and a few are cancelled (while waiting, while running a step, while their owner is
 //! down): every event is consumed once, by its run's wait, and every acknowledged cancel ends
-//! its run `cancelled`, none stalled.
+//! its run `cancelled`, none stalled. The mixed run also runs on PostgreSQL (a fresh database
+//! of the test binary's throwaway cluster as `--db URL`).
 
 mod support;
 
@@ -85,6 +86,22 @@ fn torture_ci_sized_run_finds_no_violation() {
 fn torture_mixed_isolation_pauses_and_shutdowns_ci_sized() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("torture.db");
+    mixed_ci_sized(db.as_os_str());
+}
+
+/// The same CI-sized run on PostgreSQL (issue 16): the engines are separate processes on
+/// one database URL, the harness reads the rows with its own PostgreSQL client, and its
+/// corruptions are a flipped byte of a run's sealed input and an unencoded journal output
+/// (typed columns refuse the SQLite file's TEXT-in-INTEGER).
+#[test]
+fn torture_on_postgres_mixed_isolation_pauses_and_shutdowns_ci_sized() {
+    let url = support::fresh_pg_db();
+    mixed_ci_sized(std::ffi::OsStr::new(&url));
+}
+
+/// `waymark torture --isolation mixed --pauses --shutdowns --corrupt 4` at CI size on `db`
+/// (a file path or a PostgreSQL URL), and what its summary must say.
+fn mixed_ci_sized(db: &std::ffi::OsStr) {
     let out = Command::new(support::bin())
         .args(["torture", "--isolation", "mixed", "--pauses", "--shutdowns"])
         .args([
@@ -98,7 +115,7 @@ fn torture_mixed_isolation_pauses_and_shutdowns_ci_sized() {
             "4",
         ])
         .args(["--seed", "20261123", "--db"])
-        .arg(&db)
+        .arg(db)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -139,6 +156,40 @@ fn torture_mixed_isolation_pauses_and_shutdowns_ci_sized() {
     assert!(
         field(line, "reexecutions") <= field(line, "max_reexecutions_bound"),
         "{line}"
+    );
+}
+
+/// With a PostgreSQL URL, torture refuses a database that holds runs (it never reuses one)
+/// and refuses `--power-loss` (SQLite's file I/O is what it cuts).
+#[test]
+fn torture_on_postgres_refuses_a_used_database_and_power_loss() {
+    let url = support::fresh_pg_db();
+    let out = Command::new(support::bin())
+        .args(["torture", "--cycles", "2", "--engines", "1", "--runs", "5"])
+        .args(["--seed", "7", "--wait-share", "0", "--db", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let again = Command::new(support::bin())
+        .args(["torture", "--cycles", "1", "--db", &url])
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "{again:?}");
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("holds 5 runs") && err.contains("fresh database"),
+        "{err}"
+    );
+    let power = Command::new(support::bin())
+        .args(["torture", "--power-loss", "--cycles", "1", "--db"])
+        .arg(support::fresh_pg_db())
+        .output()
+        .unwrap();
+    assert!(!power.status.success(), "{power:?}");
+    let err = String::from_utf8_lossy(&power.stderr);
+    assert!(
+        err.contains("--power-loss") && err.contains("not a PostgreSQL URL"),
+        "{err}"
     );
 }
 

@@ -2,6 +2,10 @@
 //! that nothing was lost, recorded twice, run twice at once, re-executed without cause, or
 //! left running after its engine died.
 //!
+//! The database is an SQLite file or a PostgreSQL URL (`--db postgres://...`, a database
+//! holding no run); the harness reads it through [`db::Reader`] and writes through the
+//! store's `Storage` seam, so every check is the same on both stores.
+//!
 //! The harness owns a work directory (`DB.torture/`, or a temporary one): the effects file
 //! every step execution appends to, the per-(run, seq) lock files, and one stderr log per
 //! engine process. Steps run in-process, in child processes, or as command steps whose
@@ -32,6 +36,7 @@
 
 mod check;
 mod corrupt;
+mod db;
 mod orphans;
 mod power;
 mod waits;
@@ -40,14 +45,12 @@ mod workload;
 pub use workload::{engine, register, step_helper, EngineArgs, StepArgs};
 
 use super::CliResult;
-use rusqlite::{Connection, OpenFlags};
+use db::Reader;
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use waymark::internal::clock::SystemClock;
-use waymark::internal::store::{Done, NewRun, Op, Store, StoreOptions};
+use waymark::internal::store::{is_postgres, NewRun, Storage, StoreOptions};
 use workload::{mix, step_name, RunIn, KIND_CHILD, KIND_COMMAND, KIND_IN_PROCESS};
 
 /// Where the workload's steps run.
@@ -64,7 +67,8 @@ pub enum IsolationMix {
 
 #[derive(clap::Args, Debug)]
 pub struct TortureArgs {
-    /// Database file (must not exist yet); default: a fresh temporary directory.
+    /// Database: a file (must not exist yet) or a PostgreSQL URL (`postgres://...`, its
+    /// database must hold no run); default: a file in a fresh temporary directory.
     #[arg(long)]
     pub db: Option<PathBuf>,
     /// Fault cycles (each kills one engine, arms a fault point, kills all, pauses one or
@@ -412,27 +416,6 @@ impl Harness {
     }
 }
 
-pub(super) fn read_conn(db: &Path) -> Result<Connection, String> {
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| format!("opening {}: {e}", db.display()))?;
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
-    Ok(conn)
-}
-
-fn active_runs(db: &Path) -> Result<i64, String> {
-    let conn = read_conn(db)?;
-    conn.query_row(
-        "SELECT count(*) FROM runs WHERE status IN ('pending', 'running', 'suspended')",
-        [],
-        |r| r.get(0),
-    )
-    .map_err(|e| format!("reading {}: {e}", db.display()))
-}
-
 /// The workload: run `i` has 3..=7 steps, every 16th fails at a middle step; where each step
 /// runs follows `isolation` (a failing step is never a command step). One child or command
 /// step in twelve lasts `long_ms` longer. One run in `wait_share` waits between steps.
@@ -535,11 +518,26 @@ impl Summary {
 }
 
 pub fn run(args: TortureArgs) -> CliResult {
+    let url = args.db.as_deref().filter(|db| is_postgres(db));
     if args.power.power_loss {
+        if url.is_some() {
+            return Err(
+                "--power-loss simulates power cuts under SQLite's file I/O: it needs a database file, not a PostgreSQL URL"
+                    .into(),
+            );
+        }
         return power::run(&args.power, args.cycles, args.seed, args.json, args.db);
     }
     let started = Instant::now();
     let (dir, db, _tmp) = match &args.db {
+        // PostgreSQL: the work directory is a temporary one (kept on a violation).
+        Some(db) if url.is_some() => {
+            let tmp = tempfile::Builder::new()
+                .prefix("waymark-torture-")
+                .tempdir()
+                .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+            (tmp.path().join("work"), db.clone(), Some(tmp))
+        }
         Some(db) => {
             if std::fs::metadata(db).is_ok() {
                 return Err(format!(
@@ -592,7 +590,19 @@ pub fn run(args: TortureArgs) -> CliResult {
     // The driver's writes read the engines' injected clock: a run woken by an event is due
     // on the engines' clock, not an hour later. Set before any thread of ours starts.
     std::env::set_var("WAYMARK_TEST_CLOCK_OFFSET_FILE", dir.join("clock-offset"));
-    let ids = enqueue(&db, &runs, &parked)?;
+    let store = db::open(&db, &StoreOptions::default())?;
+    if url.is_some() {
+        let n = Reader::open(&db)?.run_count()?;
+        if n > 0 {
+            return Err(format!(
+                "{} holds {n} runs: torture needs a fresh database (one without runs)",
+                db::name(&db)
+            ));
+        }
+    }
+    let ids = enqueue(&*store, &runs, &parked)?;
+    drop(store);
+    let mut reader = Reader::open(&db)?;
     let mut driver = waits::Driver::new(&db, &runs, &ids, args.seed, &parked)?;
     driver.early();
 
@@ -714,7 +724,7 @@ pub fn run(args: TortureArgs) -> CliResult {
     loop {
         for slot in h.reap() {
             // A fault armed before the finish may still fire: restart it unarmed.
-            if active_runs(&db)? > 0 {
+            if reader.active_runs()? > 0 {
                 h.spawn(slot, None)?;
             }
         }
@@ -723,7 +733,7 @@ pub fn run(args: TortureArgs) -> CliResult {
         }
         if looked.elapsed() >= Duration::from_secs(1) {
             looked = Instant::now();
-            let stuck = waits::stuck_runs(&db)?;
+            let stuck = waits::stuck_runs(&mut reader)?;
             match h.driver.as_mut() {
                 // Waiting for the harness: send every event, request every cancel left.
                 Some(d) if d.pending() && stuck > 0 => d.finish()?,
@@ -748,7 +758,7 @@ pub fn run(args: TortureArgs) -> CliResult {
             if stuck.is_none() {
                 h.violations.push(format!(
                     "engines did not finish the workload before the deadline ({} runs still active)",
-                    active_runs(&db).unwrap_or(-1)
+                    reader.active_runs().unwrap_or(-1)
                 ));
             }
             for slot in 0..engines {
@@ -806,13 +816,11 @@ pub fn run(args: TortureArgs) -> CliResult {
 }
 
 /// Enqueue the workload; returns the run id of each workload index.
-fn enqueue(db: &Path, runs: &[RunIn], parked: &HashSet<u64>) -> Result<HashMap<u64, i64>, String> {
-    let store = Store::open(
-        db,
-        &StoreOptions::default(),
-        Arc::new(SystemClock::from_env()),
-    )
-    .map_err(|e| e.to_string())?;
+fn enqueue(
+    store: &dyn Storage,
+    runs: &[RunIn],
+    parked: &HashSet<u64>,
+) -> Result<HashMap<u64, i64>, String> {
     let mut batch = Vec::with_capacity(runs.len());
     for r in runs {
         batch.push(NewRun {
@@ -830,15 +838,17 @@ fn enqueue(db: &Path, runs: &[RunIn], parked: &HashSet<u64>) -> Result<HashMap<u
             deadline_at: None,
         });
     }
-    match store
-        .call(Op::EnqueueMany(batch))
-        .map_err(|e| e.to_string())?
-    {
-        Done::Runs(ids) if ids.len() == runs.len() => Ok(runs
-            .iter()
-            .zip(ids)
-            .map(|(r, (id, _))| (r.index, id))
-            .collect()),
-        other => Err(format!("unexpected answer to the enqueue: {other:?}")),
+    let started = store.enqueue_many(batch).map_err(|e| e.to_string())?;
+    if started.len() != runs.len() {
+        return Err(format!(
+            "the enqueue answered {} runs for {}",
+            started.len(),
+            runs.len()
+        ));
     }
+    Ok(runs
+        .iter()
+        .zip(started)
+        .map(|(r, s)| (r.index, s.id))
+        .collect())
 }

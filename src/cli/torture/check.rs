@@ -20,16 +20,14 @@
 //!   run is left parked, and no engine's backstop sweep had to carry out a cancel that a
 //!   wait lost (`stalled` counts both: runs left active, and the runs each sweep ended).
 
+use super::db::{JournalRow, Reader};
 use super::workload::{
     fault_free, parse_command_stdout, reaches_event, Entry, RunIn, StepOut, CMD,
 };
-use super::{read_conn, Harness, Summary};
+use super::{Harness, Summary};
 use std::collections::{HashMap, HashSet};
 
-/// A journal entry as the harness reads it: seq, status, output, name, kind.
-type JournalRow = (i64, String, Option<Vec<u8>>, String, String);
-
-/// A run as the harness reads it: id, status, output, error.
+/// A run as the checker keeps it: id, status, output, error.
 type RunRecord = (i64, String, Option<Vec<u8>>, Option<String>);
 
 /// One step execution seen in the effects file.
@@ -152,45 +150,14 @@ pub(super) fn check(h: &Harness, runs: &[RunIn]) -> Result<Summary, String> {
             }
         }
     }
-    let conn = read_conn(&h.db)?;
-    let db_err = |e: rusqlite::Error| format!("reading {}: {e}", h.db.display());
-    let dups: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM (SELECT run_id, seq FROM steps GROUP BY run_id, seq HAVING count(*) > 1)",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(db_err)?;
-    s.duplicate_results = dups as u64;
+    let mut conn = Reader::open(&h.db)?;
+    s.duplicate_results = conn.duplicate_entries()? as u64;
     let mut by_key: HashMap<String, RunRecord> = HashMap::new();
-    {
-        let mut stmt = conn
-            .prepare("SELECT id, idempotency_key, status, output, error FROM runs")
-            .map_err(db_err)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<Vec<u8>>>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                ))
-            })
-            .map_err(db_err)?;
-        for row in rows {
-            let (id, key, status, output, error) = row.map_err(db_err)?;
-            if let Some(key) = key {
-                by_key.insert(key, (id, status, output, error));
-            }
+    for (id, key, status, output, error) in conn.runs()? {
+        if let Some(key) = key {
+            by_key.insert(key, (id, status, output, error));
         }
     }
-    // `CAST(output AS BLOB)`: a row the harness corrupted holds TEXT.
-    let mut journal_stmt = conn
-        .prepare(
-            "SELECT seq, status, CAST(output AS BLOB), name, kind FROM steps WHERE run_id = ?1 ORDER BY seq",
-        )
-        .map_err(db_err)?;
     for input in runs {
         let key = format!("torture-{}", input.index);
         let Some((id, status, output, error)) = by_key.get(&key) else {
@@ -210,12 +177,7 @@ pub(super) fn check(h: &Harness, runs: &[RunIn]) -> Result<Summary, String> {
             }
             continue;
         }
-        let journal: Vec<JournalRow> = journal_stmt
-            .query_map([id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
-            .and_then(|it| it.collect())
-            .map_err(db_err)?;
+        let journal: Vec<JournalRow> = conn.journal(id)?;
         let sent = h.driver.as_ref().and_then(|d| d.events.get(&input.index));
         let ack = h.driver.as_ref().and_then(|d| d.cancels.get(&input.index));
         let cancel_acked = ack.is_some_and(|a| a.acknowledged());
@@ -285,9 +247,15 @@ pub(super) fn check(h: &Harness, runs: &[RunIn]) -> Result<Summary, String> {
                 entries.len()
             ));
         }
-        if !check_events(&conn, id, input, &journal, sent, status == "completed", v)
-            .map_err(db_err)?
-        {
+        if !check_events(
+            &mut conn,
+            id,
+            input,
+            &journal,
+            sent,
+            status == "completed",
+            v,
+        )? {
             run_ok = false;
         }
         for (i, (seq, st, out, name, kind)) in journal.iter().enumerate() {
@@ -446,20 +414,16 @@ fn failed_recorded(all: &HashMap<u64, Exec>, interrupted: &HashSet<&str>) -> Opt
 
 /// The event checks of one run (see the module's invariants); false after a violation.
 fn check_events(
-    conn: &rusqlite::Connection,
+    conn: &mut Reader,
     id: i64,
     input: &RunIn,
     journal: &[JournalRow],
     sent: Option<&super::waits::SentEvent>,
     completed: bool,
     v: &mut Vec<String>,
-) -> rusqlite::Result<bool> {
+) -> Result<bool, String> {
     let mut ok = true;
-    let mut stmt =
-        conn.prepare_cached("SELECT id, payload, consumed_seq FROM events WHERE run_id = ?1")?;
-    let rows: Vec<(i64, Vec<u8>, Option<i64>)> = stmt
-        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
+    let rows = conn.events(id)?;
     // Every consumed event went into one event entry of this run, carrying its payload.
     let mut into: HashMap<i64, u32> = HashMap::new();
     for (event, payload, consumed) in &rows {

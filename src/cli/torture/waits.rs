@@ -11,6 +11,7 @@
 //! active run is parked with nothing due (the finish), so no run waits for an event that is
 //! never sent. What was sent and what each cancel answered is the checker's input.
 
+use super::db::{self, Reader, RunState};
 use super::workload::{mix, RunIn, Wait, EVENT};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use waymark::internal::clock::SystemClock;
 use waymark::internal::store::write::event_note;
-use waymark::internal::store::{Done, Op, Store, StoreError, StoreOptions};
+use waymark::internal::store::{Storage, StoreError, StoreOptions};
 
 /// When the driver acts on a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -86,7 +87,8 @@ struct Plan {
 }
 
 pub(super) struct Driver {
-    store: Store,
+    store: Arc<dyn Storage>,
+    reader: Reader,
     plans: Vec<Plan>,
     pub events: HashMap<u64, SentEvent>,
     pub cancels: HashMap<u64, CancelAck>,
@@ -139,8 +141,8 @@ impl Driver {
             lock_wait_max: Some(Duration::from_secs(2)),
             ..Default::default()
         };
-        let store =
-            Store::open(db, &opts, Arc::new(SystemClock::from_env())).map_err(|e| e.to_string())?;
+        let store = db::open(db, &opts)?;
+        let reader = Reader::open(db)?;
         let mut plans = Vec::new();
         let mut waits = 0;
         for r in runs {
@@ -186,6 +188,7 @@ impl Driver {
         }
         Ok(Driver {
             store,
+            reader,
             plans,
             events: HashMap::new(),
             cancels: HashMap::new(),
@@ -301,26 +304,9 @@ impl Driver {
         Err("the driver could not send its events and cancels (database locked)".into())
     }
 
-    /// Status, note and owner pid of every planned run.
-    #[allow(clippy::type_complexity)]
-    fn states(&self) -> Result<HashMap<i64, (String, Option<String>, Option<u32>)>, String> {
-        self.store
-            .read(|c| {
-                let mut stmt = c
-                    .prepare_cached(
-                        "SELECT r.id, r.status, r.note, e.pid FROM runs r
-                         LEFT JOIN engines e ON e.id = r.owner",
-                    )
-                    .map_err(|e| StoreError::sqlite("reading runs", e))?;
-                let rows = stmt
-                    .query_map([], |r| {
-                        Ok((r.get::<_, i64>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?)))
-                    })
-                    .and_then(|it| it.collect::<Result<HashMap<_, _>, _>>())
-                    .map_err(|e| StoreError::sqlite("reading runs", e))?;
-                Ok(rows)
-            })
-            .map_err(|e| e.to_string())
+    /// Status, note and owner pid of every run.
+    fn states(&mut self) -> Result<HashMap<i64, RunState>, String> {
+        self.reader.states()
     }
 
     /// Send plan `i`'s event (done: the plan's event is cleared; locked: kept for later).
@@ -333,12 +319,8 @@ impl Driver {
             waymark::internal::codec::Format::Json,
             &serde_json::to_vec(&payload).unwrap_or_default(),
         );
-        let event_id = match self.store.call(Op::SendEvent {
-            run_id: p.id,
-            name: EVENT.into(),
-            payload: bytes,
-        }) {
-            Ok(Done::Sent { event_id, .. }) => Some(event_id),
+        let event_id = match self.store.send_event(p.id, EVENT.into(), bytes) {
+            Ok(sent) => Some(sent.event_id),
             Err(StoreError::RunFinished { .. }) => None,
             other => {
                 log::warn!("torture driver: sending run {} its event: {other:?}", p.id);
@@ -362,8 +344,8 @@ impl Driver {
             return;
         }
         let p = &self.plans[i];
-        match self.store.call(Op::Cancel { run_id: p.id }) {
-            Ok(Done::Cancel { status }) => {
+        match self.store.cancel(p.id) {
+            Ok(status) => {
                 self.cancels.insert(p.index, CancelAck { status, at });
                 self.plans[i].cancel = None;
             }
@@ -379,18 +361,8 @@ pub const STUCK_AFTER: Duration = Duration::from_secs(20);
 
 /// The number of active runs if none of them can move on its own (none running, none
 /// pending or suspended due within a minute on the engines' clock), else 0.
-pub fn stuck_runs(db: &Path) -> Result<i64, String> {
+pub fn stuck_runs(reader: &mut Reader) -> Result<i64, String> {
     use waymark::internal::clock::Clock;
     let now = SystemClock::from_env().now_ms();
-    let conn = super::read_conn(db)?;
-    conn.query_row(
-        "SELECT CASE WHEN EXISTS (SELECT 1 FROM runs WHERE status = 'running'
-                   OR (status IN ('pending', 'suspended') AND ready_at <= ?1))
-                THEN 0
-                ELSE (SELECT count(*) FROM runs WHERE status IN ('pending', 'running', 'suspended'))
-                END",
-        [now + 60_000],
-        |r| r.get(0),
-    )
-    .map_err(|e| format!("reading {}: {e}", db.display()))
+    reader.stuck_runs(now + 60_000)
 }

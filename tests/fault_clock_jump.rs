@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 use support::*;
 
-#[test]
-fn jumps_forward_and_back_write_nothing_twice_and_lose_nothing() {
+on_both_stores! {
+    fn jumps_forward_and_back_write_nothing_twice_and_lose_nothing(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("clock.db");
+    let db = backend.fresh_db(dir.path(), "clock.db");
     let offset = dir.path().join("offset");
     std::fs::write(&offset, "0").unwrap();
     let runs = start(&db, "fixture.slow", r#"{"steps":3,"ms":80}"#, 60);
@@ -61,4 +61,5 @@ fn jumps_forward_and_back_write_nothing_twice_and_lose_nothing() {
         }
     }
     assert!(!b.log_text().contains("lease lost"), "{}", b.log_text());
+}
 }

@@ -1,7 +1,9 @@
 //! Deadlines (per run, `StartOptions::deadline_ms`) and cooperative step timeouts for
-//! in-process steps (`StepCtx::check`), on an in-process engine.
+//! in-process steps (`StepCtx::check`), on an in-process engine, on both stores.
 
+mod support;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::*;
 use waymark::{
     Config, Ctx, Engine, Error, Registry, RetryPolicy, StartOptions, Step, StepCtx, Workflow,
 };
@@ -19,7 +21,7 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn engine(dir: &tempfile::TempDir) -> Engine {
+fn engine(backend: Backend, dir: &tempfile::TempDir) -> Engine {
     let mut reg = Registry::new();
     reg.step(NAP, |_: &StepCtx, ms: u64| {
         std::thread::sleep(Duration::from_millis(ms));
@@ -45,7 +47,7 @@ fn engine(dir: &tempfile::TempDir) -> Engine {
         Ok(())
     });
     reg.workflow(SPINNER, |ctx: &mut Ctx<'_>, ()| ctx.step(SPIN, &()));
-    let mut config = Config::new(dir.path().join("d.db"));
+    let mut config = Config::new(backend.fresh_db(dir.path(), "d.db"));
     config.isolation = waymark::Isolation::InProcess; // test binaries have no child hook
     config.workers = 2;
     config.retry = RetryPolicy::never();
@@ -62,10 +64,10 @@ fn failure(engine: &Engine, id: i64) -> String {
 // Scenario: a run of 50 steps of 100 ms has a 700 ms deadline; a sleeping run has a 500 ms
 // deadline. Must hold: both end `failed` with a reason naming the deadline; the running one
 // stops at a step boundary (does not run all 50 steps).
-#[test]
-fn runs_fail_when_their_deadline_passes() {
+on_both_stores! {
+    fn runs_fail_when_their_deadline_passes(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine(&dir);
+    let engine = engine(backend, &dir);
     let opts = |ms: i64| StartOptions {
         deadline_ms: Some(now_ms() + ms),
         ..Default::default()
@@ -82,13 +84,14 @@ fn runs_fail_when_their_deadline_passes() {
     assert!(failure(&engine, late).contains("deadline"));
     assert!(engine.journal(late).unwrap().is_empty());
 }
+}
 
 // Scenario: an in-process step with a 300 ms timeout loops on `StepCtx::check`. Must hold: the
 // step stops (cooperatively) and the run fails with the timeout reason instead of hanging.
-#[test]
-fn in_process_step_timeout_is_cooperative() {
+on_both_stores! {
+    fn in_process_step_timeout_is_cooperative(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine(&dir);
+    let engine = engine(backend, &dir);
     let id = engine
         .start_run(SPINNER, &(), StartOptions::default())
         .unwrap();
@@ -98,4 +101,5 @@ fn in_process_step_timeout_is_cooperative() {
         Err(Error::RunFailed { .. }) => {}
         other => panic!("{other:?}"),
     }
+}
 }

@@ -85,7 +85,7 @@ fn start() -> Result<Cluster, String> {
         .prefix("waymark-pg-")
         .tempdir_in("/tmp")
         .map_err(|e| e.to_string())?
-        .into_path();
+        .keep();
     if let Some(user) = &run_as {
         let status = Command::new("chown")
             .args(["-R", user])

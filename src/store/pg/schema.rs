@@ -20,7 +20,7 @@ use std::path::PathBuf;
 pub const SCHEMA_VERSION: i64 = 7;
 
 /// Key of the advisory lock held while migrating ("waymark" in ASCII).
-pub const MIGRATION_LOCK: i64 = 0x7761_796d_6172_6b;
+pub const MIGRATION_LOCK: i64 = 0x0077_6179_6d61_726b;
 
 /// The LISTEN/NOTIFY channel of run changes.
 pub const CHANNEL: &str = "waymark_changes";

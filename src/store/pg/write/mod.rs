@@ -25,11 +25,10 @@ use super::conn::{sqlstate, Db};
 use crate::store::error::{StoreError, StoreResult};
 use crate::store::write::{ClaimNext, Done, Fence, Op};
 
-/// The fence of a claimed run's write, with `$1` = run id, `$2` = owner, `$3` = epoch.
-pub(crate) const FENCE: &str = "id = $1 AND owner = $2 AND epoch = $3 AND status = 'running'";
-
-/// Statuses after which nothing of a run runs again.
-pub(crate) const FINAL: &str = "('completed', 'failed', 'cancelled')";
+// The fence of a claimed run's write is spelled out in each statement
+// (`id = $1 AND owner = $2 AND epoch = $3 AND status = 'running'`), as are the final
+// statuses (`('completed', 'failed', 'cancelled')`): statements are `&'static str` for the
+// statement cache, and `concat!` takes literals only, not constants.
 
 /// `Ok` when exactly one row matched the fence, else `LeaseLost`.
 pub(crate) fn fenced(changed: u64, fence: &Fence) -> StoreResult<Done> {

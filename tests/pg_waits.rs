@@ -626,6 +626,60 @@ fn pg_every_due_time_fires_once_across_two_engines_and_a_restart() {
     assert!(pg_count(&url, "completed") >= 3, "scheduled runs ran");
 }
 
+// Scenario: an every-second schedule without catch-up (skip; `catch_up = 0` read back as
+// false); the engine is SIGKILLed and stays down 3 s. Must hold: of the due times missed
+// during the downtime at most one (the latest) gets a run; firing resumes afterwards,
+// still one run per due time.
+#[test]
+fn pg_missed_due_times_are_skipped_without_catch_up() {
+    let tmp = Tmp::pg();
+    let url = url(&tmp);
+    wm(
+        &tmp,
+        &[
+            "schedule",
+            "skip",
+            "--cron",
+            "* * * * * *",
+            "--workflow",
+            "fixture.slow",
+            "--json",
+            r#"{"steps":1,"ms":1}"#,
+        ],
+    );
+    assert_eq!(
+        pg_i64(&url, "SELECT catch_up FROM schedules WHERE name = 'skip'"),
+        0
+    );
+    let mut a = tmp.serve(2, &[]);
+    wait_until("two firings", Duration::from_secs(30), || {
+        firings(&url, "skip").len() >= 2
+    });
+    kill9(&mut a);
+    let last_before = firings(&url, "skip").last().unwrap().0;
+    let killed_at = now_ms();
+    std::thread::sleep(Duration::from_secs(3));
+    let before = firings(&url, "skip").len();
+    let mut a = tmp.serve(2, &[]);
+    wait_until("three more firings", Duration::from_secs(30), || {
+        firings(&url, "skip").len() >= before + 3
+    });
+    kill9(&mut a);
+    let f = firings(&url, "skip");
+    let in_downtime = f
+        .iter()
+        .filter(|(due, _)| *due > last_before && *due < killed_at + 3000)
+        .count();
+    assert!(in_downtime <= 1, "missed due times were skipped: {f:?}");
+    let mut dues: Vec<i64> = f.iter().map(|x| x.0).collect();
+    dues.dedup();
+    assert_eq!(dues.len(), f.len(), "one run per due time");
+    assert!(
+        f.windows(2).any(|w| w[1].0 - w[0].0 >= 2000),
+        "a gap where due times were skipped: {f:?}"
+    );
+}
+
 // ---- retention ----
 
 // Scenario: 300 finished runs (more than one purge batch of 256) with journals, and an

@@ -25,6 +25,11 @@ use super::conn::{sqlstate, Db};
 use crate::store::error::{StoreError, StoreResult};
 use crate::store::write::{ClaimNext, Done, Fence, Op};
 
+// The fence of a claimed run's write is spelled out in each statement
+// (`id = $1 AND owner = $2 AND epoch = $3 AND status = 'running'`), as are the final
+// statuses (`('completed', 'failed', 'cancelled')`): statements are `&'static str` for the
+// statement cache, and `concat!` takes literals only, not constants.
+
 /// `Ok` when exactly one row matched the fence, else `LeaseLost`.
 pub(crate) fn fenced(changed: u64, fence: &Fence) -> StoreResult<Done> {
     if changed == 1 {

@@ -98,9 +98,13 @@ impl PgStore {
             config.application_name("waymark");
         }
         config.connect_timeout(Duration::from_secs(10));
+        // No test query at each checkout (a round trip per command): a connection that
+        // broke fails its next statement, is marked broken and replaced, and the failure
+        // takes the engine's storage-failure path like any other.
         let pool = r2d2::Pool::builder()
             .max_size(connections_max.max(2))
             .min_idle(Some(1))
+            .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(30))
             .build(Manager { config })
             .map_err(|e| StoreError::Postgres {

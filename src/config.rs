@@ -270,3 +270,14 @@ pub enum MemoryRlimit {
     /// RLIMIT_AS: the whole address space, reservations included.
     AddressSpace,
 }
+
+#[cfg(all(test, feature = "postgres"))]
+mod copy_defaults {
+    #[test]
+    fn copy_options_default_to_the_engine_defaults() {
+        let c = super::Config::new("x.db");
+        let o = crate::store::pg::copy::CopyOptions::default();
+        assert_eq!(o.heartbeat_wait, c.lease_ttl);
+        assert_eq!(o.interruptions_max, c.interruptions_max);
+    }
+}

@@ -103,6 +103,9 @@ pub use error::{Error, StepError, WorkflowError};
 pub use isolation::hook;
 pub use isolation::{CommandOutput, CommandSpec, MemoryRlimit};
 pub use outcome::{Failure, FailureClass};
+/// Moving an SQLite file's runs into PostgreSQL (`waymark copy`; feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use store::pg::copy::{CopyError, CopyOptions, CopyReport};
 pub use store::{OnKeyConflict, RunFilter, RunStatus, StoreError, Synchronous, UnknownStatus};
 pub use workflow::{
     ChildRun, Ctx, Event, EventName, PayloadOf, Registry, Step, StepCtx, StepOptions, Workflow,

@@ -1,11 +1,10 @@
 //! `copy`: move a waymark SQLite file into an empty PostgreSQL database (runs with their
 //! journals, attempts and events, queue limits, schedules; run and event ids kept), then
-//! run engines on the PostgreSQL URL. The work is the store's
-//! (`store::pg::copy::copy_sqlite_to_pg`, the one storage entry point this module uses:
-//! a copy between two stores is below the public API); this module parses and prints.
+//! run engines on the PostgreSQL URL. The work is the library's ([`crate::CopyOptions`]);
+//! this module parses and prints.
 
 use super::CliResult;
-use crate::store::pg::copy::{copy_sqlite_to_pg, CopyOptions};
+use crate::CopyOptions;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -28,12 +27,6 @@ pub struct CopyArgs {
 }
 
 pub fn copy(args: CopyArgs) -> CliResult {
-    if !crate::store::pg::is_url(&args.to) {
-        return Err(format!(
-            "--to must be a PostgreSQL URL (postgres://...), not '{}'",
-            args.to
-        ));
-    }
     let mut opts = CopyOptions::default();
     if let Some(w) = &args.heartbeat_wait {
         opts.heartbeat_wait = super::admin::parse_age(w)?;
@@ -44,7 +37,7 @@ pub fn copy(args: CopyArgs) -> CliResult {
         }
         opts.interruptions_max = n;
     }
-    let report = copy_sqlite_to_pg(&args.from, &args.to, &opts).map_err(|e| e.to_string())?;
+    let report = opts.copy(&args.from, &args.to).map_err(|e| e.to_string())?;
     println!(
         "copied {} runs ({} running under a gone engine, now claimable), {} journal entries, {} attempts, {} events, {} queue limits, {} schedules from {} to {}",
         report.runs,
@@ -55,7 +48,7 @@ pub fn copy(args: CopyArgs) -> CliResult {
         report.queues,
         report.schedules,
         args.from.display(),
-        crate::store::pg::redact(&args.to)
+        report.target
     );
     Ok(0)
 }

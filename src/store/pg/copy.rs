@@ -55,12 +55,24 @@ pub struct CopyOptions {
 }
 
 impl Default for CopyOptions {
+    /// `Config`'s defaults of `lease_ttl` and `interruptions_max` (the store cannot read
+    /// `Config`; a test in `config.rs` keeps them equal).
     fn default() -> Self {
-        let c = crate::config::Config::new("unused");
         CopyOptions {
-            heartbeat_wait: c.lease_ttl,
-            interruptions_max: c.interruptions_max,
+            heartbeat_wait: Duration::from_secs(15),
+            interruptions_max: 5,
         }
+    }
+}
+
+impl CopyOptions {
+    /// Copy the waymark SQLite file `from` into the empty PostgreSQL database at `to`
+    /// (`postgres://...`): every run with its journal, attempts and events, queue limits
+    /// and schedules, in one transaction, run and event ids kept. Refused (nothing
+    /// written) when an engine runs on `from`, when `from` is written during the copy, or
+    /// when `to` holds data.
+    pub fn copy(&self, from: &Path, to: &str) -> Result<CopyReport, CopyError> {
+        copy_sqlite_to_pg(from, to, self)
     }
 }
 
@@ -82,6 +94,8 @@ pub struct CopyReport {
     pub queues: u64,
     /// Schedules.
     pub schedules: u64,
+    /// The target (its URL without the password).
+    pub target: String,
 }
 
 /// Why a copy was refused or failed. Nothing was written to the target's tables (but for
@@ -183,6 +197,13 @@ pub fn copy_sqlite_to_pg(
         detail,
     };
     let sq = |e: rusqlite::Error| source_err(e.to_string());
+    if !super::is_url(to) {
+        return Err(CopyError::Target(StoreError::Postgres {
+            context: "copying",
+            code: None,
+            detail: format!("the target must be a PostgreSQL URL (postgres://...), not '{to}'"),
+        }));
+    }
     if !from.exists() {
         return Err(source_err("no such file".into()));
     }
@@ -238,7 +259,10 @@ pub fn copy_sqlite_to_pg(
         })
     });
     match (committed, outcome) {
-        (Ok(()), Ok(report)) => Ok(report),
+        (Ok(()), Ok(report)) => Ok(CopyReport {
+            target: super::redact(to),
+            ..report
+        }),
         (_, Err(e)) => Err(e),
         (Err(e), Ok(_)) => Err(CopyError::Target(e)),
     }

@@ -83,3 +83,41 @@ fn reserve_idle(inner: &Inner, workers: i64) -> i64 {
         Err(_) => 0,
     }
 }
+
+/// On a store shared by hosts (PostgreSQL), wake the dispatcher as soon as another process
+/// or host commits a run change (`LISTEN`/`NOTIFY` through `Storage::watch`) instead of at
+/// its next poll; the poll stays as the backstop (and for due timers). A watch that fails
+/// is opened again after a pause; until then the poll alone serves.
+pub fn watch_loop(inner: &Inner, stop: crossbeam_channel::Receiver<()>) {
+    use crossbeam_channel::RecvTimeoutError;
+    use std::time::Duration;
+    let mut watch: Option<Box<dyn crate::store::ChangeWatch>> = None;
+    loop {
+        if !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
+            return;
+        }
+        let Some(w) = watch.as_mut() else {
+            match inner.store.watch() {
+                Ok(w) => watch = Some(w),
+                Err(e) => {
+                    log::debug!("change watch unavailable ({e}); the dispatcher polls");
+                    if !matches!(
+                        stop.recv_timeout(Duration::from_secs(1)),
+                        Err(RecvTimeoutError::Timeout)
+                    ) {
+                        return;
+                    }
+                }
+            }
+            continue;
+        };
+        match w.wait_change(Duration::from_millis(500)) {
+            Ok(true) => inner.wake_dispatcher(),
+            Ok(false) => {}
+            Err(e) => {
+                log::debug!("change watch failed ({e}); opening it again");
+                watch = None;
+            }
+        }
+    }
+}

@@ -329,6 +329,12 @@ impl Engine {
         threads.push(spawn("waymark-control", move || {
             control::control_loop(&i5, s5)
         })?);
+        if inner.hosts_shared {
+            let (i6, s6) = (inner.clone(), stop_rx.clone());
+            threads.push(spawn("waymark-watch", move || {
+                dispatch::watch_loop(&i6, s6)
+            })?);
+        }
         let (i4, w4) = (inner.clone(), work_tx.clone());
         workers.push(spawn("waymark-dispatcher", move || {
             dispatch::dispatch_loop(&i4, w4, wake_rx)

@@ -89,6 +89,17 @@ pub fn describe(e: &postgres::Error) -> String {
     }
 }
 
+/// An error that ends the connection rather than one statement: no SQLSTATE (the socket
+/// closed), class 08 (connection exception) or 57P01-57P03 (the server terminated the
+/// session: administrator command, crash shutdown, cannot connect now). Met by a COMMIT,
+/// it leaves the outcome unknown: the server may have committed before the session ended.
+pub fn lost_connection(e: &postgres::Error) -> bool {
+    match e.code().map(|c| c.code()) {
+        None => true,
+        Some(c) => c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03"),
+    }
+}
+
 /// The SQLSTATE of a store error, if the server gave one.
 pub fn sqlstate(e: &StoreError) -> Option<&str> {
     match e {
@@ -182,7 +193,7 @@ impl<'a> Db<'a> {
         match result {
             Ok(v) => match self.conn.client.batch_execute("COMMIT") {
                 Ok(()) => Ok(v),
-                Err(e) if e.code().is_none() => {
+                Err(e) if lost_connection(&e) => {
                     self.conn.broken = true;
                     Err(StoreError::OutcomeUnknown {
                         context,

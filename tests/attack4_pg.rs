@@ -156,3 +156,123 @@ fn run_cmd(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Attack: clock skew between hosts. A run waits for an event (timeout one hour) on engine
+/// A; the event is sent from another host whose wall clock is one day ahead. The sender
+/// wakes the run with `ready_at = its now` (store/pg/write/waits.rs, `SendEvent`), guarded
+/// by `ready_at > its now`: the guard fails (the run's deadline, written by A's clock, is
+/// "earlier" than the sender's now), so the run is not woken, and it sleeps until its
+/// one-hour timeout although the event is there. (With a smaller skew the run is woken
+/// with a `ready_at` in A's future: the same delay, by the skew.)
+#[test]
+fn an_event_sent_from_a_host_whose_clock_is_ahead_wakes_the_run() {
+    let dir = tempdir();
+    let db = Backend::Postgres.fresh_db(dir.path(), "unused");
+    let url = db.to_str().unwrap().to_string();
+    let run: i64 = run_cmd(&[
+        "start",
+        "fixture.waiter",
+        "--db",
+        &url,
+        "--json",
+        r#"{"name":"go","timeout_ms":3600000}"#,
+    ])
+    .trim()
+    .parse()
+    .unwrap();
+    let a = serve(dir.path(), "a", &db, 1, 3000, &[]);
+    wait_until(
+        "the run to wait for its event",
+        Duration::from_secs(60),
+        || pg_status(&url, run) == "suspended",
+    );
+    // The sender's host: its clock one day ahead.
+    let skew = dir.path().join("skew");
+    std::fs::write(&skew, "86400000").unwrap();
+    let out = cmd(&[
+        "send",
+        &run.to_string(),
+        "go",
+        "--db",
+        &url,
+        "--json",
+        r#""hello""#,
+    ])
+    .env("WAYMARK_TEST_CLOCK_OFFSET_FILE", &skew)
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let woke = poll(Duration::from_secs(30), || {
+        (pg_status(&url, run) == "completed").then_some(())
+    });
+    let row = rows(
+        &db,
+        &format!("SELECT status, ready_at, note FROM runs WHERE id = {run}"),
+    );
+    assert!(
+        woke.is_some(),
+        "the run was not woken by its event within 30 s (it would be at its one-hour \
+         timeout): run {row:?}, now {}\nA's log:\n{}",
+        now_ms(),
+        a.log_text()
+    );
+}
+
+/// Attack: clock skew between hosts, limited queue. A run is started into a queue with a
+/// concurrency limit by a client whose wall clock is one day ahead: it is `pending` with
+/// `ready_at` = the client's now. The claim of a limited queue (store/pg/write/leases.rs,
+/// `claim_limited` and `CLAIM_QUEUE_SQL`) also requires `ready_at <= the engine's now`, so
+/// no engine claims it for a day (a run of a queue without a limit is claimed at once).
+#[test]
+fn a_run_started_by_a_host_whose_clock_is_ahead_is_claimed_from_a_limited_queue() {
+    let dir = tempdir();
+    let db = Backend::Postgres.fresh_db(dir.path(), "unused");
+    let url = db.to_str().unwrap().to_string();
+    let a = serve(dir.path(), "a", &db, 1, 3000, &[]);
+    wait_until("A to register", Duration::from_secs(60), || {
+        pg_cluster_client(&url)
+            .query_one("SELECT count(*) FROM engines", &[])
+            .is_ok_and(|r| r.get::<_, i64>(0) == 1)
+    });
+    pg_cluster_client(&url)
+        .batch_execute("INSERT INTO queues(name, concurrency) VALUES ('q', 1)")
+        .unwrap();
+    let skew = dir.path().join("skew");
+    std::fs::write(&skew, "86400000").unwrap();
+    let out = cmd(&[
+        "start",
+        "fixture.slow",
+        "--db",
+        &url,
+        "--json",
+        r#"{"steps":1,"ms":10}"#,
+        "--queue",
+        "q",
+    ])
+    .env("WAYMARK_TEST_CLOCK_OFFSET_FILE", &skew)
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let done = poll(Duration::from_secs(30), || {
+        (pg_status(&url, run) == "completed").then_some(())
+    });
+    let row = rows(
+        &db,
+        &format!("SELECT status, ready_at, queue FROM runs WHERE id = {run}"),
+    );
+    assert!(
+        done.is_some(),
+        "the run was not claimed within 30 s: run {row:?}, now {}\nA's log:\n{}",
+        now_ms(),
+        a.log_text()
+    );
+}

@@ -6,8 +6,9 @@
 //! - A connection is given back to the pool only outside a transaction: [`Db::transaction`]
 //!   ends every transaction it begins (COMMIT, or ROLLBACK on any error); a connection whose
 //!   ROLLBACK failed is marked broken and never reused.
-//! - A connection lost during COMMIT is [`StoreError::OutcomeUnknown`], never success and
-//!   never a plain failure: the caller cannot know whether the change was committed.
+//! - A connection lost during COMMIT (no answer, or the server's "connection ended" error)
+//!   is [`StoreError::OutcomeUnknown`], never success and never a plain failure: the caller
+//!   cannot know whether the change was committed.
 
 use crate::store::error::{StoreError, StoreResult};
 use postgres::types::ToSql;
@@ -102,6 +103,15 @@ pub fn retryable(e: &StoreError) -> bool {
     matches!(sqlstate(e), Some("40001") | Some("40P01"))
 }
 
+/// The server ended the connection (SQLSTATE class 08, or 57P01..57P03: terminated,
+/// crashed, shutting down). At COMMIT the outcome is then unknown, as when no answer came:
+/// the message may have been sent after the commit record was written, or before.
+fn connection_ended(e: &postgres::Error) -> bool {
+    e.code()
+        .map(|c| c.code())
+        .is_some_and(|c| c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03"))
+}
+
 /// One connection, in or out of a transaction: every statement of the store.
 pub struct Db<'a> {
     conn: &'a mut PgConn,
@@ -182,7 +192,7 @@ impl<'a> Db<'a> {
         match result {
             Ok(v) => match self.conn.client.batch_execute("COMMIT") {
                 Ok(()) => Ok(v),
-                Err(e) if e.code().is_none() => {
+                Err(e) if e.code().is_none() || connection_ended(&e) => {
                     self.conn.broken = true;
                     Err(StoreError::OutcomeUnknown {
                         context,

@@ -3,8 +3,10 @@
 //! Invariant: it never claims more runs than there are idle workers, so a claimed run
 //! starts executing at once and its lease is never held by a queue. It takes the idle
 //! workers' slots (`in_flight`) before its claim, as every other claimer does
-//! (`Engine::start_run`; a worker claiming at its run's end keeps its own slot). It takes the write lock
-//! only when a read shows something claimable.
+//! (`Engine::start_run`; a worker claiming at its run's end keeps its own slot), and checks
+//! that it may claim (storage healthy, lease valid) only once it holds them: the storage
+//! recovery, which hands back our runs when no slot is taken, then never races a claim.
+//! It takes the write lock only when a read shows something claimable.
 
 use crate::engine::Inner;
 
@@ -30,11 +32,19 @@ pub fn dispatch_loop(
         // Take the idle workers' slots before claiming for them: `Engine::start_run` also
         // claims for an idle worker (`Inner::reserve_worker`), and a slot counted here but
         // taken there meanwhile would leave a claimed run queued with no worker.
-        let free = if can_claim {
+        let mut free = if can_claim {
             reserve_idle(inner, workers)
         } else {
             0
         };
+        // Checked again with the slots taken: a storage failure's recovery hands back every
+        // run recorded as ours once no slot is taken (engine/health.rs). A claim decided
+        // before a failure (the read above can wait long) but committed after the
+        // recovery's look at the slots would be handed back under its worker's feet.
+        if free > 0 && !inner.may_claim() {
+            inner.in_flight.fetch_sub(free, Ordering::SeqCst);
+            free = 0;
+        }
         let mut claimed_all = false;
         if free > 0 {
             let owner = inner.owner();

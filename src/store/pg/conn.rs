@@ -6,8 +6,9 @@
 //! - A connection is given back to the pool only outside a transaction: [`Db::transaction`]
 //!   ends every transaction it begins (COMMIT, or ROLLBACK on any error); a connection whose
 //!   ROLLBACK failed is marked broken and never reused.
-//! - A connection lost during COMMIT is [`StoreError::OutcomeUnknown`], never success and
-//!   never a plain failure: the caller cannot know whether the change was committed.
+//! - A connection lost during COMMIT (no answer, or the server's "connection ended" error)
+//!   is [`StoreError::OutcomeUnknown`], never success and never a plain failure: the caller
+//!   cannot know whether the change was committed.
 
 use crate::store::error::{StoreError, StoreResult};
 use postgres::types::ToSql;

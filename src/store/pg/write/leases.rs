@@ -210,7 +210,7 @@ const CLAIM_QUEUE_SQL: &str = concat!(
             lease_expires_at = $2, updated_at = $3, note = NULL
      WHERE status = 'pending' AND id = ANY(ARRAY(
          SELECT id FROM runs
-         WHERE status = 'pending' AND queue = $6 AND ready_at <= $3 AND ",
+         WHERE status = 'pending' AND queue = $6 AND ",
     known!(4),
     "
          ORDER BY priority DESC, ready_at, id LIMIT $5
@@ -440,20 +440,21 @@ pub(crate) fn claim_limited(
     if limit <= 0 {
         return Ok(out);
     }
-    // Only queues with a pending run this engine could take are locked.
+    // Only queues with a pending run this engine could take are locked. Every pending run
+    // is due (see `Op::Claim`): `ready_at` is not compared with our clock, which may be
+    // behind the clock of the host that wrote it.
     let queues: Vec<String> = db
         .query(
             "reading queue limits",
             concat!(
                 "SELECT q.name FROM queues q
                  WHERE q.concurrency > 0 AND EXISTS (
-                     SELECT 1 FROM runs WHERE status = 'pending' AND queue = q.name
-                        AND ready_at <= $1 AND ",
-                known!(2),
+                     SELECT 1 FROM runs WHERE status = 'pending' AND queue = q.name AND ",
+                known!(1),
                 ")
                  ORDER BY q.name"
             ),
-            &[&now, &workflows_json],
+            &[&workflows_json],
         )?
         .iter()
         .map(|r| r.get(0))

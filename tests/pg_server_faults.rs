@@ -71,13 +71,21 @@ fn a_server_restart_mid_run_loses_nothing_and_runs_no_twin() {
 }
 
 /// Terminate every waymark backend that sits inside a transaction (one paused before its
-/// COMMIT); how many were terminated.
-fn cut_open_transactions(db: &std::path::Path) -> i64 {
+/// COMMIT) whose last statement matches `like`; how many were terminated.
+fn cut_open_transactions_like(db: &std::path::Path, like: &str) -> i64 {
     query_i64(
         db,
-        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-           WHERE application_name = 'waymark' AND state LIKE 'idle in transaction%') t",
+        &format!(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+               WHERE application_name = 'waymark' AND state LIKE 'idle in transaction%'
+                 AND query LIKE '{like}') t"
+        ),
     )
+}
+
+/// [`cut_open_transactions_like`] whatever the statement.
+fn cut_open_transactions(db: &std::path::Path) -> i64 {
+    cut_open_transactions_like(db, "%")
 }
 
 #[test]
@@ -115,8 +123,11 @@ fn a_start_whose_commit_was_cut_is_an_unknown_outcome_unless_keyed() {
     let _serial = serial();
     let dir = tempdir();
     let db = Backend::Postgres.fresh_db(dir.path(), "unused");
+    // The schema first: the only transaction left open below is then the start's.
+    drop(storage(&db));
     let dbs = db.to_str().unwrap().to_string();
     let go = dir.path().join("go");
+    let log = dir.path().join("start.log");
     let start = |key: Option<&str>, go: &std::path::Path| {
         let mut args = vec![
             "start".to_string(),
@@ -137,45 +148,41 @@ fn a_start_whose_commit_was_cut_is_an_unknown_outcome_unless_keyed() {
         )
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        .stderr(std::fs::File::create(&log).unwrap());
         c.spawn().unwrap()
+    };
+    // Once the start waits at its COMMIT (it says so), cut its connection.
+    let cut_at_commit = |what: &str| {
+        wait_until(what, Duration::from_secs(30), || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("paused at before_commit")
+        });
+        assert_eq!(cut_open_transactions_like(&db, "%INSERT INTO runs%"), 1);
     };
     // Without a key: the caller cannot know whether the run exists.
     let child = start(None, &go);
-    wait_for(
-        "the start to wait before its COMMIT",
-        Duration::from_secs(30),
-        || {
-            let n = cut_open_transactions(&db);
-            (n > 0).then_some(n)
-        },
-    );
+    cut_at_commit("the start to wait before its COMMIT");
     std::fs::write(&go, b"").unwrap();
     let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!out.status.success(), "{err}");
     assert!(
         err.contains("may or may not"),
         "a typed unknown outcome: {err}"
     );
     std::fs::remove_file(&go).unwrap();
+    std::fs::remove_file(&log).unwrap();
 
     // With a key: retried, one run, its id answered.
     let child = start(Some("order-1"), &go);
-    wait_for(
-        "the keyed start to wait before its COMMIT",
-        Duration::from_secs(30),
-        || {
-            let n = cut_open_transactions(&db);
-            (n > 0).then_some(n)
-        },
-    );
+    cut_at_commit("the keyed start to wait before its COMMIT");
     std::fs::write(&go, b"").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
     let id: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert_eq!(

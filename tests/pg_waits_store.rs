@@ -152,7 +152,13 @@ fn pg_events_wait_wake_deliver_once_time_out_and_set_aside() {
     );
     let sent = s.send_event(f.run_id, "go".into(), b"1".to_vec()).unwrap();
     assert!(sent.woke, "the suspended waiter is woken");
-    assert!(row(&mut c, f.run_id).2 <= now_ms());
+    let (status, note, ready_at, _) = row(&mut c, f.run_id);
+    assert_eq!(
+        (status.as_str(), note),
+        ("pending", None),
+        "woken straight to pending"
+    );
+    assert!(ready_at <= now_ms());
     assert_eq!(
         s.next_event(f.run_id, "go").unwrap(),
         Some((sent.event_id, b"1".to_vec()))
@@ -278,9 +284,10 @@ fn pg_children_start_once_park_their_parent_and_wake_it() {
         &[&child, &t],
     )
     .unwrap();
+    let (status, note, ready_at, _) = row(&mut c, p.run_id);
     assert_eq!(
-        row(&mut c, p.run_id).2,
-        t,
+        (status.as_str(), note, ready_at),
+        ("pending", None, t),
         "the child's end woke the parent"
     );
     let p = reclaim(&mut c, &p);
@@ -350,7 +357,7 @@ fn pg_an_event_sent_while_its_run_parks_always_wakes_it() {
     let sent = send.join().unwrap().unwrap();
     let (status, _, ready_at, _) = row(&mut c, f.run_id);
     assert!(
-        sent.woke && status == "suspended" && ready_at < deadline,
+        sent.woke && status == "pending" && ready_at < deadline,
         "lost wake-up: the send answered {sent:?}, the run is {status} until {ready_at}"
     );
 }
@@ -391,7 +398,7 @@ fn pg_a_join_racing_the_childs_end_never_loses_the_wake_up() {
     let (status, _, ready_at, _) = row(&mut c, p.run_id);
     assert!(
         matches!(answer, Done::Awaited(Awaited::Delivered(ref v)) if v == &vec![7])
-            || (status == "suspended" && ready_at < i64::MAX),
+            || (status == "pending" && ready_at < i64::MAX),
         "lost wake-up: join answered {answer:?}, parent {status} until {ready_at}"
     );
 }

@@ -139,11 +139,12 @@ CREATE TABLE run_changes (
     at     BIGINT NOT NULL
 );
 
--- A child's end wakes its parent if the parent is suspended waiting for it
--- (note text: store::write::child_note).
+-- A child's end wakes its parent if the parent is suspended waiting for it (note text:
+-- store::write::child_note): straight to pending, so no host's clock delays it.
 CREATE FUNCTION waymark_wake_parent() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE runs SET ready_at = NEW.updated_at, updated_at = NEW.updated_at
+    UPDATE runs SET status = 'pending', note = NULL,
+                    ready_at = LEAST(ready_at, NEW.updated_at), updated_at = NEW.updated_at
     WHERE id = NEW.parent_id AND status = 'suspended' AND note = 'waiting for child ' || NEW.id;
     RETURN NULL;
 END $$;

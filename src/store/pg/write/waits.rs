@@ -174,8 +174,12 @@ pub(super) fn apply(db: &mut Db<'_>, op: Op, now: i64) -> StoreResult<Done> {
                 .map_err(|e| StoreError::Internal(format!("keeping an event: {e}")))?;
             let woke = db.exec(
                 "waking a run for an event",
-                "UPDATE runs SET ready_at = $2, updated_at = $2
-                 WHERE id = $1 AND status = 'suspended' AND note = $3 AND ready_at > $2",
+                // Straight to pending: a pending run is claimable whatever its ready_at, so
+                // a sender whose clock is ahead of the engines' delays nothing (a wake-up
+                // time from the sender's clock would).
+                "UPDATE runs SET status = 'pending', note = NULL,
+                        ready_at = LEAST(ready_at, $2), updated_at = $2
+                 WHERE id = $1 AND status = 'suspended' AND note = $3",
                 &[&run_id, &now, &event_note(&name)],
             )?;
             Ok(Done::Sent {

@@ -3,7 +3,6 @@
 
 mod support;
 
-use rusqlite::params;
 use std::time::Duration;
 use support::*;
 
@@ -19,13 +18,10 @@ fn cancel(tmp: &Tmp, run_id: i64) -> String {
 }
 
 fn steps_done(tmp: &Tmp, run_id: i64) -> i64 {
-    reader(&tmp.db())
-        .query_row(
-            "SELECT count(*) FROM steps WHERE run_id = ?1 AND status = 'completed'",
-            params![run_id],
-            |r| r.get(0),
-        )
-        .unwrap()
+    query_i64(
+        &tmp.db(),
+        &format!("SELECT count(*) FROM steps WHERE run_id = {run_id} AND status = 'completed'"),
+    )
 }
 
 fn effects_of(tmp: &Tmp, run_id: i64) -> usize {
@@ -36,9 +32,9 @@ fn effects_of(tmp: &Tmp, run_id: i64) -> usize {
 // SIGKILLed right after the request (before it could notice). Must survive: the request
 // (cancel_requested in the database): after restart the run ends `cancelled` without
 // executing any further step, and stays so.
-#[test]
-fn kill_during_cancellation_ends_cancelled_after_restart() {
-    let tmp = Tmp::new();
+on_both_stores! {
+    fn kill_during_cancellation_ends_cancelled_after_restart(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let id = tmp.start("fixture.slow", r#"{"steps":40,"ms":400}"#, 1)[0];
     let mut engine = tmp.serve(2, &[]);
@@ -73,12 +69,13 @@ fn kill_during_cancellation_ends_cancelled_after_restart() {
         "nothing journaled after the kill"
     );
 }
+}
 
 // Scenario: a live engine is running a run of slow steps when it is cancelled. Must hold: the
 // run ends `cancelled` at the next step boundary and no step starts afterwards.
-#[test]
-fn cancelling_a_running_run_stops_it_at_the_next_step_boundary() {
-    let tmp = Tmp::new();
+on_both_stores! {
+    fn cancelling_a_running_run_stops_it_at_the_next_step_boundary(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let id = tmp.start("fixture.slow", r#"{"steps":40,"ms":300}"#, 1)[0];
     let mut engine = tmp.serve(2, &[]);
@@ -98,20 +95,17 @@ fn cancelling_a_running_run_stops_it_at_the_next_step_boundary() {
         "no step started after cancellation"
     );
     assert!(steps_done(&tmp, id) < 40);
-    let err: String = reader(&db)
-        .query_row("SELECT error FROM runs WHERE id = ?1", params![id], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let err = query_text(&db, &format!("SELECT error FROM runs WHERE id = {id}"));
     assert_eq!(err, "cancelled");
+}
 }
 
 // Scenario: a sleeping (suspended) run and a pending run are cancelled with no engine
 // running. Must hold: both end `cancelled` at once; an engine started afterwards runs
 // nothing of them.
-#[test]
-fn cancelling_a_sleeping_or_pending_run_ends_it_at_once() {
-    let tmp = Tmp::new();
+on_both_stores! {
+    fn cancelling_a_sleeping_or_pending_run_ends_it_at_once(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let sleeper = tmp.start("fixture.sleeper", r#"{"ms":600000}"#, 1)[0];
     let mut engine = tmp.serve(2, &[]);
@@ -129,4 +123,5 @@ fn cancelling_a_sleeping_or_pending_run_ends_it_at_once() {
     assert_eq!(status(&db, pending), "cancelled");
     assert_eq!(journal(&db, pending).len(), 0);
     assert_eq!(effects_of(&tmp, sleeper) + effects_of(&tmp, pending), 0);
+}
 }

@@ -4,29 +4,24 @@
 
 mod support;
 
-use rusqlite::params;
 use std::time::Duration;
 use support::*;
 
 fn children(tmp: &Tmp, parent: i64) -> Vec<i64> {
-    let c = reader(&tmp.db());
-    let mut s = c
-        .prepare("SELECT id FROM runs WHERE parent_id = ?1 ORDER BY id")
-        .unwrap();
-    s.query_map(params![parent], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    rows(
+        &tmp.db(),
+        &format!("SELECT id FROM runs WHERE parent_id = {parent} ORDER BY id"),
+    )
+    .into_iter()
+    .map(|r| r[0].parse().unwrap())
+    .collect()
 }
 
 fn steps_done(tmp: &Tmp, run_id: i64) -> i64 {
-    reader(&tmp.db())
-        .query_row(
-            "SELECT count(*) FROM steps WHERE run_id = ?1 AND status = 'completed'",
-            params![run_id],
-            |r| r.get(0),
-        )
-        .unwrap()
+    query_i64(
+        &tmp.db(),
+        &format!("SELECT count(*) FROM steps WHERE run_id = {run_id} AND status = 'completed'"),
+    )
 }
 
 // Scenario: a parent starts a child of 10 slow steps and joins it; the engine is SIGKILLed
@@ -34,9 +29,9 @@ fn steps_done(tmp: &Tmp, run_id: i64) -> i64 {
 // single child (no duplicate on replay), the child's completed steps (not re-run: only the
 // step in flight at the kill may run twice), and the parent completes with the child's
 // output + 1.
-#[test]
-fn kill_while_a_child_runs() {
-    let tmp = Tmp::new();
+on_both_stores! {
+    fn kill_while_a_child_runs(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let parent = tmp.start("fixture.parent", r#"{"steps":10,"ms":250}"#, 1)[0];
     let mut engine = tmp.serve(2, &[]);
@@ -56,13 +51,8 @@ fn kill_while_a_child_runs() {
     kill9(&mut engine);
     assert_eq!(children(&tmp, parent), vec![child], "exactly one child");
     assert_eq!(status(&db, child), "completed");
-    let (p_out, c_out): (Vec<u8>, Vec<u8>) = reader(&db)
-        .query_row(
-            "SELECT p.output, c.output FROM runs p, runs c WHERE p.id = ?1 AND c.id = ?2",
-            params![parent, child],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let p_out = query_blob(&db, &format!("SELECT output FROM runs WHERE id = {parent}"));
+    let c_out = query_blob(&db, &format!("SELECT output FROM runs WHERE id = {child}"));
     let c_out: u64 = waymark::internal::codec::decode(&c_out, 1024).unwrap();
     let p_out: u64 = waymark::internal::codec::decode(&p_out, 1024).unwrap();
     assert_eq!(p_out, c_out + 1);
@@ -81,12 +71,13 @@ fn kill_while_a_child_runs() {
         "{per_seq:?}"
     );
 }
+}
 
 // Scenario: the parent is cancelled while its child runs. Must hold: both end `cancelled`
 // and the child executes no further step.
-#[test]
-fn cancelling_the_parent_cancels_the_child() {
-    let tmp = Tmp::new();
+on_both_stores! {
+    fn cancelling_the_parent_cancels_the_child(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let parent = tmp.start("fixture.parent", r#"{"steps":40,"ms":250}"#, 1)[0];
     let mut engine = tmp.serve(2, &[]);
@@ -107,4 +98,5 @@ fn cancelling_the_parent_cancels_the_child() {
     assert_eq!(status(&db, parent), "cancelled");
     assert_eq!(steps_done(&tmp, child), done);
     assert!(done < 40);
+}
 }

@@ -3,7 +3,6 @@
 
 mod support;
 
-use rusqlite::params;
 use std::process::Command;
 use std::time::Duration;
 use support::*;
@@ -19,27 +18,23 @@ fn output(tmp: &Tmp, run_id: i64) -> String {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["status"], "completed", "{v}");
     // The output column is not in the JSON; decode it from the database (a sealed bincode String).
-    let bytes: Vec<u8> = reader(&tmp.db())
-        .query_row(
-            "SELECT output FROM runs WHERE id = ?1",
-            params![run_id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let bytes = query_blob(
+        &tmp.db(),
+        &format!("SELECT output FROM runs WHERE id = {run_id}"),
+    );
     waymark::internal::codec::decode::<String>(&bytes, waymark::internal::codec::PAYLOAD_BYTES_MAX)
         .unwrap()
 }
 
 /// (id, consumed_seq) of the run's events, in send order.
 fn events(tmp: &Tmp, run_id: i64) -> Vec<(i64, Option<i64>)> {
-    let c = reader(&tmp.db());
-    let mut s = c
-        .prepare("SELECT id, consumed_seq FROM events WHERE run_id = ?1 ORDER BY id")
-        .unwrap();
-    s.query_map(params![run_id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    rows(
+        &tmp.db(),
+        &format!("SELECT id, consumed_seq FROM events WHERE run_id = {run_id} ORDER BY id"),
+    )
+    .into_iter()
+    .map(|r| (r[0].parse().unwrap(), r[1].parse().ok()))
+    .collect()
 }
 
 fn send(tmp: &Tmp, run_id: i64, name: &str, json: &str) {
@@ -55,22 +50,19 @@ fn send(tmp: &Tmp, run_id: i64, name: &str, json: &str) {
 }
 
 fn waiting(tmp: &Tmp, run_id: i64) -> bool {
-    reader(&tmp.db())
-        .query_row(
-            "SELECT status = 'suspended' AND note = 'waiting for event ''go''' FROM runs WHERE id = ?1",
-            params![run_id],
-            |r| r.get(0),
-        )
-        .unwrap()
+    query_i64(
+        &tmp.db(),
+        &format!("SELECT count(*) FROM runs WHERE id = {run_id} AND status = 'suspended' AND note = 'waiting for event ''go'''"),
+    ) == 1
 }
 
 // Scenario: a run waits (suspended) for event "go"; the engine is SIGKILLed; two "go" events
 // are sent while no engine runs (between send_event and delivery); the engine restarts.
 // Must survive: the events (kept in the database), the run wakes and gets exactly the first
 // one, journaled once; the second stays unconsumed.
-#[test]
-fn event_sent_while_engine_dead_is_delivered_once_after_restart() {
-    let tmp = Tmp::new();
+on_both_stores! {
+    fn event_sent_while_engine_dead_is_delivered_once_after_restart(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let id = tmp.start("fixture.waiter", r#"{"name":"go","timeout_ms":600000}"#, 1)[0];
     let mut engine = tmp.serve(2, &[]);
@@ -101,14 +93,15 @@ fn event_sent_while_engine_dead_is_delivered_once_after_restart() {
         ]
     );
 }
+}
 
 // Scenario: the engine is killed right after the delivery transaction committed (fault point
 // after_checkpoint, 3rd pass: mark, timer, delivery), before the workflow used the payload.
 // Must survive: the delivered payload (replayed from the journal after restart, not
 // re-consumed); the event is consumed exactly once.
-#[test]
-fn kill_right_after_delivery_replays_the_journaled_event() {
-    let tmp = Tmp::new();
+on_both_stores! {
+    fn kill_right_after_delivery_replays_the_journaled_event(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let id = tmp.start("fixture.waiter", r#"{"name":"go","timeout_ms":600000}"#, 1)[0];
     let mut engine = tmp.serve(2, &[("WAYMARK_FAULT", "after_checkpoint=3")]);
@@ -131,14 +124,15 @@ fn kill_right_after_delivery_replays_the_journaled_event() {
     assert_eq!(output(&tmp, id), r#""hello""#);
     assert_eq!(events(&tmp, id).len(), 1);
 }
+}
 
 // Scenario: an event sent before the run ever waits (the run is still pending, no engine).
 // Must hold: it is kept and delivered when the run reaches the wait. A second scenario
 // in the same test: a wait that times out while the engine is dead ends with "timeout".
 // Sending to a finished run is refused with a one-line error.
-#[test]
-fn early_events_are_kept_and_timeouts_survive_restart() {
-    let tmp = Tmp::new();
+on_both_stores! {
+    fn early_events_are_kept_and_timeouts_survive_restart(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let early = tmp.start("fixture.waiter", r#"{"name":"go","timeout_ms":600000}"#, 1)[0];
     send(&tmp, early, "go", "[1,2,3]");
@@ -178,4 +172,5 @@ fn early_events_are_kept_and_timeouts_survive_restart() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already ended (completed)"), "{err}");
     assert_eq!(err.trim().lines().count(), 1);
+}
 }

@@ -3,7 +3,6 @@
 
 mod support;
 
-use rusqlite::params;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::*;
 
@@ -37,9 +36,9 @@ fn start_with(tmp: &Tmp, workflow: &str, json: &str, count: usize, extra: &[&str
 // (150 ms each) are shared by two engine processes of 4 workers each. Must hold: all
 // complete and no probe ever saw more than 2 of them running at once (the limit is counted
 // inside the claim's write transaction, so it holds across processes).
-#[test]
-fn queue_limit_holds_across_two_engine_processes() {
-    let tmp = Tmp::new();
+on_both_stores! {
+    fn queue_limit_holds_across_two_engine_processes(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let probe_dir = tmp.dir.path().join("probe");
     std::fs::create_dir(&probe_dir).unwrap();
@@ -50,41 +49,34 @@ fn queue_limit_holds_across_two_engine_processes() {
     let mut b = tmp.serve(4, &env);
     let mut most_running = 0;
     wait_until("all probes completed", Duration::from_secs(60), || {
-        let running: i64 = reader(&db)
-            .query_row(
-                "SELECT count(*) FROM runs WHERE queue = 'q' AND status = 'running'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let running = query_i64(
+            &db,
+            "SELECT count(*) FROM runs WHERE queue = 'q' AND status = 'running'",
+        );
         most_running = most_running.max(running);
         count(&db, "completed") == 30
     });
     kill9(&mut a);
     kill9(&mut b);
     assert!(most_running <= 2, "saw {most_running} running in queue q");
-    let c = reader(&db);
     let mut seen = Vec::new();
     for id in ids {
-        let out: Vec<u8> = c
-            .query_row("SELECT output FROM runs WHERE id = ?1", params![id], |r| {
-                r.get(0)
-            })
-            .unwrap();
+        let out = query_blob(&db, &format!("SELECT output FROM runs WHERE id = {id}"));
         seen.push(waymark::internal::codec::decode::<u64>(&out, 1024).unwrap());
     }
     let max = seen.iter().copied().max().unwrap();
     eprintln!("queue limit 2: most probes seen at once {max}, most running rows {most_running}");
     assert!(max <= 2, "a probe saw {max} running at once: {seen:?}");
 }
+}
 
 // Scenario: 5 low-priority and 5 high-priority runs wait on an engine with one worker, plus a
 // run not to start before now + 2 s; the engine is killed before that time and restarted.
 // Must hold: every high-priority run finishes before any low-priority one; the delayed run
 // survives the kill and does not start before its not-before time.
-#[test]
-fn priorities_and_not_before_survive_restart() {
-    let tmp = Tmp::new();
+on_both_stores! {
+    fn priorities_and_not_before_survive_restart(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let low = start_with(&tmp, "fixture.slow", r#"{"steps":1,"ms":20}"#, 5, &[]);
     let high = start_with(
@@ -114,27 +106,18 @@ fn priorities_and_not_before_survive_restart() {
         status(&db, delayed) == "completed"
     });
     kill9(&mut engine);
-    let c = reader(&db);
-    let finished = |id: i64| -> i64 {
-        c.query_row(
-            "SELECT finished_at FROM runs WHERE id = ?1",
-            params![id],
-            |r| r.get(0),
-        )
-        .unwrap()
-    };
+    let finished =
+        |id: i64| -> i64 { query_i64(&db, &format!("SELECT finished_at FROM runs WHERE id = {id}")) };
     let last_high = high.iter().map(|id| finished(*id)).max().unwrap();
     let first_low = low.iter().map(|id| finished(*id)).min().unwrap();
     assert!(
         last_high <= first_low,
         "high priority first ({last_high} > {first_low})"
     );
-    let started: i64 = c
-        .query_row(
-            "SELECT min(recorded_at) FROM steps WHERE run_id = ?1",
-            params![delayed],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let started = query_i64(
+        &db,
+        &format!("SELECT min(recorded_at) FROM steps WHERE run_id = {delayed}"),
+    );
     assert!(started >= not_before, "delayed run started early");
+}
 }

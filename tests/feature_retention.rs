@@ -121,10 +121,10 @@ fn steady_workload_with_periodic_purge_keeps_the_file_flat() {
 
 // Scenario: `waymark gc --older-than 0s` on a database holding finished runs (no engine).
 // Must hold: it prints how many it deleted and leaves no runs, journal entries or events.
-#[test]
-fn waymark_gc_deletes_finished_runs() {
+on_both_stores! {
+    fn waymark_gc_deletes_finished_runs(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("g.db");
+    let db = backend.fresh_db(dir.path(), "g.db");
     {
         let engine = engine(&db);
         let inputs: Vec<(u64, StartOptions)> =
@@ -150,18 +150,15 @@ fn waymark_gc_deletes_finished_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "600");
-    let c = Connection::open(&db).unwrap();
-    let left: i64 = c
-        .query_row(
-            "SELECT (SELECT count(*) FROM runs) + (SELECT count(*) FROM steps) + (SELECT count(*) FROM events)",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let left = support::query_i64(
+        &db,
+        "SELECT (SELECT count(*) FROM runs) + (SELECT count(*) FROM steps) + (SELECT count(*) FROM events)",
+    );
     assert_eq!(left, 0);
     let bad = std::process::Command::new(support::bin())
         .args(["gc", "--db", db.to_str().unwrap(), "--older-than", "7x"])
         .output()
         .unwrap();
     assert!(!bad.status.success());
+}
 }

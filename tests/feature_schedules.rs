@@ -15,18 +15,18 @@ fn now_ms() -> i64 {
 
 /// (due time from the key, created_at) of every run the schedule started, by due time.
 fn firings(tmp: &Tmp, name: &str) -> Vec<(i64, i64)> {
-    let c = reader(&tmp.db());
-    let mut s = c
-        .prepare("SELECT idempotency_key, created_at FROM runs WHERE idempotency_key LIKE ?1")
-        .unwrap();
-    let mut v: Vec<(i64, i64)> = s
-        .query_map([format!("sched:{name}:%")], |r| {
-            let key: String = r.get(0)?;
-            Ok((key.rsplit(':').next().unwrap().parse().unwrap(), r.get(1)?))
-        })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let mut v: Vec<(i64, i64)> = rows(
+        &tmp.db(),
+        &format!("SELECT idempotency_key, created_at FROM runs WHERE idempotency_key LIKE 'sched:{name}:%'"),
+    )
+    .into_iter()
+    .map(|r| {
+        (
+            r[0].rsplit(':').next().unwrap().parse().unwrap(),
+            r[1].parse().unwrap(),
+        )
+    })
+    .collect();
     v.sort();
     v
 }
@@ -56,9 +56,9 @@ fn schedule(tmp: &Tmp, name: &str, catch_up: bool) {
 // 3 s, then one engine restarts. Must hold: every due time from the first to the last has
 // exactly one run (no duplicate from the two engines or the kill, no gap: the downtime's due
 // times are caught up), and no run was created before its due time.
-#[test]
-fn every_due_time_fires_once_across_engines_and_restarts() {
-    let tmp = Tmp::new();
+on_both_stores! {
+    fn every_due_time_fires_once_across_engines_and_restarts(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     schedule(&tmp, "tick", true);
     let mut a = tmp.serve(2, &[]);
@@ -88,13 +88,14 @@ fn every_due_time_fires_once_across_engines_and_restarts() {
     }
     assert!(count(&db, "completed") >= 3, "scheduled runs ran");
 }
+}
 
 // Scenario: the same schedule without catch-up (skip); the engine is SIGKILLed and stays
 // down 3 s. Must hold: of the due times missed during the downtime at most one (the latest)
 // gets a run; firing resumes afterwards, still one run per due time.
-#[test]
-fn missed_due_times_are_skipped_without_catch_up() {
-    let tmp = Tmp::new();
+on_both_stores! {
+    fn missed_due_times_are_skipped_without_catch_up(backend: Backend) {
+    let tmp = Tmp::on(backend);
     schedule(&tmp, "skip", false);
     let mut a = tmp.serve(2, &[]);
     wait_until("two firings", Duration::from_secs(30), || {
@@ -123,4 +124,5 @@ fn missed_due_times_are_skipped_without_catch_up() {
         f.windows(2).any(|w| w[1].0 - w[0].0 >= 2000),
         "a gap where due times were skipped"
     );
+}
 }

@@ -9,29 +9,30 @@ use std::time::Duration;
 use support::*;
 
 fn wake_times(tmp: &Tmp) -> HashMap<i64, i64> {
-    let c = reader(&tmp.db());
-    let mut s = c
-        .prepare("SELECT run_id, output FROM steps WHERE kind = 'sleep' AND seq = 0")
-        .unwrap();
-    s.query_map([], |r| {
-        let b: Vec<u8> = r.get(1)?;
-        Ok((
-            r.get(0)?,
+    rows(
+        &tmp.db(),
+        "SELECT run_id, output FROM steps WHERE kind = 'sleep' AND seq = 0",
+    )
+    .into_iter()
+    .map(|r| {
+        let b: Vec<u8> = (0..r[1].len() / 2)
+            .map(|i| u8::from_str_radix(&r[1][2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        (
+            r[0].parse().unwrap(),
             waymark::internal::codec::decode::<i64>(&b, 1024).unwrap(),
-        ))
+        )
     })
-    .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
+    .collect()
 }
 
 // Scenario: 300 runs each sleep 4 s; the engine is SIGKILLed while all of them are
 // suspended, then restarted. Must survive: every run's journaled wake-up time (unchanged by
 // the restart), and every run completes, not before its wake-up time, with the step after
 // the sleep executed exactly once.
-#[test]
-fn sleeping_runs_survive_a_kill_and_wake_after_restart() {
-    let tmp = Tmp::new();
+on_both_stores! {
+    fn sleeping_runs_survive_a_kill_and_wake_after_restart(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let ids = tmp.start("fixture.sleeper", r#"{"ms":4000}"#, 300);
     let mut engine = tmp.serve(4, &[]);
@@ -58,15 +59,8 @@ fn sleeping_runs_survive_a_kill_and_wake_after_restart() {
         before,
         "wake-up times are journaled, not recomputed"
     );
-    let c = reader(&db);
     for id in &ids {
-        let finished: i64 = c
-            .query_row(
-                "SELECT finished_at FROM runs WHERE id = ?1",
-                params![id],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let finished = query_i64(&db, &format!("SELECT finished_at FROM runs WHERE id = {id}"));
         assert!(
             finished >= before[id],
             "run {id} finished before its wake-up time"
@@ -86,6 +80,7 @@ fn sleeping_runs_survive_a_kill_and_wake_after_restart() {
         (300, 300),
         "each post-sleep step ran exactly once"
     );
+}
 }
 
 fn now_ms() -> i64 {

@@ -19,9 +19,7 @@ const SLEEP: Step<u64, u64> = Step::new("fixture.sleep");
 const SLOW_V2: Workflow<SlowIn, u64> = Workflow::new("fixture.slow").version(2);
 
 fn note(tmp: &Tmp, id: i64) -> String {
-    reader(&tmp.db())
-        .query_row("SELECT note FROM runs WHERE id = ?1", [id], |r| r.get(0))
-        .unwrap()
+    query_text(&tmp.db(), &format!("SELECT note FROM runs WHERE id = {id}"))
 }
 
 // Scenario: runs of fixture.slow at versions 1 and 2 are started; the `waymark serve` build
@@ -30,9 +28,9 @@ fn note(tmp: &Tmp, id: i64) -> String {
 // under v1), survives the restart, is listed by `waymark runs --status blocked_version`, and
 // an engine built with version 2 (here in-process, next to the v1-only process) claims and
 // completes it.
-#[test]
-fn unknown_version_is_parked_and_claimed_by_a_build_that_has_it() {
-    let tmp = Tmp::new();
+on_both_stores! {
+    fn unknown_version_is_parked_and_claimed_by_a_build_that_has_it(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let db_s = db.to_str().unwrap().to_string();
     let v1 = tmp.start("fixture.slow", r#"{"steps":2,"ms":10}"#, 1)[0];
@@ -111,4 +109,5 @@ fn unknown_version_is_parked_and_claimed_by_a_build_that_has_it() {
     assert_eq!(out, 2000, "ran the version-2 code");
     drop(v2_engine);
     kill9(&mut engine);
+}
 }

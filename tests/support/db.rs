@@ -241,3 +241,11 @@ pub fn storage(db: &Path) -> std::sync::Arc<dyn waymark::internal::store::Storag
     .unwrap_or_else(|e| panic!("opening {}: {e}", db.display()))
     .api
 }
+
+/// One BLOB (BYTEA) value from a query.
+pub fn query_blob(db: &Path, sql: &str) -> Vec<u8> {
+    let hex = query_text(db, sql);
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("a hex blob"))
+        .collect()
+}

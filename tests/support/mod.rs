@@ -63,14 +63,14 @@ macro_rules! on_both_stores {
             mod $name {
                 #[allow(unused_imports)]
                 use super::*;
-                fn body($backend: Backend) $body
+                fn body($backend: $crate::support::Backend) $body
                 #[test]
                 fn sqlite() {
-                    body(Backend::Sqlite)
+                    body($crate::support::Backend::Sqlite)
                 }
                 #[test]
                 fn postgres() {
-                    body(Backend::Postgres)
+                    body($crate::support::Backend::Postgres)
                 }
             }
         )*

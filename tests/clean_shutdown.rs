@@ -20,8 +20,8 @@ fn interruptions(db: &std::path::Path, run: i64) -> i64 {
     )
 }
 
-on_both_stores! {
-    fn shutdown_keeps_an_in_process_step_leased_until_it_returns(backend: Backend) {
+on_both_stores!(shutdown_keeps_an_in_process_step_leased_until_it_returns);
+fn shutdown_keeps_an_in_process_step_leased_until_it_returns(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let db = backend.fresh_db(dir.path(), "shutdown.db");
     let run = start(&db, "fixture.slow", r#"{"steps":2,"ms":5000}"#, 1)[0];
@@ -54,10 +54,9 @@ on_both_stores! {
     );
     assert!(!b.log_text().contains("reclaimed"), "{}", b.log_text());
 }
-}
 
-on_both_stores! {
-    fn shutdown_grace_kills_child_steps_and_releases_their_runs(backend: Backend) {
+on_both_stores!(shutdown_grace_kills_child_steps_and_releases_their_runs);
+fn shutdown_grace_kills_child_steps_and_releases_their_runs(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let db = backend.fresh_db(dir.path(), "grace.db");
     let tag = format!("grace-{}", std::process::id());
@@ -97,7 +96,9 @@ on_both_stores! {
     assert_eq!(interruptions(&db, run), 0);
     let outcomes: Vec<String> = rows(
         &db,
-        &format!("SELECT coalesce(outcome, 'open') FROM attempts WHERE run_id = {run} ORDER BY attempt"),
+        &format!(
+            "SELECT coalesce(outcome, 'open') FROM attempts WHERE run_id = {run} ORDER BY attempt"
+        ),
     )
     .into_iter()
     .map(|r| r[0].clone())
@@ -108,10 +109,9 @@ on_both_stores! {
         "{outcomes:?}"
     );
 }
-}
 
-on_both_stores! {
-    fn rolling_restarts_do_not_walk_a_run_toward_the_poison_limit(backend: Backend) {
+on_both_stores!(rolling_restarts_do_not_walk_a_run_toward_the_poison_limit);
+fn rolling_restarts_do_not_walk_a_run_toward_the_poison_limit(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let db = backend.fresh_db(dir.path(), "rolling.db");
     // interruptions_max is 5: seven clean restarts mid-step would fail the run if they counted.
@@ -140,5 +140,4 @@ on_both_stores! {
     });
     assert_eq!(interruptions(&db, run), 0);
     assert_eq!(overlaps(dir.path()), vec![]);
-}
 }

@@ -104,44 +104,46 @@ fn check_kill_point(backend: Backend, fault: &str) {
     }
 }
 
-on_both_stores! {
-    fn killed_after_a_checkpoint_commit_resumes_without_rerunning_journaled_steps(backend: Backend) {
-        check_kill_point(backend, "after_checkpoint=7");
-        check_kill_point(backend, "after_checkpoint=41");
-    }
+on_both_stores!(killed_after_a_checkpoint_commit_resumes_without_rerunning_journaled_steps);
+fn killed_after_a_checkpoint_commit_resumes_without_rerunning_journaled_steps(backend: Backend) {
+    check_kill_point(backend, "after_checkpoint=7");
+    check_kill_point(backend, "after_checkpoint=41");
+}
 
-    fn killed_before_a_commit_loses_only_uncommitted_work(backend: Backend) {
-        check_kill_point(backend, "before_commit=25");
-    }
+on_both_stores!(killed_before_a_commit_loses_only_uncommitted_work);
+fn killed_before_a_commit_loses_only_uncommitted_work(backend: Backend) {
+    check_kill_point(backend, "before_commit=25");
+}
 
-    fn killed_after_a_step_before_its_result_committed_reruns_only_that_step(backend: Backend) {
-        check_kill_point(backend, "after_step=17");
-    }
+on_both_stores!(killed_after_a_step_before_its_result_committed_reruns_only_that_step);
+fn killed_after_a_step_before_its_result_committed_reruns_only_that_step(backend: Backend) {
+    check_kill_point(backend, "after_step=17");
+}
 
-    fn killed_repeatedly_at_random_points_still_completes_every_run(backend: Backend) {
-        use std::os::unix::process::ExitStatusExt;
-        let dir = tempdir();
-        let db = backend.fresh_db(dir.path(), "demo.db");
-        let fx = dir.path().join("effects");
-        for (i, n) in [5, 13, 29].iter().enumerate() {
-            let status = demo(
-                &db,
-                &fx,
-                Some(&format!("after_commit={n}")),
-                &dir.path().join(format!("log-{i}")),
-            );
-            assert!(status.signal() == Some(libc::SIGKILL) || status.success());
-        }
-        let status = demo(&db, &fx, None, &dir.path().join("log-final"));
-        assert!(status.success());
-        assert_eq!(
-            try_query_i64(&db, "SELECT count(*) FROM runs WHERE status = 'completed'"),
-            Some(30)
+on_both_stores!(killed_repeatedly_at_random_points_still_completes_every_run);
+fn killed_repeatedly_at_random_points_still_completes_every_run(backend: Backend) {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempdir();
+    let db = backend.fresh_db(dir.path(), "demo.db");
+    let fx = dir.path().join("effects");
+    for (i, n) in [5, 13, 29].iter().enumerate() {
+        let status = demo(
+            &db,
+            &fx,
+            Some(&format!("after_commit={n}")),
+            &dir.path().join(format!("log-{i}")),
         );
-        assert_eq!(try_query_i64(&db, "SELECT count(*) FROM steps"), Some(90));
-        // Re-running the demo on a finished database starts nothing new.
-        let status = demo(&db, &fx, None, &dir.path().join("log-again"));
-        assert!(status.success());
-        assert_eq!(try_query_i64(&db, "SELECT count(*) FROM runs"), Some(30));
+        assert!(status.signal() == Some(libc::SIGKILL) || status.success());
     }
+    let status = demo(&db, &fx, None, &dir.path().join("log-final"));
+    assert!(status.success());
+    assert_eq!(
+        try_query_i64(&db, "SELECT count(*) FROM runs WHERE status = 'completed'"),
+        Some(30)
+    );
+    assert_eq!(try_query_i64(&db, "SELECT count(*) FROM steps"), Some(90));
+    // Re-running the demo on a finished database starts nothing new.
+    let status = demo(&db, &fx, None, &dir.path().join("log-again"));
+    assert!(status.success());
+    assert_eq!(try_query_i64(&db, "SELECT count(*) FROM runs"), Some(30));
 }

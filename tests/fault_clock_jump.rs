@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 use support::*;
 
-on_both_stores! {
-    fn jumps_forward_and_back_write_nothing_twice_and_lose_nothing(backend: Backend) {
+on_both_stores!(jumps_forward_and_back_write_nothing_twice_and_lose_nothing);
+fn jumps_forward_and_back_write_nothing_twice_and_lose_nothing(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let db = backend.fresh_db(dir.path(), "clock.db");
     let offset = dir.path().join("offset");
@@ -61,5 +61,4 @@ on_both_stores! {
         }
     }
     assert!(!b.log_text().contains("lease lost"), "{}", b.log_text());
-}
 }

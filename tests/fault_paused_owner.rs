@@ -90,14 +90,12 @@ fn paused_owner(backend: Backend, after_step: bool) {
     drop(b);
 }
 
-on_both_stores! {
-    fn paused_mid_step_owner_is_fenced_off(backend: Backend) {
+on_both_stores!(paused_mid_step_owner_is_fenced_off);
+fn paused_mid_step_owner_is_fenced_off(backend: Backend) {
     paused_owner(backend, false);
 }
-}
 
-on_both_stores! {
-    fn paused_between_step_and_commit_owner_is_fenced_off(backend: Backend) {
+on_both_stores!(paused_between_step_and_commit_owner_is_fenced_off);
+fn paused_between_step_and_commit_owner_is_fenced_off(backend: Backend) {
     paused_owner(backend, true);
-}
 }

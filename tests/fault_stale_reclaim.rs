@@ -9,8 +9,8 @@ mod support;
 use std::time::Duration;
 use support::*;
 
-on_both_stores! {
-    fn reclaim_after_completion_is_a_no_op(backend: Backend) {
+on_both_stores!(reclaim_after_completion_is_a_no_op);
+fn reclaim_after_completion_is_a_no_op(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let db = backend.fresh_db(dir.path(), "race.db");
     let ttl = 600;
@@ -73,5 +73,4 @@ on_both_stores! {
         b.log_text()
     );
     assert_eq!(before[0][2], "1");
-}
 }

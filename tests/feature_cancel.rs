@@ -32,8 +32,8 @@ fn effects_of(tmp: &Tmp, run_id: i64) -> usize {
 // SIGKILLed right after the request (before it could notice). Must survive: the request
 // (cancel_requested in the database): after restart the run ends `cancelled` without
 // executing any further step, and stays so.
-on_both_stores! {
-    fn kill_during_cancellation_ends_cancelled_after_restart(backend: Backend) {
+on_both_stores!(kill_during_cancellation_ends_cancelled_after_restart);
+fn kill_during_cancellation_ends_cancelled_after_restart(backend: Backend) {
     let tmp = Tmp::on(backend);
     let db = tmp.db();
     let id = tmp.start("fixture.slow", r#"{"steps":40,"ms":400}"#, 1)[0];
@@ -69,12 +69,11 @@ on_both_stores! {
         "nothing journaled after the kill"
     );
 }
-}
 
 // Scenario: a live engine is running a run of slow steps when it is cancelled. Must hold: the
 // run ends `cancelled` at the next step boundary and no step starts afterwards.
-on_both_stores! {
-    fn cancelling_a_running_run_stops_it_at_the_next_step_boundary(backend: Backend) {
+on_both_stores!(cancelling_a_running_run_stops_it_at_the_next_step_boundary);
+fn cancelling_a_running_run_stops_it_at_the_next_step_boundary(backend: Backend) {
     let tmp = Tmp::on(backend);
     let db = tmp.db();
     let id = tmp.start("fixture.slow", r#"{"steps":40,"ms":300}"#, 1)[0];
@@ -98,13 +97,12 @@ on_both_stores! {
     let err = query_text(&db, &format!("SELECT error FROM runs WHERE id = {id}"));
     assert_eq!(err, "cancelled");
 }
-}
 
 // Scenario: a sleeping (suspended) run and a pending run are cancelled with no engine
 // running. Must hold: both end `cancelled` at once; an engine started afterwards runs
 // nothing of them.
-on_both_stores! {
-    fn cancelling_a_sleeping_or_pending_run_ends_it_at_once(backend: Backend) {
+on_both_stores!(cancelling_a_sleeping_or_pending_run_ends_it_at_once);
+fn cancelling_a_sleeping_or_pending_run_ends_it_at_once(backend: Backend) {
     let tmp = Tmp::on(backend);
     let db = tmp.db();
     let sleeper = tmp.start("fixture.sleeper", r#"{"ms":600000}"#, 1)[0];
@@ -123,5 +121,4 @@ on_both_stores! {
     assert_eq!(status(&db, pending), "cancelled");
     assert_eq!(journal(&db, pending).len(), 0);
     assert_eq!(effects_of(&tmp, sleeper) + effects_of(&tmp, pending), 0);
-}
 }

@@ -29,8 +29,8 @@ fn steps_done(tmp: &Tmp, run_id: i64) -> i64 {
 // single child (no duplicate on replay), the child's completed steps (not re-run: only the
 // step in flight at the kill may run twice), and the parent completes with the child's
 // output + 1.
-on_both_stores! {
-    fn kill_while_a_child_runs(backend: Backend) {
+on_both_stores!(kill_while_a_child_runs);
+fn kill_while_a_child_runs(backend: Backend) {
     let tmp = Tmp::on(backend);
     let db = tmp.db();
     let parent = tmp.start("fixture.parent", r#"{"steps":10,"ms":250}"#, 1)[0];
@@ -71,12 +71,11 @@ on_both_stores! {
         "{per_seq:?}"
     );
 }
-}
 
 // Scenario: the parent is cancelled while its child runs. Must hold: both end `cancelled`
 // and the child executes no further step.
-on_both_stores! {
-    fn cancelling_the_parent_cancels_the_child(backend: Backend) {
+on_both_stores!(cancelling_the_parent_cancels_the_child);
+fn cancelling_the_parent_cancels_the_child(backend: Backend) {
     let tmp = Tmp::on(backend);
     let db = tmp.db();
     let parent = tmp.start("fixture.parent", r#"{"steps":40,"ms":250}"#, 1)[0];
@@ -98,5 +97,4 @@ on_both_stores! {
     assert_eq!(status(&db, parent), "cancelled");
     assert_eq!(steps_done(&tmp, child), done);
     assert!(done < 40);
-}
 }

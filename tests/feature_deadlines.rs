@@ -64,8 +64,8 @@ fn failure(engine: &Engine, id: i64) -> String {
 // Scenario: a run of 50 steps of 100 ms has a 700 ms deadline; a sleeping run has a 500 ms
 // deadline. Must hold: both end `failed` with a reason naming the deadline; the running one
 // stops at a step boundary (does not run all 50 steps).
-on_both_stores! {
-    fn runs_fail_when_their_deadline_passes(backend: Backend) {
+on_both_stores!(runs_fail_when_their_deadline_passes);
+fn runs_fail_when_their_deadline_passes(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(backend, &dir);
     let opts = |ms: i64| StartOptions {
@@ -84,12 +84,11 @@ on_both_stores! {
     assert!(failure(&engine, late).contains("deadline"));
     assert!(engine.journal(late).unwrap().is_empty());
 }
-}
 
 // Scenario: an in-process step with a 300 ms timeout loops on `StepCtx::check`. Must hold: the
 // step stops (cooperatively) and the run fails with the timeout reason instead of hanging.
-on_both_stores! {
-    fn in_process_step_timeout_is_cooperative(backend: Backend) {
+on_both_stores!(in_process_step_timeout_is_cooperative);
+fn in_process_step_timeout_is_cooperative(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(backend, &dir);
     let id = engine
@@ -101,5 +100,4 @@ on_both_stores! {
         Err(Error::RunFailed { .. }) => {}
         other => panic!("{other:?}"),
     }
-}
 }

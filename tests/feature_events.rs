@@ -60,8 +60,8 @@ fn waiting(tmp: &Tmp, run_id: i64) -> bool {
 // are sent while no engine runs (between send_event and delivery); the engine restarts.
 // Must survive: the events (kept in the database), the run wakes and gets exactly the first
 // one, journaled once; the second stays unconsumed.
-on_both_stores! {
-    fn event_sent_while_engine_dead_is_delivered_once_after_restart(backend: Backend) {
+on_both_stores!(event_sent_while_engine_dead_is_delivered_once_after_restart);
+fn event_sent_while_engine_dead_is_delivered_once_after_restart(backend: Backend) {
     let tmp = Tmp::on(backend);
     let db = tmp.db();
     let id = tmp.start("fixture.waiter", r#"{"name":"go","timeout_ms":600000}"#, 1)[0];
@@ -93,14 +93,13 @@ on_both_stores! {
         ]
     );
 }
-}
 
 // Scenario: the engine is killed right after the delivery transaction committed (fault point
 // after_checkpoint, 3rd pass: mark, timer, delivery), before the workflow used the payload.
 // Must survive: the delivered payload (replayed from the journal after restart, not
 // re-consumed); the event is consumed exactly once.
-on_both_stores! {
-    fn kill_right_after_delivery_replays_the_journaled_event(backend: Backend) {
+on_both_stores!(kill_right_after_delivery_replays_the_journaled_event);
+fn kill_right_after_delivery_replays_the_journaled_event(backend: Backend) {
     let tmp = Tmp::on(backend);
     let db = tmp.db();
     let id = tmp.start("fixture.waiter", r#"{"name":"go","timeout_ms":600000}"#, 1)[0];
@@ -124,14 +123,13 @@ on_both_stores! {
     assert_eq!(output(&tmp, id), r#""hello""#);
     assert_eq!(events(&tmp, id).len(), 1);
 }
-}
 
 // Scenario: an event sent before the run ever waits (the run is still pending, no engine).
 // Must hold: it is kept and delivered when the run reaches the wait. A second scenario
 // in the same test: a wait that times out while the engine is dead ends with "timeout".
 // Sending to a finished run is refused with a one-line error.
-on_both_stores! {
-    fn early_events_are_kept_and_timeouts_survive_restart(backend: Backend) {
+on_both_stores!(early_events_are_kept_and_timeouts_survive_restart);
+fn early_events_are_kept_and_timeouts_survive_restart(backend: Backend) {
     let tmp = Tmp::on(backend);
     let db = tmp.db();
     let early = tmp.start("fixture.waiter", r#"{"name":"go","timeout_ms":600000}"#, 1)[0];
@@ -172,5 +170,4 @@ on_both_stores! {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already ended (completed)"), "{err}");
     assert_eq!(err.trim().lines().count(), 1);
-}
 }

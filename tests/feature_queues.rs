@@ -36,8 +36,8 @@ fn start_with(tmp: &Tmp, workflow: &str, json: &str, count: usize, extra: &[&str
 // (150 ms each) are shared by two engine processes of 4 workers each. Must hold: all
 // complete and no probe ever saw more than 2 of them running at once (the limit is counted
 // inside the claim's write transaction, so it holds across processes).
-on_both_stores! {
-    fn queue_limit_holds_across_two_engine_processes(backend: Backend) {
+on_both_stores!(queue_limit_holds_across_two_engine_processes);
+fn queue_limit_holds_across_two_engine_processes(backend: Backend) {
     let tmp = Tmp::on(backend);
     let db = tmp.db();
     let probe_dir = tmp.dir.path().join("probe");
@@ -68,14 +68,13 @@ on_both_stores! {
     eprintln!("queue limit 2: most probes seen at once {max}, most running rows {most_running}");
     assert!(max <= 2, "a probe saw {max} running at once: {seen:?}");
 }
-}
 
 // Scenario: 5 low-priority and 5 high-priority runs wait on an engine with one worker, plus a
 // run not to start before now + 2 s; the engine is killed before that time and restarted.
 // Must hold: every high-priority run finishes before any low-priority one; the delayed run
 // survives the kill and does not start before its not-before time.
-on_both_stores! {
-    fn priorities_and_not_before_survive_restart(backend: Backend) {
+on_both_stores!(priorities_and_not_before_survive_restart);
+fn priorities_and_not_before_survive_restart(backend: Backend) {
     let tmp = Tmp::on(backend);
     let db = tmp.db();
     let low = start_with(&tmp, "fixture.slow", r#"{"steps":1,"ms":20}"#, 5, &[]);
@@ -106,8 +105,12 @@ on_both_stores! {
         status(&db, delayed) == "completed"
     });
     kill9(&mut engine);
-    let finished =
-        |id: i64| -> i64 { query_i64(&db, &format!("SELECT finished_at FROM runs WHERE id = {id}")) };
+    let finished = |id: i64| -> i64 {
+        query_i64(
+            &db,
+            &format!("SELECT finished_at FROM runs WHERE id = {id}"),
+        )
+    };
     let last_high = high.iter().map(|id| finished(*id)).max().unwrap();
     let first_low = low.iter().map(|id| finished(*id)).min().unwrap();
     assert!(
@@ -119,5 +122,4 @@ on_both_stores! {
         &format!("SELECT min(recorded_at) FROM steps WHERE run_id = {delayed}"),
     );
     assert!(started >= not_before, "delayed run started early");
-}
 }

@@ -121,8 +121,8 @@ fn steady_workload_with_periodic_purge_keeps_the_file_flat() {
 
 // Scenario: `waymark gc --older-than 0s` on a database holding finished runs (no engine).
 // Must hold: it prints how many it deleted and leaves no runs, journal entries or events.
-on_both_stores! {
-    fn waymark_gc_deletes_finished_runs(backend: Backend) {
+on_both_stores!(waymark_gc_deletes_finished_runs);
+fn waymark_gc_deletes_finished_runs(backend: support::Backend) {
     let dir = tempfile::tempdir().unwrap();
     let db = backend.fresh_db(dir.path(), "g.db");
     {
@@ -160,5 +160,4 @@ on_both_stores! {
         .output()
         .unwrap();
     assert!(!bad.status.success());
-}
 }

@@ -56,8 +56,8 @@ fn schedule(tmp: &Tmp, name: &str, catch_up: bool) {
 // 3 s, then one engine restarts. Must hold: every due time from the first to the last has
 // exactly one run (no duplicate from the two engines or the kill, no gap: the downtime's due
 // times are caught up), and no run was created before its due time.
-on_both_stores! {
-    fn every_due_time_fires_once_across_engines_and_restarts(backend: Backend) {
+on_both_stores!(every_due_time_fires_once_across_engines_and_restarts);
+fn every_due_time_fires_once_across_engines_and_restarts(backend: Backend) {
     let tmp = Tmp::on(backend);
     let db = tmp.db();
     schedule(&tmp, "tick", true);
@@ -88,13 +88,12 @@ on_both_stores! {
     }
     assert!(count(&db, "completed") >= 3, "scheduled runs ran");
 }
-}
 
 // Scenario: the same schedule without catch-up (skip); the engine is SIGKILLed and stays
 // down 3 s. Must hold: of the due times missed during the downtime at most one (the latest)
 // gets a run; firing resumes afterwards, still one run per due time.
-on_both_stores! {
-    fn missed_due_times_are_skipped_without_catch_up(backend: Backend) {
+on_both_stores!(missed_due_times_are_skipped_without_catch_up);
+fn missed_due_times_are_skipped_without_catch_up(backend: Backend) {
     let tmp = Tmp::on(backend);
     schedule(&tmp, "skip", false);
     let mut a = tmp.serve(2, &[]);
@@ -124,5 +123,4 @@ on_both_stores! {
         f.windows(2).any(|w| w[1].0 - w[0].0 >= 2000),
         "a gap where due times were skipped"
     );
-}
 }

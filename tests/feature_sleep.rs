@@ -30,8 +30,8 @@ fn wake_times(tmp: &Tmp) -> HashMap<i64, i64> {
 // suspended, then restarted. Must survive: every run's journaled wake-up time (unchanged by
 // the restart), and every run completes, not before its wake-up time, with the step after
 // the sleep executed exactly once.
-on_both_stores! {
-    fn sleeping_runs_survive_a_kill_and_wake_after_restart(backend: Backend) {
+on_both_stores!(sleeping_runs_survive_a_kill_and_wake_after_restart);
+fn sleeping_runs_survive_a_kill_and_wake_after_restart(backend: Backend) {
     let tmp = Tmp::on(backend);
     let db = tmp.db();
     let ids = tmp.start("fixture.sleeper", r#"{"ms":4000}"#, 300);
@@ -60,7 +60,10 @@ on_both_stores! {
         "wake-up times are journaled, not recomputed"
     );
     for id in &ids {
-        let finished = query_i64(&db, &format!("SELECT finished_at FROM runs WHERE id = {id}"));
+        let finished = query_i64(
+            &db,
+            &format!("SELECT finished_at FROM runs WHERE id = {id}"),
+        );
         assert!(
             finished >= before[id],
             "run {id} finished before its wake-up time"
@@ -80,7 +83,6 @@ on_both_stores! {
         (300, 300),
         "each post-sleep step ran exactly once"
     );
-}
 }
 
 fn now_ms() -> i64 {

@@ -28,8 +28,8 @@ fn note(tmp: &Tmp, id: i64) -> String {
 // under v1), survives the restart, is listed by `waymark runs --status blocked_version`, and
 // an engine built with version 2 (here in-process, next to the v1-only process) claims and
 // completes it.
-on_both_stores! {
-    fn unknown_version_is_parked_and_claimed_by_a_build_that_has_it(backend: Backend) {
+on_both_stores!(unknown_version_is_parked_and_claimed_by_a_build_that_has_it);
+fn unknown_version_is_parked_and_claimed_by_a_build_that_has_it(backend: Backend) {
     let tmp = Tmp::on(backend);
     let db = tmp.db();
     let db_s = db.to_str().unwrap().to_string();
@@ -109,5 +109,4 @@ on_both_stores! {
     assert_eq!(out, 2000, "ran the version-2 code");
     drop(v2_engine);
     kill9(&mut engine);
-}
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use support::*;
 use waymark::{Engine, OnKeyConflict, Registry, StartOptions, Step, Workflow};
 
-on_both_stores! {
-    fn starting_twice_with_one_key_returns_the_same_run(backend: Backend) {
+on_both_stores!(starting_twice_with_one_key_returns_the_same_run);
+fn starting_twice_with_one_key_returns_the_same_run(backend: Backend) {
     let dir = tempdir();
     let db = backend.fresh_db(dir.path(), "idem.db");
     let a = start_runs(
@@ -29,18 +29,21 @@ on_both_stores! {
     assert_eq!(a, b);
     assert_eq!(try_query_i64(&db, "SELECT count(*) FROM runs"), Some(1));
 }
-}
 
 const ADD: Step<u64, u64> = Step::new("add1");
 const WF: Workflow<u64, u64> = Workflow::new("idem");
 
-on_both_stores! {
-    fn library_start_run_dedupes_by_key(backend: Backend) {
+on_both_stores!(library_start_run_dedupes_by_key);
+fn library_start_run_dedupes_by_key(backend: Backend) {
     let dir = tempdir();
     let mut reg = Registry::new();
     reg.step(ADD, |_, x| Ok(x + 1));
     reg.workflow(WF, |ctx, x| ctx.step(ADD, &x));
-    let engine = Engine::start(reg, in_process_config(&backend.fresh_db(dir.path(), "lib.db"))).unwrap();
+    let engine = Engine::start(
+        reg,
+        in_process_config(&backend.fresh_db(dir.path(), "lib.db")),
+    )
+    .unwrap();
     let first = engine.start_run(WF, &1, StartOptions::key("k")).unwrap();
     // Another input under the same key is an error unless the caller asks for the
     // existing run (tests/client_operate.rs covers the error).
@@ -68,5 +71,4 @@ on_both_stores! {
         6
     );
     engine.shutdown().unwrap();
-}
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use support::*;
 use waymark::internal::store::{Ending, Entry, Fence, NewRun, StoreError};
 
-on_both_stores! {
+on_both_stores!(paused_owner_is_fenced_and_the_journal_stays_the_new_owners);
 fn paused_owner_is_fenced_and_the_journal_stays_the_new_owners(backend: Backend) {
     let dir = tempdir();
     let db = backend.fresh_db(dir.path(), "lease.db");
@@ -86,7 +86,10 @@ fn paused_owner_is_fenced_and_the_journal_stays_the_new_owners(backend: Backend)
     );
     assert_eq!(try_status(&db, run).as_deref(), Some("completed"));
     let epoch = query_i64(&db, &format!("SELECT epoch FROM runs WHERE id = {run}"));
-    let interruptions = query_i64(&db, &format!("SELECT interruptions FROM runs WHERE id = {run}"));
+    let interruptions = query_i64(
+        &db,
+        &format!("SELECT interruptions FROM runs WHERE id = {run}"),
+    );
     assert!(
         epoch >= 3,
         "claim, reclaim and re-claim each bumped the epoch (got {epoch})"
@@ -96,6 +99,7 @@ fn paused_owner_is_fenced_and_the_journal_stays_the_new_owners(backend: Backend)
     kill9(&mut b);
 }
 
+on_both_stores!(a_write_with_a_stale_epoch_is_lease_lost_and_changes_nothing);
 fn a_write_with_a_stale_epoch_is_lease_lost_and_changes_nothing(backend: Backend) {
     let dir = tempdir();
     let db = backend.fresh_db(dir.path(), "fence.db");
@@ -151,7 +155,10 @@ fn a_write_with_a_stale_epoch_is_lease_lost_and_changes_nothing(backend: Backend
     ));
     // A stale ending with deferred results writes none of them either.
     let ended = store.finish(&old, vec![entry.clone()], Ending::Complete(vec![]), None);
-    assert!(matches!(ended, Err(StoreError::LeaseLost { .. })), "{ended:?}");
+    assert!(
+        matches!(ended, Err(StoreError::LeaseLost { .. })),
+        "{ended:?}"
+    );
     let new = Fence {
         run_id: id,
         owner: "new-owner".into(),
@@ -168,5 +175,4 @@ fn a_write_with_a_stale_epoch_is_lease_lost_and_changes_nothing(backend: Backend
         query_text(&db, &format!("SELECT owner FROM runs WHERE id = {id}")),
         "new-owner"
     );
-}
 }

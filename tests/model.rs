@@ -454,7 +454,7 @@ fn sequence(backend: Backend, seed: u64, trace: &mut Vec<String>) -> Result<(), 
     Ok(())
 }
 
-on_both_stores! {
+on_both_stores!(store_transitions_match_the_reference_model);
 fn store_transitions_match_the_reference_model(backend: Backend) {
     let base: u64 = std::env::var("WAYMARK_MODEL_SEED")
         .ok()
@@ -477,5 +477,4 @@ fn store_transitions_match_the_reference_model(backend: Backend) {
             );
         }
     }
-}
 }

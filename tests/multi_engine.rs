@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 use support::*;
 
-on_both_stores! {
+on_both_stores!(two_engines_share_500_runs_without_running_one_twice);
 fn two_engines_share_500_runs_without_running_one_twice(backend: Backend) {
     let dir = tempdir();
     let db = backend.fresh_db(dir.path(), "shared.db");
@@ -45,5 +45,4 @@ fn two_engines_share_500_runs_without_running_one_twice(backend: Backend) {
     assert_eq!(attempts, 1500, "one recorded attempt per step");
     let engines = query_i64(&db, "SELECT count(DISTINCT owner) FROM attempts");
     assert_eq!(engines, 2, "both engines took work");
-}
 }

@@ -8,8 +8,8 @@ mod support;
 use std::time::Duration;
 use support::*;
 
-on_both_stores! {
-    fn replay_calling_another_step_fails_the_run_not_the_engine(backend: Backend) {
+on_both_stores!(replay_calling_another_step_fails_the_run_not_the_engine);
+fn replay_calling_another_step_fails_the_run_not_the_engine(backend: Backend) {
     let dir = tempdir();
     let db = backend.fresh_db(dir.path(), "nd.db");
     let dbs = db.to_str().unwrap();
@@ -46,5 +46,4 @@ on_both_stores! {
         error.contains("fixture.a") && error.contains("fixture.b"),
         "{error}"
     );
-}
 }

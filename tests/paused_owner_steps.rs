@@ -13,8 +13,8 @@ use support::*;
 
 const TTL: u64 = 800;
 
-on_both_stores! {
-    fn a_paused_owner_starts_no_step_on_a_run_it_lost(backend: Backend) {
+on_both_stores!(a_paused_owner_starts_no_step_on_a_run_it_lost);
+fn a_paused_owner_starts_no_step_on_a_run_it_lost(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let db = backend.fresh_db(dir.path(), "paused.db");
     let run = start(&db, "fixture.slow", r#"{"steps":3,"ms":2500}"#, 1)[0];
@@ -69,5 +69,4 @@ on_both_stores! {
         ),
         3
     );
-}
 }

@@ -8,7 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 use support::*;
 
-on_both_stores! {
+on_both_stores!(a_run_that_keeps_killing_its_engine_ends_failed);
 fn a_run_that_keeps_killing_its_engine_ends_failed(backend: Backend) {
     let dir = tempdir();
     let db = backend.fresh_db(dir.path(), "poison.db");
@@ -39,5 +39,4 @@ fn a_run_that_keeps_killing_its_engine_ends_failed(backend: Backend) {
         error.contains("is dead"),
         "the last interruption is named: {error}"
     );
-}
 }

@@ -14,8 +14,8 @@ use support::*;
 
 const TTL: u64 = 1000;
 
-on_both_stores! {
-    fn a_reclaim_judged_before_a_renewal_does_not_commit_after_it(backend: Backend) {
+on_both_stores!(a_reclaim_judged_before_a_renewal_does_not_commit_after_it);
+fn a_reclaim_judged_before_a_renewal_does_not_commit_after_it(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let db = backend.fresh_db(dir.path(), "race.db");
     let run = start(&db, "fixture.slow", r#"{"steps":4,"ms":2500}"#, 1)[0];
@@ -94,5 +94,4 @@ on_both_stores! {
             "seq {seq} was started by two engines: {owners:?}"
         );
     }
-}
 }

@@ -31,8 +31,8 @@ fn registry() -> Registry {
     reg
 }
 
-on_both_stores! {
-    fn shutdown_releases_in_flight_runs_for_the_next_engine(backend: Backend) {
+on_both_stores!(shutdown_releases_in_flight_runs_for_the_next_engine);
+fn shutdown_releases_in_flight_runs_for_the_next_engine(backend: Backend) {
     let dir = tempdir();
     let db = backend.fresh_db(dir.path(), "shutdown.db");
     // A long lease: if shutdown did not release the run, the next engine would wait a minute.
@@ -71,7 +71,6 @@ on_both_stores! {
         "a graceful release is not an interruption"
     );
     engine.shutdown().unwrap();
-}
 }
 
 #[test]

@@ -9,8 +9,8 @@ mod support;
 use std::time::Duration;
 use support::*;
 
-on_both_stores! {
-    fn attempts_cut_by_a_dead_engine_spend_no_retries(backend: Backend) {
+on_both_stores!(attempts_cut_by_a_dead_engine_spend_no_retries);
+fn attempts_cut_by_a_dead_engine_spend_no_retries(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let db = backend.fresh_db(dir.path(), "budget.db");
     let marker = dir.path().join("marker");
@@ -37,5 +37,4 @@ on_both_stores! {
         3
     );
     assert!(marker.exists());
-}
 }

@@ -53,27 +53,24 @@ impl Backend {
     }
 }
 
-/// Behavioural tests that must hold on every store: each `fn NAME(backend: Backend)` becomes
-/// a module `NAME` with the tests `NAME::sqlite` and `NAME::postgres`.
+/// Behavioural tests that must hold on every store: `on_both_stores!(NAME);` beside
+/// `fn NAME(backend: Backend)` makes the tests `NAME::sqlite` and `NAME::postgres` (a
+/// module and a function may share a name).
 #[macro_export]
 macro_rules! on_both_stores {
-    ($($(#[$meta:meta])* fn $name:ident($backend:ident: Backend) $body:block)*) => {
+    ($($name:ident),+ $(,)?) => {
         $(
-            $(#[$meta])*
             mod $name {
-                #[allow(unused_imports)]
-                use super::*;
-                fn body($backend: $crate::support::Backend) $body
                 #[test]
                 fn sqlite() {
-                    body($crate::support::Backend::Sqlite)
+                    super::$name($crate::support::Backend::Sqlite)
                 }
                 #[test]
                 fn postgres() {
-                    body($crate::support::Backend::Postgres)
+                    super::$name($crate::support::Backend::Postgres)
                 }
             }
-        )*
+        )+
     };
 }
 

@@ -42,9 +42,9 @@ fn effects_of(path: &Path, run: i64) -> Vec<(i64, String)> {
         .collect()
 }
 
-#[test]
-fn client_process_starts_runs_and_receives_completion_events() {
-    let (served, client) = serve_with_client("operate.db");
+on_both_stores!(client_process_starts_runs_and_receives_completion_events);
+fn client_process_starts_runs_and_receives_completion_events(backend: Backend) {
+    let (served, client) = serve_with_client_on(backend, "operate.db");
     let sub = client.subscribe().unwrap();
     let ids: Vec<i64> = (0..3)
         .map(|_| {
@@ -97,10 +97,10 @@ fn client_process_starts_runs_and_receives_completion_events() {
     drop(served);
 }
 
-#[test]
-fn retry_copies_successful_steps_and_restart_reruns_from_a_step() {
-    let (served, client) = serve_with_client("operate.db");
-    let fail = served.db.with_extension("fail");
+on_both_stores!(retry_copies_successful_steps_and_restart_reruns_from_a_step);
+fn retry_copies_successful_steps_and_restart_reruns_from_a_step(backend: Backend) {
+    let (served, client) = serve_with_client_on(backend, "operate.db");
+    let fail = served.dir.path().join("operate.fail");
     std::fs::write(&fail, b"").unwrap();
     let input = ThreeIn {
         fail_file: fail.to_str().unwrap().to_string(),
@@ -176,9 +176,9 @@ fn retry_copies_successful_steps_and_restart_reruns_from_a_step() {
     drop(served);
 }
 
-#[test]
-fn a_bad_event_parks_the_run_and_a_correct_send_resumes_it() {
-    let (served, client) = serve_with_client("operate.db");
+on_both_stores!(a_bad_event_parks_the_run_and_a_correct_send_resumes_it);
+fn a_bad_event_parks_the_run_and_a_correct_send_resumes_it(backend: Backend) {
+    let (served, client) = serve_with_client_on(backend, "operate.db");
     let db = served.db.to_str().unwrap().to_string();
     let out = run(&["start", "fixture.approve", "--db", &db, "--json", "null"]);
     assert!(
@@ -261,10 +261,10 @@ fn registry() -> Registry {
     reg
 }
 
-#[test]
-fn unknown_workflows_and_conflicting_keys_are_refused() {
+on_both_stores!(unknown_workflows_and_conflicting_keys_are_refused);
+fn unknown_workflows_and_conflicting_keys_are_refused(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("refuse.db");
+    let db = backend.fresh_db(dir.path(), "refuse.db");
     let engine = Engine::start(registry(), in_process_config(&db)).unwrap();
     match engine.start_run(OTHER, &1, StartOptions::default()) {
         Err(Error::UnknownWorkflow { name, version }) => {

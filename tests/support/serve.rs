@@ -333,7 +333,7 @@ impl Tmp {
 /// process holds only a `waymark::Client` ([`serve_with_client`]). SIGKILLed when dropped.
 pub struct Served {
     pub child: Child,
-    /// The database file.
+    /// The database: a file, or a PostgreSQL URL.
     pub db: PathBuf,
     /// The effects file the engine's fixture steps append to.
     pub effects: PathBuf,
@@ -351,8 +351,13 @@ impl Drop for Served {
 /// `DIR/effects.log`, stderr to `DIR/serve.log`), and a client on the file once the engine
 /// registered itself in it.
 pub fn serve_with_client(db_name: &str) -> (Served, waymark::Client) {
+    serve_with_client_on(super::Backend::Sqlite, db_name)
+}
+
+/// [`serve_with_client`] on a fresh database of `backend` (`db_name` names an SQLite file).
+pub fn serve_with_client_on(backend: super::Backend, db_name: &str) -> (Served, waymark::Client) {
     let dir = super::tempdir();
-    let db = dir.path().join(db_name);
+    let db = backend.fresh_db(dir.path(), db_name);
     let effects = dir.path().join("effects.log");
     let child = super::spawn(
         &["serve", "--db", db.to_str().unwrap(), "--workers", "2"],

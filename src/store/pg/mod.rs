@@ -94,9 +94,14 @@ impl PgStore {
                     detail: format!("{name}: {e}"),
                 })?;
         let mut config = config;
-        if config.get_application_name().is_none() {
-            config.application_name("waymark");
-        }
+        // Our sessions are told apart by this name (the change log's horizon counts only
+        // them: pg/queries/people.rs).
+        let app = match config.get_application_name() {
+            None => "waymark".to_string(),
+            Some(n) if n.starts_with("waymark") => n.to_string(),
+            Some(n) => format!("waymark:{n}"),
+        };
+        config.application_name(&app);
         config.connect_timeout(Duration::from_secs(10));
         // No test query at each checkout (a round trip per command): a connection that
         // broke fails its next statement, is marked broken and replaced, and the failure

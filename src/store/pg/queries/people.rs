@@ -135,28 +135,56 @@ pub fn list(db: &mut Db<'_>, filter: &RunFilter) -> StoreResult<Vec<RunRow>> {
 
 /// Up to `limit` run state changes after change `after`, oldest first.
 pub fn changes(db: &mut Db<'_>, after: i64, limit: i64) -> StoreResult<Vec<RunChange>> {
-    const SQL: &str =
-        "SELECT seq, run_id, status, at FROM run_changes WHERE seq > $1 ORDER BY seq LIMIT $2";
-    let rows = db.query("reading run changes", SQL, &[&after, &limit])?;
-    rows.iter()
-        .map(|r| {
-            let run_id: i64 = col(r, 1, 0, "run_changes.run_id")?;
-            let status: String = col(r, 2, run_id, "run_changes.status")?;
-            Ok(RunChange {
-                seq: col(r, 0, run_id, "run_changes.seq")?,
-                run_id,
-                status: status.parse().ok(),
-                at: col(r, 3, run_id, "run_changes.at")?,
-            })
-        })
-        .collect()
+    // Only settled rows (see `settled_before`), in order: stop at the first unsettled one.
+    const SQL: &str = "SELECT seq, run_id, status, at, ins_us < $3 FROM run_changes
+                       WHERE seq > $1 ORDER BY seq LIMIT $2";
+    let horizon = settled_before(db)?;
+    let rows = db.query("reading run changes", SQL, &[&after, &limit, &horizon])?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let run_id: i64 = col(r, 1, 0, "run_changes.run_id")?;
+        if !col::<bool>(r, 4, run_id, "run_changes.ins_us")? {
+            break;
+        }
+        let status: String = col(r, 2, run_id, "run_changes.status")?;
+        out.push(RunChange {
+            seq: col(r, 0, run_id, "run_changes.seq")?,
+            run_id,
+            status: status.parse().ok(),
+            at: col(r, 3, run_id, "run_changes.at")?,
+        });
+    }
+    Ok(out)
 }
 
-/// The newest change's sequence number (0 when none).
+/// The newest settled change's sequence number (0 when none): a reader starting here misses
+/// nothing that commits later.
 pub fn last_change(db: &mut Db<'_>) -> StoreResult<i64> {
-    const SQL: &str = "SELECT coalesce(max(seq), 0)::bigint FROM run_changes";
-    let r = db.query_one("reading run changes", SQL, &[])?;
+    const SQL: &str =
+        "SELECT coalesce(max(seq), 0)::bigint FROM run_changes WHERE ins_us < $1";
+    let horizon = settled_before(db)?;
+    let r = db.query_one("reading run changes", SQL, &[&horizon])?;
     col(&r, 0, 0, "run_changes.seq")
+}
+
+/// The change log's settling horizon (server microseconds). Sequence numbers are taken at
+/// insert and become visible at commit, so a change can commit after one with a higher
+/// number: a reader that moved past the higher one would never see it (SQLite's single
+/// writer cannot do this). A row inserted before every transaction now open began (and
+/// before now) is settled: every lower number was taken earlier still, by a transaction
+/// that has ended, so it is visible now or never will be (rolled back). Read in its own
+/// statement, before the rows: the rows' snapshot is then taken after it. Only waymark's
+/// own sessions count (their `application_name` starts with `waymark`, see `PgStore::open`):
+/// a session someone left open in a transaction does not hold the log back. Transactions of
+/// other roles show no start time unless this role may read all statistics
+/// (`pg_read_all_stats`): run engines and clients as one role, or grant it.
+fn settled_before(db: &mut Db<'_>) -> StoreResult<i64> {
+    const SQL: &str = "SELECT (extract(epoch FROM coalesce(least(min(xact_start), clock_timestamp()), clock_timestamp())) * 1000000)::bigint
+                       FROM pg_stat_activity
+                       WHERE datname = current_database() AND pid <> pg_backend_pid()
+                         AND xact_start IS NOT NULL AND application_name LIKE 'waymark%'";
+    let r = db.query_one("reading the change log's horizon", SQL, &[])?;
+    col(&r, 0, 0, "the change log's horizon")
 }
 
 /// Up to `limit` runs matching `filter`, newest first, with ids below `before` (keyset

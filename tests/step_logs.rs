@@ -110,12 +110,12 @@ const LINES: [&str; 8] = [
 // records with their level; `waymark show RUN` prints them and `show --json` carries them;
 // the host's logger got each log record again under target `waymark::step`, naming the run,
 // the step and its seq, with its level.
-#[test]
-fn a_successful_child_steps_output_and_log_records_are_kept_per_attempt() {
+on_both_stores!(a_successful_child_steps_output_and_log_records_are_kept_per_attempt);
+fn a_successful_child_steps_output_and_log_records_are_kept_per_attempt(backend: Backend) {
     install_capture();
     for isolation in [Isolation::Child, Isolation::Pool] {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = child_config(dir.path());
+        let mut config = child_config_on(backend, dir.path());
         config.isolation = isolation;
         let db = config.db_path.clone();
         let engine = Engine::start(registry(), config).unwrap();
@@ -223,11 +223,11 @@ fn ten_mebibytes_of_output_are_kept_as_head_tail_and_marker() {
 // Scenario: the step fails its first attempt (retryable) and succeeds on the retry. Must
 // hold: attempt 1 keeps its own logs (its lines and the warning it logged before failing)
 // and attempt 2 its own; neither holds the other's lines.
-#[test]
-fn a_failed_attempts_logs_are_kept_apart_from_the_retrys() {
+on_both_stores!(a_failed_attempts_logs_are_kept_apart_from_the_retrys);
+fn a_failed_attempts_logs_are_kept_apart_from_the_retrys(backend: Backend) {
     install_capture();
     let dir = tempfile::tempdir().unwrap();
-    let config = child_config(dir.path());
+    let config = child_config_on(backend, dir.path());
     let db = config.db_path.clone();
     let engine = Engine::start(registry(), config).unwrap();
     let input = ChattyIn {
@@ -262,10 +262,10 @@ fn a_failed_attempts_logs_are_kept_apart_from_the_retrys() {
 
 // Scenario: `waymark demo --runs 1` (real engine, steps in children of the binary). Must
 // hold: `waymark show 1` prints the one line each demo step logged, under its attempt.
-#[test]
-fn the_demo_steps_log_lines_are_in_show() {
+on_both_stores!(the_demo_steps_log_lines_are_in_show);
+fn the_demo_steps_log_lines_are_in_show(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("demo.db");
+    let db = backend.fresh_db(dir.path(), "demo.db");
     let out = std::process::Command::new(bin())
         .args(["demo", "--db", db.to_str().unwrap(), "--runs", "1"])
         .env("RUST_LOG", "warn")

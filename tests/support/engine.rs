@@ -17,7 +17,12 @@ pub fn in_process_config(db: &Path) -> Config {
 /// An engine configuration on `dir/t.db` whose step children are the real `waymark` binary
 /// (its main installs the child hook and registers the fixture steps).
 pub fn child_config(dir: &Path) -> Config {
-    let mut c = Config::new(dir.join("t.db")).with_lease_ttl(Duration::from_secs(10));
+    child_config_on(super::Backend::Sqlite, dir)
+}
+
+/// [`child_config`] on a fresh database of `backend` (`dir/t.db` for SQLite).
+pub fn child_config_on(backend: super::Backend, dir: &Path) -> Config {
+    let mut c = Config::new(backend.fresh_db(dir, "t.db")).with_lease_ttl(Duration::from_secs(10));
     c.workers = 4;
     c.child_program = Some(PathBuf::from(super::bin()));
     c.kill_grace = Duration::from_millis(500);

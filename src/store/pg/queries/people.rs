@@ -160,8 +160,7 @@ pub fn changes(db: &mut Db<'_>, after: i64, limit: i64) -> StoreResult<Vec<RunCh
 /// The newest settled change's sequence number (0 when none): a reader starting here misses
 /// nothing that commits later.
 pub fn last_change(db: &mut Db<'_>) -> StoreResult<i64> {
-    const SQL: &str =
-        "SELECT coalesce(max(seq), 0)::bigint FROM run_changes WHERE ins_us < $1";
+    const SQL: &str = "SELECT coalesce(max(seq), 0)::bigint FROM run_changes WHERE ins_us < $1";
     let horizon = settled_before(db)?;
     let r = db.query_one("reading run changes", SQL, &[&horizon])?;
     col(&r, 0, 0, "run_changes.seq")

@@ -564,52 +564,76 @@ pub(super) fn insert_entry(
     Ok(())
 }
 
+/// The family of transitions (one file each, in both stores) that applies a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Batch,
+    Leases,
+    Runs,
+    Waits,
+    Cancel,
+    Admin,
+}
+
+impl Op {
+    /// Which family applies this command (the one routing both stores use).
+    pub fn family(&self) -> Family {
+        match self {
+            Op::Batch { .. } => Family::Batch,
+            Op::RegisterEngine(_)
+            | Op::StopEngine { .. }
+            | Op::Claim { .. }
+            | Op::Heartbeat { .. }
+            | Op::Probe { .. }
+            | Op::Reclaim { .. }
+            | Op::ReclaimMany { .. }
+            | Op::NoteUnrunnable { .. }
+            | Op::ForgetEngine { .. } => Family::Leases,
+            Op::Enqueue(_)
+            | Op::EnqueueMany(_)
+            | Op::Start(_)
+            | Op::Retry { .. }
+            | Op::Checkpoint { .. }
+            | Op::AttemptStart { .. }
+            | Op::AttemptEnd { .. }
+            | Op::AttemptDetail { .. }
+            | Op::Complete { .. }
+            | Op::Fail { .. }
+            | Op::Suspend { .. }
+            | Op::Release { .. }
+            | Op::Block { .. }
+            | Op::Resume { .. } => Family::Runs,
+            Op::Timer { .. }
+            | Op::AwaitEvent { .. }
+            | Op::RejectEvent { .. }
+            | Op::SendEvent { .. }
+            | Op::StartChild { .. }
+            | Op::AwaitChild { .. } => Family::Waits,
+            Op::Cancel { .. }
+            | Op::FinishCancelled { .. }
+            | Op::ExpireDeadlines { .. }
+            | Op::ParkUnknownVersions { .. } => Family::Cancel,
+            Op::Purge { .. }
+            | Op::IncrementalVacuum { .. }
+            | Op::SetQueueLimit { .. }
+            | Op::PutSchedule(_)
+            | Op::FireSchedule { .. } => Family::Admin,
+        }
+    }
+}
+
 /// Apply one command inside the writer's open transaction. `now` is the batch's wall time (ms).
 pub fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
-    let op = match op {
-        Op::Batch { ops, next } => return batch(conn, ops, next, now),
-        op => op,
-    };
-    match &op {
-        Op::Batch { .. } => Ok(Done::Unit), // taken above
-        Op::RegisterEngine(_)
-        | Op::StopEngine { .. }
-        | Op::Claim { .. }
-        | Op::Heartbeat { .. }
-        | Op::Probe { .. }
-        | Op::Reclaim { .. }
-        | Op::ReclaimMany { .. }
-        | Op::NoteUnrunnable { .. }
-        | Op::ForgetEngine { .. } => leases::apply(conn, op, now),
-        Op::Enqueue(_)
-        | Op::EnqueueMany(_)
-        | Op::Start(_)
-        | Op::Retry { .. }
-        | Op::Checkpoint { .. }
-        | Op::AttemptStart { .. }
-        | Op::AttemptEnd { .. }
-        | Op::AttemptDetail { .. }
-        | Op::Complete { .. }
-        | Op::Fail { .. }
-        | Op::Suspend { .. }
-        | Op::Release { .. }
-        | Op::Block { .. }
-        | Op::Resume { .. } => runs::apply(conn, op, now),
-        Op::Timer { .. }
-        | Op::AwaitEvent { .. }
-        | Op::RejectEvent { .. }
-        | Op::SendEvent { .. }
-        | Op::StartChild { .. }
-        | Op::AwaitChild { .. } => waits::apply(conn, op, now),
-        Op::Cancel { .. }
-        | Op::FinishCancelled { .. }
-        | Op::ExpireDeadlines { .. }
-        | Op::ParkUnknownVersions { .. } => cancel::apply(conn, op, now),
-        Op::Purge { .. }
-        | Op::IncrementalVacuum { .. }
-        | Op::SetQueueLimit { .. }
-        | Op::PutSchedule(_)
-        | Op::FireSchedule { .. } => admin::apply(conn, op, now),
+    match op.family() {
+        Family::Batch => match op {
+            Op::Batch { ops, next } => batch(conn, ops, next, now),
+            _ => Err(StoreError::Internal("a batch that is not Op::Batch".into())),
+        },
+        Family::Leases => leases::apply(conn, op, now),
+        Family::Runs => runs::apply(conn, op, now),
+        Family::Waits => waits::apply(conn, op, now),
+        Family::Cancel => cancel::apply(conn, op, now),
+        Family::Admin => admin::apply(conn, op, now),
     }
 }
 

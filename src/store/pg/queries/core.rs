@@ -24,7 +24,6 @@ macro_rules! run_cols {
          (SELECT max(r.id) FROM runs r WHERE r.retry_of = runs.id)"
     };
 }
-#[allow(unused_imports)] // for the queries of runs for people
 pub(crate) use run_cols;
 
 /// A run row from `SELECT run_cols!()`; a column that does not read is

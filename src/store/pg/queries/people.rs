@@ -5,62 +5,17 @@
 //! latest commits); a value that cannot be read parks or names its own run, never failing
 //! a statement for every run.
 
-use crate::store::error::{StoreError, StoreResult};
+use super::core::{run_cols, run_row};
+use crate::store::error::StoreResult;
 use crate::store::pg::conn::{col, pg, Db};
 use crate::store::views::{
     EngineInfo, EventInfo, QueueInfo, RunQuery, RunTotals, ScheduleInfo, StepDurations,
 };
-use crate::store::views::{RunChange, RunFilter, RunRow, RunStatus, DURATION_BUCKETS_MS};
+use crate::store::views::{RunChange, RunFilter, RunRow, DURATION_BUCKETS_MS};
 use postgres::types::ToSql;
 use postgres::Row;
 
-/// The columns of a [`RunRow`], in [`run_row`]'s order (a macro: statements are `&'static
-/// str` built with `concat!`).
-macro_rules! run_cols {
-    () => {
-        "id, workflow, version, status, idempotency_key, queue, priority,
-         (SELECT count(*) FROM steps s WHERE s.run_id = runs.id AND s.status = 'completed'),
-         created_at, updated_at, finished_at, ready_at, owner, epoch, interruptions,
-         last_interruption, error, note, parent_id, output, retry_of,
-         (SELECT max(r.id) FROM runs r WHERE r.retry_of = runs.id)"
-    };
-}
-
-/// A row of [`run_cols!`]. A status this build does not know is [`StoreError::Undecodable`]
-/// naming the run (as SQLite's reader fails on it).
-fn run_row(r: &Row) -> StoreResult<RunRow> {
-    let id: i64 = col(r, 0, 0, "runs.id")?;
-    let status: String = col(r, 3, id, "runs.status")?;
-    let status: RunStatus = status.parse().map_err(|e| StoreError::Undecodable {
-        run_id: id,
-        detail: format!("runs.status: {e}"),
-    })?;
-    Ok(RunRow {
-        id,
-        workflow: col(r, 1, id, "runs.workflow")?,
-        version: col(r, 2, id, "runs.version")?,
-        status,
-        idempotency_key: col(r, 4, id, "runs.idempotency_key")?,
-        queue: col(r, 5, id, "runs.queue")?,
-        priority: col(r, 6, id, "runs.priority")?,
-        steps_completed: col(r, 7, id, "steps completed")?,
-        created_at: col(r, 8, id, "runs.created_at")?,
-        updated_at: col(r, 9, id, "runs.updated_at")?,
-        finished_at: col(r, 10, id, "runs.finished_at")?,
-        ready_at: col(r, 11, id, "runs.ready_at")?,
-        owner: col(r, 12, id, "runs.owner")?,
-        epoch: col(r, 13, id, "runs.epoch")?,
-        interruptions: col(r, 14, id, "runs.interruptions")?,
-        last_interruption: col(r, 15, id, "runs.last_interruption")?,
-        error: col(r, 16, id, "runs.error")?,
-        note: col(r, 17, id, "runs.note")?,
-        parent_id: col(r, 18, id, "runs.parent_id")?,
-        output: col(r, 19, id, "runs.output")?,
-        retry_of: col(r, 20, id, "runs.retry_of")?,
-        retried_as: col(r, 21, id, "retried as")?,
-    })
-}
-
+/// Rows of [`run_cols!`] (the engine's reader of a run row, [`run_row`]).
 fn run_rows(rows: Vec<Row>) -> StoreResult<Vec<RunRow>> {
     rows.iter().map(run_row).collect()
 }

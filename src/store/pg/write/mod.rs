@@ -23,7 +23,7 @@ use runs::{enqueue, suspend};
 
 use super::conn::{sqlstate, Db};
 use crate::store::error::{StoreError, StoreResult};
-use crate::store::write::{ClaimNext, Done, Fence, Op};
+use crate::store::write::{ClaimNext, Done, Family, Fence, Op};
 
 // The fence of a claimed run's write is spelled out in each statement
 // (`id = $1 AND owner = $2 AND epoch = $3 AND status = 'running'`), as are the final
@@ -92,51 +92,18 @@ pub(crate) fn insert_entry(
 }
 
 /// Apply one command inside the caller's open transaction. `now` is our wall time (ms).
+/// Routed as SQLite's ([`Op::family`]).
 pub fn apply(db: &mut Db<'_>, op: Op, now: i64) -> StoreResult<Done> {
-    let op = match op {
-        Op::Batch { ops, next } => return batch(db, ops, next, now),
-        op => op,
-    };
-    match &op {
-        Op::Batch { .. } => Ok(Done::Unit), // taken above
-        Op::RegisterEngine(_)
-        | Op::StopEngine { .. }
-        | Op::Claim { .. }
-        | Op::Heartbeat { .. }
-        | Op::Probe { .. }
-        | Op::Reclaim { .. }
-        | Op::ReclaimMany { .. }
-        | Op::NoteUnrunnable { .. }
-        | Op::ForgetEngine { .. } => leases::apply(db, op, now),
-        Op::Enqueue(_)
-        | Op::EnqueueMany(_)
-        | Op::Start(_)
-        | Op::Retry { .. }
-        | Op::Checkpoint { .. }
-        | Op::AttemptStart { .. }
-        | Op::AttemptEnd { .. }
-        | Op::AttemptDetail { .. }
-        | Op::Complete { .. }
-        | Op::Fail { .. }
-        | Op::Suspend { .. }
-        | Op::Release { .. }
-        | Op::Block { .. }
-        | Op::Resume { .. } => runs::apply(db, op, now),
-        Op::Timer { .. }
-        | Op::AwaitEvent { .. }
-        | Op::RejectEvent { .. }
-        | Op::SendEvent { .. }
-        | Op::StartChild { .. }
-        | Op::AwaitChild { .. } => waits::apply(db, op, now),
-        Op::Cancel { .. }
-        | Op::FinishCancelled { .. }
-        | Op::ExpireDeadlines { .. }
-        | Op::ParkUnknownVersions { .. } => cancel::apply(db, op, now),
-        Op::Purge { .. }
-        | Op::IncrementalVacuum { .. }
-        | Op::SetQueueLimit { .. }
-        | Op::PutSchedule(_)
-        | Op::FireSchedule { .. } => admin::apply(db, op, now),
+    match op.family() {
+        Family::Batch => match op {
+            Op::Batch { ops, next } => batch(db, ops, next, now),
+            _ => Err(StoreError::Internal("a batch that is not Op::Batch".into())),
+        },
+        Family::Leases => leases::apply(db, op, now),
+        Family::Runs => runs::apply(db, op, now),
+        Family::Waits => waits::apply(db, op, now),
+        Family::Cancel => cancel::apply(db, op, now),
+        Family::Admin => admin::apply(db, op, now),
     }
 }
 

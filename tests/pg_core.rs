@@ -1095,3 +1095,45 @@ fn a_claimed_row_that_does_not_read_is_parked_not_claimed_again() {
         2
     );
 }
+
+/// A claim walks the head of the pending runs in claim order and stops at its limit: with
+/// 10,000 runs pending, claiming one touches a handful of pages. Reading and sorting every
+/// pending run (what the planner chose on its own, misled by the never-analyzed `queues`
+/// table) touches hundreds, and drained a deep queue at a fraction of the commit rate.
+#[test]
+fn a_claim_reads_the_head_of_a_deep_queue_not_every_pending_run() {
+    const PENDING: usize = 10_000;
+    let url = fresh_pg_db();
+    let s = store(&url);
+    let a = engine(&s, "engine-a");
+    let runs: Vec<NewRun> = (0..PENDING).map(|_| new_run(None, b"in")).collect();
+    s.enqueue_many(runs).unwrap();
+    let mut c = pg_cluster_client(&url);
+    c.batch_execute(
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; ANALYZE runs;
+         SELECT pg_stat_statements_reset();",
+    )
+    .unwrap();
+    // More claims than PostgreSQL's five custom plans, so a generic plan is judged too.
+    for _ in 0..12 {
+        assert_eq!(s.claim(&a, 1, &workflows(), 60_000).unwrap().len(), 1);
+    }
+    let (calls, blocks): (i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT coalesce(sum(calls), 0)::bigint,
+                        coalesce(max((shared_blks_hit + shared_blks_read) / calls), 0)::bigint
+                 FROM pg_stat_statements
+                 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND query LIKE 'UPDATE runs SET status = %SKIP LOCKED%'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(calls, 12, "the claim statement was seen once per claim");
+    assert!(
+        blocks < 60,
+        "one claim touched {blocks} pages with {PENDING} runs pending: it read every pending run"
+    );
+}

@@ -118,10 +118,7 @@ fn start() -> Result<Cluster, String> {
         ));
     }
     let port = free_port();
-    let opts = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=64MB",
-        dir.display()
-    );
+    let opts = server_options(port, &dir);
     let out = as_user(&run_as, &bin.join("pg_ctl"))
         .arg("-D")
         .arg(&data)
@@ -166,6 +163,17 @@ fn start() -> Result<Cluster, String> {
 
 use std::os::unix::process::CommandExt;
 
+/// The server's options: loopback and a unix socket in `dir`, on `port`; room for many
+/// engines; `pg_stat_statements` loaded, so a test can read what a statement cost (pages
+/// touched, calls) the moment it has run.
+fn server_options(port: u16, dir: &Path) -> String {
+    format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=64MB \
+         -c shared_preload_libraries=pg_stat_statements",
+        dir.display()
+    )
+}
+
 /// The cluster of this test binary (started at the first call).
 pub fn cluster() -> &'static Cluster {
     match CLUSTER.get_or_init(start) {
@@ -190,11 +198,7 @@ impl Cluster {
     /// port: what a server restart does to engines.
     pub fn restart(&self, mode: &str) {
         let data = self.dir.join("data");
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=64MB",
-            self.port,
-            self.dir.display()
-        );
+        let opts = server_options(self.port, &self.dir);
         let out = as_user(&self.run_as, &self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(&data)

@@ -128,7 +128,8 @@ fn count(engine: &Engine, sql: &'static str) -> Result<i64, String> {
     count_at(engine.db_path(), sql)
 }
 
-/// Poll (one connection, every 2 ms) until at least `n` runs are finished, or fail after
+/// Poll (one connection, every 2 ms; 20 ms on PostgreSQL, where each poll is a round trip
+/// to a server sharing the engines' cores) until at least `n` runs are finished, or fail after
 /// `timeout`. Each poll asks only whether an unfinished run is left ([`UNFINISHED`]: index
 /// seeks, O(1)); finished runs are counted ([`FINISHED`]: O(finished)) only when none is.
 /// Counting at every poll cost the bench process itself O(n) per 2 ms: with 200,000 runs
@@ -136,6 +137,11 @@ fn count(engine: &Engine, sql: &'static str) -> Result<i64, String> {
 pub(super) fn wait_finished_at(db: &Path, n: i64, timeout: Duration) -> Result<(), String> {
     let mut conn = reader(db)?;
     let end = Instant::now() + timeout;
+    let pause = if waymark::internal::store::is_postgres(db) {
+        Duration::from_millis(20)
+    } else {
+        Duration::from_millis(2)
+    };
     loop {
         let unfinished = conn.truth(UNFINISHED)?;
         let got: i64 = if unfinished { -1 } else { conn.int(FINISHED)? };
@@ -146,7 +152,7 @@ pub(super) fn wait_finished_at(db: &Path, n: i64, timeout: Duration) -> Result<(
             let got = conn.int(FINISHED)?;
             return Err(format!("timed out: {got} of {n} runs finished"));
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(pause);
     }
 }
 

@@ -1118,22 +1118,105 @@ fn a_claim_reads_the_head_of_a_deep_queue_not_every_pending_run() {
     for _ in 0..12 {
         assert_eq!(s.claim(&a, 1, &workflows(), 60_000).unwrap().len(), 1);
     }
-    let (calls, blocks): (i64, i64) = {
-        let r = c
-            .query_one(
-                "SELECT coalesce(sum(calls), 0)::bigint,
-                        coalesce(max((shared_blks_hit + shared_blks_read) / calls), 0)::bigint
-                 FROM pg_stat_statements
-                 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-                   AND query LIKE 'UPDATE runs SET status = %SKIP LOCKED%'",
-                &[],
-            )
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
+    let (calls, blocks) = statement_cost(&mut c, "UPDATE runs SET status = %SKIP LOCKED%");
     assert_eq!(calls, 12, "the claim statement was seen once per claim");
     assert!(
         blocks < 60,
         "one claim touched {blocks} pages with {PENDING} runs pending: it read every pending run"
     );
+}
+
+/// Calls of the statements whose text is `LIKE pattern` in this database, and the most
+/// pages (shared buffers hit or read) one call touched, from `pg_stat_statements`.
+fn statement_cost(c: &mut postgres::Client, pattern: &str) -> (i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT coalesce(sum(calls), 0)::bigint,
+                    coalesce(max((shared_blks_hit + shared_blks_read) / calls), 0)::bigint
+             FROM pg_stat_statements
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND query LIKE $1",
+            &[&pattern],
+        )
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+/// The dispatcher's poll ("is there a run this engine can take?") seeks pending runs by
+/// workflow and version: with 10,000 pending runs of a version this engine does not run
+/// (another build's, queued behind a rolling upgrade) a poll touches no more pages than
+/// with 100, never a walk past each of them; one pending run of a version it runs is found.
+#[test]
+fn the_claimable_poll_does_not_walk_pending_runs_of_other_versions() {
+    let pages = |parked: usize| -> i64 {
+        let url = fresh_pg_db();
+        let s = store(&url);
+        let other: Vec<NewRun> = (0..parked)
+            .map(|_| NewRun {
+                version: 2,
+                ..new_run(None, b"in")
+            })
+            .collect();
+        s.enqueue_many(other).unwrap();
+        let mut c = pg_cluster_client(&url);
+        c.batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; ANALYZE runs;
+             SELECT pg_stat_statements_reset();",
+        )
+        .unwrap();
+        let now = i64::MAX / 2;
+        for _ in 0..12 {
+            assert!(
+                !s.claimable(now, &workflows()).unwrap(),
+                "no run of {WF}@1 is pending"
+            );
+        }
+        let (calls, pages) = statement_cost(&mut c, "SELECT waymark_pending_known(%");
+        assert_eq!(calls, 12, "the poll statement was seen once per poll");
+        s.enqueue(new_run(None, b"in")).unwrap();
+        assert!(
+            s.claimable(now, &workflows()).unwrap(),
+            "a run of {WF}@1 is pending"
+        );
+        pages
+    };
+    let (few, many) = (pages(100), pages(10_000));
+    assert!(
+        many <= few + 10,
+        "a poll touched {few} pages with 100 runs of another version pending, {many} with 10,000"
+    );
+}
+
+/// A database of schema version 7 (before `runs_pending_workflow`) is brought to this
+/// build's version in place, its runs kept; opening it again changes nothing.
+#[test]
+fn a_version_7_database_is_migrated_in_place() {
+    let url = fresh_pg_db();
+    let id = store(&url).enqueue(new_run(None, b"kept")).unwrap().id;
+    let mut c = pg_cluster_client(&url);
+    c.batch_execute(
+        "DROP FUNCTION waymark_pending_known(jsonb); DROP INDEX runs_pending_workflow;
+         UPDATE waymark_meta SET value = 7 WHERE key = 'schema_version';",
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let s = store(&url);
+        assert!(s.claimable(0, &workflows()).unwrap(), "run {id} is pending");
+    }
+    let version: i64 = c
+        .query_one(
+            "SELECT value FROM waymark_meta WHERE key = 'schema_version'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, waymark::internal::store::schema::SCHEMA_VERSION);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'runs_pending_workflow'"
+        ),
+        1
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM runs"), 1);
 }

@@ -509,19 +509,28 @@ pub fn open_attempts(conn: &Connection, run_id: i64) -> StoreResult<Vec<AttemptR
 /// (the same conditions the claim acts on)? A read, so an idle dispatcher
 /// polls without taking the write lock.
 pub fn claimable(conn: &Connection, now: i64, workflows_json: &str) -> StoreResult<bool> {
-    conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM runs INDEXED BY runs_claim
-                        WHERE status = 'pending'
-                          AND (workflow || '@' || version) IN (SELECT value FROM json_each(?2)))
-             OR EXISTS (SELECT 1 FROM runs INDEXED BY runs_wake
-                        WHERE status = 'suspended' AND ready_at <= ?1)
-             OR EXISTS (SELECT 1 FROM runs
-                        WHERE status = 'blocked_version'
-                          AND (workflow || '@' || version) IN (SELECT value FROM json_each(?2)))",
-    )
-    .and_then(|mut s| s.query_row(params![now, workflows_json], |r| r.get(0)))
-    .map_err(sql("checking for claimable runs"))
+    conn.prepare_cached(CLAIMABLE_SQL)
+        .and_then(|mut s| s.query_row(params![now, workflows_json], |r| r.get(0)))
+        .map_err(sql("checking for claimable runs"))
 }
+
+/// [`claimable`]'s statement: `?1` now, `?2` the JSON array of `workflow@version` this
+/// engine runs. Pending runs are found by one seek in `runs_pending_workflow` per entry of
+/// `?2` (split at its last `@`: the version is digits), so pending runs of versions this
+/// engine does not run cost nothing here however many are queued. (`CROSS JOIN` keeps
+/// `?2` the outer loop: SQLite does not reorder it.)
+pub const CLAIMABLE_SQL: &str = "
+    SELECT EXISTS (SELECT 1 FROM json_each(?2) AS k
+                   CROSS JOIN runs INDEXED BY runs_pending_workflow
+                   WHERE runs.status = 'pending'
+                    AND runs.workflow = substr(k.value, 1, length(rtrim(k.value, '0123456789')) - 1)
+                    AND runs.version
+                        = CAST(substr(k.value, length(rtrim(k.value, '0123456789')) + 1) AS INTEGER))
+        OR EXISTS (SELECT 1 FROM runs INDEXED BY runs_wake
+                   WHERE status = 'suspended' AND ready_at <= ?1)
+        OR EXISTS (SELECT 1 FROM runs
+                   WHERE status = 'blocked_version'
+                     AND (workflow || '@' || version) IN (SELECT value FROM json_each(?2)))";
 
 /// Whether a cancel was requested for the run (`false` for a run that does not exist).
 pub fn cancel_requested(conn: &Connection, run_id: i64) -> StoreResult<bool> {

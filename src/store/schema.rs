@@ -9,7 +9,7 @@ use super::pragmas::APPLICATION_ID;
 use rusqlite::Connection;
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 const MIGRATIONS: &[&str] = &[
     // 1: the durable core.
@@ -173,6 +173,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE attempts ADD COLUMN logs TEXT;
     ALTER TABLE attempts ADD COLUMN memory_cap TEXT;
+    "#,
+    // 8: pending runs by workflow and version, so "is there a run this engine can take?"
+    // is one seek per registered workflow, not a walk past every pending run of a version
+    // this engine does not run (runs of another build, queued behind a rolling upgrade).
+    r#"
+    CREATE INDEX runs_pending_workflow ON runs(workflow, version) WHERE status = 'pending';
     "#,
 ];
 

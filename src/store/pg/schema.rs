@@ -1,5 +1,5 @@
 //! The PostgreSQL schema: the same tables, columns and meanings as SQLite's
-//! (`store/schema.rs`, version 7), in PostgreSQL's types; triggers in PL/pgSQL.
+//! (`store/schema.rs`, version 8), in PostgreSQL's types; triggers in PL/pgSQL.
 //!
 //! Invariants:
 //! - Migrations run in one transaction under a transaction-level advisory lock
@@ -17,13 +17,41 @@ use crate::store::error::{StoreError, StoreResult};
 use std::path::PathBuf;
 
 /// The schema version this build writes (the same number as SQLite's).
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// Key of the advisory lock held while migrating ("waymark" in ASCII).
 pub const MIGRATION_LOCK: i64 = 0x0077_6179_6d61_726b;
 
 /// The LISTEN/NOTIFY channel of run changes.
 pub const CHANNEL: &str = "waymark_changes";
+
+/// Version 8's additions (also [`UPGRADES`]' step from 7): pending runs by workflow and
+/// version, and the dispatcher's poll that seeks them.
+const V8: &str = r#"
+CREATE INDEX runs_pending_workflow ON runs(workflow, version) WHERE status = 'pending';
+-- Is a run of one of `known` (a JSON array of 'workflow@version', split at the last '@';
+-- the version is digits) pending? One index seek in runs_pending_workflow per entry: the
+-- dispatcher's poll never walks pending runs of versions its engine does not run. Each
+-- lookup is planned with its values (force_custom_plan), so the statistics show a version
+-- nobody queued as rare; a plan made without them believes any pending row will match and
+-- reads rows in some order until one does, which for such a version is every pending run.
+CREATE FUNCTION waymark_pending_known(known jsonb) RETURNS boolean
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_custom_plan AS $$
+DECLARE
+    entry TEXT;
+    name_end INT;
+BEGIN
+    FOR entry IN SELECT jsonb_array_elements_text(known) LOOP
+        name_end := length(rtrim(entry, '0123456789')) - 1;
+        IF EXISTS (SELECT 1 FROM runs
+                   WHERE status = 'pending' AND workflow = substr(entry, 1, name_end)
+                     AND version = substr(entry, name_end + 2)::bigint) THEN
+            RETURN true;
+        END IF;
+    END LOOP;
+    RETURN false;
+END $$;
+"#;
 
 const SCHEMA: &str = r#"
 CREATE TABLE waymark_meta (
@@ -176,6 +204,13 @@ FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status)
 EXECUTE FUNCTION waymark_run_change();
 "#;
 
+/// From an older version to [`SCHEMA_VERSION`]: `(from, statements)`. The same steps as
+/// SQLite's migrations of the same numbers.
+const UPGRADES: &[(i64, &str)] = &[
+    // 7 -> 8: pending runs by workflow and version (the dispatcher's poll seeks them).
+    (7, V8),
+];
+
 /// Create or check the schema. `name` names the database in errors (the URL without its
 /// password).
 pub fn migrate(db: &mut Db<'_>, name: &str) -> StoreResult<()> {
@@ -213,6 +248,18 @@ pub fn migrate(db: &mut Db<'_>, name: &str) -> StoreResult<()> {
         if found == SCHEMA_VERSION {
             return Ok(());
         }
+        if let Some(&(_, sql)) = UPGRADES.iter().find(|(from, _)| *from == found) {
+            db.batch("migrating the schema", sql)?;
+            db.exec(
+                "stamping the schema version",
+                "UPDATE waymark_meta SET value = $1 WHERE key = 'schema_version'",
+                &[&SCHEMA_VERSION],
+            )?;
+            log::info!(
+                "{name}: migrated the waymark schema from version {found} to {SCHEMA_VERSION}"
+            );
+            return Ok(());
+        }
         if found != 0 {
             return Err(StoreError::InvalidSchemaVersion {
                 path: PathBuf::from(name),
@@ -220,6 +267,7 @@ pub fn migrate(db: &mut Db<'_>, name: &str) -> StoreResult<()> {
             });
         }
         db.batch("creating the schema", SCHEMA)?;
+        db.batch("creating the schema", V8)?;
         db.exec(
             "stamping the schema version",
             "INSERT INTO waymark_meta(key, value) VALUES ('schema_version', $1)",

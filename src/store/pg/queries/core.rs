@@ -293,10 +293,9 @@ pub fn claimable(db: &mut Db<'_>, now: i64, workflows_json: &str) -> StoreResult
     Ok(db
         .query_one(
             "checking for claimable runs",
-            "SELECT EXISTS (SELECT 1 FROM runs
-                            WHERE status = 'pending'
-                              AND (workflow || '@' || version::text)
-                                  = ANY(ARRAY(SELECT jsonb_array_elements_text($2::text::jsonb))))
+            // Pending runs: one seek per `workflow@version` this engine runs (see the
+            // schema's waymark_pending_known).
+            "SELECT waymark_pending_known($2::text::jsonb)
                  OR EXISTS (SELECT 1 FROM runs WHERE status = 'suspended' AND ready_at <= $1)
                  OR EXISTS (SELECT 1 FROM runs
                             WHERE status = 'blocked_version'

@@ -318,7 +318,8 @@ impl Peeker {
 /// maintenance job or a stuck operator's session does to engines.
 pub enum WriteLock {
     Sqlite(Connection),
-    Postgres(postgres::Client),
+    /// The session holding the locks, and the database's URL.
+    Postgres(postgres::Client, String),
 }
 
 impl WriteLock {
@@ -342,7 +343,7 @@ impl WriteLock {
                     tables.join(", ")
                 ))
                 .unwrap();
-                WriteLock::Postgres(c)
+                WriteLock::Postgres(c, url.to_string())
             }
             None => {
                 let c = Connection::open(db).expect("open db");
@@ -353,11 +354,41 @@ impl WriteLock {
         }
     }
 
+    /// How many sessions wait for a lock in the database now with a statement on `runs`
+    /// (PostgreSQL's `pg_stat_activity`, read on a session of its own: the holder's would
+    /// keep one snapshot per transaction; an engine's heartbeat on `engines` is not
+    /// counted); None on SQLite, whose waiters retry in their busy handlers, unseen from
+    /// outside. Lets a test check that its scenario happened.
+    pub fn waiters(&self) -> Option<i64> {
+        match self {
+            WriteLock::Sqlite(_) => None,
+            WriteLock::Postgres(_, url) => Some(
+                super::pg::pg_cluster_client(url)
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity
+                         WHERE datname = current_database() AND wait_event_type = 'Lock'
+                           AND query ~ '\\mruns\\M'",
+                        &[],
+                    )
+                    .unwrap()
+                    .get(0),
+            ),
+        }
+    }
+
+    /// Wait until at least `n` sessions wait for the lock ([`WriteLock::waiters`]; at once
+    /// on SQLite), or fail with `what` after a generous timeout.
+    pub fn wait_for_waiters(&self, n: i64, what: &str) {
+        super::wait_until(what, Duration::from_secs(30), || {
+            self.waiters().is_none_or(|w| w >= n)
+        })
+    }
+
     /// Commit: the waiting writers go on.
     pub fn release(self) {
         match self {
             WriteLock::Sqlite(c) => c.execute_batch("COMMIT").unwrap(),
-            WriteLock::Postgres(mut c) => c.batch_execute("COMMIT").unwrap(),
+            WriteLock::Postgres(mut c, _) => c.batch_execute("COMMIT").unwrap(),
         }
     }
 }

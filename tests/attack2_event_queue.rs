@@ -1,4 +1,5 @@
-//! Adversarial review 2: typed events queued around a wrongly-typed one.
+//! Adversarial review 2: typed events queued around a wrongly-typed one. On both stores
+//! (SQLite and PostgreSQL).
 //!
 //! Scenario: a `waymark serve` engine runs `fixture.approve` (one step, a wait for the typed
 //! event `approve: bool`, one step). The test process, a `waymark::Client` without a
@@ -22,23 +23,22 @@ const APPROVE_WF: Workflow<(), String> = Workflow::new("fixture.approve");
 
 /// `(event id, consumed_seq)` of the run's events, oldest first.
 fn events(served: &Served, run: i64) -> Vec<(String, Option<i64>)> {
-    let conn = peek(&served.db);
-    let mut stmt = conn
-        .prepare("SELECT id, consumed_seq FROM events WHERE run_id = ?1 ORDER BY id")
-        .unwrap();
-    let rows: Vec<(i64, Option<i64>)> = stmt
-        .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    rows.into_iter()
-        .map(|(id, consumed)| (id.to_string(), consumed))
-        .collect()
+    rows(
+        &served.db,
+        &format!("SELECT id, consumed_seq FROM events WHERE run_id = {run} ORDER BY id"),
+    )
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].parse().ok()))
+    .collect()
 }
 
-#[test]
-fn attack2_wrong_event_queued_before_good_ones_is_set_aside_and_the_oldest_good_one_delivered() {
-    let (served, client) = serve_with_client("events.db");
+on_both_stores!(
+    attack2_wrong_event_queued_before_good_ones_is_set_aside_and_the_oldest_good_one_delivered
+);
+fn attack2_wrong_event_queued_before_good_ones_is_set_aside_and_the_oldest_good_one_delivered(
+    backend: Backend,
+) {
+    let (served, client) = serve_with_client_on(backend, "events.db");
     let id = client
         .start_run(APPROVE_WF, &(), StartOptions::default())
         .unwrap();
@@ -91,9 +91,13 @@ fn attack2_wrong_event_queued_before_good_ones_is_set_aside_and_the_oldest_good_
     );
 }
 
-#[test]
-fn attack2_good_event_before_a_wrong_one_is_delivered_and_the_wrong_one_never_looked_at() {
-    let (served, client) = serve_with_client("events.db");
+on_both_stores!(
+    attack2_good_event_before_a_wrong_one_is_delivered_and_the_wrong_one_never_looked_at
+);
+fn attack2_good_event_before_a_wrong_one_is_delivered_and_the_wrong_one_never_looked_at(
+    backend: Backend,
+) {
+    let (served, client) = serve_with_client_on(backend, "events.db");
     let id = client
         .start_run(APPROVE_WF, &(), StartOptions::default())
         .unwrap();

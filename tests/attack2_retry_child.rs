@@ -1,4 +1,5 @@
-//! Adversarial review 2: retry of a run that started a child run.
+//! Adversarial review 2: retry of a run that started a child run. On both stores (SQLite and
+//! PostgreSQL).
 //!
 //! Scenario: `fixture.parent_then_third` starts a child (`fixture.slow`), then runs the step
 //! `fixture.third`, which fails for good while a file exists, then joins the child. The
@@ -34,7 +35,8 @@ const PARENT_THIRD: Workflow<ParentThirdIn, u64> = Workflow::new("fixture.parent
 /// Start the parent with its fail file present and wait until it failed at `third`.
 /// Returns `(parent, child)`.
 fn failed_parent(served: &Served, client: &Client, child_ms: u64) -> (i64, i64) {
-    let fail = served.db.with_extension("fail");
+    // Beside the database in the engine's temp dir (a PostgreSQL URL names no directory).
+    let fail = served.dir.path().join("retry_child.fail");
     std::fs::write(&fail, b"").unwrap();
     let input = ParentThirdIn {
         child: SlowIn {
@@ -63,9 +65,9 @@ fn slow_runs(db: &std::path::Path) -> i64 {
     )
 }
 
-#[test]
-fn attack2_retry_joins_the_child_it_copied_while_that_child_still_runs() {
-    let (served, client) = serve_with_client("retry_child.db");
+on_both_stores!(attack2_retry_joins_the_child_it_copied_while_that_child_still_runs);
+fn attack2_retry_joins_the_child_it_copied_while_that_child_still_runs(backend: Backend) {
+    let (served, client) = serve_with_client_on(backend, "retry_child.db");
     let (old, child) = failed_parent(&served, &client, 3_000);
     assert_eq!(
         status(&served.db, child),
@@ -89,9 +91,9 @@ fn attack2_retry_joins_the_child_it_copied_while_that_child_still_runs() {
     assert_eq!(slow_runs(&served.db), 1, "the child was not started twice");
 }
 
-#[test]
-fn attack2_retry_joins_the_child_it_copied_after_that_child_completed() {
-    let (served, client) = serve_with_client("retry_child.db");
+on_both_stores!(attack2_retry_joins_the_child_it_copied_after_that_child_completed);
+fn attack2_retry_joins_the_child_it_copied_after_that_child_completed(backend: Backend) {
+    let (served, client) = serve_with_client_on(backend, "retry_child.db");
     let (old, child) = failed_parent(&served, &client, 10);
     let row = client.wait(child, LONG).unwrap();
     assert_eq!(row.status, RunStatus::Completed, "{row:?}");

@@ -1,13 +1,15 @@
 //! Attacks on issue 15's hot path (a run started on an engine with an idle worker is inserted
 //! and claimed in one commit; a worker that ends a run claims its next one in the same
-//! commit). Each test runs a real engine on a real SQLite file and reads the outcome with
-//! plain rusqlite.
+//! commit). On both stores (SQLite and PostgreSQL): each test runs a real engine on a real
+//! database and reads the outcome with the store-neutral peeks of the support module; "another
+//! process holds the write lock" is [`WriteLock`] (SQLite's `BEGIN IMMEDIATE`, PostgreSQL's
+//! waymark tables locked `IN EXCLUSIVE MODE`).
 
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use support::*;
 use waymark::{Client, Ctx, Engine, Registry, StartOptions, Step, StepCtx, StepError, Workflow};
 
@@ -15,13 +17,6 @@ const NAP: Step<u64, u64> = Step::new("nap");
 const ONE_NAP: Workflow<u64, u64> = Workflow::new("one_nap");
 const FLOP: Step<u64, u64> = Step::new("flop");
 const ONE_FLOP: Workflow<u64, u64> = Workflow::new("one_flop");
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 fn registry() -> Registry {
     let mut reg = Registry::new();
@@ -53,13 +48,9 @@ impl RunningMonitor {
         );
         let (s, m, db) = (stop.clone(), max.clone(), db.to_path_buf());
         let thread = std::thread::spawn(move || {
-            let c = peek(&db);
+            let mut c = Peeker::open(&db);
             while !s.load(Ordering::SeqCst) {
-                if let Ok(n) = c.query_row(
-                    "SELECT count(*) FROM runs WHERE status = 'running'",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                ) {
+                if let Some(n) = c.try_i64("SELECT count(*) FROM runs WHERE status = 'running'") {
                     m.fetch_max(n, Ordering::SeqCst);
                 }
                 std::thread::sleep(Duration::from_millis(2));
@@ -89,10 +80,10 @@ impl RunningMonitor {
 // never waits in a queue for a worker: its lease renewed, its cancel flag unseen, starved
 // by the worker's own claims), and each run is claimed exactly once (epoch 1: no run was
 // claimed only to be handed back for lack of a worker).
-#[test]
-fn start_run_racing_the_dispatcher_never_claims_more_runs_than_workers() {
+on_both_stores!(start_run_racing_the_dispatcher_never_claims_more_runs_than_workers);
+fn start_run_racing_the_dispatcher_never_claims_more_runs_than_workers(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("race.db");
+    let db = backend.fresh_db(dir.path(), "race.db");
     let mut config = in_process_config(&db);
     config.workers = 1;
     config.poll_interval = Duration::from_millis(20);
@@ -115,16 +106,15 @@ fn start_run_racing_the_dispatcher_never_claims_more_runs_than_workers() {
     // Another process takes the write lock before the run is due, and keeps it until the
     // dispatcher has surely read "one idle worker" and queued its claim.
     std::thread::sleep(Duration::from_millis(200));
-    let blocker = rusqlite::Connection::open(&db).unwrap();
-    blocker.busy_timeout(Duration::from_secs(10)).unwrap();
-    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let blocker = WriteLock::take(&db);
     while now_ms() < due + 150 {
         std::thread::sleep(Duration::from_millis(10));
     }
     let ours = std::thread::scope(|s| {
         let started = s.spawn(|| engine.start_run(ONE_NAP, &300, StartOptions::default()));
         std::thread::sleep(Duration::from_millis(150));
-        blocker.execute_batch("COMMIT").unwrap();
+        blocker.wait_for_waiters(2, "the dispatcher and start_run to wait for the lock");
+        blocker.release();
         started.join().unwrap().unwrap()
     });
     for id in [theirs, ours] {
@@ -132,16 +122,10 @@ fn start_run_racing_the_dispatcher_never_claims_more_runs_than_workers() {
         assert_eq!(row.status, "completed", "run {id}: {row:?}");
     }
     let max_running = monitor.finish();
-    let epochs: Vec<(i64, i64)> = {
-        let c = reader(&db);
-        let mut s = c.prepare("SELECT id, epoch FROM runs ORDER BY id").unwrap();
-        let rows = s
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        rows
-    };
+    let epochs: Vec<(i64, i64)> = rows(&db, "SELECT id, epoch FROM runs ORDER BY id")
+        .into_iter()
+        .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap()))
+        .collect();
     engine.shutdown().unwrap();
     assert!(
         max_running <= 1,
@@ -159,9 +143,9 @@ fn start_run_racing_the_dispatcher_never_claims_more_runs_than_workers() {
 // trusts the `cancel_requested` its claim returned (no second read).
 // Must hold: the run ends `cancelled` and no step of it runs again after the acknowledged
 // cancel (one execution of seq 0 in the effects file, none of seq 1).
-#[test]
-fn a_run_cancelled_while_its_owner_was_dead_runs_no_step_again() {
-    let tmp = Tmp::new();
+on_both_stores!(a_run_cancelled_while_its_owner_was_dead_runs_no_step_again);
+fn a_run_cancelled_while_its_owner_was_dead_runs_no_step_again(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let id = tmp.start("fixture.slow", r#"{"steps":2,"ms":2000}"#, 1)[0];
     let mut first = tmp.serve(1, &[]);
@@ -198,10 +182,10 @@ fn a_run_cancelled_while_its_owner_was_dead_runs_no_step_again() {
 // reason (to kill child steps). Nobody cancels the run.
 // Must hold: the run does not end `cancelled` (no cancel was requested): a stop flag raised
 // for a shutdown (or a lapsed lease) hands the run back, it is never read as a cancel.
-#[test]
-fn a_stop_flag_raised_by_the_shutdown_grace_never_ends_a_run_cancelled() {
+on_both_stores!(a_stop_flag_raised_by_the_shutdown_grace_never_ends_a_run_cancelled);
+fn a_stop_flag_raised_by_the_shutdown_grace_never_ends_a_run_cancelled(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("grace.db");
+    let db = backend.fresh_db(dir.path(), "grace.db");
     let mut config = in_process_config(&db);
     config.workers = 1;
     config.shutdown_grace = Duration::from_millis(100);
@@ -216,22 +200,20 @@ fn a_stop_flag_raised_by_the_shutdown_grace_never_ends_a_run_cancelled() {
     // The step runs (600 ms, no write): take the write lock, so that recording its failure
     // waits until after the shutdown grace ended.
     std::thread::sleep(Duration::from_millis(150));
-    let blocker = rusqlite::Connection::open(&db).unwrap();
-    blocker.busy_timeout(Duration::from_secs(10)).unwrap();
-    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let blocker = WriteLock::take(&db);
     std::thread::sleep(Duration::from_millis(700));
+    blocker.wait_for_waiters(1, "recording the step's failure to wait for the lock");
     let stopping = std::thread::spawn(move || engine.shutdown());
     std::thread::sleep(Duration::from_millis(400));
-    blocker.execute_batch("COMMIT").unwrap();
+    blocker.release();
     stopping.join().unwrap().unwrap();
-    let (status, cancel_requested): (String, i64) = reader(&db)
-        .query_row(
-            "SELECT status, cancel_requested FROM runs WHERE id = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!(cancel_requested, 0);
+    let row = rows(
+        &db,
+        &format!("SELECT status, cancel_requested FROM runs WHERE id = {id}"),
+    )
+    .remove(0);
+    let (status, cancel_requested) = (row[0].clone(), row[1].clone());
+    assert_eq!(cancel_requested, "0");
     assert_eq!(
         status, "pending",
         "run {id}: nobody cancelled it; the shutdown hands it back"
@@ -245,10 +227,10 @@ fn a_stop_flag_raised_by_the_shutdown_grace_never_ends_a_run_cancelled() {
 // Must hold: after each shutdown returns no run is `running` (every run claimed for itself
 // by a worker that was stopping is executed up to its first boundary and released, never
 // left to a reaper), and in the end every run completes with each step journaled once.
-#[test]
-fn shutdown_while_workers_claim_their_next_runs_leaves_no_run_running() {
+on_both_stores!(shutdown_while_workers_claim_their_next_runs_leaves_no_run_running);
+fn shutdown_while_workers_claim_their_next_runs_leaves_no_run_running(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("stop.db");
+    let db = backend.fresh_db(dir.path(), "stop.db");
     let config = || {
         let mut c = in_process_config(&db);
         c.workers = 4;

@@ -3,17 +3,17 @@
 //! at its next boundary, whatever that boundary is (a step, a sleep, an event wait, a child
 //! start or join), and a cancel must finish even on a cyclic `parent_id`.
 //!
-//! Every test drives the real `waymark` binary (`serve`, `start`, `cancel`) on a real
-//! SQLite file and reads the outcome with plain rusqlite.
+//! On both stores (SQLite and PostgreSQL). Every test drives the real `waymark` binary
+//! (`serve`, `start`, `cancel`) on a real database and reads the outcome with the
+//! store-neutral peeks of the support module.
 
 mod support;
 
-use rusqlite::params;
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use support::*;
 
 /// `waymark serve --in-process` with a chosen poll interval; stderr goes to `log`.
@@ -72,48 +72,22 @@ fn cancel_within(db: &Path, run_id: i64, timeout: Duration) -> String {
     }
 }
 
-/// A writable connection (for the tests that plant data as another process would).
-fn writer(db: &Path) -> rusqlite::Connection {
-    let c = rusqlite::Connection::open(db).expect("open db");
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
-    c
-}
-
 /// Runs grouped by (status, cancel_requested, note), for failure messages.
-fn summary(db: &Path) -> Vec<(String, i64, Option<String>, i64)> {
-    let c = reader(db);
-    let mut s = c
-        .prepare(
-            "SELECT status, cancel_requested, CASE WHEN note IS NULL THEN NULL
-                    ELSE substr(note, 1, 40) END, count(*)
-             FROM runs GROUP BY 1, 2, 3 ORDER BY 4 DESC",
-        )
-        .unwrap();
-    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+fn summary(db: &Path) -> Vec<Vec<String>> {
+    rows(
+        db,
+        "SELECT status, cancel_requested, CASE WHEN note IS NULL THEN NULL
+                ELSE substr(note, 1, 40) END, count(*)
+         FROM runs GROUP BY 1, 2, 3 ORDER BY 4 DESC",
+    )
 }
 
 fn not_cancelled(db: &Path) -> i64 {
-    reader(db)
-        .query_row(
-            "SELECT count(*) FROM runs WHERE status <> 'cancelled'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap()
+    query_i64(db, "SELECT count(*) FROM runs WHERE status <> 'cancelled'")
 }
 
 /// What the poller's backstop logs when it had to cancel parked runs.
 const SWEPT: &str = "had a cancel requested but were not cancelled";
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 // Scenario (issue 9, defect 4): 300 runs each do one short step and then wait (an event
 // with a one-hour timeout, a one-hour sleep, or the join of a child that sleeps one hour).
@@ -123,9 +97,9 @@ fn now_ms() -> i64 {
 // every child they started, ends `cancelled`; none is left `suspended` with
 // `cancel_requested = 1`, and no parent ends `failed` because its cancelled child failed
 // its join.
-#[test]
-fn cancels_racing_waits_end_every_run_cancelled() {
-    let tmp = Tmp::new();
+on_both_stores!(cancels_racing_waits_end_every_run_cancelled);
+fn cancels_racing_waits_end_every_run_cancelled(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let mut ids = Vec::new();
     for ms in [0, 5, 15, 30, 60] {
@@ -144,26 +118,18 @@ fn cancels_racing_waits_end_every_run_cancelled() {
             let todo = todo.clone();
             let tmp_db = db.clone();
             std::thread::spawn(move || {
-                let c = reader(&tmp_db);
+                let mut c = Peeker::open(&tmp_db);
                 let deadline = Instant::now() + Duration::from_secs(120);
                 loop {
                     assert!(Instant::now() < deadline, "cancelling took too long");
-                    let running: Vec<i64> = c
-                        .prepare_cached(
-                            "SELECT id FROM runs WHERE status = 'running' AND parent_id IS NULL",
-                        )
-                        .unwrap()
-                        .query_map([], |r| r.get(0))
-                        .unwrap()
-                        .collect::<Result<_, _>>()
-                        .unwrap();
-                    let pending: i64 = c
-                        .query_row(
+                    let running = c.ids(
+                        "SELECT id FROM runs WHERE status = 'running' AND parent_id IS NULL",
+                    );
+                    let pending = c
+                        .try_i64(
                             "SELECT count(*) FROM runs WHERE status = 'pending' AND parent_id IS NULL",
-                            [],
-                            |r| r.get(0),
                         )
-                        .unwrap();
+                        .expect("count pending runs");
                     let pick = {
                         let mut todo = todo.lock().unwrap();
                         if todo.is_empty() {
@@ -205,20 +171,11 @@ fn cancels_racing_waits_end_every_run_cancelled() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let children: i64 = reader(&db)
-        .query_row(
-            "SELECT count(*) FROM runs WHERE parent_id IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let parents_cancelled: i64 = reader(&db)
-        .query_row(
-            "SELECT count(*) FROM runs WHERE parent_id IS NULL AND status = 'cancelled'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let children = query_i64(&db, "SELECT count(*) FROM runs WHERE parent_id IS NOT NULL");
+    let parents_cancelled = query_i64(
+        &db,
+        "SELECT count(*) FROM runs WHERE parent_id IS NULL AND status = 'cancelled'",
+    );
     assert_eq!(parents_cancelled, 300);
     assert!(children <= 100, "at most one child per 'child' run");
     let log = std::fs::read_to_string(&log).unwrap_or_default();
@@ -233,9 +190,9 @@ fn cancels_racing_waits_end_every_run_cancelled() {
 // `start_child` without having seen its flag. Must hold: the child is created already
 // cancelled (nothing of it runs) and the parent ends `cancelled` at that boundary instead of
 // joining it.
-#[test]
-fn start_child_after_a_cancel_creates_a_cancelled_child_and_ends_the_parent() {
-    let tmp = Tmp::new();
+on_both_stores!(start_child_after_a_cancel_creates_a_cancelled_child_and_ends_the_parent);
+fn start_child_after_a_cancel_creates_a_cancelled_child_and_ends_the_parent(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let gate = tmp.dir.path().join("gate");
     let json = format!(r#"{{"wait":"child","gate":"{}"}}"#, gate.to_str().unwrap());
@@ -253,13 +210,12 @@ fn start_child_after_a_cancel_creates_a_cancelled_child_and_ends_the_parent() {
     );
     std::fs::write(&gate, b"").unwrap();
     let child = || -> Option<(i64, String)> {
-        reader(&db)
-            .query_row(
-                "SELECT id, status FROM runs WHERE parent_id = ?1",
-                params![id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .ok()
+        rows(
+            &db,
+            &format!("SELECT id, status FROM runs WHERE parent_id = {id}"),
+        )
+        .pop()
+        .map(|r| (r[0].parse().expect("an id"), r[1].clone()))
     };
     let start = Instant::now();
     loop {
@@ -289,9 +245,9 @@ fn start_child_after_a_cancel_creates_a_cancelled_child_and_ends_the_parent() {
 // Scenario (issue 9, defect 4, the backstop): a run is `suspended` with
 // `cancel_requested = 1` (as a build before this fix could leave it, or any path that
 // suspended a flagged run). Must hold: an engine's poller finishes it `cancelled`.
-#[test]
-fn poller_finishes_a_suspended_run_whose_cancel_was_requested() {
-    let tmp = Tmp::new();
+on_both_stores!(poller_finishes_a_suspended_run_whose_cancel_was_requested);
+fn poller_finishes_a_suspended_run_whose_cancel_was_requested(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let id = tmp.start("fixture.sleeper", r#"{"ms":3600000}"#, 1)[0];
     let mut engine = serve_polling(&tmp, 2, 50, None);
@@ -299,12 +255,10 @@ fn poller_finishes_a_suspended_run_whose_cancel_was_requested() {
         status(&db, id) == "suspended"
     });
     kill9(&mut engine);
-    writer(&db)
-        .execute(
-            "UPDATE runs SET cancel_requested = 1 WHERE id = ?1",
-            params![id],
-        )
-        .unwrap();
+    execute(
+        &db,
+        &format!("UPDATE runs SET cancel_requested = 1 WHERE id = {id}"),
+    );
     let log = tmp.dir.path().join("serve.log");
     let _engine = serve_polling(&tmp, 2, 50, Some(&log));
     let start = Instant::now();
@@ -327,9 +281,9 @@ fn poller_finishes_a_suspended_run_whose_cancel_was_requested() {
 // Scenario (issue 9: deadlines use the same flag machinery as cancels): runs whose deadline
 // passes while they wait (an event with a one-hour timeout, a one-hour sleep, a child join).
 // Must hold: each ends `failed` with the deadline as its reason, within a generous timeout.
-#[test]
-fn a_deadline_passing_during_a_wait_is_not_lost() {
-    let tmp = Tmp::new();
+on_both_stores!(a_deadline_passing_during_a_wait_is_not_lost);
+fn a_deadline_passing_during_a_wait_is_not_lost(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let deadline = (now_ms() + 2_000).to_string();
     let mut ids = Vec::new();
@@ -355,15 +309,11 @@ fn a_deadline_passing_during_a_wait_is_not_lost() {
     let _engine = serve_polling(&tmp, 4, 50, None);
     let start = Instant::now();
     loop {
-        let c = reader(&db);
-        let failed: i64 = c
-            .query_row(
-                "SELECT count(*) FROM runs WHERE parent_id IS NULL AND status = 'failed'
-                   AND error LIKE '%deadline%'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let failed = query_i64(
+            &db,
+            "SELECT count(*) FROM runs WHERE parent_id IS NULL AND status = 'failed'
+               AND error LIKE '%deadline%'",
+        );
         if failed == ids.len() as i64 {
             break;
         }
@@ -380,28 +330,20 @@ fn a_deadline_passing_during_a_wait_is_not_lost() {
 // Scenario (issue 9, defect 5, cancel's part): `parent_id` forms a cycle (a run its own
 // parent; two runs each other's parent). Must hold: `waymark cancel` finishes (the walk of
 // descendants is cycle-safe) and the runs end `cancelled`.
-#[test]
-fn cancel_finishes_on_a_parent_id_cycle() {
-    let tmp = Tmp::new();
+on_both_stores!(cancel_finishes_on_a_parent_id_cycle);
+fn cancel_finishes_on_a_parent_id_cycle(backend: Backend) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let ids = tmp.start("fixture.sleeper", r#"{"ms":3600000}"#, 3);
-    let w = writer(&db);
-    w.execute(
-        "UPDATE runs SET parent_id = id WHERE id = ?1",
-        params![ids[0]],
-    )
-    .unwrap();
-    w.execute(
-        "UPDATE runs SET parent_id = ?2 WHERE id = ?1",
-        params![ids[1], ids[2]],
-    )
-    .unwrap();
-    w.execute(
-        "UPDATE runs SET parent_id = ?2 WHERE id = ?1",
-        params![ids[2], ids[1]],
-    )
-    .unwrap();
-    drop(w);
+    let set_parent = |id: i64, parent: i64| {
+        execute(
+            &db,
+            &format!("UPDATE runs SET parent_id = {parent} WHERE id = {id}"),
+        )
+    };
+    set_parent(ids[0], ids[0]);
+    set_parent(ids[1], ids[2]);
+    set_parent(ids[2], ids[1]);
     assert_eq!(
         cancel_within(&db, ids[0], Duration::from_secs(30)),
         "cancelled"
@@ -421,14 +363,14 @@ fn cancel_finishes_on_a_parent_id_cycle() {
 // it drops its stop flag. Then the run is cancelled (or its deadline passes). Must hold: the
 // fresh execution still sees its stop flag and the run ends `cancelled` (or `failed` by its
 // deadline), not `completed`.
-#[test]
-fn a_stale_execution_ending_does_not_drop_the_fresh_executions_cancel_flag() {
-    stale_and_fresh_execution(Stop::Cancel);
+on_both_stores!(a_stale_execution_ending_does_not_drop_the_fresh_executions_cancel_flag);
+fn a_stale_execution_ending_does_not_drop_the_fresh_executions_cancel_flag(backend: Backend) {
+    stale_and_fresh_execution(backend, Stop::Cancel);
 }
 
-#[test]
-fn a_stale_execution_ending_does_not_drop_the_fresh_executions_deadline_flag() {
-    stale_and_fresh_execution(Stop::Deadline);
+on_both_stores!(a_stale_execution_ending_does_not_drop_the_fresh_executions_deadline_flag);
+fn a_stale_execution_ending_does_not_drop_the_fresh_executions_deadline_flag(backend: Backend) {
+    stale_and_fresh_execution(backend, Stop::Deadline);
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -437,8 +379,8 @@ enum Stop {
     Deadline,
 }
 
-fn stale_and_fresh_execution(stop: Stop) {
-    let tmp = Tmp::new();
+fn stale_and_fresh_execution(backend: Backend, stop: Stop) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let log = tmp.dir.path().join("serve.log");
     let json = r#"{"steps":4,"ms":4000}"#;
@@ -473,25 +415,21 @@ fn stale_and_fresh_execution(stop: Stop) {
         Duration::from_secs(30),
         || starts(0) == 1,
     );
-    let reclaimed = writer(&db)
-        .execute(
+    let reclaimed = execute(
+        &db,
+        &format!(
             "UPDATE runs SET status = 'pending', owner = NULL, epoch = epoch + 1,
                     lease_expires_at = NULL, interruptions = interruptions + 1
-             WHERE id = ?1 AND status = 'running' AND epoch = 1",
-            params![id],
-        )
-        .unwrap();
+             WHERE id = {id} AND status = 'running' AND epoch = 1"
+        ),
+    );
     assert_eq!(reclaimed, 1, "the run was reclaimed while its step ran");
     wait_until(
         "the fresh execution's step",
         Duration::from_secs(30),
         || starts(0) == 2,
     );
-    let epoch: i64 = reader(&db)
-        .query_row("SELECT epoch FROM runs WHERE id = ?1", params![id], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let epoch = query_i64(&db, &format!("SELECT epoch FROM runs WHERE id = {id}"));
     assert_eq!(epoch, 3, "the same engine claimed it again");
     let lost = format!("run {id}: lease lost (epoch 1)");
     wait_until("the stale execution ended", Duration::from_secs(30), || {
@@ -509,13 +447,12 @@ fn stale_and_fresh_execution(stop: Stop) {
             "cancelled" | "completed" | "failed"
         )
     });
-    let (end, error): (String, Option<String>) = reader(&db)
-        .query_row(
-            "SELECT status, error FROM runs WHERE id = ?1",
-            params![id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let row = rows(
+        &db,
+        &format!("SELECT status, error FROM runs WHERE id = {id}"),
+    )
+    .remove(0);
+    let (end, error) = (row[0].clone(), (row[1] != "NULL").then(|| row[1].clone()));
     match stop {
         Stop::Cancel => assert_eq!(
             end, "cancelled",
@@ -540,18 +477,18 @@ fn stale_and_fresh_execution(stop: Stop) {
 // though its workflow returned normally after the step (the step's own result stays
 // journaled: it did run). The same for a run whose last step fails: `cancelled`, not
 // `failed`.
-#[test]
-fn a_run_cancelled_during_its_last_step_ends_cancelled_not_completed() {
-    cancelled_during_last_step("fixture.slow");
+on_both_stores!(a_run_cancelled_during_its_last_step_ends_cancelled_not_completed);
+fn a_run_cancelled_during_its_last_step_ends_cancelled_not_completed(backend: Backend) {
+    cancelled_during_last_step(backend, "fixture.slow");
 }
 
-#[test]
-fn a_run_cancelled_during_its_last_step_ends_cancelled_not_failed() {
-    cancelled_during_last_step("fixture.slow_then_fail");
+on_both_stores!(a_run_cancelled_during_its_last_step_ends_cancelled_not_failed);
+fn a_run_cancelled_during_its_last_step_ends_cancelled_not_failed(backend: Backend) {
+    cancelled_during_last_step(backend, "fixture.slow_then_fail");
 }
 
-fn cancelled_during_last_step(workflow: &str) {
-    let tmp = Tmp::new();
+fn cancelled_during_last_step(backend: Backend, workflow: &str) {
+    let tmp = Tmp::on(backend);
     let db = tmp.db();
     let id = tmp.start(workflow, r#"{"steps":1,"ms":3000}"#, 1)[0];
     let log = tmp.dir.path().join("serve.log");

@@ -249,3 +249,146 @@ pub fn query_blob(db: &Path, sql: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("a hex blob"))
         .collect()
 }
+
+/// Run one statement with no parameters that writes (as another process would: a tool,
+/// an operator), on either store; the rows it changed. Its SQL must read alike in both
+/// dialects.
+pub fn execute(db: &Path, sql: &str) -> u64 {
+    if let Some(url) = pg_url(db) {
+        return super::pg::pg_cluster_client(url)
+            .execute(sql, &[])
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let c = Connection::open(db).expect("open db");
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.execute(sql, []).unwrap_or_else(|e| panic!("{sql}: {e}")) as u64
+}
+
+/// One open connection for repeated peeks (a sampler, a polling thread) on either store,
+/// instead of a connection per query.
+pub enum Peeker {
+    Sqlite(Connection),
+    Postgres(postgres::Client),
+}
+
+impl Peeker {
+    /// A connection to the database `db` names (an SQLite file, opened `query_only`, or a
+    /// PostgreSQL URL).
+    pub fn open(db: &Path) -> Peeker {
+        match pg_url(db) {
+            Some(url) => Peeker::Postgres(super::pg::pg_cluster_client(url)),
+            None => Peeker::Sqlite(peek(db)),
+        }
+    }
+
+    /// One integer from a query with no parameters, or None if it could not be read.
+    pub fn try_i64(&mut self, sql: &str) -> Option<i64> {
+        match self {
+            Peeker::Sqlite(c) => c.prepare_cached(sql).ok()?.query_row([], |r| r.get(0)).ok(),
+            Peeker::Postgres(c) => c
+                .query_one(&format!("SELECT ({sql})::bigint"), &[])
+                .ok()
+                .map(|r| r.get(0)),
+        }
+    }
+
+    /// The first column of every row of a query with no parameters, as integers.
+    pub fn ids(&mut self, sql: &str) -> Vec<i64> {
+        match self {
+            Peeker::Sqlite(c) => c
+                .prepare_cached(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap(),
+            Peeker::Postgres(c) => c
+                .query(sql, &[])
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+        }
+    }
+}
+
+/// Another session holding the store's write lock until [`WriteLock::release`] (or drop):
+/// on SQLite `BEGIN IMMEDIATE`; on PostgreSQL a transaction holding every waymark table
+/// `IN EXCLUSIVE MODE` (reads go on, every write and `FOR UPDATE` waits), what a
+/// maintenance job or a stuck operator's session does to engines.
+pub enum WriteLock {
+    Sqlite(Connection),
+    /// The session holding the locks, and the database's URL.
+    Postgres(postgres::Client, String),
+}
+
+impl WriteLock {
+    /// Take the lock (waits while another writer holds it).
+    pub fn take(db: &Path) -> WriteLock {
+        match pg_url(db) {
+            Some(url) => {
+                let mut c = super::pg::pg_cluster_client(url);
+                let tables: Vec<String> = c
+                    .query(
+                        "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+                        &[],
+                    )
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                assert!(!tables.is_empty(), "no waymark tables in {url} yet");
+                c.batch_execute(&format!(
+                    "BEGIN; LOCK TABLE {} IN EXCLUSIVE MODE",
+                    tables.join(", ")
+                ))
+                .unwrap();
+                WriteLock::Postgres(c, url.to_string())
+            }
+            None => {
+                let c = Connection::open(db).expect("open db");
+                c.busy_timeout(Duration::from_secs(10)).unwrap();
+                c.execute_batch("BEGIN IMMEDIATE").unwrap();
+                WriteLock::Sqlite(c)
+            }
+        }
+    }
+
+    /// How many sessions wait for a lock in the database now with a statement on `runs`
+    /// (PostgreSQL's `pg_stat_activity`, read on a session of its own: the holder's would
+    /// keep one snapshot per transaction; an engine's heartbeat on `engines` is not
+    /// counted); None on SQLite, whose waiters retry in their busy handlers, unseen from
+    /// outside. Lets a test check that its scenario happened.
+    pub fn waiters(&self) -> Option<i64> {
+        match self {
+            WriteLock::Sqlite(_) => None,
+            WriteLock::Postgres(_, url) => Some(
+                super::pg::pg_cluster_client(url)
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity
+                         WHERE datname = current_database() AND wait_event_type = 'Lock'
+                           AND query ~ '\\mruns\\M'",
+                        &[],
+                    )
+                    .unwrap()
+                    .get(0),
+            ),
+        }
+    }
+
+    /// Wait until at least `n` sessions wait for the lock ([`WriteLock::waiters`]; at once
+    /// on SQLite), or fail with `what` after a generous timeout.
+    pub fn wait_for_waiters(&self, n: i64, what: &str) {
+        super::wait_until(what, Duration::from_secs(30), || {
+            self.waiters().is_none_or(|w| w >= n)
+        })
+    }
+
+    /// Commit: the waiting writers go on.
+    pub fn release(self) {
+        match self {
+            WriteLock::Sqlite(c) => c.execute_batch("COMMIT").unwrap(),
+            WriteLock::Postgres(mut c, _) => c.batch_execute("COMMIT").unwrap(),
+        }
+    }
+}

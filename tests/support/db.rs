@@ -249,3 +249,33 @@ pub fn query_blob(db: &Path, sql: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("a hex blob"))
         .collect()
 }
+
+/// Run one statement that changes the database (a test damaging or steering rows), with
+/// its values inlined; the rows it changed. `sql` must read alike in both dialects.
+pub fn exec(db: &Path, sql: &str) -> u64 {
+    exec_blob_opt(db, sql, None)
+}
+
+/// [`exec`] with one BLOB (BYTEA) parameter written `$1` (SQLite reads `$1` as a named
+/// parameter, PostgreSQL as the first positional one).
+pub fn exec_blob(db: &Path, sql: &str, blob: &[u8]) -> u64 {
+    exec_blob_opt(db, sql, Some(blob))
+}
+
+fn exec_blob_opt(db: &Path, sql: &str, blob: Option<&[u8]>) -> u64 {
+    if let Some(url) = pg_url(db) {
+        let mut c = super::pg::pg_cluster_client(url);
+        return match blob {
+            Some(b) => c.execute(sql, &[&b]),
+            None => c.execute(sql, &[]),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let c = Connection::open(db).expect("open db for writing");
+    c.busy_timeout(Duration::from_secs(30)).unwrap();
+    match blob {
+        Some(b) => c.execute(sql, [b]),
+        None => c.execute(sql, []),
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}")) as u64
+}

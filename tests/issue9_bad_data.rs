@@ -263,9 +263,11 @@ on_both_stores!(a_bad_payload_or_journal_parks_only_its_run);
 fn a_bad_payload_or_journal_parks_only_its_run(backend: Backend) {
     // Scenario: on either store, pending runs whose input does not decode (garbage bytes),
     // whose input is over the payload limit, or whose journal skips a seq (replayed), and a
-    // run of a workflow this build does not have. Must hold: every other run completes;
+    // run of a workflow this build does not have, and one of a version it does not have
+    // (1 modulo 2^32). Must hold: every other run completes;
     // each damaged run is `blocked` once with a note giving the reason, its epoch stays put;
-    // the run of the unknown workflow is left pending, never claimed.
+    // the run of the unknown workflow is left pending and the one of the unknown version
+    // parked `blocked_version`, neither ever claimed.
     let dir = tempfile::tempdir().unwrap();
     let db = backend.fresh_db(dir.path(), "payload.db");
     let gap = start(&db, "fixture.slow", r#"{"steps":2,"ms":5}"#, 1)[0];
@@ -286,8 +288,14 @@ fn a_bad_payload_or_journal_parks_only_its_run(backend: Backend) {
         ),
     );
     let gap_epoch = epoch(&db, gap);
-    let damaged = start(&db, "fixture.slow", r#"{"steps":2,"ms":5}"#, 3);
+    let damaged = start(&db, "fixture.slow", r#"{"steps":2,"ms":5}"#, 4);
     let (garbage, over_limit, unknown) = (damaged[0], damaged[1], damaged[2]);
+    // A version that is 1 modulo 2^32: never read as version 1.
+    let wide = damaged[3];
+    exec(
+        &db,
+        &format!("UPDATE runs SET version = 4294967297 WHERE id = {wide}"),
+    );
     exec_blob(
         &db,
         &format!("UPDATE runs SET input = $1 WHERE id = {garbage}"),
@@ -320,6 +328,17 @@ fn a_bad_payload_or_journal_parks_only_its_run(backend: Backend) {
         &good,
         &[1, 1, gap_epoch + 1],
     );
+    wait_until(
+        "the run of an unknown version to be parked",
+        Duration::from_secs(30),
+        || status(&db, wide) == "blocked_version",
+    );
+    assert!(
+        note(&db, wide).contains("version 4294967297 is not registered"),
+        "{}",
+        note(&db, wide)
+    );
+    assert_eq!(epoch(&db, wide), 0, "never claimed");
     assert_eq!(status(&db, unknown), "pending", "not claimed");
     assert_eq!(epoch(&db, unknown), 0, "never claimed");
 }

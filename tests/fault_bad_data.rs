@@ -198,3 +198,73 @@ fn damaged_and_foreign_files_are_refused_and_left_unchanged() {
     }
     refused(&foreign, "foreign", &["another application"]);
 }
+
+/// The tables of a PostgreSQL database (schema `public`) with their row counts: what
+/// "left untouched" compares.
+fn pg_tables(url: &str) -> Vec<(String, i64)> {
+    let mut c = pg_cluster_client(url);
+    let names: Vec<String> = c
+        .query(
+            "SELECT table_name::text FROM information_schema.tables
+             WHERE table_schema = 'public' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    names
+        .into_iter()
+        .map(|t| {
+            let n: i64 = c
+                .query_one(&format!("SELECT count(*) FROM \"{t}\""), &[])
+                .unwrap()
+                .get(0);
+            (t, n)
+        })
+        .collect()
+}
+
+// PostgreSQL's counterpart of the file tests above (a database has no file to damage):
+// a database holding another application's `runs` table, and one whose waymark schema
+// version is -1. Must hold: `stats` and `serve` are refused with a one-line message naming
+// the cause, and the database is left as it was (no table created, no row changed).
+#[test]
+fn a_foreign_or_unknown_version_postgres_database_is_refused_untouched() {
+    let foreign = fresh_pg_db();
+    pg_cluster_client(&foreign)
+        .batch_execute("CREATE TABLE runs(x integer); INSERT INTO runs VALUES (1);")
+        .unwrap();
+    let negative = fresh_pg_db();
+    pg_cluster_client(&negative)
+        .batch_execute(
+            "CREATE TABLE waymark_meta(key text PRIMARY KEY, value bigint NOT NULL);
+             INSERT INTO waymark_meta VALUES ('schema_version', -1);",
+        )
+        .unwrap();
+    for (url, what, message) in [
+        (
+            &foreign,
+            "foreign",
+            &["another application", "\"runs\""][..],
+        ),
+        (&negative, "negative version", &["schema version -1"][..]),
+    ] {
+        let before = pg_tables(url);
+        for args in [vec!["stats"], vec!["serve"]] {
+            let out = Command::new(bin())
+                .args(&args)
+                .args(["--db", url])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{what}: {args:?} refused");
+            assert!(
+                message.iter().all(|m| err.contains(m)),
+                "{what}: {args:?}: clear message, got {err:?}"
+            );
+            assert_eq!(err.trim().lines().count(), 1, "{what}: one line: {err:?}");
+            assert_eq!(pg_tables(url), before, "{what}: {args:?}: untouched");
+        }
+    }
+}

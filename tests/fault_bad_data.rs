@@ -226,8 +226,8 @@ fn pg_tables(url: &str) -> Vec<(String, i64)> {
 }
 
 // PostgreSQL's counterpart of the file tests above (a database has no file to damage):
-// a database holding another application's `runs` table, and one whose waymark schema
-// version is -1. Must hold: `stats` and `serve` are refused with a one-line message naming
+// a database holding another application's `runs` table, one whose waymark schema
+// version is -1, and one whose `waymark_meta.value` is TEXT. Must hold: `stats` and `serve` are refused with a one-line message naming
 // the cause, and the database is left as it was (no table created, no row changed).
 #[test]
 fn a_foreign_or_unknown_version_postgres_database_is_refused_untouched() {
@@ -242,7 +242,20 @@ fn a_foreign_or_unknown_version_postgres_database_is_refused_untouched() {
              INSERT INTO waymark_meta VALUES ('schema_version', -1);",
         )
         .unwrap();
+    // Another application's table of our meta table's name, its version a TEXT.
+    let text_version = fresh_pg_db();
+    pg_cluster_client(&text_version)
+        .batch_execute(
+            "CREATE TABLE waymark_meta(key text PRIMARY KEY, value text NOT NULL);
+             INSERT INTO waymark_meta VALUES ('schema_version', 'seven');",
+        )
+        .unwrap();
     for (url, what, message) in [
+        (
+            &text_version,
+            "text version",
+            &["not a waymark database", "waymark_meta"][..],
+        ),
         (
             &foreign,
             "foreign",

@@ -198,7 +198,14 @@ pub fn migrate(db: &mut Db<'_>, name: &str) -> StoreResult<()> {
                 "SELECT value FROM waymark_meta WHERE key = 'schema_version'",
                 &[],
             )?
-            .map(|r| r.get(0))
+            // Never a panic on what we read: a value that is no BIGINT is not our table.
+            .map(|r| {
+                r.try_get(0).map_err(|e| StoreError::NotADatabase {
+                    path: PathBuf::from(name),
+                    detail: format!("its waymark_meta schema_version does not read: {e}"),
+                })
+            })
+            .transpose()?
             .unwrap_or(0)
         } else {
             0

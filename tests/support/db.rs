@@ -1,6 +1,7 @@
 //! Read-only peeks at a test's database: plain rusqlite for an SQLite file, the plain
 //! `postgres` client for a `postgres://` URL (the helpers below take either; their SQL is
 //! written in what both dialects read alike). `reader` and `peek` are SQLite's own.
+//! [`exec`] and [`exec_blob`] are the writes of tests that damage or steer rows.
 
 use rusqlite::{params, Connection, OpenFlags};
 use std::collections::HashMap;

@@ -3,6 +3,7 @@
 //! so once the run moved on; notes give ISO times and "in N min"; JSON keeps milliseconds
 //! and adds ISO strings; `runs --status` is validated; `cancel` of a finished run and a
 //! `gc` that would delete runs younger than an hour fail unless asked (`--yes`).
+//! Each test runs on both stores (`--db` a file or a PostgreSQL URL).
 
 mod support;
 
@@ -74,10 +75,10 @@ fn is_iso(s: &str) -> bool {
 // each with an ISO-8601 UTC start, a duration and the outcome with its reason; `show
 // --json` keeps the milliseconds and adds `started_at_iso`, `duration_ms`, the run's
 // `created_at_iso` and `finished_at_iso`.
-#[test]
-fn show_lists_every_attempt_with_its_start_duration_and_outcome() {
+on_both_stores!(show_lists_every_attempt_with_its_start_duration_and_outcome);
+fn show_lists_every_attempt_with_its_start_duration_and_outcome(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("s.db");
+    let db = backend.fresh_db(dir.path(), "s.db");
     let id = start(&db, "fixture.slow", r#"{"steps":2,"ms":5}"#);
     serve_until_idle(&db);
     let text = show(&db, id);
@@ -111,10 +112,10 @@ fn show_lists_every_attempt_with_its_start_duration_and_outcome() {
 // and completes it. Must hold: the first attempt (no recorded outcome) reads "interrupted:
 // owner pid N died" naming the dead engine's pid, in text and JSON (`state`), not
 // "interrupted-or-running".
-#[test]
-fn an_attempt_cut_by_a_dead_owner_says_so_once_the_run_moved_on() {
+on_both_stores!(an_attempt_cut_by_a_dead_owner_says_so_once_the_run_moved_on);
+fn an_attempt_cut_by_a_dead_owner_says_so_once_the_run_moved_on(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("k.db");
+    let db = backend.fresh_db(dir.path(), "k.db");
     let id = start(&db, "fixture.slow", r#"{"steps":1,"ms":4000}"#);
     let mut first = spawn(
         &["serve", "--db", db_arg(&db), "--lease-ttl-ms", "3000"],
@@ -151,10 +152,10 @@ fn an_attempt_cut_by_a_dead_owner_says_so_once_the_run_moved_on() {
 // Scenario: a run sleeps for an hour (its engine then killed, so it stays suspended).
 // Must hold: `show` gives the note's wake-up time as ISO-8601 with "(in N min)", not raw
 // epoch milliseconds; JSON keeps the raw note and adds `note_readable`.
-#[test]
-fn notes_give_iso_times_and_how_far_away_they_are() {
+on_both_stores!(notes_give_iso_times_and_how_far_away_they_are);
+fn notes_give_iso_times_and_how_far_away_they_are(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("n.db");
+    let db = backend.fresh_db(dir.path(), "n.db");
     let id = start(&db, "fixture.sleeper", r#"{"ms":3600000}"#);
     let mut engine = spawn(
         &["serve", "--db", db_arg(&db)],
@@ -194,10 +195,10 @@ fn notes_give_iso_times_and_how_far_away_they_are() {
 
 // Scenario: `waymark runs --status bogus`. Must hold: non-zero exit, and the message lists
 // the valid statuses.
-#[test]
-fn runs_with_an_unknown_status_is_an_error_listing_the_valid_ones() {
+on_both_stores!(runs_with_an_unknown_status_is_an_error_listing_the_valid_ones);
+fn runs_with_an_unknown_status_is_an_error_listing_the_valid_ones(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("r.db");
+    let db = backend.fresh_db(dir.path(), "r.db");
     start(&db, "fixture.slow", r#"{"steps":1,"ms":1}"#);
     let out = run(&["runs", "--db", db_arg(&db), "--status", "bogus"]);
     assert!(!out.status.success());
@@ -221,10 +222,10 @@ fn runs_with_an_unknown_status_is_an_error_listing_the_valid_ones() {
 // Scenario: `cancel` of a completed run, then `gc --older-than 0s` right after it finished.
 // Must hold: cancel exits non-zero saying the run already finished (it stays completed);
 // gc refuses without `--yes` (nothing deleted) and deletes it with `--yes`.
-#[test]
-fn cancel_of_a_finished_run_and_gc_of_young_runs_fail_unless_asked() {
+on_both_stores!(cancel_of_a_finished_run_and_gc_of_young_runs_fail_unless_asked);
+fn cancel_of_a_finished_run_and_gc_of_young_runs_fail_unless_asked(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("c.db");
+    let db = backend.fresh_db(dir.path(), "c.db");
     let id = start(&db, "fixture.slow", r#"{"steps":1,"ms":1}"#);
     serve_until_idle(&db);
     let out = run(&["cancel", &id.to_string(), "--db", db_arg(&db)]);
@@ -269,10 +270,12 @@ fn progress_lines(stderr: &str) -> Vec<(usize, usize, String)> {
 // completed and 2 failed; the final summary is the one the demo always printed
 // ("demo: 6/8 completed, 2 failed, 0 not as expected"); a second demo on the same file
 // (every run already finished) starts its progress at 8/8 and exits at once.
-#[test]
-fn demo_prints_plain_progress_lines_ending_at_the_total_when_stderr_is_not_a_terminal() {
+on_both_stores!(demo_prints_plain_progress_lines_ending_at_the_total_when_stderr_is_not_a_terminal);
+fn demo_prints_plain_progress_lines_ending_at_the_total_when_stderr_is_not_a_terminal(
+    backend: Backend,
+) {
     let dir = tempdir();
-    let db = dir.path().join("demo.db");
+    let db = backend.fresh_db(dir.path(), "demo.db");
     let args = [
         "demo",
         "--db",

@@ -1,6 +1,7 @@
 //! Payloads as JSON through the registry in the admin CLI (issue 13, `waymark::cli`): the
 //! `waymark` binary is `waymark::cli` over the built-in workflows, so these drive the same
-//! CLI an application embeds. Scenarios, each on a real file with real processes:
+//! CLI an application embeds. Scenarios, each on a real database (a file, or a PostgreSQL
+//! URL as `--db`: every test runs on both stores) with real processes:
 //! - `start` of a registered workflow by name with a JSON input (a struct), an engine runs
 //!   it, and `show --json` carries the input, the output and the step's output decoded
 //!   as JSON, not bincode;
@@ -52,10 +53,10 @@ fn show_json(db: &Path, id: i64) -> Value {
     .unwrap()
 }
 
-#[test]
-fn show_json_decodes_input_output_and_step_outputs_of_a_workflow_started_by_name() {
+on_both_stores!(show_json_decodes_input_output_and_step_outputs_of_a_workflow_started_by_name);
+fn show_json_decodes_input_output_and_step_outputs_of_a_workflow_started_by_name(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("t.db");
+    let db = backend.fresh_db(dir.path(), "t.db");
     let id = start(&db, "fixture.echo", r#"{"text":"photo-7","ms":0}"#);
     serve_until_idle(&db);
     let v = show_json(&db, id);
@@ -74,10 +75,10 @@ fn show_json_decodes_input_output_and_step_outputs_of_a_workflow_started_by_name
     assert_eq!(echo["output"], "photo-7-OUTPUT", "{v}");
 }
 
-#[test]
-fn start_refuses_json_that_is_not_the_workflow_input_type() {
+on_both_stores!(start_refuses_json_that_is_not_the_workflow_input_type);
+fn start_refuses_json_that_is_not_the_workflow_input_type(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("t.db");
+    let db = backend.fresh_db(dir.path(), "t.db");
     // A run on the file first, so the refusal is not about a missing file.
     start(&db, "fixture.echo", r#"{"text":"a","ms":0}"#);
     let out = run(&[
@@ -94,10 +95,10 @@ fn start_refuses_json_that_is_not_the_workflow_input_type() {
     assert_eq!(count(&db, "pending"), 1, "nothing started: {err}");
 }
 
-#[test]
-fn send_of_a_wrong_type_is_refused_and_show_json_carries_the_event_payload() {
+on_both_stores!(send_of_a_wrong_type_is_refused_and_show_json_carries_the_event_payload);
+fn send_of_a_wrong_type_is_refused_and_show_json_carries_the_event_payload(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("t.db");
+    let db = backend.fresh_db(dir.path(), "t.db");
     let db_s = db_arg(&db).to_string();
     let id = start(&db, "fixture.approve", "null");
     let log = dir.path().join("serve.log");

@@ -1,6 +1,7 @@
 //! `waymark runs` filters and paging (issue 13): `--status`, `--workflow`, `--key-prefix`,
 //! `--since` / `--until` (an age or an ISO-8601 UTC time) and `--limit` / `--after`, each
-//! through `Client::list`; bad values are errors naming the valid form.
+//! through `Client::list`; bad values are errors naming the valid form. Each test runs on
+//! both stores (`--db` a file or a PostgreSQL URL).
 
 mod support;
 
@@ -38,10 +39,10 @@ fn ids(db: &Path, args: &[&str]) -> Vec<i64> {
 // fixture.flaky (keys exp-1..2) and an unkeyed fixture.slow. Must hold: each filter lists
 // exactly the runs it names, in id order; `--since`/`--until` split the two batches at the
 // second batch's first creation time (given as an ISO time) and as ages.
-#[test]
-fn each_runs_filter_narrows_the_listing_exactly() {
+on_both_stores!(each_runs_filter_narrows_the_listing_exactly);
+fn each_runs_filter_narrows_the_listing_exactly(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("f.db");
+    let db = backend.fresh_db(dir.path(), "f.db");
     let slow = start_runs(&db, "fixture.slow", r#"{"steps":1,"ms":1}"#, Some("imp"), 3);
     // Creation times are milliseconds: the second batch starts strictly later.
     std::thread::sleep(Duration::from_millis(20));
@@ -103,10 +104,10 @@ fn each_runs_filter_narrows_the_listing_exactly() {
 // Scenario: seven runs listed two at a time with `--limit 2 --after LAST`. Must hold: the
 // pages are disjoint, in order, together exactly every run; every page but the last says
 // on stderr how to continue; `--after` alone lists the rest; paging composes with a filter.
-#[test]
-fn runs_paging_returns_disjoint_pages_that_together_are_all() {
+on_both_stores!(runs_paging_returns_disjoint_pages_that_together_are_all);
+fn runs_paging_returns_disjoint_pages_that_together_are_all(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("p.db");
+    let db = backend.fresh_db(dir.path(), "p.db");
     let mut all = start_runs(&db, "fixture.slow", r#"{"steps":1,"ms":1}"#, Some("a"), 4);
     all.extend(start_runs(
         &db,
@@ -185,10 +186,10 @@ fn runs_paging_returns_disjoint_pages_that_together_are_all() {
 
 // Scenario: bad values of each option. Must hold: non-zero exit, nothing on stdout, and
 // stderr names the option's valid form.
-#[test]
-fn bad_runs_filter_values_are_errors_naming_the_valid_form() {
+on_both_stores!(bad_runs_filter_values_are_errors_naming_the_valid_form);
+fn bad_runs_filter_values_are_errors_naming_the_valid_form(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("b.db");
+    let db = backend.fresh_db(dir.path(), "b.db");
     start(&db, "fixture.slow", r#"{"steps":1,"ms":1}"#, 1);
     for (args, expect) in [
         (&["--status", "bogus"][..], "valid statuses are"),
@@ -210,7 +211,10 @@ fn bad_runs_filter_values_are_errors_naming_the_valid_form() {
         assert!(err.contains(expect), "{args:?}: {err}");
     }
     // Checked before the file is opened: a missing file is not the first complaint.
-    let missing = dir.path().join("missing.db");
+    let missing = match backend {
+        Backend::Sqlite => dir.path().join("missing.db"),
+        Backend::Postgres => std::path::PathBuf::from(format!("{}_missing", db.display())),
+    };
     let out = run(&["runs", "--db", missing.to_str().unwrap(), "--limit", "0"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

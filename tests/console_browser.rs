@@ -8,6 +8,8 @@
 //! attempts; the cancel button cancels in the database; an action without the session's
 //! anti-forgery token is 403 and changes nothing; the hostile key is text, no script runs.
 //!
+//! Every test runs on both stores (`--db` a file or a PostgreSQL URL).
+//!
 //! Screenshots for README: `WAYMARK_SCREENSHOTS=docs cargo test --release --test console_browser`.
 
 mod support;
@@ -217,8 +219,8 @@ struct Runs {
 
 /// A database with runs in every state, made by the real binary (one SQL update parks a
 /// run `blocked`, which otherwise needs damaged data).
-fn populate(dir: &Path) -> (PathBuf, Runs) {
-    let db = dir.join("wm.db");
+fn populate(backend: Backend, dir: &Path) -> (PathBuf, Runs) {
+    let db = backend.fresh_db(dir, "wm.db");
     let marker = dir.join("flaky.marker");
     let flaky = one(
         &db,
@@ -279,22 +281,17 @@ fn populate(dir: &Path) -> (PathBuf, Runs) {
         &dir.join("serve.log"),
     );
     let snapshot = || {
-        let c = peek(&db);
-        let mut st = c
-            .prepare("SELECT status || '=' || count(*) FROM runs GROUP BY status ORDER BY status")
-            .unwrap();
-        let mut v: Vec<String> = st
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        let started: i64 = c
-            .query_row(
-                "SELECT count(*) FROM attempts WHERE run_id = ?1",
-                [running],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let mut v: Vec<String> = rows(
+            &db,
+            "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status",
+        )
+        .into_iter()
+        .map(|r| format!("{}={}", r[0], r[1]))
+        .collect();
+        let started = query_i64(
+            &db,
+            &format!("SELECT count(*) FROM attempts WHERE run_id = {running}"),
+        );
         v.push(format!("running-step-started={started}"));
         v.join(",")
     };
@@ -317,13 +314,12 @@ fn populate(dir: &Path) -> (PathBuf, Runs) {
         db.to_str().unwrap(),
     ]);
     assert!(out.status.success());
-    let c = rusqlite::Connection::open(&db).unwrap();
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
-    c.execute(
-        "UPDATE runs SET status = 'blocked', note = 'parked by the test' WHERE id = ?1",
-        [parked],
-    )
-    .unwrap();
+    exec(
+        &db,
+        &format!(
+            "UPDATE runs SET status = 'blocked', note = 'parked by the test' WHERE id = {parked}"
+        ),
+    );
     (
         db,
         Runs {
@@ -338,10 +334,13 @@ fn populate(dir: &Path) -> (PathBuf, Runs) {
     )
 }
 
-#[test]
-fn console_in_a_real_browser() {
+// On both stores: the one browser test (expensive) covers every page (runs, run detail,
+// payloads, logs, timeline), the cancel button's write and the page after it, so it is the
+// one doubled for PostgreSQL.
+on_both_stores!(console_in_a_real_browser);
+fn console_in_a_real_browser(backend: Backend) {
     let dir = tempdir();
-    let (db, runs) = populate(dir.path());
+    let (db, runs) = populate(backend, dir.path());
     let (mut server, url) = ui(&db, &[]);
     let browser = Browser::start();
 
@@ -471,11 +470,11 @@ fn get(url: &str) -> (u16, String) {
     }
 }
 
-/// `curl`-style checks: /metrics, /api/runs, read-only, the token, the Host check.
-#[test]
-fn console_over_plain_http() {
+// `curl`-style checks: /metrics, /api/runs, read-only, the token, the Host check.
+on_both_stores!(console_over_plain_http);
+fn console_over_plain_http(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("wm.db");
+    let db = backend.fresh_db(dir.path(), "wm.db");
     let marker = dir.path().join("m");
     let flaky = one(
         &db,
@@ -615,13 +614,13 @@ fn post_form(url: &str, cookie: &str, form: &[(&str, &str)]) -> (u16, String) {
     }
 }
 
-/// The event form is checked through the registered `Event<T>` converter: a payload of
-/// the wrong type is 400 with the decode error and nothing is sent (the run keeps
-/// waiting); the right one resumes the run.
-#[test]
-fn console_event_form_checks_the_registered_type() {
+// The event form is checked through the registered `Event<T>` converter: a payload of
+// the wrong type is 400 with the decode error and nothing is sent (the run keeps
+// waiting); the right one resumes the run.
+on_both_stores!(console_event_form_checks_the_registered_type);
+fn console_event_form_checks_the_registered_type(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("wm.db");
+    let db = backend.fresh_db(dir.path(), "wm.db");
     let id = one(&db, "fixture.approve", "null", &[]);
     let _engine = serve(dir.path(), "engine", &db, 2, 3000, &[]);
     wait_for("the run waits for approve", Duration::from_secs(60), || {
@@ -669,12 +668,12 @@ fn metric(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// The console inside an engine process (`serve --ui`) adds that engine's own counters to
-/// `/metrics`, and they grow as runs complete.
-#[test]
-fn console_in_an_engine_serves_its_counters() {
+// The console inside an engine process (`serve --ui`) adds that engine's own counters to
+// `/metrics`, and they grow as runs complete.
+on_both_stores!(console_in_an_engine_serves_its_counters);
+fn console_in_an_engine_serves_its_counters(backend: Backend) {
     let dir = tempdir();
-    let db = dir.path().join("wm.db");
+    let db = backend.fresh_db(dir.path(), "wm.db");
     let (_engine, url) = serve_with_ui(dir.path(), "engine", &db, 2, 1500);
     let names = [
         "waymark_engine_writer_commits_total",

@@ -5,7 +5,8 @@
 //! the run, the step, the seq and the expected type; no retry is consumed (journal and
 //! attempts unchanged); the engine and the other runs continue; after the data is fixed
 //! (standing in for a compatible build), `waymark resume RUN_ID` retries it to completion.
-//! (2) Scenario: a truncated, zero-length, bit-flipped or foreign database file is opened.
+//! On both stores (a BYTEA on PostgreSQL).
+//! (2) Scenario (SQLite only: it is about the file): a truncated, zero-length, bit-flipped or foreign database file is opened.
 //! What must survive: refused at open with a clear message and a non-zero exit, and the
 //! file's bytes unchanged (no -wal/-shm or other stray file left behind).
 
@@ -14,10 +15,10 @@ use std::process::Command;
 use std::time::Duration;
 use support::*;
 
-#[test]
-fn undecodable_checkpoint_parks_the_run_and_resume_retries_it() {
+on_both_stores!(undecodable_checkpoint_parks_the_run_and_resume_retries_it);
+fn undecodable_checkpoint_parks_the_run_and_resume_retries_it(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bad.db");
+    let db = backend.fresh_db(dir.path(), "bad.db");
     let bad = start(&db, "fixture.slow", r#"{"steps":2,"ms":10}"#, 3);
     {
         let _a = serve(dir.path(), "a", &db, 4, 2000, &[]);
@@ -28,24 +29,25 @@ fn undecodable_checkpoint_parks_the_run_and_resume_retries_it() {
         );
     }
     // Make the runs replay: back to pending with their journal, then damage seq 0.
-    let w = rusqlite::Connection::open(&db).unwrap();
     let good = waymark::internal::codec::encode(&10u64, 1024).unwrap();
     let garbage = vec![0xffu8; 3];
     let truncated = good[..5].to_vec();
     let other_type = waymark::internal::codec::encode(&String::from("ten"), 1024).unwrap();
     for (run, blob) in bad.iter().zip([&garbage, &truncated, &other_type]) {
-        w.execute(
-            "UPDATE steps SET output = ?2 WHERE run_id = ?1 AND seq = 0",
-            rusqlite::params![run, blob],
-        )
-        .unwrap();
-        w.execute(
-            "UPDATE runs SET status = 'pending', output = NULL, finished_at = NULL WHERE id = ?1",
-            [run],
-        )
-        .unwrap();
+        exec_blob(
+            &db,
+            &format!("UPDATE steps SET output = $1 WHERE run_id = {run} AND seq = 0"),
+            blob,
+        );
+        exec(
+            &db,
+            &format!(
+                "UPDATE runs SET status = 'pending', output = NULL, finished_at = NULL WHERE id = {run}"
+            ),
+        );
     }
-    let count = |sql: &str, run: i64| -> i64 { w.query_row(sql, [run], |r| r.get(0)).unwrap() };
+    let count =
+        |sql: &str, run: i64| -> i64 { query_i64(&db, &sql.replace("?1", &run.to_string())) };
     let attempts_before: Vec<i64> = bad
         .iter()
         .map(|r| count("SELECT count(*) FROM attempts WHERE run_id = ?1", *r))
@@ -63,9 +65,7 @@ fn undecodable_checkpoint_parks_the_run_and_resume_retries_it() {
         || others.iter().all(|r| status(&db, *r) == "completed"),
     );
     for (i, run) in bad.iter().enumerate() {
-        let note: String = w
-            .query_row("SELECT note FROM runs WHERE id = ?1", [run], |r| r.get(0))
-            .unwrap();
+        let note = query_text(&db, &format!("SELECT note FROM runs WHERE id = {run}"));
         for part in [
             format!("run {run}"),
             "'fixture.sleep'".into(),
@@ -90,11 +90,11 @@ fn undecodable_checkpoint_parks_the_run_and_resume_retries_it() {
     }
     // "Deploy a compatible build": the data decodes again; resume retries the run.
     for run in &bad {
-        w.execute(
-            "UPDATE steps SET output = ?2 WHERE run_id = ?1 AND seq = 0",
-            rusqlite::params![run, good],
-        )
-        .unwrap();
+        exec_blob(
+            &db,
+            &format!("UPDATE steps SET output = $1 WHERE run_id = {run} AND seq = 0"),
+            &good,
+        );
         let out = Command::new(bin())
             .args(["resume", &run.to_string(), "--db"])
             .arg(&db)
@@ -140,6 +140,7 @@ fn refused(path: &std::path::Path, what: &str, message: &[&str]) {
     }
 }
 
+// SQLite-only: about damaged SQLite files (a PostgreSQL store has no file of waymark's).
 #[test]
 fn damaged_and_foreign_files_are_refused_and_left_unchanged() {
     let dir = tempfile::tempdir().unwrap();
@@ -196,4 +197,87 @@ fn damaged_and_foreign_files_are_refused_and_left_unchanged() {
             .unwrap();
     }
     refused(&foreign, "foreign", &["another application"]);
+}
+
+/// The tables of a PostgreSQL database (schema `public`) with their row counts: what
+/// "left untouched" compares.
+fn pg_tables(url: &str) -> Vec<(String, i64)> {
+    let mut c = pg_cluster_client(url);
+    let names: Vec<String> = c
+        .query(
+            "SELECT table_name::text FROM information_schema.tables
+             WHERE table_schema = 'public' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    names
+        .into_iter()
+        .map(|t| {
+            let n: i64 = c
+                .query_one(&format!("SELECT count(*) FROM \"{t}\""), &[])
+                .unwrap()
+                .get(0);
+            (t, n)
+        })
+        .collect()
+}
+
+// PostgreSQL's counterpart of the file tests above (a database has no file to damage):
+// a database holding another application's `runs` table, one whose waymark schema
+// version is -1, and one whose `waymark_meta.value` is TEXT. Must hold: `stats` and `serve` are refused with a one-line message naming
+// the cause, and the database is left as it was (no table created, no row changed).
+#[test]
+fn a_foreign_or_unknown_version_postgres_database_is_refused_untouched() {
+    let foreign = fresh_pg_db();
+    pg_cluster_client(&foreign)
+        .batch_execute("CREATE TABLE runs(x integer); INSERT INTO runs VALUES (1);")
+        .unwrap();
+    let negative = fresh_pg_db();
+    pg_cluster_client(&negative)
+        .batch_execute(
+            "CREATE TABLE waymark_meta(key text PRIMARY KEY, value bigint NOT NULL);
+             INSERT INTO waymark_meta VALUES ('schema_version', -1);",
+        )
+        .unwrap();
+    // Another application's table of our meta table's name, its version a TEXT.
+    let text_version = fresh_pg_db();
+    pg_cluster_client(&text_version)
+        .batch_execute(
+            "CREATE TABLE waymark_meta(key text PRIMARY KEY, value text NOT NULL);
+             INSERT INTO waymark_meta VALUES ('schema_version', 'seven');",
+        )
+        .unwrap();
+    for (url, what, message) in [
+        (
+            &text_version,
+            "text version",
+            &["not a waymark database", "waymark_meta"][..],
+        ),
+        (
+            &foreign,
+            "foreign",
+            &["another application", "\"runs\""][..],
+        ),
+        (&negative, "negative version", &["schema version -1"][..]),
+    ] {
+        let before = pg_tables(url);
+        for args in [vec!["stats"], vec!["serve"]] {
+            let out = Command::new(bin())
+                .args(&args)
+                .args(["--db", url])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{what}: {args:?} refused");
+            assert!(
+                message.iter().all(|m| err.contains(m)),
+                "{what}: {args:?}: clear message, got {err:?}"
+            );
+            assert_eq!(err.trim().lines().count(), 1, "{what}: one line: {err:?}");
+            assert_eq!(pg_tables(url), before, "{what}: {args:?}: untouched");
+        }
+    }
 }

@@ -255,7 +255,7 @@ fn poller_finishes_a_suspended_run_whose_cancel_was_requested(backend: Backend) 
         status(&db, id) == "suspended"
     });
     kill9(&mut engine);
-    execute(
+    exec(
         &db,
         &format!("UPDATE runs SET cancel_requested = 1 WHERE id = {id}"),
     );
@@ -336,7 +336,7 @@ fn cancel_finishes_on_a_parent_id_cycle(backend: Backend) {
     let db = tmp.db();
     let ids = tmp.start("fixture.sleeper", r#"{"ms":3600000}"#, 3);
     let set_parent = |id: i64, parent: i64| {
-        execute(
+        exec(
             &db,
             &format!("UPDATE runs SET parent_id = {parent} WHERE id = {id}"),
         )
@@ -415,7 +415,7 @@ fn stale_and_fresh_execution(backend: Backend, stop: Stop) {
         Duration::from_secs(30),
         || starts(0) == 1,
     );
-    let reclaimed = execute(
+    let reclaimed = exec(
         &db,
         &format!(
             "UPDATE runs SET status = 'pending', owner = NULL, epoch = epoch + 1,

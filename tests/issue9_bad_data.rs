@@ -14,6 +14,10 @@
 //! What must survive: `waymark cancel` of either finishes (and cancels them).
 //! (4) Suspect: a file with waymark's application_id and a negative `user_version`. What
 //! must hold: refused at open with a clear message, the file's bytes unchanged.
+//! (3) runs on both stores; (1), (2), (4) and the wrongly typed lease are SQLite's own
+//! (storage classes, the file's header). On both stores: (5) a run whose input does not
+//! decode, is over the payload limit, or whose journal skips a seq parks only that run; a
+//! run of an unknown workflow stays pending.
 
 mod support;
 use std::path::Path;
@@ -28,19 +32,14 @@ fn writer(db: &Path) -> rusqlite::Connection {
 }
 
 fn epoch(db: &Path, run: i64) -> i64 {
-    reader(db)
-        .query_row("SELECT epoch FROM runs WHERE id = ?1", [run], |r| r.get(0))
-        .unwrap()
+    query_i64(db, &format!("SELECT epoch FROM runs WHERE id = {run}"))
 }
 
 fn note(db: &Path, run: i64) -> String {
-    reader(db)
-        .query_row(
-            "SELECT coalesce(note, '') FROM runs WHERE id = ?1",
-            [run],
-            |r| r.get(0),
-        )
-        .unwrap()
+    query_text(
+        db,
+        &format!("SELECT coalesce(note, '') FROM runs WHERE id = {run}"),
+    )
 }
 
 fn cli(args: &[&str], db: &Path) -> std::process::Output {
@@ -90,6 +89,7 @@ fn assert_parked(db: &Path, bad: &[(i64, &[&str])], good: &[i64], epoch_max: &[i
     }
 }
 
+// SQLite-only: a column of the wrong storage class; PostgreSQL's typed columns refuse it.
 #[test]
 fn a_wrongly_typed_claim_column_parks_only_its_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -154,6 +154,8 @@ fn a_wrongly_typed_claim_column_parks_only_its_run() {
     );
 }
 
+// SQLite-only: a journal value of the wrong storage class; PostgreSQL's typed columns
+// refuse it (the codec cases, on both stores, are in the test below and fault_bad_data).
 #[test]
 fn a_journal_row_of_the_wrong_storage_class_parks_only_its_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -202,26 +204,29 @@ fn a_journal_row_of_the_wrong_storage_class_parks_only_its_run() {
     );
 }
 
-#[test]
-fn cancel_finishes_when_parent_ids_form_a_cycle() {
+on_both_stores!(cancel_finishes_when_parent_ids_form_a_cycle);
+fn cancel_finishes_when_parent_ids_form_a_cycle(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("cycle.db");
+    let db = backend.fresh_db(dir.path(), "cycle.db");
     let runs = start(&db, "fixture.slow", r#"{"steps":1,"ms":1}"#, 4);
-    {
-        let w = writer(&db);
-        w.execute("UPDATE runs SET parent_id = id WHERE id = ?1", [runs[0]])
-            .unwrap();
-        w.execute(
-            "UPDATE runs SET parent_id = ?2 WHERE id = ?1",
-            [runs[1], runs[2]],
-        )
-        .unwrap();
-        w.execute(
-            "UPDATE runs SET parent_id = ?2 WHERE id = ?1",
-            [runs[2], runs[1]],
-        )
-        .unwrap();
-    }
+    exec(
+        &db,
+        &format!("UPDATE runs SET parent_id = id WHERE id = {}", runs[0]),
+    );
+    exec(
+        &db,
+        &format!(
+            "UPDATE runs SET parent_id = {} WHERE id = {}",
+            runs[2], runs[1]
+        ),
+    );
+    exec(
+        &db,
+        &format!(
+            "UPDATE runs SET parent_id = {} WHERE id = {}",
+            runs[1], runs[2]
+        ),
+    );
     for run in [runs[0], runs[1]] {
         let mut child = Command::new(bin())
             .args(["cancel", &run.to_string(), "--db"])
@@ -254,6 +259,91 @@ fn cancel_finishes_when_parent_ids_form_a_cycle() {
     );
 }
 
+on_both_stores!(a_bad_payload_or_journal_parks_only_its_run);
+fn a_bad_payload_or_journal_parks_only_its_run(backend: Backend) {
+    // Scenario: on either store, pending runs whose input does not decode (garbage bytes),
+    // whose input is over the payload limit, or whose journal skips a seq (replayed), and a
+    // run of a workflow this build does not have, and one of a version it does not have
+    // (1 modulo 2^32). Must hold: every other run completes;
+    // each damaged run is `blocked` once with a note giving the reason, its epoch stays put;
+    // the run of the unknown workflow is left pending and the one of the unknown version
+    // parked `blocked_version`, neither ever claimed.
+    let dir = tempfile::tempdir().unwrap();
+    let db = backend.fresh_db(dir.path(), "payload.db");
+    let gap = start(&db, "fixture.slow", r#"{"steps":2,"ms":5}"#, 1)[0];
+    {
+        let _a = serve(dir.path(), "a", &db, 2, 3000, &[]);
+        wait_until("the first run to complete", Duration::from_secs(30), || {
+            status(&db, gap) == "completed"
+        });
+    }
+    exec(
+        &db,
+        &format!("UPDATE steps SET seq = 5 WHERE run_id = {gap} AND seq = 1"),
+    );
+    exec(
+        &db,
+        &format!(
+            "UPDATE runs SET status = 'pending', output = NULL, finished_at = NULL WHERE id = {gap}"
+        ),
+    );
+    let gap_epoch = epoch(&db, gap);
+    let damaged = start(&db, "fixture.slow", r#"{"steps":2,"ms":5}"#, 4);
+    let (garbage, over_limit, unknown) = (damaged[0], damaged[1], damaged[2]);
+    // A version that is 1 modulo 2^32: never read as version 1.
+    let wide = damaged[3];
+    exec(
+        &db,
+        &format!("UPDATE runs SET version = 4294967297 WHERE id = {wide}"),
+    );
+    exec_blob(
+        &db,
+        &format!("UPDATE runs SET input = $1 WHERE id = {garbage}"),
+        &[0xff; 3],
+    );
+    // Over the limit of the body and its header together.
+    let limit = waymark::internal::codec::PAYLOAD_BYTES_MAX as usize;
+    exec_blob(
+        &db,
+        &format!("UPDATE runs SET input = $1 WHERE id = {over_limit}"),
+        &vec![0u8; limit + 64],
+    );
+    exec(
+        &db,
+        &format!("UPDATE runs SET workflow = 'no.such.workflow' WHERE id = {unknown}"),
+    );
+    let good = start(&db, "fixture.slow", r#"{"steps":3,"ms":5}"#, 8);
+    let _b = serve(dir.path(), "b", &db, 2, 3000, &[]);
+    let _c = serve(dir.path(), "c", &db, 2, 3000, &[]);
+    let garbage_note = format!("cannot decode the input of run {garbage}");
+    let over_note = format!("cannot decode the input of run {over_limit}");
+    let gap_note = format!("run {gap}: journal has seq 5 where 1 was expected");
+    assert_parked(
+        &db,
+        &[
+            (garbage, &[garbage_note.as_str(), "fixture.slow"]),
+            (over_limit, &[over_note.as_str(), "over the limit"]),
+            (gap, &[gap_note.as_str()]),
+        ],
+        &good,
+        &[1, 1, gap_epoch + 1],
+    );
+    wait_until(
+        "the run of an unknown version to be parked",
+        Duration::from_secs(30),
+        || status(&db, wide) == "blocked_version",
+    );
+    assert!(
+        note(&db, wide).contains("version 4294967297 is not registered"),
+        "{}",
+        note(&db, wide)
+    );
+    assert_eq!(epoch(&db, wide), 0, "never claimed");
+    assert_eq!(status(&db, unknown), "pending", "not claimed");
+    assert_eq!(epoch(&db, unknown), 0, "never claimed");
+}
+
+// SQLite-only: about the file's header (application_id, user_version).
 #[test]
 fn a_negative_user_version_with_our_application_id_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
@@ -301,6 +391,7 @@ fn a_negative_user_version_with_our_application_id_is_refused_untouched() {
     assert_eq!((tables, version), (0, -1), "not migrated, not stamped");
 }
 
+// SQLite-only: a lease of the wrong storage class; PostgreSQL's typed columns refuse it.
 #[test]
 fn a_wrongly_typed_lease_does_not_stop_recovery() {
     // Scenario: an engine dies holding runs; one of them has lease_expires_at = 'later'.

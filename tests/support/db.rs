@@ -1,6 +1,7 @@
 //! Read-only peeks at a test's database: plain rusqlite for an SQLite file, the plain
 //! `postgres` client for a `postgres://` URL (the helpers below take either; their SQL is
 //! written in what both dialects read alike). `reader` and `peek` are SQLite's own.
+//! [`exec`] and [`exec_blob`] are the writes of tests that damage or steer rows.
 
 use rusqlite::{params, Connection, OpenFlags};
 use std::collections::HashMap;
@@ -250,20 +251,6 @@ pub fn query_blob(db: &Path, sql: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Run one statement with no parameters that writes (as another process would: a tool,
-/// an operator), on either store; the rows it changed. Its SQL must read alike in both
-/// dialects.
-pub fn execute(db: &Path, sql: &str) -> u64 {
-    if let Some(url) = pg_url(db) {
-        return super::pg::pg_cluster_client(url)
-            .execute(sql, &[])
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-    let c = Connection::open(db).expect("open db");
-    c.busy_timeout(Duration::from_secs(10)).unwrap();
-    c.execute(sql, []).unwrap_or_else(|e| panic!("{sql}: {e}")) as u64
-}
-
 /// One open connection for repeated peeks (a sampler, a polling thread) on either store,
 /// instead of a connection per query.
 pub enum Peeker {
@@ -391,4 +378,33 @@ impl WriteLock {
             WriteLock::Postgres(mut c, _) => c.batch_execute("COMMIT").unwrap(),
         }
     }
+
+/// Run one statement that changes the database (a test damaging or steering rows), with
+/// its values inlined; the rows it changed. `sql` must read alike in both dialects.
+pub fn exec(db: &Path, sql: &str) -> u64 {
+    exec_blob_opt(db, sql, None)
+}
+
+/// [`exec`] with one BLOB (BYTEA) parameter written `$1` (SQLite reads `$1` as a named
+/// parameter, PostgreSQL as the first positional one).
+pub fn exec_blob(db: &Path, sql: &str, blob: &[u8]) -> u64 {
+    exec_blob_opt(db, sql, Some(blob))
+}
+
+fn exec_blob_opt(db: &Path, sql: &str, blob: Option<&[u8]>) -> u64 {
+    if let Some(url) = pg_url(db) {
+        let mut c = super::pg::pg_cluster_client(url);
+        return match blob {
+            Some(b) => c.execute(sql, &[&b]),
+            None => c.execute(sql, &[]),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let c = Connection::open(db).expect("open db for writing");
+    c.busy_timeout(Duration::from_secs(30)).unwrap();
+    match blob {
+        Some(b) => c.execute(sql, [b]),
+        None => c.execute(sql, []),
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}")) as u64
 }

@@ -6,7 +6,8 @@
 //! - [`serve`]: engines as real `waymark serve` processes ([`Proc`]; [`Served`] with a
 //!   `waymark::Client` from [`serve_with_client`]), the `waymark start` and other
 //!   subcommands, and [`Tmp`] (a temp dir with a database and an effects file);
-//! - [`db`]: read-only peeks at the database with plain rusqlite;
+//! - [`db`]: peeks at the database (an SQLite file or a PostgreSQL URL), and the writes of
+//!   tests that damage rows;
 //! - [`effects`]: the effects file the fixture steps append to;
 //! - [`procfs`]: what `/proc` says about processes;
 //! - [`engine`]: engine configurations for tests that run an engine in the test process;

@@ -233,7 +233,14 @@ pub fn migrate(db: &mut Db<'_>, name: &str) -> StoreResult<()> {
                 "SELECT value FROM waymark_meta WHERE key = 'schema_version'",
                 &[],
             )?
-            .map(|r| r.get(0))
+            // Never a panic on what we read: a value that is no BIGINT is not our table.
+            .map(|r| {
+                r.try_get(0).map_err(|e| StoreError::NotADatabase {
+                    path: PathBuf::from(name),
+                    detail: format!("its waymark_meta schema_version does not read: {e}"),
+                })
+            })
+            .transpose()?
             .unwrap_or(0)
         } else {
             0
@@ -264,6 +271,24 @@ pub fn migrate(db: &mut Db<'_>, name: &str) -> StoreResult<()> {
             return Err(StoreError::InvalidSchemaVersion {
                 path: PathBuf::from(name),
                 found,
+            });
+        }
+        // No schema version: a table of ours already there is another application's
+        // (migrations are transactional, so never a half-made schema of ours). Refuse
+        // and leave the database as it is, as the SQLite store does a foreign file.
+        if let Some(table) = db.query_opt(
+            "checking for another application's tables",
+            "SELECT t FROM unnest(ARRAY['waymark_meta', 'engines', 'runs', 'steps', 'attempts',
+                                        'events', 'queues', 'schedules', 'run_changes']) AS t
+             WHERE to_regclass(t) IS NOT NULL LIMIT 1",
+            &[],
+        )? {
+            let table: String = table.get(0);
+            return Err(StoreError::NotADatabase {
+                path: PathBuf::from(name),
+                detail: format!(
+                    "it has a table \"{table}\" but no waymark schema version: another application's table"
+                ),
             });
         }
         db.batch("creating the schema", SCHEMA)?;

@@ -62,3 +62,45 @@ fn jumps_forward_and_back_write_nothing_twice_and_lose_nothing(backend: Backend)
     }
     assert!(!b.log_text().contains("lease lost"), "{}", b.log_text());
 }
+
+// Scenario: one engine's clock is an hour behind the clock of the host that started the
+// runs (or its own clock jumped back an hour after they were started), and the runs are in
+// a queue with a concurrency limit. Must hold: the engine claims and completes them at
+// once; a pending run is due whatever `ready_at` says next to the claimer's clock (a run
+// waiting for a time is `suspended`), so a backward jump must not stall a limited queue
+// for the jump's length.
+on_both_stores!(a_limited_queue_is_served_by_an_engine_whose_clock_is_behind);
+fn a_limited_queue_is_served_by_an_engine_whose_clock_is_behind(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = backend.fresh_db(dir.path(), "clock.db");
+    let dbs = db.to_str().unwrap();
+    let out = run(&[
+        "start",
+        "fixture.slow",
+        "--db",
+        dbs,
+        "--json",
+        r#"{"steps":1,"ms":10}"#,
+        "--count",
+        "3",
+        "--queue",
+        "q",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["queue", "q", "--db", dbs, "--limit", "1"]);
+    assert!(out.status.success(), "{out:?}");
+    let offset = dir.path().join("offset");
+    std::fs::write(&offset, "-3600000").unwrap();
+    let env = [(
+        "WAYMARK_TEST_CLOCK_OFFSET_FILE",
+        offset.display().to_string(),
+    )];
+    let a = serve(dir.path(), "a", &db, 2, 1500, &env);
+    wait_until(
+        "the limited queue's runs to complete",
+        Duration::from_secs(60),
+        || count(&db, "completed") == 3,
+    );
+    assert_eq!(query_i64(&db, "SELECT count(*) FROM steps"), 3);
+    drop(a);
+}

@@ -200,3 +200,53 @@ fn a_heartbeat_whose_commit_answer_is_lost_loses_no_run() {
         proxy.lose_next_commit_answer_of("UPDATE engines SET beat = beat + 1");
     });
 }
+
+#[test]
+fn answers_lost_at_any_commit_of_two_engines_lose_nothing_and_run_no_twin() {
+    let dir = tempdir();
+    let (url, proxy) = db_and_proxy();
+    let db = PathBuf::from(&url);
+    let through = PathBuf::from(proxy.url(&url));
+    let runs = 12;
+    let ids = start(&db, "fixture.slow", r#"{"steps":3,"ms":60}"#, runs);
+    let a = serve(dir.path(), "a", &through, 2, 3000, &[]);
+    let b = serve(dir.path(), "b", &through, 2, 3000, &[]);
+    // Every 3rd COMMIT of either engine, whatever it commits (claims, attempts,
+    // checkpoints, heartbeats, endings, releases), loses its answer, ten times.
+    for cut in 1..=10 {
+        proxy.lose_commit_answer(3, |_| true);
+        wait_until(
+            "the COMMIT answer to be lost",
+            Duration::from_secs(120),
+            || proxy.cuts() == cut || count(&db, "completed") == runs as i64,
+        );
+    }
+    proxy.disarm();
+    wait_until("every run to complete", Duration::from_secs(180), || {
+        count(&db, "completed") == runs as i64
+    });
+    let logs = format!("{}{}", a.log_text(), b.log_text());
+    assert!(proxy.cuts() >= 1, "no answer was lost");
+    assert_eq!(count(&db, "running"), 0);
+    assert_eq!(
+        query_i64(&db, "SELECT count(*) FROM steps"),
+        runs as i64 * 3
+    );
+    for id in &ids {
+        for seq in 0..3 {
+            assert!(
+                effect_count(dir.path(), *id, seq, "sleep") >= 1,
+                "run {id} step {seq} never executed\n{logs}"
+            );
+        }
+    }
+    assert_eq!(overlaps(dir.path()), vec![], "a step ran twice at once");
+    assert!(!logs.contains("panicked"), "{logs}");
+    eprintln!(
+        "{} COMMIT answers lost of {}; {} step executions for {} steps",
+        proxy.cuts(),
+        proxy.commits(),
+        effects_in(dir.path()).len(),
+        runs * 3
+    );
+}

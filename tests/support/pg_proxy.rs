@@ -106,6 +106,11 @@ impl PgProxy {
         self.lose_commit_answer(1, move |stmts| stmts.iter().any(|s| s.contains(sql)));
     }
 
+    /// Disarm the cut armed last, if it has not happened.
+    pub fn disarm(&self) {
+        *self.shared.armed.lock().unwrap() = None;
+    }
+
     /// How many COMMIT answers were lost so far.
     pub fn cuts(&self) -> u32 {
         self.shared.cuts.load(Ordering::SeqCst)

@@ -5,7 +5,8 @@
 //! once, no step runs in two places at once (the fixture's overlap detector stays silent),
 //! nothing is lost. A COMMIT whose connection broke is an unknown outcome: a start with an
 //! idempotency key retries and returns the one run; a start without a key is a typed error
-//! saying the run may or may not exist.
+//! saying the run may or may not exist. (A COMMIT applied whose answer is lost on the way
+//! back: tests/pg_commit_lost.rs.)
 //! The tests of this file share one cluster and restart or disturb it: they run one at a
 //! time (a lock).
 

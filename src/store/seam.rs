@@ -186,8 +186,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         suspend: bool,
     ) -> StoreResult<bool>;
     /// Consume event `name` (only an event with id <= `upto`, the one the caller checked)
-    /// into journal entry `seq`, or suspend until `deadline` (until now when an unchecked
-    /// event is there).
+    /// into journal entry `seq`, or suspend until `deadline` (when an unchecked event is
+    /// there: pending at once, to look again).
     fn await_event(
         &self,
         fence: &Fence,

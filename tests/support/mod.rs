@@ -12,7 +12,8 @@
 //! - [`procfs`]: what `/proc` says about processes;
 //! - [`engine`]: engine configurations for tests that run an engine in the test process;
 //! - [`pg`]: a throwaway PostgreSQL cluster (one per test binary) and a fresh database per test;
-//! - [`pg_db`]: peeks at a test's PostgreSQL database.
+//! - [`pg_db`]: peeks at a test's PostgreSQL database;
+//! - [`pg_proxy`]: a TCP proxy in front of the cluster that can lose a COMMIT's answer.
 //!
 //! Each test binary uses a subset, hence `allow(dead_code)`.
 #![allow(dead_code)]
@@ -22,13 +23,14 @@ pub mod effects;
 pub mod engine;
 pub mod pg;
 pub mod pg_db;
+pub mod pg_proxy;
 pub mod procfs;
 pub mod serve;
 
 // One glob in a test (`use support::*`) reaches every helper; a binary that uses none of a
 // file's helpers would otherwise warn.
 #[allow(unused_imports)]
-pub use {db::*, effects::*, engine::*, pg::*, pg_db::*, procfs::*, serve::*};
+pub use {db::*, effects::*, engine::*, pg::*, pg_db::*, pg_proxy::*, procfs::*, serve::*};
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

@@ -366,6 +366,9 @@ pub fn claim_limited(
                 .collect::<Result<_, _>>()
         })
         .map_err(sql("reading queue limits"))?;
+    // Every pending run is due (a run waiting for a time is `suspended`; the plain claim
+    // relies on it too): `ready_at` only orders, it is not compared with our clock, which
+    // may have jumped back since the run was made pending.
     let mut out = Vec::new();
     for (queue, free) in queues {
         let want = free.min(limit - out.len() as i64);
@@ -377,7 +380,7 @@ pub fn claim_limited(
                 "UPDATE runs SET status = 'running', owner = ?1, epoch = epoch + 1,
                         lease_expires_at = ?2, updated_at = ?3, note = NULL
                  WHERE id IN (SELECT id FROM runs
-                              WHERE status = 'pending' AND queue = ?6 AND ready_at <= ?3
+                              WHERE status = 'pending' AND queue = ?6
                                 AND (workflow || '@' || version) IN (SELECT value FROM json_each(?4))
                               ORDER BY priority DESC, ready_at, id LIMIT +?5)
                  RETURNING id, workflow, version, input, epoch, interruptions, deadline_at, cancel_requested",

@@ -456,7 +456,8 @@ pub enum Awaited {
     Delivered(Vec<u8>),
     /// Journaled as failed: the wait timed out, or the child failed or was cancelled.
     Failed(String),
-    /// Nothing yet: the run is now suspended (the caller must stop and write nothing more).
+    /// Nothing yet: the run is now suspended, or pending to look again at an event it has
+    /// not checked (the caller must stop and write nothing more).
     Waiting,
     /// A cancel was requested: the run (and its descendants) ended `cancelled` in this
     /// command instead (the caller must stop and write nothing more).

@@ -69,7 +69,7 @@ pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
             if let Some((id, _)) = &event {
                 if upto.is_none_or(|upto| *id > upto) {
                     // An event the caller has not checked yet: look again at once.
-                    return parked(suspend(conn, &fence, now, &event_note(&name), now)?);
+                    return look_again(conn, &fence, now).and_then(|_| parked(false));
                 }
             }
             if let Some((id, payload)) = event {
@@ -286,6 +286,21 @@ pub fn child_note(child_id: i64) -> String {
 
 /// The answer of a command that parked the run: suspended, or ended `cancelled` by
 /// `suspend` (the answer of `write::suspend`).
+/// running -> pending at once, fenced (as a release): the run looks again at its events.
+/// Not `suspended` until `now`: only a sweep on a clock that has reached our `now` would
+/// wake it, and another engine's clock (or ours, after a jump back) may be behind. The
+/// caller checked the fence in this transaction and saw no cancel request.
+fn look_again(conn: &Connection, fence: &Fence, now: i64) -> StoreResult<Done> {
+    let n = conn
+        .prepare_cached(&format!(
+            "UPDATE runs SET status = 'pending', note = NULL, owner = NULL,
+                    lease_expires_at = NULL, ready_at = ?4, updated_at = ?4 WHERE {FENCE}"
+        ))
+        .and_then(|mut s| s.execute(params![fence.run_id, &*fence.owner, fence.epoch, now]))
+        .map_err(sql("looking again at a run's events"))?;
+    fenced(n, fence)
+}
+
 pub(super) fn parked(cancelled: bool) -> StoreResult<Done> {
     Ok(Done::Awaited(if cancelled {
         Awaited::Cancelled

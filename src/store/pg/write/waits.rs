@@ -79,7 +79,7 @@ pub(super) fn apply(db: &mut Db<'_>, op: Op, now: i64) -> StoreResult<Done> {
             if let Some((id, _)) = &event {
                 if upto.is_none_or(|upto| *id > upto) {
                     // An event the caller has not checked yet: look again at once.
-                    return parked(suspend(db, &fence, now, &event_note(&name), now)?);
+                    return look_again(db, &fence, now).and_then(|_| parked(false));
                 }
             }
             if let Some((id, payload)) = event {
@@ -293,6 +293,21 @@ pub(super) fn apply(db: &mut Db<'_>, op: Op, now: i64) -> StoreResult<Done> {
 
 /// The answer of a command that parked the run: suspended, or ended `cancelled` by
 /// `suspend`.
+/// running -> pending at once, fenced (as a release): the run looks again at its events.
+/// Not `suspended` until `now`: only a sweep on a clock that has reached our `now` would
+/// wake it, and another host's clock may be behind ours. The caller checked the fence in
+/// this transaction (the row is locked) and saw no cancel request.
+fn look_again(db: &mut Db<'_>, fence: &Fence, now: i64) -> StoreResult<Done> {
+    let n = db.exec(
+        "looking again at a run's events",
+        "UPDATE runs SET status = 'pending', note = NULL, owner = NULL,
+                lease_expires_at = NULL, ready_at = $4, updated_at = $4
+         WHERE id = $1 AND owner = $2 AND epoch = $3 AND status = 'running'",
+        &[&fence.run_id, &&*fence.owner, &fence.epoch, &now],
+    )?;
+    fenced(n, fence)
+}
+
 fn parked(cancelled: bool) -> StoreResult<Done> {
     Ok(Done::Awaited(if cancelled {
         Awaited::Cancelled

@@ -378,6 +378,7 @@ impl WriteLock {
             WriteLock::Postgres(mut c, _) => c.batch_execute("COMMIT").unwrap(),
         }
     }
+}
 
 /// Run one statement that changes the database (a test damaging or steering rows), with
 /// its values inlined; the rows it changed. `sql` must read alike in both dialects.

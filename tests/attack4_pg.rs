@@ -77,7 +77,7 @@ fn a_recovery_racing_the_dispatcher_never_hands_back_a_run_a_worker_executes() {
         s1.batch_execute("BEGIN; LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
             .unwrap();
         let got = poll(Duration::from_secs(3), || {
-            (!waiting(&mut c, "SELECT EXISTS (SELECT 1 FROM runs").is_empty()).then_some(())
+            (!waiting(&mut c, "SELECT waymark_pending_known(").is_empty()).then_some(())
         });
         if got.is_some()
             && waiting(&mut c, "UPDATE runs SET status = 'pending', note = NULL").is_empty()
@@ -111,7 +111,7 @@ fn a_recovery_racing_the_dispatcher_never_hands_back_a_run_a_worker_executes() {
     wait_until(
         "the dispatcher's read to go on",
         Duration::from_secs(30),
-        || waiting(&mut c, "SELECT EXISTS (SELECT 1 FROM runs").is_empty(),
+        || waiting(&mut c, "SELECT waymark_pending_known(").is_empty(),
     );
     // Give a claim its chance to reach a worker (with the defect, a worker starts the
     // step within milliseconds; without it, nothing is claimed until the recovery).

@@ -1220,3 +1220,32 @@ fn a_version_7_database_is_migrated_in_place() {
     );
     assert_eq!(count(&mut c, "SELECT count(*) FROM runs"), 1);
 }
+
+/// A column whose type was changed under the schema (an operator's ALTER TABLE) gives the
+/// claim a typed error naming what it was doing, never a panic.
+#[test]
+fn a_column_of_another_type_is_a_typed_error_not_a_panic() {
+    let url = fresh_pg_db();
+    let s = store(&url);
+    let a = engine(&s, "engine-a");
+    s.enqueue(NewRun {
+        queue: "q".into(),
+        ..new_run(None, b"in")
+    })
+    .unwrap();
+    let mut c = pg_cluster_client(&url);
+    c.batch_execute(
+        "INSERT INTO queues(name, concurrency) VALUES ('q', 1);
+         ALTER TABLE queues ALTER COLUMN concurrency TYPE numeric;",
+    )
+    .unwrap();
+    match s.claim(&a, 10, &workflows(), 60_000) {
+        Err(StoreError::Postgres {
+            context, detail, ..
+        }) => {
+            assert_eq!(context, "locking a queue");
+            assert!(detail.contains("column 0"), "{detail}");
+        }
+        other => panic!("expected a typed error, got {other:?}"),
+    }
+}

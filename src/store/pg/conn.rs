@@ -240,6 +240,21 @@ impl<'a> Db<'a> {
     }
 }
 
+/// Column `idx` of a row one of waymark's statements returned, as `T`: a typed error naming
+/// `context` when the column does not read as `T` (a column whose type was changed under
+/// the schema), never a panic.
+pub fn get<'r, T: postgres::types::FromSql<'r>>(
+    row: &'r Row,
+    idx: usize,
+    context: &'static str,
+) -> StoreResult<T> {
+    row.try_get(idx).map_err(|e| StoreError::Postgres {
+        context,
+        code: None,
+        detail: format!("column {idx}: {e}"),
+    })
+}
+
 /// Read column `idx` of `row`, mapping a type mismatch to [`StoreError::Undecodable`] for
 /// `run_id` (PostgreSQL's columns are typed, so this is a schema mismatch, not bad data).
 pub fn col<'r, T: postgres::types::FromSql<'r>>(

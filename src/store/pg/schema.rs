@@ -226,7 +226,8 @@ pub fn migrate(db: &mut Db<'_>, name: &str) -> StoreResult<()> {
                 "SELECT to_regclass('waymark_meta') IS NOT NULL",
                 &[],
             )?
-            .get::<_, bool>(0);
+            .try_get::<_, bool>(0)
+            .map_err(|e| StoreError::Internal(format!("reading the schema version: {e}")))?;
         let found: i64 = if exists {
             db.query_opt(
                 "reading the schema version",
@@ -283,7 +284,9 @@ pub fn migrate(db: &mut Db<'_>, name: &str) -> StoreResult<()> {
              WHERE to_regclass(t) IS NOT NULL LIMIT 1",
             &[],
         )? {
-            let table: String = table.get(0);
+            let table: String = table.try_get(0).map_err(|e| {
+                StoreError::Internal(format!("checking for another application's tables: {e}"))
+            })?;
             return Err(StoreError::NotADatabase {
                 path: PathBuf::from(name),
                 detail: format!(

@@ -7,7 +7,7 @@
 //! that cannot be read is read as unknown (the reaper judges by what it can read).
 
 use crate::store::error::{StoreError, StoreResult};
-use crate::store::pg::conn::{col, Db};
+use crate::store::pg::conn::{col, get, Db};
 use crate::store::queries::OwnerRow;
 use crate::store::views::{AttemptRow, RunRow, StepRow};
 use crate::store::write::Fence;
@@ -188,15 +188,14 @@ pub fn open_attempts(db: &mut Db<'_>, run_id: i64) -> StoreResult<Vec<AttemptRow
 
 /// Counts of runs by status.
 pub fn stats(db: &mut Db<'_>) -> StoreResult<Vec<(String, i64)>> {
-    Ok(db
-        .query(
-            "counting runs",
-            "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status",
-            &[],
-        )?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect())
+    db.query(
+        "counting runs",
+        "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status",
+        &[],
+    )?
+    .iter()
+    .map(|r| Ok((get(r, 0, "counting runs")?, get(r, 1, "counting runs")?)))
+    .collect()
 }
 
 /// A column of a liveness row that does not read is unknown (`None`), logged.
@@ -253,27 +252,29 @@ pub fn idle_engines(db: &mut Db<'_>) -> StoreResult<Vec<OwnerRow>> {
 
 /// `(run_id, epoch)` of every running run held by `owner`.
 pub fn runs_of_owner(db: &mut Db<'_>, owner: &str) -> StoreResult<Vec<(i64, i64)>> {
-    Ok(db
-        .query(
-            "reading an owner's runs",
-            "SELECT id, epoch FROM runs WHERE owner = $1 AND status = 'running'",
-            &[&owner],
-        )?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect())
+    db.query(
+        "reading an owner's runs",
+        "SELECT id, epoch FROM runs WHERE owner = $1 AND status = 'running'",
+        &[&owner],
+    )?
+    .iter()
+    .map(|r| {
+        let what = "reading an owner's runs";
+        Ok((get(r, 0, what)?, get(r, 1, what)?))
+    })
+    .collect()
 }
 
 /// The stored host id (boot id and PID namespace) of engine incarnation `id`, if its row
 /// still exists.
 pub fn engine_host(db: &mut Db<'_>, id: &str) -> StoreResult<Option<String>> {
-    Ok(db
-        .query_opt(
-            "reading an engine's host",
-            "SELECT boot_id FROM engines WHERE id = $1",
-            &[&id],
-        )?
-        .map(|r| r.get(0)))
+    db.query_opt(
+        "reading an engine's host",
+        "SELECT boot_id FROM engines WHERE id = $1",
+        &[&id],
+    )?
+    .map(|r| get(&r, 0, "reading an engine's host"))
+    .transpose()
 }
 
 /// Does `fence` still hold: is the run `running` under that owner and epoch?
@@ -290,20 +291,20 @@ pub fn fence_holds(db: &mut Db<'_>, fence: &Fence) -> StoreResult<bool> {
 /// Is there work for `Op::Claim` now, for an engine running `workflows_json`: a pending run
 /// (always due), a due suspended run, or a `blocked_version` run this engine can unpark?
 pub fn claimable(db: &mut Db<'_>, now: i64, workflows_json: &str) -> StoreResult<bool> {
-    Ok(db
-        .query_one(
-            "checking for claimable runs",
-            // Pending runs: one seek per `workflow@version` this engine runs (see the
-            // schema's waymark_pending_known).
-            "SELECT waymark_pending_known($2::text::jsonb)
+    db.query_one(
+        "checking for claimable runs",
+        // Pending runs: one seek per `workflow@version` this engine runs (see the
+        // schema's waymark_pending_known).
+        "SELECT waymark_pending_known($2::text::jsonb)
                  OR EXISTS (SELECT 1 FROM runs WHERE status = 'suspended' AND ready_at <= $1)
                  OR EXISTS (SELECT 1 FROM runs
                             WHERE status = 'blocked_version'
                               AND (workflow || '@' || version::text)
                                   = ANY(ARRAY(SELECT jsonb_array_elements_text($2::text::jsonb))))",
-            &[&now, &workflows_json],
-        )?
-        .get(0))
+        &[&now, &workflows_json],
+    )?
+    .try_get(0)
+    .map_err(|e| StoreError::Internal(format!("checking for claimable runs: {e}")))
 }
 
 /// Whether a cancel was requested for the run (`false` for a run that does not exist).
@@ -314,7 +315,9 @@ pub fn cancel_requested(db: &mut Db<'_>, run_id: i64) -> StoreResult<bool> {
             "SELECT cancel_requested FROM runs WHERE id = $1",
             &[&run_id],
         )?
-        .is_some_and(|r| r.get::<_, i64>(0) == 1))
+        .map(|r| get::<i64>(&r, 0, "reading cancel_requested"))
+        .transpose()?
+        == Some(1))
 }
 
 /// Runs that finished at or after `from` and before `before` (ms since the epoch).
@@ -326,6 +329,7 @@ pub fn finished_between(db: &mut Db<'_>, from: i64, before: i64) -> StoreResult<
              WHERE finished_at IS NOT NULL AND finished_at >= $1 AND finished_at < $2",
             &[&from, &before],
         )?
-        .get(0);
+        .try_get(0)
+        .map_err(|e| StoreError::Internal(format!("counting finished runs: {e}")))?;
     Ok(n.max(0) as u64)
 }

@@ -11,7 +11,7 @@
 //! - Rows claimed together are answered in claim order (priority, ready time, id).
 
 use super::*;
-use crate::store::pg::conn::col;
+use crate::store::pg::conn::{col, get};
 use crate::store::write::Claimed;
 use postgres::Row;
 use std::sync::Arc;
@@ -468,8 +468,8 @@ pub(crate) fn claim_limited(
             &[&workflows_json],
         )?
         .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map(|r| get(r, 0, "reading queue limits"))
+        .collect::<StoreResult<_>>()?;
     for queue in queues {
         let Some(concurrency) = db.query_opt(
             "locking a queue",
@@ -479,14 +479,15 @@ pub(crate) fn claim_limited(
         else {
             continue; // its limit was removed meanwhile: the plain claim takes its runs
         };
-        let concurrency: i64 = concurrency.get(0);
+        let concurrency: i64 = get(&concurrency, 0, "locking a queue")?;
         let running: i64 = db
             .query_one(
                 "counting a queue's running runs",
                 "SELECT count(*) FROM runs WHERE queue = $1 AND status = 'running'",
                 &[&queue],
             )?
-            .get(0);
+            .try_get(0)
+            .map_err(|e| StoreError::Internal(format!("counting a queue's running runs: {e}")))?;
         let want = (concurrency - running).min(limit - out.len() as i64);
         if want <= 0 {
             continue;

@@ -21,7 +21,7 @@ mod waits;
 // Shared between families (each family reaches them through `use super::*`).
 use runs::{enqueue, suspend};
 
-use super::conn::{sqlstate, Db};
+use super::conn::{get, sqlstate, Db};
 use crate::store::error::{StoreError, StoreResult};
 use crate::store::write::{ClaimNext, Done, Family, Fence, Op};
 
@@ -52,7 +52,7 @@ pub(crate) fn check_fence(db: &mut Db<'_>, fence: &Fence) -> StoreResult<bool> {
         &[&fence.run_id, &&*fence.owner, &fence.epoch],
     )?;
     match row {
-        Some(r) => Ok(r.get::<_, i64>(0) != 0),
+        Some(r) => Ok(get::<i64>(&r, 0, "checking a fence")? != 0),
         None => fenced(0, fence).map(|_| false),
     }
 }

@@ -274,7 +274,8 @@ fn start(
             "SELECT workflow = $2 AND version = $3 AND input = $4 FROM runs WHERE id = $1",
             &[&id, &run.workflow, &run.version, &run.input],
         )?
-        .map(|r| r.get(0));
+        .map(|r| get(&r, 0, "looking up an idempotency key"))
+        .transpose()?;
     match same {
         Some(true) => Ok((id, false)),
         _ => Err(StoreError::KeyConflict {
@@ -318,7 +319,7 @@ pub(crate) fn enqueue(db: &mut Db<'_>, run: &NewRun, now: i64) -> StoreResult<(i
         ],
     )?;
     if let Some(r) = inserted {
-        return Ok((r.get(0), true));
+        return Ok((get(&r, 0, "starting a run")?, true));
     }
     // Another transaction committed a run under the key since we looked.
     match &run.idempotency_key {
@@ -335,13 +336,13 @@ pub(crate) fn enqueue(db: &mut Db<'_>, run: &NewRun, now: i64) -> StoreResult<(i
 }
 
 fn key_run(db: &mut Db<'_>, key: &str) -> StoreResult<Option<i64>> {
-    Ok(db
-        .query_opt(
-            "looking up an idempotency key",
-            "SELECT id FROM runs WHERE idempotency_key = $1",
-            &[&key],
-        )?
-        .map(|r| r.get(0)))
+    db.query_opt(
+        "looking up an idempotency key",
+        "SELECT id FROM runs WHERE idempotency_key = $1",
+        &[&key],
+    )?
+    .map(|r| get(&r, 0, "looking up an idempotency key"))
+    .transpose()
 }
 
 /// A new run from finished run `run_id` (see `Op::Retry`), in the caller's transaction.
@@ -353,7 +354,8 @@ fn retry(db: &mut Db<'_>, run_id: i64, from_seq: Option<i64>, now: i64) -> Store
             "SELECT status FROM runs WHERE id = $1 FOR UPDATE",
             &[&run_id],
         )?
-        .map(|r| r.get(0));
+        .map(|r| get(&r, 0, "reading a run to retry"))
+        .transpose()?;
     match status.as_deref() {
         None => return Err(StoreError::NotFound { run_id }),
         Some("completed" | "failed" | "cancelled") => {}
@@ -374,18 +376,18 @@ fn retry(db: &mut Db<'_>, run_id: i64, from_seq: Option<i64>, now: i64) -> Store
                  WHERE run_id = $1 AND status <> 'completed'",
                 &[&run_id],
             )?
-            .get(0),
+            .try_get(0)
+            .map_err(|e| StoreError::Internal(format!("finding the failed step: {e}")))?,
     };
-    let new_id: i64 = db
-        .query_one(
-            "starting a retry",
-            "INSERT INTO runs(workflow, version, input, status, queue, priority, ready_at,
+    let new_id = db.query_one(
+        "starting a retry",
+        "INSERT INTO runs(workflow, version, input, status, queue, priority, ready_at,
                               retry_of, created_at, updated_at)
              SELECT workflow, version, input, 'pending', queue, priority, $2, id, $2, $2
              FROM runs WHERE id = $1 RETURNING id",
-            &[&run_id, &now],
-        )?
-        .get(0);
+        &[&run_id, &now],
+    )?;
+    let new_id: i64 = get(&new_id, 0, "starting a retry")?;
     // Copies, not moves: the old run's journal stays as it was (write-once).
     db.exec(
         "copying a journal",
@@ -412,8 +414,13 @@ fn adopt_children(db: &mut Db<'_>, old: i64, new: i64, cut: i64) -> StoreResult<
             &[&old, &cut],
         )?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+        .map(|r| {
+            Ok((
+                get(r, 0, "copying child entries")?,
+                get(r, 1, "copying child entries")?,
+            ))
+        })
+        .collect::<StoreResult<_>>()?;
     for (seq, output) in entries {
         let bytes = output.unwrap_or_default();
         let Ok(child) = crate::codec::decode::<i64>(&bytes, crate::codec::PAYLOAD_BYTES_MAX) else {
@@ -454,7 +461,8 @@ pub(crate) fn suspend(
              RETURNING status",
             &[&fence.run_id, &&*fence.owner, &fence.epoch, &until, &note, &now],
         )?
-        .map(|r| r.get(0));
+        .map(|r| get(&r, 0, "ending a run"))
+        .transpose()?;
     match ended.as_deref() {
         None => fenced(0, fence).map(|_| false),
         Some("cancelled") => {
@@ -502,7 +510,8 @@ fn finish(
                 &now,
             ],
         )?
-        .map(|r| r.get(0));
+        .map(|r| get(&r, 0, "ending a run"))
+        .transpose()?;
     match ended.as_deref() {
         None => fenced(0, fence),
         Some("cancelled") => {

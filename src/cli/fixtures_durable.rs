@@ -75,6 +75,9 @@ pub struct ParentThirdIn {
 }
 /// `fixture.parent_then_third`: start a child, a step that may fail for good, join.
 pub const PARENT_THIRD: Workflow<ParentThirdIn, u64> = Workflow::new("fixture.parent_then_third");
+/// `fixture.ticks`: `n` times the step `fixture.mark` then a wait for the event "tick"
+/// (one hour); returns `n`. Many waits per run, for races between events and waits.
+pub const TICKS: Workflow<u64, u64> = Workflow::new("fixture.ticks");
 /// `fixture.slow`'s steps, then the workflow fails (permanently) on its own.
 pub const SLOW_THEN_FAIL: Workflow<SlowIn, u64> = Workflow::new("fixture.slow_then_fail");
 
@@ -239,5 +242,12 @@ pub fn register(reg: &mut Registry) {
     reg.workflow(THREE, three);
     reg.workflow(APPROVE_WF, approve);
     reg.workflow(PARENT_THIRD, parent_then_third);
+    reg.workflow(TICKS, |ctx, n: u64| {
+        for i in 0..n {
+            ctx.step(MARK, &i)?;
+            ctx.wait_event::<serde_json::Value>("tick", Duration::from_millis(HOUR_MS))?;
+        }
+        Ok(n)
+    });
     reg.event(APPROVE);
 }

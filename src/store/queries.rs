@@ -518,14 +518,19 @@ pub fn claimable(conn: &Connection, now: i64, workflows_json: &str) -> StoreResu
 /// engine runs. Pending runs are found by one seek in `runs_pending_workflow` per entry of
 /// `?2` (split at its last `@`: the version is digits), so pending runs of versions this
 /// engine does not run cost nothing here however many are queued. (`CROSS JOIN` keeps
-/// `?2` the outer loop: SQLite does not reorder it.)
+/// `?2` the outer loop: SQLite does not reorder it.) The entry is cut as bytes (a BLOB):
+/// SQLite's `length` and `substr` of a TEXT stop at its first NUL, so a workflow name
+/// holding one would be cut short and its pending runs never seen by the poll, while the
+/// claim (which compares whole `workflow@version` texts) takes them. `@` is ASCII, so the
+/// cut never splits a UTF-8 character.
 pub const CLAIMABLE_SQL: &str = "
     SELECT EXISTS (SELECT 1 FROM json_each(?2) AS k
                    CROSS JOIN runs INDEXED BY runs_pending_workflow
                    WHERE runs.status = 'pending'
-                    AND runs.workflow = substr(k.value, 1, length(rtrim(k.value, '0123456789')) - 1)
-                    AND runs.version
-                        = CAST(substr(k.value, length(rtrim(k.value, '0123456789')) + 1) AS INTEGER))
+                    AND runs.workflow = CAST(substr(CAST(k.value AS BLOB), 1,
+                            length(CAST(rtrim(k.value, '0123456789') AS BLOB)) - 1) AS TEXT)
+                    AND runs.version = CAST(substr(CAST(k.value AS BLOB),
+                            length(CAST(rtrim(k.value, '0123456789') AS BLOB)) + 1) AS INTEGER))
         OR EXISTS (SELECT 1 FROM runs INDEXED BY runs_wake
                    WHERE status = 'suspended' AND ready_at <= ?1)
         OR EXISTS (SELECT 1 FROM runs

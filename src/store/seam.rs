@@ -185,7 +185,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         wake: i64,
         suspend: bool,
     ) -> StoreResult<bool>;
-    /// Consume event `name` (only an event with id <= `upto`, the one the caller checked)
+    /// Consume event `name` (only event `upto`, the one the caller checked)
     /// into journal entry `seq`, or suspend until `deadline` (when an unchecked event is
     /// there: pending at once, to look again).
     fn await_event(

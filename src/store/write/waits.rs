@@ -67,8 +67,10 @@ pub(super) fn apply(conn: &Connection, op: Op, now: i64) -> StoreResult<Done> {
                 })
                 .map_err(sql("looking for an event"))?;
             if let Some((id, _)) = &event {
-                if upto.is_none_or(|upto| *id > upto) {
-                    // An event the caller has not checked yet: look again at once.
+                if upto != Some(*id) {
+                    // An event the caller has not checked yet: look again at once. Not only
+                    // a later one: PostgreSQL takes an event's id at INSERT, so an event
+                    // with a smaller id can commit after the caller looked.
                     return look_again(conn, &fence, now).and_then(|_| parked(false));
                 }
             }

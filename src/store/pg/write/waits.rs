@@ -77,8 +77,10 @@ pub(super) fn apply(db: &mut Db<'_>, op: Op, now: i64) -> StoreResult<Done> {
                 )),
             };
             if let Some((id, _)) = &event {
-                if upto.is_none_or(|upto| *id > upto) {
-                    // An event the caller has not checked yet: look again at once.
+                if upto != Some(*id) {
+                    // An event the caller has not checked yet: look again at once. Not only
+                    // a later one: PostgreSQL takes an event's id at INSERT, so an event
+                    // with a smaller id can commit after the caller looked.
                     return look_again(db, &fence, now).and_then(|_| parked(false));
                 }
             }

@@ -19,20 +19,7 @@ fn an_event_committed_out_of_id_order_is_looked_at_before_it_is_delivered() {
     let url = pg::fresh_pg_db();
     let db = std::path::PathBuf::from(&url);
     let s = storage(&db);
-    let run = s
-        .enqueue(NewRun {
-            workflow: "wf".into(),
-            version: 1,
-            input: vec![0],
-            idempotency_key: None,
-            queue: "default".into(),
-            priority: 0,
-            ready_at: None,
-            parent_id: None,
-            deadline_at: None,
-        })
-        .unwrap()
-        .id;
+    let run = s.enqueue(NewRun::new("wf", 1, vec![0])).unwrap().id;
     let wfs: Arc<str> = r#"["wf@1"]"#.into();
     let owner: Arc<str> = "attack5".into();
     let claimed = s.claim(&owner, 1, &wfs, 60_000).unwrap();

@@ -63,17 +63,7 @@ fn the_poll_sees_every_run_the_claim_takes(backend: Backend) {
             let key = format!("{name}@{version}");
             let known: Arc<str> = serde_json::to_string(&vec![key.clone()]).unwrap().into();
             let started = s
-                .enqueue(NewRun {
-                    workflow: name.clone(),
-                    version: i64::from(version),
-                    input: vec![1],
-                    idempotency_key: None,
-                    queue: "default".into(),
-                    priority: 0,
-                    ready_at: None,
-                    parent_id: None,
-                    deadline_at: None,
-                })
+                .enqueue(NewRun::new(&name, i64::from(version), vec![1]))
                 .unwrap_or_else(|e| panic!("enqueue {key:?}: {e}"));
             let polled = s.claimable(now(), &known).unwrap();
             let claimed = s.claim(&owner, 10, &known, 60_000).unwrap();

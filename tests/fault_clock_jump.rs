@@ -126,20 +126,7 @@ fn a_run_looking_again_at_its_events_is_claimable_by_an_engine_behind(backend: B
     };
     let a = open(clock_a);
     let b = open(ManualClock::new());
-    let run = a
-        .enqueue(NewRun {
-            workflow: "wf".into(),
-            version: 1,
-            input: vec![0],
-            idempotency_key: None,
-            queue: "default".into(),
-            priority: 0,
-            ready_at: None,
-            parent_id: None,
-            deadline_at: None,
-        })
-        .unwrap()
-        .id;
+    let run = a.enqueue(NewRun::new("wf", 1, vec![0])).unwrap().id;
     let wfs: Arc<str> = r#"["wf@1"]"#.into();
     let owner_a: Arc<str> = "a".into();
     let claimed = a.claim(&owner_a, 1, &wfs, 60_000).unwrap();

@@ -104,20 +104,7 @@ fn a_write_with_a_stale_epoch_is_lease_lost_and_changes_nothing(backend: Backend
     let dir = tempdir();
     let db = backend.fresh_db(dir.path(), "fence.db");
     let store = storage(&db);
-    let id = store
-        .enqueue(NewRun {
-            workflow: "w".into(),
-            version: 1,
-            input: vec![],
-            idempotency_key: None,
-            queue: "default".into(),
-            priority: 0,
-            ready_at: None,
-            parent_id: None,
-            deadline_at: None,
-        })
-        .unwrap()
-        .id;
+    let id = store.enqueue(NewRun::new("w", 1, vec![])).unwrap().id;
     let claim = |owner: &str| {
         store
             .claim(&owner.into(), 1, &r#"["w@1"]"#.into(), 10)

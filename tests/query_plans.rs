@@ -184,19 +184,7 @@ fn the_claimable_poll_does_not_grow_with_runs_of_other_versions() {
             Arc::new(SystemClock::from_env()),
         )
         .expect("open");
-        let runs: Vec<NewRun> = (0..parked)
-            .map(|_| NewRun {
-                workflow: "a".into(),
-                version: 2,
-                input: vec![1],
-                idempotency_key: None,
-                queue: "default".into(),
-                priority: 0,
-                ready_at: None,
-                parent_id: None,
-                deadline_at: None,
-            })
-            .collect();
+        let runs: Vec<NewRun> = (0..parked).map(|_| NewRun::new("a", 2, vec![1])).collect();
         store.call(Op::EnqueueMany(runs)).expect("enqueue");
         drop(store);
         let conn = Connection::open(&db).expect("raw connection");

@@ -85,17 +85,7 @@ fn a_run_of_an_unregistered_workflow_waits_with_a_reason() {
         )
         .unwrap();
         store
-            .call(Op::Enqueue(NewRun {
-                workflow: "not.in.this.build".into(),
-                version: 1,
-                input: vec![],
-                idempotency_key: None,
-                queue: "default".into(),
-                priority: 0,
-                ready_at: None,
-                parent_id: None,
-                deadline_at: None,
-            }))
+            .call(Op::Enqueue(NewRun::new("not.in.this.build", 1, vec![])))
             .unwrap();
     }
     let engine = Engine::start(registry(), in_process_config(&db)).unwrap();

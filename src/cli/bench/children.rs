@@ -61,17 +61,7 @@ fn open_store(db: &Path) -> Result<Store, String> {
 }
 
 pub fn new_run(workflow: &str, input: Vec<u8>) -> NewRun {
-    NewRun {
-        workflow: workflow.into(),
-        version: 1,
-        input,
-        idempotency_key: None,
-        queue: "default".into(),
-        priority: 0,
-        ready_at: None,
-        parent_id: None,
-        deadline_at: None,
-    }
+    NewRun::new(workflow, 1, input)
 }
 
 fn hold(db: &Path, n: u64) -> CliResult {

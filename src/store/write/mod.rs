@@ -65,6 +65,24 @@ pub struct NewRun {
     pub deadline_at: Option<i64>,
 }
 
+impl NewRun {
+    /// A run of `workflow` at `version` with `input`, due now, in the default queue at
+    /// priority 0, with no key, parent or deadline (set the fields for anything else).
+    pub fn new(workflow: &str, version: i64, input: Vec<u8>) -> NewRun {
+        NewRun {
+            workflow: workflow.into(),
+            version,
+            input,
+            idempotency_key: None,
+            queue: "default".into(),
+            priority: 0,
+            ready_at: None,
+            parent_id: None,
+            deadline_at: None,
+        }
+    }
+}
+
 /// What starting a run does when its idempotency key already names a run.
 ///
 /// The same workflow with the same input bytes always returns the existing run (starting

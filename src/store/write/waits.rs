@@ -286,8 +286,6 @@ pub fn child_note(child_id: i64) -> String {
     format!("waiting for child {child_id}")
 }
 
-/// The answer of a command that parked the run: suspended, or ended `cancelled` by
-/// `suspend` (the answer of `write::suspend`).
 /// running -> pending at once, fenced (as a release): the run looks again at its events.
 /// Not `suspended` until `now`: only a sweep on a clock that has reached our `now` would
 /// wake it, and another engine's clock (or ours, after a jump back) may be behind. The
@@ -303,6 +301,8 @@ fn look_again(conn: &Connection, fence: &Fence, now: i64) -> StoreResult<Done> {
     fenced(n, fence)
 }
 
+/// The answer of a command that parked the run: suspended, or ended `cancelled` by
+/// `suspend` (the answer of `write::suspend`).
 pub(super) fn parked(cancelled: bool) -> StoreResult<Done> {
     Ok(Done::Awaited(if cancelled {
         Awaited::Cancelled

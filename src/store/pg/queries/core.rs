@@ -29,11 +29,7 @@ pub(crate) use run_cols;
 /// A run row from `SELECT run_cols!()`; a column that does not read is
 /// [`StoreError::Undecodable`] naming the run.
 pub(crate) fn run_row(r: &Row) -> StoreResult<RunRow> {
-    let id: i64 = r.try_get(0).map_err(|e| StoreError::Postgres {
-        context: "reading a run",
-        code: None,
-        detail: format!("runs.id: {e}"),
-    })?;
+    let id: i64 = get(r, 0, "reading a run")?;
     let status: String = col(r, 3, id, "runs.status")?;
     let status = status.parse().map_err(|e| StoreError::Undecodable {
         run_id: id,

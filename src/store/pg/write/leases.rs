@@ -224,11 +224,7 @@ type ClaimedRow = (Result<Claimed, (i64, String)>, (i64, i64));
 /// Decode one row of a claim's `RETURNING` leniently: a column that does not read makes
 /// this row `Err((run_id, reason))` instead of failing the claim of every other run.
 fn claimed_row(r: &Row) -> StoreResult<ClaimedRow> {
-    let run_id: i64 = r.try_get(0).map_err(|e| StoreError::Postgres {
-        context: "claiming runs",
-        code: None,
-        detail: format!("runs.id: {e}"),
-    })?;
+    let run_id: i64 = get(r, 0, "claiming runs")?;
     let order = (
         r.try_get::<_, i64>(8).unwrap_or(0),
         r.try_get::<_, i64>(9).unwrap_or(0),

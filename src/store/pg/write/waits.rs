@@ -293,8 +293,6 @@ pub(super) fn apply(db: &mut Db<'_>, op: Op, now: i64) -> StoreResult<Done> {
     }
 }
 
-/// The answer of a command that parked the run: suspended, or ended `cancelled` by
-/// `suspend`.
 /// running -> pending at once, fenced (as a release): the run looks again at its events.
 /// Not `suspended` until `now`: only a sweep on a clock that has reached our `now` would
 /// wake it, and another host's clock may be behind ours. The caller checked the fence in
@@ -310,6 +308,8 @@ fn look_again(db: &mut Db<'_>, fence: &Fence, now: i64) -> StoreResult<Done> {
     fenced(n, fence)
 }
 
+/// The answer of a command that parked the run: suspended, or ended `cancelled` by
+/// `suspend`.
 fn parked(cancelled: bool) -> StoreResult<Done> {
     Ok(Done::Awaited(if cancelled {
         Awaited::Cancelled

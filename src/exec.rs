@@ -74,9 +74,17 @@ pub trait Attempts: Send + Sync {
         pid: Option<u32>,
         pid_start: Option<u64>,
     ) -> Result<(), StoreError>;
-    /// Record that `req` ended well (`reason` for people). The journal entry that follows
-    /// is what counts; an error here means the lease was lost or storage failed.
-    fn succeeded(&self, req: &ExecRequest<'_>, reason: String) -> Result<(), StoreError>;
+    /// Record that `req` ended well (`reason` for people), with what it left (as
+    /// [`Attempts::detail`]), in one commit. The journal entry that follows is what counts;
+    /// an error here means the lease was lost or storage failed (and the detail is lost
+    /// with it).
+    fn succeeded(
+        &self,
+        req: &ExecRequest<'_>,
+        reason: String,
+        logs: String,
+        memory_cap: Option<String>,
+    ) -> Result<(), StoreError>;
     /// Store what `req` left besides its outcome: its captured logs and the memory-cap
     /// mechanism. Best effort (a lost lease only loses them).
     fn detail(

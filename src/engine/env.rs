@@ -24,9 +24,22 @@ impl Attempts for Inner {
         )
     }
 
-    fn succeeded(&self, req: &ExecRequest<'_>, reason: String) -> Result<(), StoreError> {
-        self.store
-            .attempt_end(req.fence, req.seq, req.attempt, "success", reason)
+    fn succeeded(
+        &self,
+        req: &ExecRequest<'_>,
+        reason: String,
+        logs: String,
+        memory_cap: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.store.attempt_close(
+            req.fence,
+            req.seq,
+            req.attempt,
+            "success",
+            reason,
+            logs,
+            memory_cap,
+        )
     }
 
     fn detail(

@@ -208,6 +208,19 @@ pub(crate) fn record_detail(
     }
 }
 
+/// Close the successful attempt `req` with its logs and memory-cap mechanism, in one
+/// commit (fenced: a lost lease loses them, and the error says so).
+pub(crate) fn close_success(
+    attempts: &dyn Attempts,
+    req: &ExecRequest<'_>,
+    reason: String,
+    log: Option<StepLog>,
+    memory_cap: Option<String>,
+) -> Result<(), crate::store::StoreError> {
+    let logs = log.map(|mut l| l.finish()).unwrap_or_default();
+    attempts.succeeded(req, reason, logs, memory_cap)
+}
+
 /// A failed execution `finished` is a memory-limit failure if the cgroup's own OOM-kill
 /// counter rose past `oom_before` (its value when the execution began), whatever the
 /// program printed or how it died; an ending the engine caused (timeout, cancel) stays as
@@ -397,7 +410,6 @@ impl Executor for ChildExecutor {
             oom_from_cgroup(&mut outcome, &finished, &cg, 0, req.limits);
             cg.remove();
         }
-        record_detail(attempts, req, finished.log.take(), memory_cap);
         log::debug!(
             "run {}: step '{step}' (seq {}) attempt {} in pid {pid}: {:?} after {:?}",
             req.fence.run_id,
@@ -406,14 +418,22 @@ impl Executor for ChildExecutor {
             finished.exit,
             finished.wall
         );
+        let log = finished.log.take();
         if outcome.is_ok() {
-            let _ = attempts.succeeded(
-                req,
-                format!(
-                    "completed in pid {pid} after {} ms",
-                    finished.wall.as_millis()
-                ),
+            let reason = format!(
+                "completed in pid {pid} after {} ms",
+                finished.wall.as_millis()
             );
+            if let Err(e) = close_success(attempts, req, reason, log, memory_cap) {
+                log::debug!(
+                    "run {}: attempt {} of step '{step}' (seq {}) not closed: {e}",
+                    req.fence.run_id,
+                    req.attempt,
+                    req.seq
+                );
+            }
+        } else {
+            record_detail(attempts, req, log, memory_cap);
         }
         outcome
     }

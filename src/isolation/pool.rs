@@ -171,7 +171,7 @@ impl Executor for PoolExecutor {
         match (&talk.intent, &talk.response) {
             (None, Some(resp)) => {
                 let outcome = classify_response(resp, req.limits);
-                super::executor::record_detail(attempts, req, p.exchange.log.take(), memory_cap);
+                let log = p.exchange.log.take();
                 // The step returned, but what it started in its group (a background
                 // process) is still running: it ends with the step, as it does when a cold
                 // child exits. A child whose group cannot be emptied is not reused.
@@ -187,19 +187,17 @@ impl Executor for PoolExecutor {
                             super::group::kill_group_except_leader(pid, start, wait)
                         }),
                     };
-                // Close the attempt while the child is still checked out. An attempt left
-                // open names a live pid; a later reclaimer's survivor kill would hit that
-                // child while it serves another run. So a child whose attempt could not be
-                // closed (lease lost) is never returned to the pool.
-                let closed = emptied
-                    && attempts
-                        .succeeded(
-                            req,
-                            format!(
-                                "completed in pooled pid {pid} after {} ms",
-                                started.elapsed().as_millis()
-                            ),
-                        )
+                // Close the attempt (with its logs, one commit) while the child is still
+                // checked out. An attempt left open names a live pid; a later reclaimer's
+                // survivor kill would hit that child while it serves another run. So a
+                // child whose attempt could not be closed (lease lost) is never returned to
+                // the pool.
+                let closed = if emptied {
+                    let reason = format!(
+                        "completed in pooled pid {pid} after {} ms",
+                        started.elapsed().as_millis()
+                    );
+                    super::executor::close_success(attempts, req, reason, log, memory_cap)
                         .map_err(|e| {
                             log::warn!(
                                 "run {}: step '{step}' attempt {} in pooled child {pid} not closed ({e}); the child is not returned to the pool",
@@ -207,7 +205,11 @@ impl Executor for PoolExecutor {
                                 req.attempt
                             )
                         })
-                        .is_ok();
+                        .is_ok()
+                } else {
+                    super::executor::record_detail(attempts, req, log, memory_cap);
+                    false
+                };
                 let keep = closed
                     && pooled.served < self.runs_max
                     && pooled.running.rss_bytes() <= self.rss_max

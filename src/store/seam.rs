@@ -147,6 +147,20 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         logs: String,
         memory_cap: Option<String>,
     ) -> StoreResult<()>;
+    /// Close an attempt in one commit: store its logs and memory-cap mechanism
+    /// ([`Storage::attempt_detail`]), then how it ended ([`Storage::attempt_end`]); fenced,
+    /// all or none.
+    #[allow(clippy::too_many_arguments)]
+    fn attempt_close(
+        &self,
+        fence: &Fence,
+        seq: i64,
+        attempt: i64,
+        outcome: &'static str,
+        reason: String,
+        logs: String,
+        memory_cap: Option<String>,
+    ) -> StoreResult<()>;
     /// Record several journal entries in one commit (each write-once, fenced; all or none).
     fn checkpoints(&self, fence: &Fence, entries: Vec<Entry>) -> StoreResult<()>;
     /// End an execution slice in one commit: record `entries` (journal entries whose
@@ -600,6 +614,37 @@ macro_rules! storage_writes {
                     memory_cap,
                 },
             )
+        }
+        fn attempt_close(
+            &self,
+            fence: &Fence,
+            seq: i64,
+            attempt: i64,
+            outcome: &'static str,
+            reason: String,
+            logs: String,
+            memory_cap: Option<String>,
+        ) -> StoreResult<()> {
+            let ops = vec![
+                Op::AttemptDetail {
+                    fence: fence.clone(),
+                    seq,
+                    attempt,
+                    logs,
+                    memory_cap,
+                },
+                Op::AttemptEnd {
+                    fence: fence.clone(),
+                    seq,
+                    attempt,
+                    outcome,
+                    reason,
+                },
+            ];
+            match self.call(Op::Batch { ops, next: None })? {
+                Done::Batch { .. } => Ok(()),
+                other => $crate::store::seam::unexpected("attempt_close", other),
+            }
         }
         fn checkpoints(&self, fence: &Fence, entries: Vec<Entry>) -> StoreResult<()> {
             let ops = $crate::store::seam::checkpoint_ops(fence, entries);

@@ -95,9 +95,9 @@ pub fn table(rows: &[Row], quick: bool, total: Duration) -> String {
         total.as_secs_f64()
     ));
     out.push_str(
-        "| id | workload | result | baseline | ratio | goal | per | commits | ctx switches | CPU µs |\n",
+        "| id | workload | result | baseline | ratio | goal | per | commits | ctx switches | CPU µs | writer µs (busy) | run-queue µs |\n",
     );
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let base = r
             .baseline
@@ -112,17 +112,23 @@ pub fn table(rows: &[Row], quick: bool, total: Duration) -> String {
             .as_ref()
             .map(|(g, met)| format!("{g} {}", if *met { "met" } else { "MISSED" }))
             .unwrap_or_else(|| "-".into());
-        let (per, commits, switches, cpu) = match &r.cost {
+        let dash = || "-".to_string();
+        let (per, commits, switches, cpu, writer, runq) = match &r.cost {
             Some(c) => (
                 c.per,
-                c.commits.map(fmt_num).unwrap_or_else(|| "-".into()),
+                c.commits.map(fmt_num).unwrap_or_else(dash),
                 fmt_num(c.switches),
                 fmt_num(c.cpu_us),
+                c.writer_cpu_us
+                    .zip(c.writer_busy)
+                    .map(|(w, b)| format!("{} ({:.0}%)", fmt_num(w), b * 100.0))
+                    .unwrap_or_else(dash),
+                c.runq_us.map(fmt_num).unwrap_or_else(dash),
             ),
-            None => ("-", "-".into(), "-".into(), "-".into()),
+            None => ("-", dash(), dash(), dash(), dash(), dash()),
         };
         out.push_str(&format!(
-            "| {} | {} | {} {} | {} | {} | {} | {per} | {commits} | {switches} | {cpu} |\n",
+            "| {} | {} | {} {} | {} | {} | {} | {per} | {commits} | {switches} | {cpu} | {writer} | {runq} |\n",
             r.id,
             r.what,
             fmt_num(r.value),
@@ -138,7 +144,11 @@ pub fn table(rows: &[Row], quick: bool, total: Duration) -> String {
 /// One JSON object: `{"quick":..,"dir":..,"seconds":..,"results":[..]}`. A result's
 /// `cost` (null where not measured) is per unit of work (`per`: a run, a start, a commit
 /// ...): `commits` (null where the writers do not count them), `context_switches` and
-/// `cpu_us` (getrusage of the bench process and its reaped children).
+/// `cpu_us` (getrusage of the bench process and its reaped children), `writer_cpu_us` and
+/// `writer_busy` (the writer thread's on-CPU time per unit and as a share of wall time; null
+/// where the engine runs in other processes), `runq_us` (time this process's threads waited
+/// for a CPU, per unit), and two bounds in units a second: `cpu_bound` (all CPUs at this
+/// CPU cost per unit) and `writer_bound` (the one writer thread at its CPU cost per unit).
 pub fn json(rows: &[Row], quick: bool, dir: &Path, total: Duration) -> String {
     let results: Vec<serde_json::Value> = rows
         .iter()
@@ -159,6 +169,11 @@ pub fn json(rows: &[Row], quick: bool, dir: &Path, total: Duration) -> String {
                     "commits": c.commits,
                     "context_switches": c.switches,
                     "cpu_us": c.cpu_us,
+                    "writer_cpu_us": c.writer_cpu_us,
+                    "writer_busy": c.writer_busy,
+                    "runq_us": c.runq_us,
+                    "cpu_bound": c.cpu_bound(),
+                    "writer_bound": c.writer_bound(),
                 })),
             })
         })

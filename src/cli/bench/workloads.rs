@@ -262,7 +262,7 @@ fn run_all(
     config.workers = workers;
     let engine = Engine::start(bench_registry(), config).map_err(err)?;
     let before = engine.store().write_stats();
-    let meter = Meter::start(Some(before.0));
+    let mut meter = Meter::start(Some(before.0));
     let t = Instant::now();
     let mut i = 0;
     while i < n {
@@ -274,6 +274,7 @@ fn run_all(
     }
     wait_finished(&engine, n as i64, Duration::from_secs(600))?;
     let secs = t.elapsed().as_secs_f64();
+    meter.lap();
     let group = group_size(&engine, before);
     let done_commits = commits(&engine);
     let failed = count(&engine, FAILED)?;
@@ -300,11 +301,12 @@ pub(super) fn drain(
     prequeue(&path, wf, n)?;
     let mut config = ctx.config(&path);
     config.workers = workers;
-    let meter = Meter::start(Some(0));
+    let mut meter = Meter::start(Some(0));
     let t = Instant::now();
     let engine = Engine::start(bench_registry(), config).map_err(err)?;
     wait_finished(&engine, n as i64, Duration::from_secs(1200))?;
     let secs = t.elapsed().as_secs_f64();
+    meter.lap();
     let group = group_size(&engine, (0, 0));
     let done_commits = commits(&engine);
     let failed = count(&engine, FAILED)?;

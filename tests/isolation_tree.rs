@@ -227,8 +227,14 @@ fn reclaim_kills_the_group_of_a_dead_leader_before_running_again() {
     let (script, runs, marker) = two_phase_script(dir.path());
     let mut engine = serve_engine(&db, false);
     let id = start_probe(&db, &cmd_probe(&script, &tag));
+    // The whole tree: the shell writes its own pid last, after both background processes
+    // started. Four tagged processes alone can be seen before `sleep 600` was forked; on a
+    // loaded machine the subshell's `sleep 3` could then end before the group is checked,
+    // leaving nothing to survive the leader (a CI dry run failed so).
+    let pids = dir.path().join("pids");
     poll(Duration::from_secs(30), || {
-        (tagged(&tag).len() >= 4 && dir.path().join("pids").exists()).then_some(())
+        let up = std::fs::read_to_string(&pids).is_ok_and(|p| p.lines().count() >= 3);
+        (up && tagged(&tag).len() >= 4).then_some(())
     })
     .expect("the step's tree never came up");
     // Polled: a single read can miss (a busy file under a loaded machine reads as None).

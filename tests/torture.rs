@@ -1,7 +1,7 @@
 //! CI-sized torture runs: three engine processes on one database, 200 runs of the torture
-//! workload (steps in-process, in child processes, and command steps: `--isolation mixed`,
-//! the default), at least 30 SIGKILLs (random moments, fault points mid-commit and mid-step,
-//! all engines at once). What must survive: every run final with its fault-free output,
+//! workload (steps in-process, in cold child processes, on the warm pool, and command steps:
+//! `--isolation mixed`, the default), at least 30 SIGKILLs (random moments, fault points
+//! mid-commit and mid-step, all engines at once). What must survive: every run final with its fault-free output,
 //! one result per journal seq that is the output of one of its executions, no step executed
 //! by two processes at once, and re-executions only of interrupted executions.
 //! A quarter of the runs wait durably between steps (short sleeps, events the harness sends

@@ -214,7 +214,16 @@ pub fn run(args: BenchArgs) -> CliResult {
         rows.extend(w4);
         if want("W5") {
             progress("W5: one-step runs on the warm pool");
-            rows.push(workloads::w5_pool(&ctx, cold_rate)?);
+            let w5 = workloads::w5_pool(&ctx, cold_rate)?;
+            // Issue 15's goal: isolation nearly free when the child is warm (W2 of this run).
+            let w2 = rows.iter().find(|r| r.id == "W2").map(|r| r.value);
+            let against_w2 = w2.map(|w2| {
+                let mut r = w5.clone().baseline("W2", w2).ratio_goal(0.8);
+                r.what = format!("{} against in-process W2", w5.what);
+                r
+            });
+            rows.push(w5);
+            rows.extend(against_w2);
         }
     }
     if want("W6") {

@@ -8,7 +8,7 @@
 //!
 //! The harness owns a work directory (`DB.torture/`, or a temporary one): the effects file
 //! every step execution appends to, the per-(run, seq) lock files, and one stderr log per
-//! engine process. Steps run in-process, in child processes, or as command steps whose
+//! engine process. Steps run in-process, in child processes (cold or on the warm pool), or as command steps whose
 //! shell starts its own child (`--isolation`); the (run, seq) lock is taken by the deepest
 //! process doing the work (see [`workload`]). For `--cycles` cycles it picks (with an RNG
 //! seeded by `--seed`) one of:
@@ -51,7 +51,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use waymark::internal::store::{is_postgres, NewRun, Storage, StoreOptions};
-use workload::{mix, step_name, RunIn, KIND_CHILD, KIND_COMMAND, KIND_IN_PROCESS};
+use workload::{mix, step_name, RunIn, KIND_CHILD, KIND_COMMAND, KIND_IN_PROCESS, KIND_POOL};
 
 /// Where the workload's steps run.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -59,9 +59,10 @@ use workload::{mix, step_name, RunIn, KIND_CHILD, KIND_COMMAND, KIND_IN_PROCESS}
 pub enum IsolationMix {
     /// Every step on the engine's worker threads.
     InProcess,
-    /// Child steps and command steps (a shell that starts its own child), no in-process step.
+    /// Child steps (cold children and the warm pool) and command steps (a shell that starts
+    /// its own child), no in-process step.
     Child,
-    /// All three.
+    /// All four: in-process, cold child, pooled child and command steps.
     Mixed,
 }
 
@@ -439,9 +440,11 @@ fn workload(
                     let k = mix(h ^ u64::from(seq));
                     let kind = match isolation {
                         IsolationMix::InProcess => KIND_IN_PROCESS,
-                        IsolationMix::Child => [KIND_CHILD, KIND_COMMAND][(k % 2) as usize],
+                        IsolationMix::Child => {
+                            [KIND_CHILD, KIND_COMMAND, KIND_POOL][(k % 3) as usize]
+                        }
                         IsolationMix::Mixed => {
-                            [KIND_IN_PROCESS, KIND_CHILD, KIND_COMMAND][(k % 3) as usize]
+                            [KIND_IN_PROCESS, KIND_CHILD, KIND_COMMAND, KIND_POOL][(k % 4) as usize]
                         }
                     };
                     let kind = match (fail_at == Some(seq), kind, isolation) {

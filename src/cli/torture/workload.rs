@@ -45,6 +45,8 @@ pub const ENV_DIR: &str = "WAYMARK_TORTURE_DIR";
 pub const KIND_IN_PROCESS: u8 = 0;
 pub const KIND_CHILD: u8 = 1;
 pub const KIND_COMMAND: u8 = 2;
+/// A child step on the engine's warm pool: a long-lived child serving many runs.
+pub const KIND_POOL: u8 = 3;
 
 /// Input of one torture run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -150,6 +152,7 @@ pub struct StepOut {
 
 pub const STEP: Step<StepIn, StepOut> = Step::new("torture.step");
 pub const CHILD_STEP: Step<StepIn, StepOut> = Step::new("torture.child");
+pub const POOL_STEP: Step<StepIn, StepOut> = Step::new("torture.pool");
 pub const CMD: Step<CommandSpec, CommandOutput> = Step::new("torture.cmd");
 pub const WORKFLOW: Workflow<RunIn, u64> = Workflow::new("torture");
 
@@ -196,6 +199,7 @@ pub fn event_mix(prev: u64, payload: u64) -> u64 {
 pub fn step_name(kind: u8) -> &'static str {
     match kind {
         KIND_CHILD => CHILD_STEP.name(),
+        KIND_POOL => POOL_STEP.name(),
         KIND_COMMAND => CMD.name(),
         _ => STEP.name(),
     }
@@ -329,7 +333,11 @@ impl Execution {
 }
 
 fn torture_step(ctx: &StepCtx, input: StepIn) -> Result<StepOut, StepError> {
-    let kind = if input.kind == KIND_CHILD { 'c' } else { 'i' };
+    let kind = if matches!(input.kind, KIND_CHILD | KIND_POOL) {
+        'c'
+    } else {
+        'i'
+    };
     let exec = Execution::start(ctx.run_id(), ctx.seq(), kind);
     std::thread::sleep(Duration::from_millis(input.ms));
     if input.fail {
@@ -413,6 +421,7 @@ fn torture_workflow(ctx: &mut Ctx<'_>, input: RunIn) -> Result<u64, WorkflowErro
                 })?
             }
             KIND_CHILD => ctx.step(CHILD_STEP, &step_in)?,
+            KIND_POOL => ctx.step(POOL_STEP, &step_in)?,
             _ => ctx.step(STEP, &step_in)?,
         };
         prev = out.value;
@@ -437,6 +446,9 @@ pub fn register(reg: &mut Registry) {
     o.retry = Some(retry.clone());
     let o = reg.step(CHILD_STEP, torture_step);
     o.isolation = Some(Isolation::Child);
+    o.retry = Some(retry.clone());
+    let o = reg.step(POOL_STEP, torture_step);
+    o.isolation = Some(Isolation::Pool);
     o.retry = Some(retry.clone());
     reg.command(CMD).retry = Some(retry);
     reg.workflow(WORKFLOW, torture_workflow);

@@ -110,6 +110,19 @@ thread_local! {
 /// to the caller (the writer thread then backs off and retries; callers never see it).
 pub const BUSY_WAIT_MAX: Duration = Duration::from_secs(2);
 
+/// Sleeps taken in the busy handler by this process so far (every writing connection): the
+/// time a writer spent waiting for another process's write lock is about this many times
+/// the sleep (benches report it per commit).
+static BUSY_SLEEPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Busy-handler sleeps of this process so far (see [`BUSY_SLEEPS`]).
+pub fn busy_sleeps() -> u64 {
+    BUSY_SLEEPS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The one sleep of the busy handler.
+pub const BUSY_SLEEP: Duration = Duration::from_micros(200);
+
 fn short_sleep_busy_handler(count: i32) -> bool {
     // SQLite's stock handler sleeps up to 100 ms at a time, so a waiting writer can
     // starve while another process commits between its sleeps. Sleep 0.2 ms instead.
@@ -128,7 +141,8 @@ fn short_sleep_busy_handler(count: i32) -> bool {
     // lock to a busy writer that re-takes it right after each COMMIT (measured: worst
     // wait 107-117 ms and p99 53-62 ms with 1 ms sleeps after 20 tries; p99 24-25 ms with
     // 0.2 ms sleeps; 3 processes, `waymark bench --quick --only F`).
-    std::thread::sleep(Duration::from_micros(200));
+    BUSY_SLEEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(BUSY_SLEEP);
     true
 }
 

@@ -166,14 +166,21 @@ const ACTIVE: &str =
 
 /// `serve`: what `waymark serve --db DB --in-process --exit-when-idle --workers N` does
 /// (same configuration, same idle condition every 100 ms, asked in O(1)), then one JSON line: the writer's
-/// commits and commands, and how many calls failed with the lock (BUSY reaching a caller:
-/// the engine's start, its idle checks, its shutdown).
+/// commits and commands, how many calls failed with the lock (BUSY reaching a caller:
+/// the engine's start, its idle checks, its shutdown), the busy handler's sleeps (waits for
+/// another process's write lock) and the writer thread's on-CPU microseconds.
 fn serve(db: &Path, workers: u64) -> CliResult {
     let err = |e: waymark::Error| e.to_string();
-    let print = |commits: u64, commands: u64, busy: u64| {
+    let print = |commits: u64, commands: u64, busy: u64, writer_us: u64| {
         println!(
             "{}",
-            serde_json::json!({"commits": commits, "commands": commands, "busy": busy})
+            serde_json::json!({
+                "commits": commits,
+                "commands": commands,
+                "busy": busy,
+                "busy_sleeps": waymark::internal::store::pragmas::busy_sleeps(),
+                "writer_cpu_us": writer_us,
+            })
         );
     };
     let mut config = Config::new(db).with_lease_ttl(Duration::from_millis(15_000));
@@ -183,7 +190,7 @@ fn serve(db: &Path, workers: u64) -> CliResult {
         Ok(e) => e,
         Err(e) if super::scale::is_busy(&e.to_string()) => {
             log::warn!("engine start failed with the lock: {e}");
-            print(0, 0, 1);
+            print(0, 0, 1, 0);
             return Ok(0);
         }
         Err(e) => return Err(e.to_string()),
@@ -203,11 +210,13 @@ fn serve(db: &Path, workers: u64) -> CliResult {
         }
     }
     let (commits, commands) = engine.store().write_stats();
+    // Read while the writer thread still lives.
+    let writer_us = super::cost::writer_cpu_ns().unwrap_or(0) / 1000;
     match engine.shutdown() {
         Ok(()) => {}
         Err(e) if super::scale::is_busy(&e.to_string()) => busy += 1,
         Err(e) => return Err(err(e)),
     }
-    print(commits, commands, busy);
+    print(commits, commands, busy, writer_us);
     Ok(0)
 }

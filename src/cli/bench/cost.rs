@@ -64,6 +64,11 @@ fn threads() -> Threads {
     .collect()
 }
 
+/// This process's writer thread(s): on-CPU nanoseconds so far (`None` without one).
+pub fn writer_cpu_ns() -> Option<u64> {
+    thread_delta(&[], &threads()).0
+}
+
 /// What the threads did between two snapshots: (writer on-CPU ns, if a writer thread ran;
 /// run-queue wait ns of all threads). A thread born in between counts from zero.
 fn thread_delta(

@@ -30,6 +30,11 @@ struct M1Result {
     busy: u64,
     /// Log lines of the children that mention the lock (warnings inside the engines).
     lock_log_lines: u64,
+    /// Busy-handler sleeps (waits for another process's write lock) per commit, all
+    /// processes.
+    lock_waits_per_commit: f64,
+    /// The writer threads' on-CPU time, all processes, as a share of the drain's wall time.
+    writers_busy: f64,
     cost: super::cost::Cost,
 }
 
@@ -45,8 +50,12 @@ pub fn m1_processes(ctx: &BenchCtx) -> Result<Vec<Row>, String> {
         busy_total += r.busy;
         let what = format!(
             "{n} pre-queued one-step runs, {procs} engine process(es) x {workers} workers \
-             ({} log lines about the lock)",
-            r.lock_log_lines
+             ({} log lines about the lock; {:.1} lock waits of {} µs per commit; writers on a \
+             CPU {:.0}% of the time)",
+            r.lock_log_lines,
+            r.lock_waits_per_commit,
+            waymark::internal::store::pragmas::BUSY_SLEEP.as_micros(),
+            r.writers_busy * 100.0
         );
         let mut row = Row::new("M1", what, r.rate, "runs/s").cost(r.cost);
         match solo {
@@ -115,7 +124,7 @@ fn m1_run(ctx: &BenchCtx, procs: usize, workers: usize, n: u64) -> Result<M1Resu
         }
         return Err(format!("M1 with {procs} processes: {e}"));
     }
-    let (mut busy, mut commits) = (0, 0);
+    let (mut busy, mut commits, mut sleeps, mut writer_us) = (0, 0, 0, 0);
     for (c, log) in children.into_iter().zip(&logs) {
         let out = c.wait_with_output().map_err(err)?;
         if !out.status.success() {
@@ -130,6 +139,8 @@ fn m1_run(ctx: &BenchCtx, procs: usize, workers: usize, n: u64) -> Result<M1Resu
             .map_err(|e| format!("M1 engine process output: {e}"))?;
         busy += v["busy"].as_u64().unwrap_or(0);
         commits += v["commits"].as_u64().unwrap_or(0);
+        sleeps += v["busy_sleeps"].as_u64().unwrap_or(0);
+        writer_us += v["writer_cpu_us"].as_u64().unwrap_or(0);
     }
     let cost = meter.finish("run", n, Some(commits));
     let failed = count_at(&db, FAILED)?;
@@ -150,6 +161,8 @@ fn m1_run(ctx: &BenchCtx, procs: usize, workers: usize, n: u64) -> Result<M1Resu
         rate: n as f64 / secs,
         busy,
         lock_log_lines,
+        lock_waits_per_commit: sleeps as f64 / commits.max(1) as f64,
+        writers_busy: writer_us as f64 / 1e6 / secs,
         cost,
     })
 }

@@ -115,7 +115,8 @@ pub const BUSY_WAIT_MAX: Duration = Duration::from_secs(2);
 /// the sleep (benches report it per commit).
 static BUSY_SLEEPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Busy-handler sleeps of this process so far (see [`BUSY_SLEEPS`]).
+/// Busy-handler sleeps of this process so far: how often a writer waited [`BUSY_SLEEP`] for
+/// another process's write lock.
 pub fn busy_sleeps() -> u64 {
     BUSY_SLEEPS.load(std::sync::atomic::Ordering::Relaxed)
 }

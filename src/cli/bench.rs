@@ -136,6 +136,11 @@ impl Sizes {
 
 /// Entry point of `waymark bench`.
 pub fn run(args: BenchArgs) -> CliResult {
+    // The baselines open SQLite before any engine: without this, SQLite would already be
+    // initialised when the first store opens, keep its memory statistics on and take one
+    // process-wide mutex at every allocation, a cost no application whose first SQLite use
+    // is waymark pays (the engine turns them off before SQLite initialises).
+    waymark::internal::store::memstatus_off();
     if let Some(mode) = &args.child {
         if mode == "watch" {
             let db = args

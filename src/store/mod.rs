@@ -497,8 +497,10 @@ fn writer_connection(
 /// `pthread_mutex_lock`/`unlock` were 20 % of the writer thread's time under
 /// `bench --only W2 --workers 32`, contended by the readers). If the application already
 /// used SQLite, `sqlite3_config` refuses (SQLITE_MISUSE) and nothing changes; waymark
-/// reads no memory statistic.
-fn memstatus_off() {
+/// reads no memory statistic. Public for programs (the bench) that open SQLite themselves
+/// before any store: called first, it gives their engines what an application whose first
+/// SQLite use is waymark gets.
+pub fn memstatus_off() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // SAFETY: called before any connection of ours is opened; SQLite checks that it is

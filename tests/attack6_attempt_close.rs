@@ -261,3 +261,46 @@ on_both_stores!(a_pooled_step_killed_before_its_close_leaves_no_half_closed_atte
 fn a_pooled_step_killed_before_its_close_leaves_no_half_closed_attempt(backend: Backend) {
     killed_before_close(backend, &["--pool"]);
 }
+
+// Scenario (PostgreSQL only: [`PgProxy`]): the COMMIT of a pooled step's close (logs and end
+// in one transaction) is applied and its answer lost; the engine cannot know it committed.
+// Must hold: the run completes with each step executed once (the step's result is still
+// journaled, nothing runs it again), no two executions overlap, the close is whole (attempt
+// 1 of seq 0 `success` with its logs), and the engine does not panic.
+#[test]
+fn a_pooled_close_whose_commit_answer_is_lost_runs_each_step_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_pg_db();
+    drop(storage(std::path::Path::new(&url)));
+    let proxy = PgProxy::start();
+    let db = std::path::PathBuf::from(&url);
+    let through = std::path::PathBuf::from(proxy.url(&url));
+    // The close is the only transaction that writes an attempt's logs.
+    proxy.lose_next_commit_answer_of("UPDATE attempts SET logs");
+    let run = start(&db, "fixture.slow", r#"{"steps":3,"ms":100}"#, 1)[0];
+    let a = serve_with(dir.path(), "a", &through, 1, 3000, &[], &["--pool"]);
+    wait_until(
+        "the close's COMMIT answer to be lost",
+        Duration::from_secs(60),
+        || proxy.cuts() == 1,
+    );
+    wait_until("the run to complete", Duration::from_secs(120), || {
+        status(&db, run) == "completed"
+    });
+    let log = a.log_text();
+    for seq in 0..3 {
+        assert_eq!(
+            effect_count(dir.path(), run, seq, "sleep"),
+            1,
+            "step {seq} executed more than once\n{log}"
+        );
+    }
+    assert_eq!(overlaps(dir.path()), vec![], "{log}");
+    assert_eq!(journal(&db, run).len(), 3, "{log}");
+    let first = attempt_of(&db, run, 1).expect("attempt 1 of seq 0");
+    assert_eq!(first.outcome.as_deref(), Some("success"), "{first:?}");
+    assert!(first.logs.is_some(), "{first:?}");
+    assert!(!log.contains("panicked"), "{log}");
+    // The engine saw its close fail (it cannot know the COMMIT was applied).
+    assert!(log.contains("not closed"), "{log}");
+}

@@ -16,6 +16,8 @@
 //!   close writes nothing, A ends the pooled child its open attempt names (never takes it
 //!   back), a later run never runs in that child, and the first run completes later with
 //!   attempt 1 open and attempt 2 `success`.
+//! - A close whose batch fails half-way (its AttemptEnd refused, its AttemptDetail not):
+//!   nothing of it stays, and the child is not taken back.
 //! - A death before the close (cold child, then pooled child): A is killed at
 //!   `before_close`. Must hold: attempt 1 has neither end nor logs (all or none), A's step
 //!   child does not outlive A, and B's re-execution is closed `success` with its logs and
@@ -194,6 +196,68 @@ fn a_pooled_child_whose_close_was_fenced_off_is_never_taken_back(backend: Backen
         "{r1_attempts:?}\nA: {}",
         a.log_text()
     );
+}
+
+// Scenario: the close's batch fails half-way. A is held before the close while the test
+// marks attempt 1 ended (outcome `probe`), so the close's AttemptDetail matches its row and
+// its AttemptEnd matches none (the lease itself still holds). Must hold: the batch is all or
+// none (attempt 1 keeps the test's outcome and gets no logs), A does not take the child
+// back (its close failed), and the run completes with its one step journaled.
+on_both_stores!(a_close_whose_end_is_refused_writes_no_logs_either);
+fn a_close_whose_end_is_refused_writes_no_logs_either(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = backend.fresh_db(dir.path(), "half.db");
+    let run = start(&db, "fixture.chatty", CHATTY, 1)[0];
+    let go = dir.path().join("go");
+    let a = serve_with(
+        dir.path(),
+        "a",
+        &db,
+        1,
+        5000,
+        &[(
+            "WAYMARK_FAULT_PAUSE",
+            format!("before_close:{}", go.display()),
+        )],
+        &["--pool"],
+    );
+    wait_until(
+        "A to hold before closing attempt 1",
+        Duration::from_secs(60),
+        || a.log_text().contains("paused at before_close"),
+    );
+    let p = attempt_of(&db, run, 1)
+        .and_then(|a| a.pid)
+        .expect("attempt 1 names its pooled child");
+    let n = exec(
+        &db,
+        &format!(
+            "UPDATE attempts SET outcome = 'probe', reason = 'ended by the test'
+             WHERE run_id = {run} AND seq = 0 AND attempt = 1 AND outcome IS NULL"
+        ),
+    );
+    assert_eq!(n, 1);
+    std::fs::write(&go, b"").unwrap();
+    wait_until("A's close to end", Duration::from_secs(60), || {
+        a.log_text().contains("not closed")
+            || attempt_of(&db, run, 1).is_some_and(|x| x.logs.is_some())
+    });
+    let half = attempt_of(&db, run, 1).expect("attempt 1 still recorded");
+    assert_eq!(
+        (half.outcome.as_deref(), half.logs.as_deref()),
+        (Some("probe"), None),
+        "the close's batch was applied in part: {half:?}\nA: {}",
+        a.log_text()
+    );
+    wait_until(
+        "A to end the child whose attempt it could not close",
+        Duration::from_secs(30),
+        || !alive(p),
+    );
+    wait_until("the run to complete", Duration::from_secs(60), || {
+        status(&db, run) == "completed"
+    });
+    assert_eq!(journal(&db, run).len(), 1, "A: {}", a.log_text());
 }
 
 /// Kill engine A at `before_close` (with `extra` isolation flags), let B finish the run.

@@ -3,6 +3,7 @@
 //! The environment variable `WAYMARK_FAULT` (read once) arms at most one point:
 //! `POINT=N` makes the process SIGKILL itself the N-th time it passes `POINT`.
 //! Points: `before_commit`, `after_commit`, `after_checkpoint`, `in_step`,
+//! `before_close` (a child step returned, its successful attempt not closed yet),
 //! `after_step` (step finished, result not yet committed). Unset, a point costs one
 //! relaxed atomic load. `WAYMARK_FAULT_PAUSE=POINT:FILE` instead blocks at `POINT`
 //! until FILE exists (deterministic race tests), e.g. `reaper_before_reclaim:/tmp/go`;
@@ -25,6 +26,9 @@ pub enum Point {
     AfterCheckpoint,
     /// While a step runs.
     InStep,
+    /// A child step returned (a pooled child's group emptied), before its successful
+    /// attempt is closed (`Attempts::succeeded`).
+    BeforeClose,
     /// After a step returned, before its result is recorded.
     AfterStep,
     /// In the reaper, between judging an owner dead and reclaiming its runs.
@@ -40,6 +44,7 @@ impl Point {
             Point::AfterCommit => "after_commit",
             Point::AfterCheckpoint => "after_checkpoint",
             Point::InStep => "in_step",
+            Point::BeforeClose => "before_close",
             Point::AfterStep => "after_step",
             Point::ReaperBeforeReclaim => "reaper_before_reclaim",
             Point::CommitClaim => "commit_claim",

@@ -218,6 +218,7 @@ pub(crate) fn close_success(
     memory_cap: Option<String>,
 ) -> Result<(), crate::store::StoreError> {
     let logs = log.map(|mut l| l.finish()).unwrap_or_default();
+    crate::fault::point(crate::fault::Point::BeforeClose);
     attempts.succeeded(req, reason, logs, memory_cap)
 }
 

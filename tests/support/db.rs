@@ -409,3 +409,40 @@ fn exec_blob_opt(db: &Path, sql: &str, blob: Option<&[u8]>) -> u64 {
     }
     .unwrap_or_else(|e| panic!("{sql}: {e}")) as u64
 }
+
+/// One row of the `attempts` table as stored (not as the engine reads it back).
+#[derive(Debug, Clone)]
+pub struct StoredAttempt {
+    pub seq: i64,
+    pub attempt: i64,
+    pub owner: String,
+    pub pid: Option<u32>,
+    /// `None` while the attempt is open.
+    pub outcome: Option<String>,
+    /// `None` where no logs were ever written for the attempt.
+    pub logs: Option<String>,
+    pub memory_cap: Option<String>,
+}
+
+/// Every attempt row of run `run_id`, by seq and attempt, on either store.
+pub fn stored_attempts(db: &Path, run_id: i64) -> Vec<StoredAttempt> {
+    let opt = |v: &String| (v != "NULL").then(|| v.clone());
+    rows(
+        db,
+        &format!(
+            "SELECT seq, attempt, owner, pid, outcome, logs, memory_cap FROM attempts
+             WHERE run_id = {run_id} ORDER BY seq, attempt"
+        ),
+    )
+    .iter()
+    .map(|r| StoredAttempt {
+        seq: r[0].parse().unwrap(),
+        attempt: r[1].parse().unwrap(),
+        owner: r[2].clone(),
+        pid: r[3].parse().ok(),
+        outcome: opt(&r[4]),
+        logs: opt(&r[5]),
+        memory_cap: opt(&r[6]),
+    })
+    .collect()
+}

@@ -213,7 +213,8 @@ fn pooled_cpu_cap_applies_per_execution() {
 // Scenario (issue 9, suspect: the pool wrote `AttemptEnd` after the child went back to the
 // pool). Engine A (one worker) runs run R1's pooled sleep step (3 s) in child P; while it
 // runs, R1 is reclaimed behind A's back (the test commits what a reclaim commits: pending,
-// owner cleared, epoch + 1, plus a far `ready_at` so that the re-execution waits), so A's
+// owner cleared, epoch + 1, plus a far `ready_at`: a pending run is always due, but it then
+// sorts behind R2 in the claim order, so A's one worker takes R2 next), so A's
 // writes for R1, its AttemptEnd included, are fenced off and attempt 1 stays open naming P.
 // Run R2 (a 6 s pooled sleep) is started right away; A's worker takes it once R1's step is
 // over. Once R2 runs, R1 is made due and engine B (same file) re-executes its step: its

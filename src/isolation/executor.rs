@@ -209,17 +209,19 @@ pub(crate) fn record_detail(
 }
 
 /// Close the successful attempt `req` with its logs and memory-cap mechanism, in one
-/// commit (fenced: a lost lease loses them, and the error says so).
+/// commit (fenced: a lost lease loses them, and the error, as text, says so).
 pub(crate) fn close_success(
     attempts: &dyn Attempts,
     req: &ExecRequest<'_>,
     reason: String,
     log: Option<StepLog>,
     memory_cap: Option<String>,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<(), String> {
     let logs = log.map(|mut l| l.finish()).unwrap_or_default();
     crate::fault::point(crate::fault::Point::BeforeClose);
-    attempts.succeeded(req, reason, logs, memory_cap)
+    attempts
+        .succeeded(req, reason, logs, memory_cap)
+        .map_err(|e| e.to_string())
 }
 
 /// A failed execution `finished` is a memory-limit failure if the cgroup's own OOM-kill

